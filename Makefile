@@ -1,0 +1,28 @@
+# capsprobe: `make demo` runs the main job on the embedded MNIST sample, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.capsprobe-installed
+
+.PHONY: install test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/capsprobe demo
+
+bench: $(STAMP)
+	$(BIN)/capsprobe bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,210 @@
+"""Convnet baselines: the CNN of the CapsNet paper, and timm convnets adapted to small inputs.
+
+Paper: Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", arXiv:1710.09829, section 5: "The
+baseline is a standard CNN with three convolutional layers of 256, 256, 128 channels. Each has 5x5 kernels
+and stride of 1. The last convolutional layers are followed by two fully connected layers of size 328, 192.
+The last fully connected layer is connected with dropout to a 10 class softmax layer."
+Registered in timm as ``baseline_cnn`` (35,445,522 parameters at 1x28x28 with 10 classes: no pooling, so
+the first fully connected layer alone holds 32.9M).
+
+Stem adaptation for 28-40 px inputs (:func:`create_convnet`), because ImageNet stems reduce a 28x28 digit
+to 1x1 before the last stage:
+
+==============================================  ================================================  ==============
+family (timm class)                             change                                            28x28 final map
+==============================================  ================================================  ==============
+ResNet (``resnet*``, ``resnext*``, ``seresnet*``)  stem = one 3x3 stride-1 conv, no max-pool (CIFAR)  4x4 (stride 8)
+EfficientNet / MobileNetV3 (``efficientnet*``,   ``conv_stem`` stride 1                            2x2 (stride 16)
+``mobilenetv3*``, ``mnasnet*``, ...)
+anything else                                   unchanged (logged)                                as timm builds
+==============================================  ================================================  ==============
+
+With the ImageNet stem resnet18 is about 0.04 GFLOPs at 28x28 but sees a 1x1 map after layer4; the adapted
+stem costs about 0.56 GFLOPs per image, about 4x less than the paper CapsNet
+(see the README's throughput table).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+import timm
+from timm.models import generate_default_cfgs, register_model
+
+__all__ = ["BaselineCNN", "adapt_stem", "create_convnet"]
+
+_log = logging.getLogger(__name__)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    h, w = value
+    return int(h), int(w)
+
+
+class BaselineCNN(nn.Module):
+    """The baseline CNN of the CapsNet paper: 3 SAME 5x5 convs (256, 256, 128), FC 328, FC 192, dropout, FC K.
+
+    Args:
+        num_classes: number of classes ``K``.
+        in_chans: input channels.
+        img_size: input size ``H`` or ``(H, W)``; fixes the width of the first fully connected layer.
+        channels: conv widths.
+        hidden: fully connected widths.
+        drop_rate: dropout before the classifier.
+        **kwargs: timm's extra keywords (``pretrained_cfg``, ...) are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: int | Sequence[int] = 28,
+        channels: Sequence[int] = (256, 256, 128),
+        hidden: Sequence[int] = (328, 192),
+        drop_rate: float = 0.5,
+        **kwargs,
+    ):
+        super().__init__()
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"BaselineCNN got unexpected keyword arguments: {sorted(kwargs)}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = _pair(img_size)
+        convs: list[nn.Module] = []
+        width = in_chans
+        for c in channels:
+            convs += [nn.Conv2d(width, c, 5, stride=1, padding=2), nn.ReLU(inplace=True)]
+            width = c
+        self.features = nn.Sequential(*convs)
+        fcs: list[nn.Module] = []
+        flat = width * self.img_size[0] * self.img_size[1]
+        for h in hidden:
+            fcs += [nn.Linear(flat, h), nn.ReLU(inplace=True)]
+            flat = h
+        self.pre_logits = nn.Sequential(*fcs)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(flat, num_classes)
+        self.num_features = width
+        self.head_hidden_size = flat
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` -> feature maps ``(B, 128, H, W)``."""
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Feature maps -> logits ``(B, K)``, or the 192-D pre-logit features with ``pre_logits``."""
+        x = self.pre_logits(x.flatten(1))
+        if pre_logits:
+            return x
+        return self.fc(self.head_drop(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.head_hidden_size, num_classes)
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "baseline_cnn": {
+            "url": "",
+            "num_classes": 10,
+            "input_size": (1, 28, 28),
+            "pool_size": None,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": (0.0,),
+            "std": (1.0,),
+            "first_conv": "features.0",
+            "classifier": "fc",
+            "paper_ids": "arXiv:1710.09829",
+            "license": "mit",
+        }
+    }
+)
+
+
+@register_model
+def baseline_cnn(pretrained: bool = False, **kwargs) -> BaselineCNN:
+    """The paper's baseline CNN: 35,445,522 parameters at 1x28x28 with 10 classes."""
+    if pretrained:
+        raise RuntimeError("no pretrained weights exist for baseline_cnn; train one with `capsprobe train`")
+    return BaselineCNN(**kwargs)
+
+
+def adapt_stem(model: nn.Module, in_chans: int) -> str:
+    """Adapt an ImageNet stem to 28-40 px inputs in place (see the module docstring for the rules).
+
+    Args:
+        model: a timm model.
+        in_chans: input channels of the new stem.
+
+    Returns:
+        A short description of the change, ``"unchanged"`` when the family needs none or is unknown.
+    """
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.resnet import ResNet
+
+    if isinstance(model, ResNet):
+        width = model.bn1.num_features
+        model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        return "resnet: 3x3 stride-1 stem conv, no max-pool"
+    if isinstance(model, (EfficientNet, MobileNetV3)):
+        model.conv_stem.stride = (1, 1)
+        return "efficientnet/mobilenet: stem stride 1"
+    return "unchanged"
+
+
+def create_convnet(
+    name: str,
+    in_chans: int = 1,
+    num_classes: int = 10,
+    img_size: int | Sequence[int] = 28,
+    adapt: bool = True,
+    **kwargs,
+) -> nn.Module:
+    """Build a timm convnet by name, randomly initialised, sized for small images.
+
+    Args:
+        name: a timm model name (``resnet18``, ``mobilenetv3_small_100``, ...).
+        in_chans: input channels.
+        num_classes: number of classes.
+        img_size: input size; passed on to models that take one.
+        adapt: adapt the stem to small inputs (:func:`adapt_stem`).
+        **kwargs: passed to :func:`timm.create_model`.
+
+    Returns:
+        The model, with ``capsprobe_stem`` describing the stem change.
+    """
+    model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
+    change = adapt_stem(model, in_chans) if adapt else "unchanged"
+    if change == "unchanged" and adapt:
+        _log.info("%s: no small-input stem adaptation known for this family; using timm's stem", name)
+    model.capsprobe_stem = change
+    # a forward on a dummy input catches a model that cannot take this size, at build time
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        h, w = _pair(img_size)
+        try:
+            model(torch.zeros(1, in_chans, h, w))
+        except RuntimeError as exc:  # pragma: no cover - depends on the timm family
+            raise ValueError(f"{name} cannot take {in_chans}x{h}x{w} inputs: {exc}".splitlines()[0]) from None
+        model.train(was_training)
+    return model
+

@@ -1,0 +1,475 @@
+"""CapsNet with dynamic routing.
+
+Paper: Sara Sabour, Nicholas Frosst, Geoffrey E. Hinton, "Dynamic Routing Between Capsules",
+NeurIPS 2017, arXiv:1710.09829.
+
+The architecture is the paper's: Conv1 256@9x9 stride 1 ReLU; PrimaryCaps 32 capsule types of 8-D,
+9x9 stride 2; DigitCaps ``num_classes`` capsules of 16-D with one 16x8 matrix per (input capsule,
+output capsule) pair and routing-by-agreement (Procedure 1); a three-layer decoder fed the masked
+poses. The number of primary capsules follows from the input size (1152 at 28x28), so 36x36, 40x40 and
+3x32x32 inputs work too.
+
+timm interface: ``forward_features(x) -> poses (B, K, 16)``, ``forward_head(poses) -> lengths (B, K)``,
+``forward(x) = forward_head(forward_features(x))`` and ``decode(poses, labels=None) -> images``.
+The registered names all start with ``capsnet``:
+
+==================  ===================================================  =====================  =====================
+name                layout                                               params (1x28x28, K=10)  without decoder
+==================  ===================================================  =====================  =====================
+``capsnet``         paper: conv 256, 32 x 8-D primary types, 16-D digits  8,215,568               6,804,224
+``capsnet_small``   conv 64, 8 x 8-D primary types, 16-D digits           2,117,072               705,728
+==================  ===================================================  =====================  =====================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timm.models import generate_default_cfgs, register_model
+
+__all__ = [
+    "CapsNet",
+    "CapsuleDecoder",
+    "DigitCaps",
+    "PrimaryCaps",
+    "capsule_lengths",
+    "dynamic_routing",
+    "margin_loss",
+    "reconstruction_loss",
+    "squash",
+]
+
+_EPS = 1e-8
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    if len(value) != 2:
+        raise ValueError(f"expected an int or a pair (H, W), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+def capsule_lengths(v: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
+    """Length of capsule vectors, ``sqrt(sum v^2 + eps)``, finite gradient at 0.
+
+    Args:
+        v: capsule vectors, e.g. ``(B, K, D)``.
+        dim: the capsule (vector) axis.
+        eps: added under the square root.
+
+    Returns:
+        ``v`` with ``dim`` reduced, e.g. ``(B, K)``.
+    """
+    return torch.sqrt(v.pow(2).sum(dim) + eps)
+
+
+def squash(s: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
+    """The capsule non-linearity (eq. 1 of the paper), ``s |s|^2 / (1 + |s|^2) / sqrt(|s|^2 + eps)``.
+
+    Short vectors shrink to almost zero length, long ones to just below 1; the direction is kept.
+    The ``eps`` under the square root keeps the value and the gradient finite at the zero vector.
+
+    Args:
+        s: vectors to squash, any shape ``(..., D, ...)``.
+        dim: the vector axis.
+        eps: added under the square root.
+
+    Returns:
+        Tensor of the shape of ``s`` whose vectors have length in [0, 1).
+    """
+    sq = s.pow(2).sum(dim, keepdim=True)
+    return s * (sq / (1.0 + sq)) / torch.sqrt(sq + eps)
+
+
+def dynamic_routing(
+    u_hat: Tensor,
+    num_iters: int = 3,
+    detach_inner: bool = False,
+    return_couplings: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Routing by agreement (Procedure 1 of the paper).
+
+    The routing logits ``b`` start at zero for every sample at every call. Each iteration computes the
+    coupling ``c = softmax(b)`` over the *parent* (output) capsules, ``s_j = sum_i c_ij u_hat_j|i``,
+    ``v_j = squash(s_j)`` and, except after the last iteration, ``b_ij += <u_hat_j|i, v_j>``.
+
+    Args:
+        u_hat: predictions of every input capsule for every output capsule, ``(B, N_in, N_out, D)``.
+        num_iters: number of routing iterations, at least 1; exactly this many are run.
+        detach_inner: if True, the iterations before the last see ``u_hat`` detached, so gradients flow
+            only through the last one (a common speed-up; off in the paper and its official code).
+        return_couplings: also return the coupling coefficients of every iteration.
+
+    Returns:
+        ``v`` of shape ``(B, N_out, D)``; with ``return_couplings`` also a list of ``num_iters``
+        tensors ``c`` of shape ``(B, N_in, N_out)``, one per iteration.
+    """
+    if u_hat.dim() != 4:
+        raise ValueError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
+    if num_iters < 1:
+        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+    batch, n_in, n_out, _ = u_hat.shape
+    u_inner = u_hat.detach() if detach_inner else u_hat
+    b = u_hat.new_zeros(batch, n_in, n_out)  # (B, N_in, N_out) routing logits
+    couplings: list[Tensor] = []
+    v = u_hat.new_empty(0)
+    for it in range(num_iters):
+        last = it == num_iters - 1
+        u = u_hat if last else u_inner
+        c = b.softmax(dim=2)  # (B, N_in, N_out), sums to 1 over parents
+        couplings.append(c)
+        s = torch.einsum("bij,bijd->bjd", c, u)  # (B, N_out, D)
+        v = squash(s)
+        if not last:
+            b = b + torch.einsum("bijd,bjd->bij", u, v)  # agreement
+    return (v, couplings) if return_couplings else v
+
+
+def margin_loss(
+    lengths: Tensor,
+    targets: Tensor,
+    m_pos: float = 0.9,
+    m_neg: float = 0.1,
+    lambda_neg: float = 0.5,
+) -> Tensor:
+    """Margin loss (eq. 4 of the paper), summed over classes and averaged over the batch.
+
+    ``L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2``; no softmax before it.
+
+    Args:
+        lengths: capsule lengths ``(B, K)``.
+        targets: class indices ``(B,)`` or a (multi-)hot target matrix ``(B, K)`` (e.g. two labels
+            for MultiMNIST).
+        m_pos: the upper margin ``m+``.
+        m_neg: the lower margin ``m-``.
+        lambda_neg: down-weighting of absent classes.
+
+    Returns:
+        Scalar loss.
+    """
+    if lengths.dim() != 2:
+        raise ValueError(f"lengths must be (B, K), got shape {tuple(lengths.shape)}")
+    if targets.dim() == 1:
+        t = F.one_hot(targets.long(), lengths.shape[1]).to(lengths.dtype)
+    elif targets.shape == lengths.shape:
+        t = targets.to(lengths.dtype)
+    else:
+        raise ValueError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
+    present = t * F.relu(m_pos - lengths).pow(2)
+    absent = lambda_neg * (1.0 - t) * F.relu(lengths - m_neg).pow(2)
+    return (present + absent).sum(dim=1).mean()
+
+
+def reconstruction_loss(reconstructions: Tensor, images: Tensor, weight: float = 0.0005) -> Tensor:
+    """Weighted sum of squared errors per image, averaged over the batch (the paper's 0.0005 x SSE).
+
+    Args:
+        reconstructions: decoder outputs ``(B, C, H, W)`` in [0, 1].
+        images: targets ``(B, C, H, W)`` in [0, 1].
+        weight: the scale; 0.0005 in the paper.
+
+    Returns:
+        Scalar loss.
+    """
+    if reconstructions.shape != images.shape:
+        raise ValueError(
+            f"reconstructions {tuple(reconstructions.shape)} and images {tuple(images.shape)} differ in shape"
+        )
+    sse = (reconstructions - images).pow(2).flatten(1).sum(dim=1)  # (B,)
+    return weight * sse.mean()
+
+
+class PrimaryCaps(nn.Module):
+    """Convolutional capsules: one conv gives ``num_types * dim`` channels, grouped into capsules.
+
+    Channel ``t * dim + d`` is component ``d`` of capsule type ``t`` at every position, i.e. the grouping is
+    ``view(B, types, dim, H, W).permute(0, 1, 3, 4, 2)``; capsules are ordered (type, row, column).
+
+    Args:
+        in_channels: channels of the input feature map.
+        num_types: capsule types (32 in the paper).
+        dim: capsule dimension (8 in the paper).
+        kernel_size: conv kernel (9).
+        stride: conv stride (2).
+    """
+
+    def __init__(self, in_channels: int, num_types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2):
+        super().__init__()
+        self.num_types = num_types
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.conv = nn.Conv2d(in_channels, num_types * dim, kernel_size, stride=stride)
+
+    def num_capsules(self, height: int, width: int) -> int:
+        """Number of output capsules for an input feature map of ``height x width``."""
+        return self.num_types * _conv_out(height, self.kernel_size, self.stride) * _conv_out(
+            width, self.kernel_size, self.stride
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` feature map -> ``(B, num_types * H' * W', dim)`` squashed capsules."""
+        y = self.conv(x)  # (B, types * dim, H', W')
+        batch, _, h, w = y.shape
+        y = y.view(batch, self.num_types, self.dim, h, w).permute(0, 1, 3, 4, 2)  # (B, types, H', W', dim)
+        return squash(y.reshape(batch, self.num_types * h * w, self.dim))  # (B, N_in, dim)
+
+
+class DigitCaps(nn.Module):
+    """Fully connected capsule layer with one ``out_dim x in_dim`` matrix per (input, output) pair.
+
+    Args:
+        num_in: number of input capsules (1152 for the paper model at 28x28).
+        in_dim: input capsule dimension (8).
+        num_out: number of output capsules, one per class.
+        out_dim: output capsule dimension (16).
+        num_iters: routing iterations (3).
+        detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
+    """
+
+    def __init__(
+        self,
+        num_in: int,
+        in_dim: int = 8,
+        num_out: int = 10,
+        out_dim: int = 16,
+        num_iters: int = 3,
+        detach_inner: bool = False,
+    ):
+        super().__init__()
+        self.num_in, self.in_dim, self.num_out, self.out_dim = num_in, in_dim, num_out, out_dim
+        self.num_iters = num_iters
+        self.detach_inner = detach_inner
+        # (N_in, N_out, D_out, D_in); the official code draws these from N(0, 0.01^2)
+        self.weight = nn.Parameter(0.01 * torch.randn(num_in, num_out, out_dim, in_dim))
+
+    def predictions(self, u: Tensor) -> Tensor:
+        """``u (B, N_in, D_in)`` -> ``u_hat (B, N_in, N_out, D_out)``, ``u_hat_j|i = W_ij u_i``."""
+        if u.shape[1:] != (self.num_in, self.in_dim):
+            raise ValueError(
+                f"expected input capsules (B, {self.num_in}, {self.in_dim}), got {tuple(u.shape)}; "
+                "was the model built for another input size?"
+            )
+        return torch.einsum("ijdk,bik->bijd", self.weight, u)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """``u (B, N_in, D_in)`` -> ``v (B, N_out, D_out)``. Routing runs in float32 under autocast."""
+        u_hat = self.predictions(u)
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            return dynamic_routing(u_hat.float(), self.num_iters, self.detach_inner)
+
+
+class CapsuleDecoder(nn.Module):
+    """Reconstruction network: FC 512 ReLU, FC 1024 ReLU, FC C*H*W sigmoid, fed masked poses.
+
+    Args:
+        num_classes: number of digit capsules ``K``.
+        capsule_dim: pose dimension (16).
+        out_shape: ``(C, H, W)`` of the reconstruction.
+        hidden: widths of the hidden layers.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        capsule_dim: int,
+        out_shape: tuple[int, int, int],
+        hidden: Sequence[int] = (512, 1024),
+    ):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        layers: list[nn.Module] = []
+        width = num_classes * capsule_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers += [nn.Linear(width, math.prod(self.out_shape)), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, masked_poses: Tensor) -> Tensor:
+        """``(B, K, D)`` poses with all but the chosen capsules zeroed -> ``(B, C, H, W)`` images."""
+        return self.net(masked_poses.flatten(1)).view(-1, *self.out_shape)
+
+
+class CapsNet(nn.Module):
+    """The CapsNet of Sabour et al. (2017) with dynamic routing.
+
+    Args:
+        num_classes: number of class capsules ``K``.
+        in_chans: input channels.
+        img_size: input size ``H`` or ``(H, W)``; fixes the number of primary capsules.
+        conv_channels: channels of Conv1 (256).
+        conv_kernel: kernel of Conv1 (9).
+        primary_types: primary capsule types (32).
+        primary_dim: primary capsule dimension (8).
+        primary_kernel: PrimaryCaps kernel (9).
+        primary_stride: PrimaryCaps stride (2).
+        capsule_dim: class capsule (pose) dimension (16).
+        num_iters: routing iterations (3).
+        detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
+        decoder: build the reconstruction decoder.
+        decoder_hidden: hidden widths of the decoder.
+        **kwargs: timm's extra keywords (``pretrained_cfg``, ...) are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: int | Sequence[int] = 28,
+        conv_channels: int = 256,
+        conv_kernel: int = 9,
+        primary_types: int = 32,
+        primary_dim: int = 8,
+        primary_kernel: int = 9,
+        primary_stride: int = 2,
+        capsule_dim: int = 16,
+        num_iters: int = 3,
+        detach_inner: bool = False,
+        decoder: bool = True,
+        decoder_hidden: Sequence[int] = (512, 1024),
+        **kwargs,
+    ):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        kwargs.pop("drop_rate", None)
+        if kwargs:
+            raise TypeError(f"CapsNet got unexpected keyword arguments: {sorted(kwargs)}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = _pair(img_size)
+        self.capsule_dim = capsule_dim
+        h, w = self.img_size
+        fh, fw = _conv_out(h, conv_kernel, 1), _conv_out(w, conv_kernel, 1)
+        if min(_conv_out(fh, primary_kernel, primary_stride), _conv_out(fw, primary_kernel, primary_stride)) < 1:
+            raise ValueError(f"input {self.img_size} is too small for CapsNet's two 9x9 convolutions")
+        self.conv1 = nn.Conv2d(in_chans, conv_channels, conv_kernel, stride=1)
+        self.primary = PrimaryCaps(conv_channels, primary_types, primary_dim, primary_kernel, primary_stride)
+        self.num_primary = self.primary.num_capsules(fh, fw)
+        self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, capsule_dim, num_iters, detach_inner)
+        self.decoder = (
+            CapsuleDecoder(num_classes, capsule_dim, (in_chans, h, w), decoder_hidden) if decoder else None
+        )
+        # timm attributes
+        self.num_features = self.head_hidden_size = num_classes * capsule_dim
+        self.default_cfg = self.pretrained_cfg = {}
+
+    @property
+    def num_iters(self) -> int:
+        return self.digits.num_iters
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` -> class-capsule poses ``(B, K, capsule_dim)``."""
+        if x.shape[1:] != (self.in_chans, *self.img_size):
+            raise ValueError(
+                f"CapsNet was built for inputs (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = F.relu(self.conv1(x), inplace=True)  # (B, 256, 20, 20)
+        u = self.primary(x)  # (B, 1152, 8)
+        return self.digits(u)  # (B, K, 16)
+
+    def forward_head(self, poses: Tensor, pre_logits: bool = False) -> Tensor:
+        """Poses ``(B, K, D)`` -> lengths ``(B, K)``; with ``pre_logits`` the flattened poses ``(B, K*D)``."""
+        if pre_logits:
+            return poses.flatten(1)
+        return capsule_lengths(poses)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` -> class-capsule lengths ``(B, K)`` (class scores in [0, 1))."""
+        return self.forward_head(self.forward_features(x))
+
+    def mask(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Zero every pose but the selected ones.
+
+        Args:
+            poses: ``(B, K, D)``.
+            labels: class indices ``(B,)`` or a (multi-)hot mask ``(B, K)``; None selects the longest
+                capsule (the prediction).
+
+        Returns:
+            Masked poses ``(B, K, D)``.
+        """
+        if labels is None:
+            labels = capsule_lengths(poses).argmax(dim=1)
+        if labels.dim() == 1:
+            m = F.one_hot(labels.long(), poses.shape[1]).to(poses.dtype)
+        else:
+            m = labels.to(poses.dtype)
+        return poses * m.unsqueeze(-1)
+
+    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Reconstruct images from poses ``(B, K, D)``, masked by ``labels`` or else by the prediction.
+
+        Returns:
+            Images ``(B, C, H, W)`` in [0, 1].
+        """
+        if self.decoder is None:
+            raise RuntimeError("this CapsNet was built with decoder=False")
+        return self.decoder(self.mask(poses, labels))
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        raise NotImplementedError("CapsNet's classes are its capsules: build a new model with num_classes")
+
+    def get_classifier(self) -> nn.Module:
+        return self.digits
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (1, 28, 28),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.0,),
+        "std": (1.0,),
+        "first_conv": "conv1",
+        "classifier": "digits",
+        "paper_ids": "arXiv:1710.09829",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "capsnet": _cfg(),
+        "capsnet_small": _cfg(),
+    }
+)
+
+
+def _create(variant: str, pretrained: bool, **kwargs) -> CapsNet:
+    if pretrained:
+        raise RuntimeError(f"no pretrained weights exist for {variant}; train one with `capsprobe train`")
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("cache_dir", None)
+    return CapsNet(**kwargs)
+
+
+@register_model
+def capsnet(pretrained: bool = False, **kwargs) -> CapsNet:
+    """CapsNet of the paper: 8,215,568 parameters at 1x28x28 with 10 classes (6,804,224 without decoder)."""
+    return _create("capsnet", pretrained, **kwargs)
+
+
+@register_model
+def capsnet_small(pretrained: bool = False, **kwargs) -> CapsNet:
+    """A CPU-sized CapsNet: Conv1 64 channels, 8 primary types of 8-D; 2,117,072 parameters at 1x28x28."""
+    args = dict(conv_channels=64, primary_types=8)
+    return _create("capsnet_small", pretrained, **{**args, **kwargs})

@@ -1,0 +1,68 @@
+"""Baselines: the paper's CNN, timm convnets with small-input stems, one output face for every model."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import capsprobe  # noqa: F401
+from capsprobe.models import BaselineCNN, UnknownModelError, create_model, model_outputs, native_models
+
+
+def test_paper_cnn_parameter_count():
+    model = timm.create_model("baseline_cnn", in_chans=1, num_classes=10)
+    assert isinstance(model, BaselineCNN)
+    assert sum(p.numel() for p in model.parameters()) == 35_445_522
+
+
+def test_paper_cnn_has_no_pooling_and_same_padding():
+    model = BaselineCNN()
+    assert model.forward_features(torch.rand(2, 1, 28, 28)).shape == (2, 128, 28, 28)
+    assert model.forward_head(model.forward_features(torch.rand(2, 1, 28, 28)), pre_logits=True).shape == (2, 192)
+
+
+def test_native_models_are_registered():
+    assert set(native_models()) >= {"capsnet", "capsnet_small", "baseline_cnn"}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100"])
+def test_timm_convnet_small_input_stem(name):
+    model = create_model(name, in_chans=1, num_classes=10, img_size=28).eval()
+    assert model.capsprobe_stem != "unchanged"
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    fmap = model.forward_features(torch.rand(2, 1, 28, 28))
+    assert fmap.shape[-1] >= 2  # the ImageNet stem would leave 1x1
+
+
+def test_resnet_stem_is_3x3_stride_1_without_maxpool():
+    model = create_model("resnet18", in_chans=3, num_classes=10, img_size=32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.in_channels == 3
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.forward_features(torch.rand(1, 3, 32, 32)).shape[-2:] == (4, 4)
+
+
+@pytest.mark.parametrize("name", native_models() + ["resnet18"])
+def test_every_model_has_the_same_face(name):
+    model = create_model(name, in_chans=1, num_classes=10, img_size=28).eval()
+    with torch.no_grad():
+        out = model_outputs(model, torch.rand(3, 1, 28, 28))
+    assert out.scores.shape == (3, 10) and out.scores.dtype == torch.float32
+    assert out.representation.dim() == 2 and out.representation.shape[0] == 3
+    if name.startswith("capsnet"):
+        assert out.poses.shape == (3, 10, 16)
+        torch.testing.assert_close(out.representation, out.poses.flatten(1))
+        torch.testing.assert_close(out.scores, out.poses.norm(dim=-1), atol=1e-4, rtol=0)
+    else:
+        assert out.poses is None
+        torch.testing.assert_close(out.scores.sum(1), torch.ones(3))
+
+
+def test_unknown_model_is_one_line_with_close_matches():
+    with pytest.raises(UnknownModelError) as err:
+        create_model("resnt18")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "unknown model 'resnt18'" in message and "resnet18" in message
+    with pytest.raises(UnknownModelError, match="capsnet"):
+        create_model("capsnett")
