@@ -220,10 +220,13 @@ def _torchvision(kind: str) -> Loader:
         try:
             parts = [build(True), build(False)]
         except (RuntimeError, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if download:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                how = f"is not under {root} and could not be downloaded ({reason})"
+            else:
+                how = f"is not under {root} (download is off)"
             raise DatasetUnavailableError(
-                f"{kind} is not under {root} and could not be {'downloaded' if download else 'loaded'} ({reason}); "
-                f"pass --data-root to a folder holding it, or use --dataset mnist-sample"
+                f"{kind} {how}; pass --data-root to a folder holding it, or use --dataset mnist-sample"
             ) from None
         return tuple(_to_split(kind, ds) for ds in parts)  # type: ignore[return-value]
 

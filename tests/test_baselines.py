@@ -35,11 +35,19 @@ def test_timm_convnet_small_input_stem(name):
     assert fmap.shape[-1] >= 2  # the ImageNet stem would leave 1x1
 
 
-def test_resnet_stem_is_3x3_stride_1_without_maxpool():
-    model = create_model("resnet18", in_chans=3, num_classes=10, img_size=32)
-    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.in_channels == 3
-    assert isinstance(model.maxpool, torch.nn.Identity)
-    assert model.forward_features(torch.rand(1, 3, 32, 32)).shape[-2:] == (4, 4)
+@pytest.mark.parametrize("stem, final", [("small", 2), ("cifar", 4), ("imagenet", 1)])
+def test_resnet_stems(stem, final):
+    model = create_model("resnet18", in_chans=3, num_classes=10, img_size=32, stem=stem).eval()
+    assert model.conv1.in_channels == 3
+    if stem != "imagenet":
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity) == (stem == "cifar")
+    assert model.forward_features(torch.rand(1, 3, 32, 32)).shape[-2:] == (final, final)
+
+
+def test_unknown_stem_is_refused():
+    with pytest.raises(ValueError, match="unknown stem 'tiny'"):
+        create_model("resnet18", stem="tiny")
 
 
 @pytest.mark.parametrize("name", native_models() + ["resnet18"])

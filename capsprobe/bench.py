@@ -1,0 +1,132 @@
+"""Throughput benchmark: training-step and inference images/s and peak memory per model.
+
+Each model is measured in a fresh process (``spawn``), so the peak memory of one does not hide in another's.
+On CPU the peak is the process's maximum resident set size (torch and Python included, about 0.4 GiB
+before any model); on CUDA it is ``torch.cuda.max_memory_allocated``. Figures depend on the machine: they
+are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["BenchResult", "bench_model", "run_benchmarks"]
+
+DEFAULT_MODELS = ("capsnet", "capsnet_small", "baseline_cnn", "resnet18")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One model's figures at one batch size on one device."""
+
+    model: str
+    params: int
+    batch_size: int
+    device: str
+    amp: str
+    train_images_per_s: float
+    eval_images_per_s: float
+    peak_memory_mib: float
+    memory_kind: str
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_model(
+    name: str,
+    batch_size: int = 128,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "auto",
+    amp: bool = True,
+    in_chans: int = 1,
+    img_size: int = 28,
+    num_classes: int = 10,
+) -> BenchResult:
+    """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``."""
+    from .models import create_model, model_outputs
+    from .train import Objective, autocast_context, autocast_dtype, resolve_device
+
+    dev = resolve_device(device)
+    dtype = autocast_dtype(dev, amp)
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size).to(dev)
+    objective = Objective(model).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    images = torch.rand(batch_size, in_chans, img_size, img_size, device=dev)
+    labels = torch.randint(0, num_classes, (batch_size,), device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def train_step():
+        with autocast_context(dev, dtype):
+            loss, _ = objective(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(warmup):
+        train_step()
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    _sync(dev)
+    train_rate = steps * batch_size / (time.perf_counter() - start)
+
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            with autocast_context(dev, dtype):
+                model_outputs(model, images)
+        _sync(dev)
+        start = time.perf_counter()
+        for _ in range(steps):
+            with autocast_context(dev, dtype):
+                model_outputs(model, images)
+        _sync(dev)
+        eval_rate = steps * batch_size / (time.perf_counter() - start)
+
+    if dev.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda allocated"
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process RSS"
+    return BenchResult(
+        model=name,
+        params=sum(p.numel() for p in model.parameters()),
+        batch_size=batch_size,
+        device=str(dev),
+        amp=str(dtype).replace("torch.", "") if dtype is not None else "off",
+        train_images_per_s=train_rate,
+        eval_images_per_s=eval_rate,
+        peak_memory_mib=peak,
+        memory_kind=kind,
+    )
+
+
+def _bench_in_child(kwargs: dict) -> dict:
+    return asdict(bench_model(**kwargs))
+
+
+def run_benchmarks(models=DEFAULT_MODELS, isolate: bool = True, **kwargs) -> list[BenchResult]:
+    """Benchmark every model, each in its own process when ``isolate``; kwargs go to :func:`bench_model`."""
+    results = []
+    for name in models:
+        if isolate:
+            with mp.get_context("spawn").Pool(1) as pool:
+                results.append(BenchResult(**pool.apply(_bench_in_child, ({"name": name, **kwargs},))))
+        else:
+            results.append(bench_model(name, **kwargs))
+    return results

@@ -1,0 +1,152 @@
+"""The ``capsprobe`` command line: parse, build a config, call one library function, print paths.
+
+Library errors become one line on stderr and exit status 1; nothing here computes results.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="capsprobe",
+    help="Do capsule networks keep the pose information that convnets discard? Train, perturb, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .data import DatasetUnavailableError, UnknownDatasetError
+    from .runs import RunError
+    from .train import NonFiniteLossError
+
+    return (RunError, NonFiniteLossError, DatasetUnavailableError, UnknownDatasetError, ValueError, FileNotFoundError)
+
+
+def _clean_errors(fn: Callable) -> Callable:
+    """Turn library errors into ``error: <one line>`` and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+
+
+@app.command()
+@_clean_errors
+def train(
+    model: Optional[str] = typer.Option(None, help="capsnet, capsnet_small, baseline_cnn or any timm convnet [capsnet]."),
+    dataset: Optional[str] = typer.Option(None, help="Data set, see `capsprobe list` [mnist-sample]."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs [10]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (per process) [128]."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate [1e-3]."),
+    lr_decay: Optional[float] = typer.Option(None, min=0.0, help="Learning-rate decay per epoch [0.96]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation, dropout [0]."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N [auto]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA [on]."),
+    max_shift: Optional[int] = typer.Option(None, min=0, help="Random shift augmentation in px, 0 = off [2]."),
+    limit: Optional[int] = typer.Option(None, min=1, help="At most this many images per split (quick runs)."),
+    num_iters: Optional[int] = typer.Option(None, min=1, help="CapsNet routing iterations [3]."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download missing data [on]."),
+    out: Optional[Path] = typer.Option(None, help="Run directory [runs/<model>-<dataset>]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete epoch."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
+    from .runs import CONFIG, RunConfig, read_config
+    from .train import fit, with_overrides
+
+    if resume and force:
+        raise ValueError("--resume and --force exclude each other")
+    base = RunConfig()
+    if resume and out is not None and (out / CONFIG).is_file():
+        base = read_config(out)[0]  # options left out keep the stored values
+    kwargs = dict(base.model_kwargs)
+    if num_iters is not None:
+        kwargs["num_iters"] = num_iters
+    config = with_overrides(
+        base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+        seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
+        data_root=str(data_root) if data_root is not None else None, download=download,
+    )
+    config = with_overrides(config, model_kwargs=kwargs)
+    if out is None:
+        out = Path("runs") / (f"{config.model}-{config.dataset}" + (f"-seed{config.seed}" if config.seed else ""))
+    path = fit(config, out, resume=resume, force=force, progress=progress)
+    from .runs import load_run
+
+    metrics = load_run(path).metrics
+    typer.echo(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}  run: {path}")
+
+
+@app.command("list")
+def list_(
+    timm_models: bool = typer.Option(False, "--timm", help="Also list every timm model name."),
+) -> None:
+    """List models and data sets."""
+    import timm
+
+    from .data import list_datasets
+    from .models import native_models
+
+    typer.echo("models (capsprobe):")
+    for name in native_models():
+        typer.echo(f"  {name}")
+    if timm_models:
+        typer.echo("models (timm):")
+        for name in timm.list_models():
+            typer.echo(f"  {name}")
+    else:
+        typer.echo("  + any timm convnet by name, e.g. resnet18, mobilenetv3_small_100 (--timm lists them)")
+    typer.echo("datasets:")
+    for spec in list_datasets():
+        typer.echo(f"  {spec.name:<14} {spec.in_chans}x{spec.img_size}x{spec.img_size}  {spec.description}")
+
+
+@app.command()
+@_clean_errors
+def bench(
+    model: Optional[List[str]] = typer.Option(None, help="Model to measure (repeatable) [capsnet, capsnet_small, baseline_cnn, resnet18]."),
+    batch_size: int = typer.Option(128, min=1, help="Images per step."),
+    steps: int = typer.Option(5, min=1, help="Timed steps per measurement (after 2 warm-up steps)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+) -> None:
+    """Print training and inference images/s and peak memory per model on this machine."""
+    from .bench import DEFAULT_MODELS, run_benchmarks
+
+    results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
+                             device=device, amp=amp)
+    typer.echo(f"| model | params | device | amp | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) |")
+    typer.echo("| --- | ---: | --- | --- | ---: | ---: | ---: |")
+    for r in results:
+        typer.echo(
+            f"| {r.model} | {r.params:,} | {r.device} | {r.amp} | {r.train_images_per_s:,.0f} | "
+            f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} |"
+        )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,81 @@
+"""CLI: invoke the commands, check the results with the library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from capsprobe.cli import app
+from capsprobe.runs import load_run
+
+runner = CliRunner()
+TINY = ["--model", "capsnet_small", "--limit", "32", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+
+
+def test_train_writes_a_loadable_run_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output and "test accuracy" in result.output
+    run = load_run(out)
+    assert run.config.model == "capsnet_small" and run.config.limit == 32 and run.config.epochs == 1
+    weights = (out / "model.safetensors").read_bytes()
+
+    again = runner.invoke(app, ["train", *TINY, "--out", str(out)])
+    assert again.exit_code == 1
+    assert again.output.strip().splitlines() == [f"error: {out} already exists and is not empty; use --resume to continue it or --force to replace it"]
+    assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_resume_keeps_the_stored_options_and_extends_epochs(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    run = load_run(out)
+    assert run.config.model == "capsnet_small" and run.config.epochs == 2 and len(run.history) == 2
+
+
+def test_num_iters_reaches_the_model(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--num-iters", "1", "--out", str(out)]).exit_code == 0
+    assert load_run(out).model.num_iters == 1
+
+
+def test_unknown_model_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--model", "resnt18", "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'resnt18'") and "resnet18" in lines[0]
+    assert not out.exists()
+
+
+def test_offline_dataset_error(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--dataset", "mnist", "--data-root", str(tmp_path), "--no-download", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1
+    assert "--data-root" in result.output and "mnist-sample" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_list_shows_models_and_datasets():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for word in ("capsnet", "capsnet_small", "baseline_cnn", "mnist-sample", "fashion-mnist", "svhn"):
+        assert word in result.output
+
+
+def test_bench_prints_a_table():
+    result = runner.invoke(app, ["bench", "--model", "capsnet_small", "--batch-size", "8", "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("| capsnet_small")]
+    assert len(row) == 1 and "2,117,072" in row[0]
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "capsprobe", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout and "bench" in proc.stdout

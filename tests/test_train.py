@@ -1,0 +1,162 @@
+"""Training: run directory, load_run, exact resume after SIGKILL, NaN guard, overwrite refusal, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capsprobe.data import load_dataset
+from capsprobe.models import model_outputs
+from capsprobe.runs import RunConfig, RunError, load_checkpoint, load_run
+from capsprobe.train import NonFiniteLossError, RunExistsError, evaluate, fit
+
+TINY_CAPS = {"conv_channels": 16, "primary_types": 4}
+TINY = RunConfig(model="capsnet_small", epochs=1, batch_size=16, limit=48, model_kwargs=TINY_CAPS)
+RUN_FILES = {"config.json", "model.safetensors", "history.csv", "metrics.json", "checkpoint"}
+
+
+def _no_temp_files(path: Path) -> bool:
+    return not [p for p in path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_one_epoch_writes_every_file_and_load_run_reproduces(tmp_path):
+    out = fit(TINY, tmp_path / "run", progress=False)
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert (out / "checkpoint" / "state.safetensors").is_file() and _no_temp_files(out)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["config"]["model_kwargs"] == TINY_CAPS and stored["versions"]["torch"] == torch.__version__
+    run = load_run(out)
+    assert run.config == TINY and len(run.history) == 1 and "val_accuracy" in run.history[0]
+    assert 0 <= run.metrics["test_accuracy"] <= 1 and run.metrics["test_images"] == 48
+
+    # the rebuilt model gives the trained model's outputs, bit for bit
+    splits = load_dataset("mnist-sample", limit=48)
+    x = splits.test.float_images()[:8]
+    torch.manual_seed(TINY.seed)
+    again = load_run(out)
+    with torch.no_grad():
+        a, b = model_outputs(run.model, x), model_outputs(again.model, x)
+    assert torch.equal(a.representation, b.representation)
+    state = load_file(out / "model.safetensors")
+    assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())
+    # the recorded test accuracy is that of the clean test images
+    assert evaluate(run.model, splits.test)["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+
+
+def test_convnet_trains_with_cross_entropy(tmp_path):
+    cfg = RunConfig(model="resnet18", epochs=1, batch_size=16, limit=32)
+    run = load_run(fit(cfg, tmp_path / "r", progress=False))
+    assert float(run.history[0]["train_loss"]) > 0.5  # cross entropy over 10 classes, untrained
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from capsprobe.runs import RunConfig
+    from capsprobe.train import fit
+    cfg = RunConfig(model="capsnet_small", epochs=3, batch_size=16, limit=48,
+                    model_kwargs={"conv_channels": 16, "primary_types": 4})
+    out, mode = sys.argv[1], sys.argv[2]
+    def die(epoch, batch):
+        if epoch == 1 and batch == 1:  # mid-epoch 2, after the checkpoint of epoch 1
+            os.kill(os.getpid(), signal.SIGKILL)
+    fit(cfg, out, progress=False, resume=(mode == "resume"), on_batch=die if mode == "die" else None)
+    """
+)
+
+
+def _run_script(out: Path, mode: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", _SCRIPT, str(out), mode], env=env, capture_output=True, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
+    killed = _run_script(tmp_path / "a", "die")
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+    assert load_checkpoint(tmp_path / "a").epoch == 1 and _no_temp_files(tmp_path / "a")
+    resumed = _run_script(tmp_path / "a", "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = _run_script(tmp_path / "b", "plain")
+    assert straight.returncode == 0, straight.stderr
+
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha, hb = (load_run(tmp_path / p).history for p in "ab")
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]  # noqa: E731
+    assert len(ha) == 3 and drop(ha) == drop(hb)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    out = fit(TINY, tmp_path / "run", progress=False)
+    before = (out / "checkpoint" / "state.safetensors").read_bytes()
+    weights = (out / "model.safetensors").read_bytes()
+    import capsprobe.train as train_mod
+
+    real = train_mod.margin_loss
+    monkeypatch.setattr(train_mod, "margin_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss in epoch 2"):
+        fit(RunConfig(**{**TINY.to_dict(), "epochs": 2}), out, resume=True, progress=False)
+    assert (out / "checkpoint" / "state.safetensors").read_bytes() == before
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert load_checkpoint(out).epoch == 1
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path):
+    out = fit(TINY, tmp_path / "run", progress=False)
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.raises(RunExistsError, match="--force"):
+        fit(RunConfig(**{**TINY.to_dict(), "seed": 1}), out, progress=False)
+    assert (out / "model.safetensors").read_bytes() == weights
+    fit(RunConfig(**{**TINY.to_dict(), "seed": 1}), out, force=True, progress=False)
+    assert (out / "model.safetensors").read_bytes() != weights
+    assert load_run(out).config.seed == 1
+
+
+def test_force_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="not a capsprobe run"):
+        fit(TINY, tmp_path, force=True, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    out = fit(TINY, tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="differs in \\['lr'\\]"):
+        fit(RunConfig(**{**TINY.to_dict(), "lr": 0.1}), out, resume=True, progress=False)
+
+
+def test_load_run_errors_name_the_file(tmp_path):
+    with pytest.raises(RunError, match="does not exist"):
+        load_run(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="config.json is unreadable"):
+        load_run(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_run_directory(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "capsprobe", "train", "--model", "capsnet_small", "--limit", "64", "--epochs", "2", "--batch-size", "16",
+        "--device", "cpu", "--no-progress", "--out", str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == RUN_FILES and _no_temp_files(out)
+    run = load_run(out)
+    assert run.metrics["world_size"] == 2 and len(run.history) == 2
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
