@@ -25,10 +25,12 @@ app = typer.Typer(
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DatasetUnavailableError, UnknownDatasetError
+    from .report import ReportError
     from .runs import RunError
     from .train import NonFiniteLossError
 
-    return (RunError, NonFiniteLossError, DatasetUnavailableError, UnknownDatasetError, ValueError, FileNotFoundError)
+    return (RunError, ReportError, NonFiniteLossError, DatasetUnavailableError, UnknownDatasetError, ValueError,
+            FileNotFoundError)
 
 
 def _clean_errors(fn: Callable) -> Callable:
@@ -145,6 +147,46 @@ def bench(
             f"| {r.model} | {r.params:,} | {r.device} | {r.amp} | {r.train_images_per_s:,.0f} | "
             f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} |"
         )
+
+
+@app.command()
+@_clean_errors
+def perturb(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories written by `capsprobe train`."),
+    transform: List[str] = typer.Option(["all"], "--transform", "-t", help="Transformation (repeatable): rotate, flip, translate, scale, shear, affine, jigsaw, swap, or all."),
+    magnitudes: Optional[List[str]] = typer.Option(None, "--magnitudes", "-m", help="Magnitudes instead of the default grid: rotate=0,45,90 (or 0,45,90 with one --transform); repeatable."),
+    dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
+    split: str = typer.Option("test", help="test or val."),
+    limit: Optional[int] = typer.Option(None, min=4, help="Probe at most this many images (stratified)."),
+    batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    seed: int = typer.Option(0, help="Seed of random transformations, equivariance split and bootstrap."),
+    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the 95% intervals."),
+    out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
+    from .probe import perturb as run_perturb
+    from .report import check_report_target, compact_table, write_probe_outputs
+    from .transforms import resolve
+
+    resolve(transform)  # unknown names fail before anything is loaded
+    if out is None:
+        out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
+    check_report_target(out, force)
+    result, manifest = run_perturb(
+        [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
+        data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
+        device=device, seed=seed, n_boot=bootstrap, progress=progress,
+    )
+    path = write_probe_outputs(result, out, manifest, force=force)
+    typer.echo(compact_table(result.metrics))
+    t = result.timing
+    typer.echo(f"{int(t['images'])} images, {t['total']:.1f} s (transforms {t.get('transform', 0):.1f} s, "
+               f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s)")
+    typer.echo(f"report: {path}")
 
 
 def main() -> None:
