@@ -136,7 +136,11 @@ def _stratified_split(labels: np.ndarray, test_size: int | float, seed: int) -> 
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
-    a, b = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
+    n_test = test_size if isinstance(test_size, int) else int(np.ceil(test_size * len(labels)))
+    n_classes = len(np.unique(labels))
+    # too few images for one of every class on both sides: a plain seeded split
+    stratify = labels if min(n_test, len(labels) - n_test) >= n_classes else None
+    a, b = train_test_split(index, test_size=test_size, stratify=stratify, random_state=seed)
     return np.sort(a), np.sort(b)
 
 

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "accuracy",
+    "auroc_rows",
     "bootstrap_ci",
     "bootstrap_auroc_ci",
     "bootstrap_mean_ci",
@@ -23,6 +24,7 @@ __all__ = [
     "confidence_drop",
     "consistency",
     "equivariance_error",
+    "equivariance_ratio",
     "equivariance_terms",
     "invariance_error",
     "invariance_terms",
@@ -115,7 +117,12 @@ def equivariance_error(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.
     over dimensions (total residual over total variance). When ``phi(Tx)`` does not vary at all the
     error is 0 if it is also predicted exactly, else 1.
     """
-    residual, total = equivariance_terms(phi_clean, phi_t, seed, fit_fraction)
+    return equivariance_ratio(*equivariance_terms(phi_clean, phi_t, seed, fit_fraction))
+
+
+def equivariance_ratio(residual, total) -> float:
+    """``1 - R^2`` from the held-out terms of :func:`equivariance_terms` (0 or 1 when nothing varies)."""
+    residual, total = _np(residual), _np(total)
     if total.sum() <= 1e-12:
         return 0.0 if residual.sum() <= 1e-12 else 1.0
     return float(residual.sum() / total.sum())
@@ -203,12 +210,18 @@ def bootstrap_auroc_ci(conf_clean, conf_t, n_boot: int = 1000, seed: int = 0, le
     Vectorised with the Mann-Whitney form ``AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` (average
     ranks for ties), which equals scikit-learn's ``roc_auc_score`` on every resample.
     """
-    from scipy.stats import rankdata
-
     a, b = _np(conf_clean), _np(conf_t)
     n = len(a)
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    ranks = rankdata(np.concatenate([a[idx], b[idx]], axis=1), axis=1)
-    auc = (ranks[:, :n].sum(1) - n * (n + 1) / 2) / (n * n)
+    auc = auroc_rows(a[idx], b[idx])
     lo, hi = np.percentile(auc, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def auroc_rows(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Row-wise AUROC of ``positives (R, n)`` against ``negatives (R, m)`` by the Mann-Whitney rank sum."""
+    from scipy.stats import rankdata
+
+    n, m = positives.shape[1], negatives.shape[1]
+    ranks = rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    return (ranks[:, :n].sum(1) - n * (n + 1) / 2) / (n * m)

@@ -169,7 +169,7 @@ def _condition_metrics(
 
     def equivariance(name: str, a: np.ndarray, b: np.ndarray) -> None:
         residual, total = M.equivariance_terms(a, b, seed)
-        value = M.equivariance_error(a, b, seed)
+        value = M.equivariance_ratio(residual, total)
         rows.append(_row(base, name, value, M.bootstrap_ratio_ci(residual, total, n_boot, seed), len(residual)))
 
     invariance("invariance_error", clean.rep, moved.rep)

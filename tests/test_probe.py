@@ -1,0 +1,174 @@
+"""The probe on tiny trained runs, and `capsprobe perturb` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from capsprobe.cli import app
+from capsprobe.data import DatasetSpec, ImageSplit, load_dataset, register_dataset
+from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
+from capsprobe.report import read_probe_outputs
+from capsprobe.runs import RunConfig, load_run
+from capsprobe.train import fit
+from capsprobe.transforms import TRANSFORMS, magnitude_label
+
+runner = CliRunner()
+BASE = dict(epochs=1, batch_size=16, limit=48)
+COMMON = {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
+          "equivariance_error", "equivariance_error_pca16"}
+CAPSULE_ONLY = {"invariance_error_pose", "equivariance_error_pose", "recon_equivariance_error"}
+
+
+def _rgb_loader(root, download):
+    g = torch.Generator().manual_seed(0)
+    make = lambda n: ImageSplit(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
+                                torch.arange(n) % 10)
+    return make(200), make(40)
+
+
+register_dataset(DatasetSpec("test-rgb32", 3, 32, 10, "random 3x32x32 images (tests)"), _rgb_loader)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    caps = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 16, "primary_types": 4}, **BASE),
+               root / "caps", progress=False)
+    conv = fit(RunConfig(model="resnet18", model_kwargs={"stem": "imagenet"}, **BASE), root / "conv", progress=False)
+    rgb = fit(RunConfig(model="capsnet_small", dataset="test-rgb32", model_kwargs={"conv_channels": 8, "primary_types": 2},
+                        **BASE), root / "rgb", progress=False)
+    return {"caps": caps, "conv": conv, "rgb": rgb}
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_dataset("mnist-sample", limit=40).test
+
+
+def test_probe_gives_every_metric_for_every_condition(runs, split):
+    loaded = [load_run(runs["caps"]), load_run(runs["conv"])]
+    result = run_probe(loaded, split, ["all"], n_boot=50, progress=False)
+    m = result.metrics
+    assert list(m.columns) == METRIC_COLUMNS and list(result.images.columns) == IMAGE_COLUMNS
+    conditions = {(t.name, magnitude_label(g)): (t, g) for t in TRANSFORMS.values() for g in t.grid}
+    for run in ("caps", "conv"):
+        got = m[m["run"] == run]
+        assert set(zip(got["transform"], got["magnitude"])) == set(conditions)
+        for key, group in got.groupby(["transform", "magnitude"]):
+            transform, raw = conditions[key]
+            expected = COMMON | (CAPSULE_ONLY if run == "caps" else set())
+            if transform.kind_at(raw) == "semantic" and raw != transform.identity:
+                expected = expected | {"scramble_auroc"}
+            assert set(group["metric"]) == expected, (run, key)
+    assert m[["value", "ci_low", "ci_high"]].notna().all().all()
+    assert ((m["ci_low"] <= m["value"] + 1e-9) & (m["value"] <= m["ci_high"] + 1e-9)).all()
+    # the identity conditions are exact
+    ident = m[(m["transform"] == "rotate") & (m["magnitude"] == "0")].set_index(["run", "metric"])["value"]
+    assert ident[("caps", "consistency")] == 1 and ident[("caps", "invariance_error")] == 0
+    assert ident[("conv", "invariance_error")] == 0
+    # per-image rows: one per image, run and condition
+    assert len(result.images) == 2 * len(conditions) * len(split)
+    assert result.timing["transform"] > 0 and result.timing["forward"] > 0
+
+
+def test_probe_does_not_depend_on_the_batch_size(runs, split):
+    run = [load_run(runs["caps"])]
+    args = dict(transforms=["affine", "jigsaw"], magnitudes={"affine": [0.5], "jigsaw": [4]}, n_boot=20, progress=False)
+    a = run_probe(run, split, batch_size=7, **args).metrics
+    b = run_probe(run, split, batch_size=64, **args).metrics
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5)
+
+
+def test_perturb_cli_writes_the_three_files(runs, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["perturb", "--transform", "flip", str(runs["caps"]), str(runs["conv"]),
+                                 "--limit", "40", "--bootstrap", "50", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"results.parquet", "summary.csv", "manifest.json"}
+    metrics, images, manifest = read_probe_outputs(out)
+    assert set(metrics["magnitude"]) == {"none", "horizontal", "vertical"}
+    assert set(metrics["run"]) == {"caps", "conv"} and len(images) == 2 * 3 * 40
+    assert manifest["transforms"] == {"flip": ["none", "horizontal", "vertical"]} and manifest["images"] == 40
+    assert manifest["versions"]["kornia"] and manifest["seed"] == 0
+    assert "flip horizontal" in result.output and f"report: {out}" in result.output
+
+
+def test_perturb_default_out_and_magnitudes(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["perturb", "-t", "rotate", "-m", "0,90", str(runs["caps"]), "--limit", "20",
+                                 "--bootstrap", "20", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics, _, _ = read_probe_outputs(tmp_path / "reports" / "caps")
+    assert set(metrics["magnitude"]) == {"0", "90"}
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["-t", "spin"], ["unknown transformation 'spin'", "rotate", "jigsaw"]),
+        (["-t", "rotate", "-m", "0,270"], ["rotate magnitude 270", "[-180, 180]"]),
+        (["-t", "flip", "-m", "sideways"], ["flip magnitude 'sideways'"]),
+    ],
+)
+def test_perturb_bad_transform_input(runs, tmp_path, extra, fragments):
+    out = tmp_path / "r"
+    _one_line_error(runner.invoke(app, ["perturb", *extra, str(runs["caps"]), "--out", str(out)]), *fragments)
+    assert not out.exists()
+
+
+def test_perturb_missing_or_unreadable_run(runs, tmp_path):
+    out = tmp_path / "r"
+    _one_line_error(runner.invoke(app, ["perturb", "-t", "flip", str(tmp_path / "nope"), "--out", str(out)]),
+                    "does not exist")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    _one_line_error(runner.invoke(app, ["perturb", "-t", "flip", str(broken), "--out", str(out)]), "config.json")
+    assert not out.exists()
+
+
+def test_perturb_incompatible_runs(runs, tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["perturb", "-t", "flip", str(runs["caps"]), str(runs["rgb"]), "--out", str(out)])
+    _one_line_error(result, "incompatible input shapes", "1x28x28", "3x32x32")
+    assert not out.exists()
+
+
+def test_perturb_does_not_overwrite_without_force(runs, tmp_path):
+    out = tmp_path / "r"
+    args = ["perturb", "-t", "swap", str(runs["caps"]), "--limit", "20", "--bootstrap", "20", "--no-progress",
+            "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (out / "summary.csv").read_bytes()
+    (out / "note.txt").write_text("mine")
+    _one_line_error(runner.invoke(app, [*args[:-2], "--seed", "3", "--out", str(out)]), "--force")
+    assert (out / "summary.csv").read_bytes() == before and (out / "note.txt").exists()
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert not (out / "note.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_report_reader_names_the_bad_file(tmp_path):
+    from capsprobe.report import ReportError
+
+    (tmp_path / "summary.csv").write_text("a,b\n1,2\n")
+    pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "results.parquet")
+    (tmp_path / "manifest.json").write_text(json.dumps({}))
+    with pytest.raises(ReportError, match="summary.csv is malformed: missing columns"):
+        read_probe_outputs(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ReportError, match="manifest.json is missing"):
+        read_probe_outputs(tmp_path)
