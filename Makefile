@@ -1,10 +1,10 @@
-# capsprobe: `make demo` runs the main job on the embedded MNIST sample, `make test` runs the tests.
+# capsprobe: `make train` runs the main job on the embedded MNIST sample, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capsprobe-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test train bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
-	$(BIN)/capsprobe demo
+train: $(STAMP)
+	$(BIN)/capsprobe train --model capsnet --dataset mnist-sample --out runs/capsnet-mnist-sample --resume
 
 bench: $(STAMP)
 	$(BIN)/capsprobe bench
