@@ -189,6 +189,36 @@ def perturb(
     typer.echo(f"report: {path}")
 
 
+@app.command()
+@_clean_errors
+def report(
+    report_dir: Path = typer.Argument(..., help="A folder written by `capsprobe perturb`."),
+    device: str = typer.Option("cpu", help="Device for the CapsNet reconstructions: cpu, cuda, auto."),
+    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the overview's intervals."),
+) -> None:
+    """Write overview.csv, figures/*.png, report.md and a self-contained report.html from a perturb folder."""
+    from .report import write_report
+
+    typer.echo(f"report: {write_report(report_dir, device=device, n_boot=bootstrap)}")
+
+
+@app.command()
+@_clean_errors
+def demo(
+    size: str = typer.Option("small", help="tiny (seconds), small (about 6 min on 2 CPU cores), paper (GPU)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    out: Path = typer.Option(Path("reports/demo"), help="Report folder."),
+    runs_dir: Optional[Path] = typer.Option(None, help="Where the demo's runs go [runs/demo-<size>]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The main job in one command: train a CapsNet and a convnet, perturb with the whole suite, report."""
+    from .demo import run_demo
+
+    path = run_demo(size=size, out=out, runs_dir=runs_dir, device=device, force=force, progress=progress)
+    typer.echo(f"report: {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

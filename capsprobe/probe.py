@@ -37,7 +37,16 @@ from .runs import Run
 from .train import autocast_context, autocast_dtype, resolve_device
 from .transforms import Transform, magnitude_label, magnitude_value, resolve
 
-__all__ = ["IMAGE_COLUMNS", "METRIC_COLUMNS", "ProbeResult", "image_seeds", "perturb", "run_probe"]
+__all__ = [
+    "IMAGE_COLUMNS",
+    "METRIC_COLUMNS",
+    "ProbeResult",
+    "image_seeds",
+    "perturb",
+    "pose_sweep",
+    "reconstruction_examples",
+    "run_probe",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -207,7 +216,8 @@ def run_probe(
         runs: loaded runs (:func:`capsprobe.runs.load_run`), all for ``split``'s input shape.
         split: the images to probe (uint8 ``(N, C, H, W)`` and labels), usually a test split.
         transforms: suite names (``all`` for the whole suite) or :class:`Transform` objects.
-        magnitudes: per transformation name, the magnitudes to use instead of its default grid.
+        magnitudes: per transformation name, the magnitudes to use instead of its default grid (the identity
+            magnitude is always added).
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda``...
         amp: autocast on CUDA.
@@ -228,7 +238,11 @@ def run_probe(
     unknown = sorted(set(magnitudes) - {t.name for t in chosen})
     if unknown:
         raise ValueError(f"magnitudes given for transformations not probed: {', '.join(unknown)}")
-    grid = {t.name: [t.validate(m) for m in magnitudes.get(t.name, t.grid)] for t in chosen}
+    grid = {}
+    for t in chosen:
+        values = [t.validate(m) for m in magnitudes.get(t.name, t.grid)]
+        # the identity anchors every curve and the clean accuracy: always probed, first if it was not asked for
+        grid[t.name] = values if t.identity in values else [t.identity, *values]
     if len(split) < 4:
         raise ValueError(f"the probe needs at least 4 images, got {len(split)}")
     dev = resolve_device(device)
@@ -337,10 +351,82 @@ def perturb(
         "dataset": dataset,
         "split": split,
         "images": len(images),
-        "transforms": {t.name: [magnitude_label(m) for m in mags.get(t.name, t.grid)] for t in chosen},
+        "transforms": {name: list(dict.fromkeys(group["magnitude"]))
+                       for name, group in result.metrics.groupby("transform", sort=False)},
         "seed": seed,
         "bootstrap": n_boot,
         "device": str(resolve_device(device)),
         "versions": library_versions(),
     }
     return result, manifest
+
+
+def reconstruction_examples(
+    run: Run,
+    split: ImageSplit,
+    conditions: Sequence[tuple[Transform, Any]],
+    n: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+) -> tuple[np.ndarray, list[str]]:
+    """Images, transformed images and the CapsNet's reconstructions from the transformed images' poses.
+
+    One example per class while there are classes (the first of each in ``split``), ``n`` in all. The
+    decoder is masked by the true label, so the row shows what the true class's pose says about the
+    transformed digit.
+
+    Returns:
+        ``(1 + 2 T, n, C, H, W)`` in [0, 1] (row 0 the clean images, then for each condition the transformed
+        images and their reconstructions) and the ``1 + 2 T`` row labels.
+    """
+    capsnet = unwrap(run.model)
+    if not isinstance(capsnet, CapsNet) or capsnet.decoder is None:
+        raise ValueError(f"{run.name} is not a CapsNet with a decoder")
+    dev = resolve_device(device)
+    labels = split.labels.numpy()
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:n]
+    picks += [i for i in range(len(labels)) if i not in picks][: n - len(picks)]
+    index = torch.tensor(picks)
+    x = split.subset(index).float_images().to(dev)
+    y = split.labels[index].to(dev)
+    seeds = image_seeds(seed, index)
+    model = capsnet.to(dev).eval()
+    rows, names = [x.cpu()], ["image"]
+    with torch.inference_mode():
+        for t, m in conditions:
+            moved = t(x, m, seeds).images
+            recon = model.decode(model.forward_features(moved), y)
+            rows += [moved.cpu(), recon.float().cpu()]
+            names += [f"{t.name} {magnitude_label(m)}", "reconstruction"]
+    return torch.stack(rows).clamp(0, 1).numpy(), names
+
+
+def pose_sweep(
+    run: Run,
+    split: ImageSplit,
+    index: int = 0,
+    deltas: Sequence[float] = tuple(np.round(np.arange(-0.25, 0.2501, 0.05), 2)),
+    device: str = "auto",
+) -> np.ndarray:
+    """The paper's Figure 4: each pose dimension of a digit's capsule moved by ``deltas`` and decoded.
+
+    Returns:
+        ``(D, len(deltas), C, H, W)`` in [0, 1]: row ``d`` adds each delta to dimension ``d`` of the true
+        class's pose (16 x 11 with the defaults).
+    """
+    capsnet = unwrap(run.model)
+    if not isinstance(capsnet, CapsNet) or capsnet.decoder is None:
+        raise ValueError(f"{run.name} is not a CapsNet with a decoder")
+    dev = resolve_device(device)
+    model = capsnet.to(dev).eval()
+    x = split.subset(torch.tensor([index])).float_images().to(dev)
+    label = int(split.labels[index])
+    with torch.inference_mode():
+        poses = model.forward_features(x)  # (1, K, D)
+        dim = poses.shape[-1]
+        steps = torch.tensor(list(deltas), device=dev, dtype=poses.dtype)
+        batch = poses.repeat(dim * len(steps), 1, 1)  # (D * S, K, D)
+        rows = torch.arange(dim, device=dev).repeat_interleave(len(steps))
+        batch[torch.arange(len(batch), device=dev), label, rows] += steps.repeat(dim)
+        images = model.decode(batch, torch.full((len(batch),), label, device=dev))
+    return images.float().cpu().reshape(dim, len(steps), *images.shape[1:]).clamp(0, 1).numpy()

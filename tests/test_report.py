@@ -1,0 +1,155 @@
+"""The report: every file, figures inline in the HTML (parsed), overview figures, the demo end to end."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from capsprobe.cli import app
+from capsprobe.data import load_dataset
+from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, pose_sweep
+from capsprobe.report import ReportError, overview_table, write_probe_outputs, write_report
+from capsprobe.runs import load_run
+
+runner = CliRunner()
+GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
+         "jigsaw": [("1", 1.0), ("2", 2.0)]}
+
+
+def _synthetic(n: int = 30) -> ProbeResult:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n)
+    images, metrics = [], []
+    for run, skill in (("caps", 0.9), ("conv", 0.7)):
+        for transform, grid in GRIDS.items():
+            for k, (label, value) in enumerate(grid):
+                keep = rng.random(n) < skill / (1 + k)
+                pred = np.where(keep, labels, (labels + 1) % 10)
+                conf = np.clip(rng.normal(0.9 - 0.2 * k, 0.05, n), 0, 1)
+                kind = "semantic" if transform != "rotate" or value >= 90 else "nuisance"
+                images.append(pd.DataFrame({"model": run, "run": run, "seed": 0, "transform": transform, "kind": kind,
+                                            "magnitude": label, "image_id": np.arange(n), "label": labels,
+                                            "prediction": pred, "true_score": conf, "confidence": conf}))
+                names = ["accuracy", "consistency", "invariance_error", "equivariance_error_pca16"]
+                if kind == "semantic" and k > 0:
+                    names.append("scramble_auroc")
+                for metric in names:
+                    v = 0.0 if k == 0 and "error" in metric else float(rng.random())
+                    metrics.append(dict(model=run, run=run, seed=0, transform=transform, kind=kind, magnitude=label,
+                                        magnitude_value=value, metric=metric, value=v, ci_low=v - 0.1, ci_high=v + 0.1,
+                                        n_images=n))
+    return ProbeResult(pd.DataFrame(metrics, columns=METRIC_COLUMNS),
+                       pd.concat(images, ignore_index=True)[IMAGE_COLUMNS], {"total": 1.0, "images": float(n)})
+
+
+MANIFEST = {"runs": [{"name": "caps", "path": "/nonexistent/caps", "model": "capsnet_small", "seed": 0},
+                     {"name": "conv", "path": "/nonexistent/conv", "model": "resnet18", "seed": 0}],
+            "dataset": "mnist-sample", "split": "test", "images": 30, "seed": 0, "bootstrap": 100,
+            "transforms": {t: [g[0] for g in grid] for t, grid in GRIDS.items()}, "versions": {}}
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.sources.append(attrs.get("src", ""))
+        if tag in ("link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.links.append(attrs)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return write_probe_outputs(_synthetic(), tmp_path / "rep", MANIFEST)
+
+
+def test_report_writes_every_file_with_figures_inline(folder):
+    html_path = write_report(folder, n_boot=100)
+    names = {p.name for p in folder.iterdir()}
+    assert {"results.parquet", "summary.csv", "manifest.json", "overview.csv", "report.md", "report.html",
+            "figures"} <= names
+    figures = sorted((folder / "figures").glob("*.png"))
+    assert {p.name for p in figures} == {"accuracy_curves.png", "invariance_equivariance.png", "scramble_auroc.png",
+                                         "roc_curves.png", "rotation_polar.png"}
+    parser = _Images()
+    parser.feed(html_path.read_text())
+    assert not parser.links  # self-contained: nothing fetched
+    inline = [base64.b64decode(src.split(",", 1)[1]) for src in parser.sources if src.startswith("data:image/png;base64,")]
+    assert len(inline) == len(parser.sources) == len(figures)
+    assert sorted(inline) == sorted(p.read_bytes() for p in figures)
+    md = (folder / "report.md").read_text()
+    assert all(f"figures/{p.name}" in md for p in figures)
+    assert "capsule pictures for caps skipped" in md  # the run folder is gone: said, not hidden
+    assert "Rotated by 45 degrees, caps keeps" in md
+
+
+def test_overview_figures_match_the_per_image_rows(folder):
+    result = _synthetic()
+    overview = overview_table(result.metrics, result.images, n_boot=100).set_index(["run", "transform"])
+    img = result.images
+    for (run, transform), row in overview.iterrows():
+        rows = img[(img["run"] == run) & (img["transform"] == transform)]
+        acc = rows.assign(ok=rows["prediction"] == rows["label"]).groupby("magnitude")["ok"].mean()
+        ident = GRIDS[transform][0][0]
+        assert row["clean_accuracy"] == pytest.approx(acc[ident])
+        assert row["worst_accuracy"] == pytest.approx(acc.min())
+        assert row["clean_accuracy_low"] <= row["clean_accuracy"] <= row["clean_accuracy_high"]
+        assert row["mean_accuracy_low"] <= row["mean_accuracy"] <= row["mean_accuracy_high"]
+    rot = overview.loc[("caps", "rotate")]
+    acc = img[(img["run"] == "caps") & (img["transform"] == "rotate")].assign(
+        ok=lambda d: d["prediction"] == d["label"]).groupby("magnitude")["ok"].mean()
+    area = ((acc["0"] + acc["45"]) / 2 * 45 + (acc["45"] + acc["90"]) / 2 * 45) / 90
+    assert rot["mean_accuracy"] == pytest.approx(area)
+    from sklearn.metrics import roc_auc_score
+
+    flip = img[(img["run"] == "conv") & (img["transform"] == "flip")]
+    clean = flip[flip["magnitude"] == "none"]["confidence"].to_numpy()
+    moved = flip[flip["magnitude"] == "horizontal"]["confidence"].to_numpy()
+    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(30)], np.r_[clean, moved])
+    row = overview.loc[("conv", "flip")]
+    assert row["scramble_auroc"] == pytest.approx(expected)
+    assert row["scramble_auroc_low"] <= row["scramble_auroc"] <= row["scramble_auroc_high"]
+
+
+def test_report_errors_name_the_file(tmp_path, folder):
+    (folder / "summary.csv").write_text("not,a\ntidy,table\n")
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "summary.csv is malformed" in lines[0]
+    (folder / "results.parquet").unlink()
+    with pytest.raises(ReportError, match="results.parquet is missing"):
+        write_report(folder)
+    json.loads((folder / "manifest.json").read_text())
+
+
+def test_demo_tiny_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = Path("reports/demo")
+    assert result.output.strip().endswith("report: reports/demo/report.html")
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert {"reconstructions_capsnet_small.png", "pose_sweep_capsnet_small.png", "accuracy_curves.png"} <= names
+    overview = pd.read_csv(out / "overview.csv")
+    assert set(overview["run"]) == {"capsnet_small", "resnet18"}
+    assert set(overview["transform"]) == {"rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap"}
+    # Figure 4: 16 pose dimensions x 11 deltas
+    run = load_run("runs/demo-tiny/capsnet_small")
+    sweep = pose_sweep(run, load_dataset("mnist-sample", limit=48).test)
+    assert sweep.shape == (16, 11, 1, 28, 28)
+    assert np.allclose(sweep[:, 5], sweep[0, 5])  # the zero delta is the unperturbed reconstruction in every row
+    assert not np.allclose(sweep[0, 0], sweep[0, 10])
+    # a second run reuses the trained runs and refuses to overwrite the report without --force
+    again = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu"])
+    assert again.exit_code == 1 and "--force" in again.output
