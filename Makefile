@@ -1,10 +1,10 @@
-# capsprobe: `make train` runs the main job on the embedded MNIST sample, `make test` runs the tests.
+# capsprobe: `make demo` runs the main job on the embedded MNIST sample, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capsprobe-installed
 
-.PHONY: install test train bench clean
+.PHONY: install test demo train bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# train a CapsNet and resnet18, perturb with the whole suite, write reports/demo (the committed example)
+demo: $(STAMP)
+	$(BIN)/capsprobe demo --force
 
 train: $(STAMP)
 	$(BIN)/capsprobe train --model capsnet --dataset mnist-sample --out runs/capsnet-mnist-sample --resume

@@ -54,7 +54,7 @@ def bench_model(
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``."""
     from .models import create_model, model_outputs
-    from .train import Objective, autocast_context, autocast_dtype, resolve_device
+    from .train import Objective, autocast_context, autocast_dtype, resolve_device, train_step
 
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
@@ -68,20 +68,15 @@ def bench_model(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def train_step():
-        with autocast_context(dev, dtype):
-            loss, _ = objective(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def step():
+        train_step(objective, optimizer, scaler, images, labels, dev, dtype)
 
     for _ in range(warmup):
-        train_step()
+        step()
     _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step()
+        step()
     _sync(dev)
     train_rate = steps * batch_size / (time.perf_counter() - start)
 

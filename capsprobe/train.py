@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "fit",
     "resolve_device",
+    "train_step",
 ]
 
 _log = logging.getLogger(__name__)
@@ -128,6 +129,25 @@ class Objective(nn.Module):
             return loss, lengths
         logits = self.model(images).float()
         return F.cross_entropy(logits, labels), logits
+
+
+def train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    labels: Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step (autocast forward, scaled backward, step); returns ``(loss, scores)``."""
+    with autocast_context(device, dtype):
+        loss, scores = objective(images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, scores
 
 
 @torch.inference_mode()
@@ -336,12 +356,7 @@ def _fit(
             max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size,
         )
         for i, (images, labels) in enumerate(batches):
-            with autocast_context(device, dtype):
-                loss, scores = objective(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype)
             batch = labels.shape[0]
             stats[0] += loss.detach().double() * batch
             stats[1] += (scores.detach().argmax(1) == labels).sum()

@@ -219,3 +219,9 @@ def test_gradients_reach_every_parameter():
 def test_pretrained_is_refused():
     with pytest.raises(RuntimeError, match="no pretrained weights"):
         timm.create_model("capsnet", pretrained=True)
+
+
+@pytest.mark.parametrize("name", CAPSNETS + ["baseline_cnn"])
+def test_timm_pretrained_cfg_is_attached(name):
+    model = timm.create_model(name)
+    assert model.pretrained_cfg["architecture"] == name and model.pretrained_cfg["input_size"] == (1, 28, 28)

@@ -46,7 +46,9 @@ import torch
 from torch import Tensor, nn
 
 import timm
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+
+from ._cfg import small_image_cfg
 
 __all__ = ["STEMS", "BaselineCNN", "adapt_stem", "create_convnet"]
 
@@ -130,24 +132,7 @@ class BaselineCNN(nn.Module):
         self.fc = nn.Linear(self.head_hidden_size, num_classes)
 
 
-default_cfgs = generate_default_cfgs(
-    {
-        "baseline_cnn": {
-            "url": "",
-            "num_classes": 10,
-            "input_size": (1, 28, 28),
-            "pool_size": None,
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-            "mean": (0.0,),
-            "std": (1.0,),
-            "first_conv": "features.0",
-            "classifier": "fc",
-            "paper_ids": "arXiv:1710.09829",
-            "license": "mit",
-        }
-    }
-)
+default_cfgs = generate_default_cfgs({"baseline_cnn": small_image_cfg(first_conv="features.0", classifier="fc")})
 
 
 @register_model
@@ -155,7 +140,9 @@ def baseline_cnn(pretrained: bool = False, **kwargs) -> BaselineCNN:
     """The paper's baseline CNN: 35,445,522 parameters at 1x28x28 with 10 classes."""
     if pretrained:
         raise RuntimeError("no pretrained weights exist for baseline_cnn; train one with `capsprobe train`")
-    return BaselineCNN(**kwargs)
+    model = BaselineCNN(**kwargs)
+    model.pretrained_cfg = model.default_cfg = get_pretrained_cfg("baseline_cnn").to_dict()
+    return model
 
 
 STEMS = ("small", "cifar", "imagenet")

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+
+from ._cfg import small_image_cfg
 
 __all__ = [
     "CapsNet",
@@ -364,7 +366,6 @@ class CapsNet(nn.Module):
         )
         # timm attributes
         self.num_features = self.head_hidden_size = num_classes * capsule_dim
-        self.default_cfg = self.pretrained_cfg = {}
 
     @property
     def num_iters(self) -> int:
@@ -427,28 +428,10 @@ class CapsNet(nn.Module):
         return self.digits
 
 
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (1, 28, 28),
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.0,),
-        "std": (1.0,),
-        "first_conv": "conv1",
-        "classifier": "digits",
-        "paper_ids": "arXiv:1710.09829",
-        "license": "mit",
-        **kwargs,
-    }
-
-
 default_cfgs = generate_default_cfgs(
     {
-        "capsnet": _cfg(),
-        "capsnet_small": _cfg(),
+        "capsnet": small_image_cfg(first_conv="conv1", classifier="digits"),
+        "capsnet_small": small_image_cfg(first_conv="conv1", classifier="digits"),
     }
 )
 
@@ -459,7 +442,9 @@ def _create(variant: str, pretrained: bool, **kwargs) -> CapsNet:
     kwargs.pop("pretrained_cfg", None)
     kwargs.pop("pretrained_cfg_overlay", None)
     kwargs.pop("cache_dir", None)
-    return CapsNet(**kwargs)
+    model = CapsNet(**kwargs)
+    model.pretrained_cfg = model.default_cfg = get_pretrained_cfg(variant).to_dict()
+    return model
 
 
 @register_model
