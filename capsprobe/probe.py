@@ -349,6 +349,7 @@ def perturb(
         "runs": [{"name": r.name, "path": str(r.path), "model": r.config.model, "seed": r.config.seed,
                   "dataset": r.config.dataset, "test_accuracy": r.metrics.get("test_accuracy")} for r in runs],
         "dataset": dataset,
+        "data_root": data_root,
         "split": split,
         "images": len(images),
         "transforms": {name: list(dict.fromkeys(group["magnitude"]))

@@ -389,7 +389,7 @@ def _figures(folder: Path, metrics: pd.DataFrame, images: pd.DataFrame, manifest
 
 def _capsule_figures(metrics: pd.DataFrame, manifest: dict[str, Any], device: str):
     from . import plots
-    from .data import load_dataset
+    from .data import DatasetUnavailableError, load_dataset
     from .models import is_capsnet
     from .probe import pose_sweep, reconstruction_examples
     from .runs import RunError, load_run
@@ -408,8 +408,12 @@ def _capsule_figures(metrics: pd.DataFrame, manifest: dict[str, Any], device: st
         if not is_capsnet(run.model) or run.model.decoder is None:
             continue
         if split is None:
-            splits = load_dataset(manifest["dataset"], run.config.data_root, download=False,
-                                  limit=manifest.get("images") if manifest.get("split") == "test" else None)
+            try:
+                splits = load_dataset(manifest["dataset"], manifest.get("data_root") or run.config.data_root,
+                                      download=False, limit=manifest.get("images"))
+            except DatasetUnavailableError as exc:
+                notes.append(f"capsule pictures skipped: {exc}")
+                return figs, captions, notes
             split = splits.test if manifest.get("split", "test") == "test" else splits.val
         conditions = []
         for name, mags in manifest.get("transforms", {}).items():

@@ -16,6 +16,7 @@ rank 0 writes files; the result is an ordinary run directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -432,8 +433,6 @@ def _broadcast_value(ctx: _Dist, value: Any) -> Any:
 
 
 def _json(data: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
