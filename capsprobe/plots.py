@@ -105,8 +105,13 @@ def plot_invariance_vs_equivariance(metrics: pd.DataFrame, equivariance: str = "
                         palette=_palette(list(dict.fromkeys(wide["run"]))))
         ax.set_xlabel("invariance error  (0 = representation unchanged)")
         ax.set_ylabel(f"{equivariance.replace('_', ' ')}  (0 = linearly predictable)")
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0)
+        # a badly fitted held-out half can give errors far above 1: keep the informative range in view
+        x_max, y_max = 3.0, 1.5
+        ax.set_xlim(0, min(x_max, max(wide["invariance_error"].max() * 1.05, 0.1)))
+        ax.set_ylim(0, min(y_max, max(wide[equivariance].max() * 1.05, 0.1)))
+        outside = int(((wide["invariance_error"] > x_max) | (wide[equivariance] > y_max)).sum())
+        if outside:
+            ax.set_title(f"{outside} point(s) beyond the axes (errors > {x_max:g} / {y_max:g})", fontsize=8)
         ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)
         fig.tight_layout()
     return fig

@@ -187,9 +187,9 @@ def overview_table(metrics: pd.DataFrame, images: pd.DataFrame, n_boot: int = 10
     ``scramble_auroc`` pools every non-identity semantic condition against the clean images.
     """
     identity = _identity_labels()
-    rng = np.random.default_rng(seed)
     out = []
     for (run, transform), img in images.groupby(["run", "transform"], sort=False):
+        rng = np.random.default_rng(seed)  # the same resamples for every group: equal data, equal intervals
         ident = identity.get(transform)
         met = metrics[(metrics["run"] == run) & (metrics["transform"] == transform)]
         order = met.drop_duplicates("magnitude").sort_values("magnitude_value")
