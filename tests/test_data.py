@@ -117,3 +117,62 @@ def test_full_mnist_from_data_root():
     splits = load_dataset("mnist", root=SHARED_MNIST, download=False)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (54000, 6000, 10000)
     assert not _keys(splits.val.subset(np.arange(500))) & _keys(splits.test)
+
+
+# --- the paper's protocols -------------------------------------------------------------------------------------
+
+from capsprobe.data import affnist_warp, box_overlap, ink_boxes, multimnist, place_on_canvas, random_canvas  # noqa: E402
+
+
+def test_canvas_keeps_every_digit_whole_and_covers_the_shifts(sample):
+    digits = sample.test.float_images()
+    placed, shifts = random_canvas(digits, 40, 6, torch.Generator().manual_seed(0))
+    assert placed.shape == (1000, 1, 40, 40)
+    torch.testing.assert_close(placed.flatten(1).sum(1), digits.flatten(1).sum(1))  # no ink lost
+    assert shifts.abs().max() == 6 and set(shifts[:, 0].tolist()) == set(range(-6, 7))
+    centred = place_on_canvas(digits[:1], 40)
+    assert torch.equal(centred[0, 0, 6:34, 6:34], digits[0, 0])
+    with pytest.raises(ValueError, match="off a 40 px canvas"):
+        random_canvas(digits, 40, 7)
+
+
+def test_affnist_warp_respects_its_bounds_and_keeps_the_digit_on_the_canvas(sample):
+    placed, _ = random_canvas(sample.test.float_images()[:300], 40, 6, torch.Generator().manual_seed(1))
+    warped, p = affnist_warp(placed, torch.arange(300))
+    assert p["angle"].abs().max() <= 20 and p["shear"].abs().max() <= 0.2
+    for key in ("scale_x", "scale_y"):
+        assert p[key].min() >= 0.8 and p[key].max() <= 1.2
+    assert p["angle"].abs().max() > 15 and p["shear"].abs().max() > 0.15  # the ranges are used, not just bounded
+    boxes = ink_boxes(placed).double()
+    corners = torch.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]], boxes[:, [2, 3]]], 1)
+    mapped = torch.cat([corners, torch.ones(300, 4, 1, dtype=torch.float64)], -1) @ p["matrix"].transpose(1, 2)
+    assert mapped[..., :2].min() >= -1e-6 and mapped[..., :2].max() <= 39 + 1e-6
+    # the ink mass changes by the area factor only: nothing is cut off
+    det = torch.linalg.det(p["matrix"][:, :2, :2]).float()
+    ratio = warped.flatten(1).sum(1) / placed.flatten(1).sum(1)
+    assert ((ratio / det - 1).abs() < 0.08).all()
+
+
+def test_affnist_warp_is_reproducible_and_per_image(sample):
+    placed = place_on_canvas(sample.test.float_images()[:8], 40)
+    a, pa = affnist_warp(placed, torch.arange(8))
+    b, _ = affnist_warp(placed, torch.arange(8))
+    assert torch.equal(a, b)
+    one, _ = affnist_warp(placed[3:4], torch.arange(3, 4))
+    torch.testing.assert_close(one[0], a[3], rtol=0, atol=1e-6)
+    c, _ = affnist_warp(placed, torch.arange(8) + 100)
+    assert not torch.equal(a, c)
+
+
+def test_multimnist_pairs(sample):
+    m = multimnist(sample.test, 500, seed=2)
+    assert m.images.shape == (500, 1, 36, 36) and m.parts.shape == (500, 2, 1, 36, 36)
+    assert (m.labels[:, 0] != m.labels[:, 1]).all() and m.labels.shape == (500, 2)
+    assert m.shifts.abs().max() == 4
+    torch.testing.assert_close(m.images, m.parts.sum(1).clamp(max=1))
+    # each part is a whole digit: its ink is that of a 28x28 sample digit
+    assert (ink_boxes(m.parts[:, 0])[:, 2] >= 0).all()
+    overlap = box_overlap(m.parts).mean().item()
+    assert 0.6 < overlap < 0.85  # the paper: 80% on average; 73% here
+    again = multimnist(sample.test, 500, seed=2)
+    assert torch.equal(again.images, m.images) and torch.equal(again.labels, m.labels)
