@@ -153,3 +153,18 @@ def test_demo_tiny_end_to_end(tmp_path, monkeypatch):
     # a second run reuses the trained runs and refuses to overwrite the report without --force
     again = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu"])
     assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_report_cli_success_and_rerun(folder):
+    first = runner.invoke(app, ["report", str(folder), "--bootstrap", "50"])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == f"report: {folder / 'report.html'}"
+    again = runner.invoke(app, ["report", str(folder), "--bootstrap", "50"])  # summary.csv is its input, untouched
+    assert again.exit_code == 0 and pd.read_csv(folder / "summary.csv").columns.tolist() == list(METRIC_COLUMNS)
+
+
+def test_demo_unknown_size_is_one_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--size", "huge", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: unknown demo size 'huge'; choose one of: tiny, small, paper"
+    assert not (tmp_path / "d").exists()
