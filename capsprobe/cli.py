@@ -76,13 +76,16 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
-    from .runs import CONFIG, RunConfig, read_config
+    from .runs import CONFIG, RunConfig, read_config, read_metrics
     from .train import fit, with_overrides
 
     if resume and force:
         raise ValueError("--resume and --force exclude each other")
     base = RunConfig()
-    if resume and out is not None and (out / CONFIG).is_file():
+    if out is None:
+        name, data, s = model or base.model, dataset or base.dataset, seed if seed is not None else base.seed
+        out = Path("runs") / (f"{name}-{data}" + (f"-seed{s}" if s else ""))
+    if resume and (out / CONFIG).is_file():
         base = read_config(out)[0]  # options left out keep the stored values
     kwargs = dict(base.model_kwargs)
     if num_iters is not None:
@@ -93,12 +96,8 @@ def train(
         data_root=str(data_root) if data_root is not None else None, download=download,
     )
     config = with_overrides(config, model_kwargs=kwargs)
-    if out is None:
-        out = Path("runs") / (f"{config.model}-{config.dataset}" + (f"-seed{config.seed}" if config.seed else ""))
     path = fit(config, out, resume=resume, force=force, progress=progress)
-    from .runs import load_run
-
-    metrics = load_run(path).metrics
+    metrics = read_metrics(path)
     typer.echo(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}  run: {path}")
 
 

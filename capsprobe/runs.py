@@ -42,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "load_run",
     "read_config",
+    "read_metrics",
     "save_checkpoint",
     "save_weights",
     "write_history",
@@ -290,6 +291,11 @@ def build_model(config: RunConfig, input_spec: dict[str, Any]) -> nn.Module:
         img_size=input_spec["img_size"],
         **config.model_kwargs,
     )
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` (test accuracy, throughput...)."""
+    return _read_json(Path(run_dir) / METRICS)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

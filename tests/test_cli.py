@@ -79,3 +79,13 @@ def test_bench_prints_a_table():
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "capsprobe", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "bench" in proc.stdout
+
+
+def test_resume_without_out_uses_the_default_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["train", *TINY]).exit_code == 0
+    default = tmp_path / "runs" / "capsnet_small-mnist-sample"
+    result = runner.invoke(app, ["train", "--model", "capsnet_small", "--resume", "--epochs", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run = load_run(default)
+    assert run.config.limit == 32 and len(run.history) == 2
