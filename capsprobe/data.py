@@ -46,7 +46,6 @@ __all__ = [
     "load_dataset",
     "multimnist",
     "place_on_canvas",
-    "random_canvas",
     "random_shifts",
     "register_dataset",
     "shift_images",
@@ -266,6 +265,22 @@ register_dataset(DatasetSpec("cifar10", 3, 32, 10, "CIFAR-10 (torchvision)"), _t
 register_dataset(DatasetSpec("svhn", 3, 32, 10, "SVHN digits (torchvision)"), _torchvision("svhn"))
 
 
+def _on_canvas(base: str, canvas: int) -> Loader:
+    def load(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
+        train, test = _REGISTRY[base][1](root, download)
+        return tuple(ImageSplit(place_on_canvas(s.images, canvas), s.labels) for s in (train, test))  # type: ignore
+
+    return load
+
+
+# the affNIST protocol (paper section 5.2): digits centred on a 40x40 black canvas; training with
+# ``max_shift=6`` moves each by up to 6 px per axis per epoch, so it stays whole on the canvas
+register_dataset(DatasetSpec("mnist-canvas40", 1, 40, 10, "MNIST centred on 40x40 (affNIST protocol)"),
+                 _on_canvas("mnist", 40))
+register_dataset(DatasetSpec("mnist-sample-canvas40", 1, 40, 10, "the embedded sample centred on 40x40 (offline)"),
+                 _on_canvas("mnist-sample", 40))
+
+
 # --- batches and augmentation ------------------------------------------------------------------------------
 
 
@@ -361,23 +376,6 @@ def place_on_canvas(images: Tensor, canvas: int, shifts: Tensor | None = None) -
     py, px = (canvas - h) // 2, (canvas - w) // 2
     out = F.pad(images, (px, px, py, py))
     return out if shifts is None else shift_images(out, shifts)
-
-
-def random_canvas(images: Tensor, canvas: int = 40, max_shift: int = 6, generator: torch.Generator | None = None
-                  ) -> tuple[Tensor, Tensor]:
-    """The affNIST training protocol: each digit at a random integer offset of up to ``max_shift`` px per axis
-    from the centre of a ``canvas`` image (40 and 6 in the paper's official code: pad 6 = (40 - 28) / 2), so the
-    whole 28x28 box always stays on the canvas.
-
-    Returns:
-        ``(B, C, canvas, canvas)`` images and their ``(B, 2)`` offsets ``(dy, dx)``.
-    """
-    room = (canvas - images.shape[-1]) // 2
-    if max_shift > room:
-        raise ValueError(f"a shift of {max_shift} px would push {images.shape[-1]} px digits off a {canvas} px canvas")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    shifts = torch.randint(-max_shift, max_shift + 1, (images.shape[0], 2), generator=gen)
-    return place_on_canvas(images, canvas, shifts), shifts
 
 
 def affnist_warp(

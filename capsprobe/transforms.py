@@ -21,6 +21,8 @@ Convention:
       (kornia's ``warp_affine`` convention; note kornia's ``get_affine_matrix2d`` negates angles relative to
       ``rotate``, kornia issue #4408, so it is not used here).
     - flip: ``horizontal`` mirrors left-right, ``vertical`` top-bottom (exact, no interpolation).
+    - affnist: the affNIST protocol's per-image random warp (``capsprobe.data.affnist_warp``); not part of
+      ``all``.
     - jigsaw: ``g`` patches per side, a seeded permutation that is never the identity; ``g`` must divide
       the image size. swap: ``top-bottom`` / ``left-right`` exchange the two halves (exact).
 """
@@ -35,11 +37,13 @@ from kornia.geometry.transform import hflip, vflip, warp_affine
 from torch import Tensor
 
 __all__ = [
+    "SUITE",
     "TRANSFORMS",
     "Transform",
     "Transformed",
     "UnknownTransformError",
     "affine",
+    "affnist",
     "apply_matrix",
     "flip",
     "get_transform",
@@ -306,6 +310,25 @@ def swap(images: Tensor, halves: str, seed: Seed = 0) -> Transformed:
     return Transformed(torch.roll(images, shifts=w // 2, dims=-1))
 
 
+AFFNIST = ("none", "warp")
+
+
+def affnist(images: Tensor, mode: str, seed: Seed = 0) -> Transformed:
+    """The affNIST test warp (:func:`capsprobe.data.affnist_warp`): ``warp`` draws, per image, a rotation up to
+    20 degrees, a shear up to 0.2, a scale of 0.8-1.2 per axis and a shift that keeps the digit on the canvas;
+    ``none`` is the identity.
+    """
+    from .data import affnist_warp
+
+    _check_images(images)
+    if mode not in AFFNIST:
+        raise ValueError(f"affnist takes one of {', '.join(AFFNIST)}, got {mode!r}")
+    if mode == "none":
+        return Transformed(images.clone(), _eye(images))
+    warped, params = affnist_warp(images, seed)
+    return Transformed(warped.to(images.dtype), params["matrix"].float().to(images.device))
+
+
 @dataclass(frozen=True)
 class Transform:
     """A named transformation of the suite with its magnitude grid and range.
@@ -377,8 +400,11 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("jigsaw", jigsaw, (1, 2, 4, 7), 1, "patches per side", "semantic", 1, 28, geometric=False,
                   integer=True),
         Transform("swap", swap, SWAPS, "none", "halves", "semantic", choices=SWAPS, geometric=False),
+        Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST),
     )
 }
+# "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) is asked for by name
+SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
 
 
 def get_transform(name: str) -> Transform:
@@ -415,7 +441,7 @@ def resolve(names: Sequence[str]) -> list[Transform]:
     """Suite entries for ``names``; ``all`` expands to the whole suite; duplicates are dropped."""
     out: list[Transform] = []
     for name in names:
-        for t in TRANSFORMS.values() if name == "all" else [get_transform(name)]:
+        for t in [TRANSFORMS[n] for n in SUITE] if name == "all" else [get_transform(name)]:
             if t not in out:
                 out.append(t)
     if not out:

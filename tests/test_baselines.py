@@ -74,3 +74,11 @@ def test_unknown_model_is_one_line_with_close_matches():
     assert "unknown model 'resnt18'" in message and "resnet18" in message
     with pytest.raises(UnknownModelError, match="capsnet"):
         create_model("capsnett")
+
+
+def test_pooled_cnn_for_the_affnist_comparison():
+    model = timm.create_model("baseline_cnn_pool", img_size=40)
+    assert sum(p.numel() for p in model.parameters()) == 6_728_466
+    pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 2 and model.forward_features(torch.rand(1, 1, 40, 40)).shape == (1, 128, 10, 10)
+    assert model.head_drop.p == 0.5

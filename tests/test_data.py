@@ -121,23 +121,24 @@ def test_full_mnist_from_data_root():
 
 # --- the paper's protocols -------------------------------------------------------------------------------------
 
-from capsprobe.data import affnist_warp, box_overlap, ink_boxes, multimnist, place_on_canvas, random_canvas  # noqa: E402
+from capsprobe.data import affnist_warp, box_overlap, ink_boxes, multimnist, place_on_canvas  # noqa: E402
 
 
-def test_canvas_keeps_every_digit_whole_and_covers_the_shifts(sample):
-    digits = sample.test.float_images()
-    placed, shifts = random_canvas(digits, 40, 6, torch.Generator().manual_seed(0))
-    assert placed.shape == (1000, 1, 40, 40)
-    torch.testing.assert_close(placed.flatten(1).sum(1), digits.flatten(1).sum(1))  # no ink lost
-    assert shifts.abs().max() == 6 and set(shifts[:, 0].tolist()) == set(range(-6, 7))
-    centred = place_on_canvas(digits[:1], 40)
-    assert torch.equal(centred[0, 0, 6:34, 6:34], digits[0, 0])
-    with pytest.raises(ValueError, match="off a 40 px canvas"):
-        random_canvas(digits, 40, 7)
+def test_canvas_training_keeps_every_digit_whole_and_covers_the_shifts(sample):
+    canvas = load_dataset("mnist-sample-canvas40")
+    assert canvas.test.images.shape[1:] == (1, 40, 40) and torch.equal(canvas.test.labels, sample.test.labels)
+    assert torch.equal(canvas.test.images[:, :, 6:34, 6:34], sample.test.images)  # centred, nothing else drawn
+    moved = torch.cat([b[0] for b in iterate_batches(canvas.test, 250, max_shift=6, seed=1)])
+    torch.testing.assert_close(moved.flatten(1).sum(1), canvas.test.float_images().flatten(1).sum(1))  # whole
+    boxes = ink_boxes(moved)
+    shift_x = boxes[:, 0] - ink_boxes(canvas.test.float_images())[:, 0]
+    assert shift_x.abs().max() == 6 and set(shift_x.tolist()) == set(range(-6, 7))
+    with pytest.raises(ValueError, match="cannot centre"):
+        place_on_canvas(torch.zeros(1, 1, 28, 28), 35)
 
 
 def test_affnist_warp_respects_its_bounds_and_keeps_the_digit_on_the_canvas(sample):
-    placed, _ = random_canvas(sample.test.float_images()[:300], 40, 6, torch.Generator().manual_seed(1))
+    placed = shift_images(place_on_canvas(sample.test.float_images()[:300], 40), torch.randint(-6, 7, (300, 2)))
     warped, p = affnist_warp(placed, torch.arange(300))
     assert p["angle"].abs().max() <= 20 and p["shear"].abs().max() <= 0.2
     for key in ("scale_x", "scale_y"):

@@ -15,7 +15,7 @@ from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
 from capsprobe.report import read_probe_outputs
 from capsprobe.runs import RunConfig, load_run
 from capsprobe.train import fit
-from capsprobe.transforms import TRANSFORMS, magnitude_label
+from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()
 BASE = dict(epochs=1, batch_size=16, limit=48)
@@ -55,7 +55,7 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
     result = run_probe(loaded, split, ["all"], n_boot=50, progress=False)
     m = result.metrics
     assert list(m.columns) == METRIC_COLUMNS and list(result.images.columns) == IMAGE_COLUMNS
-    conditions = {(t.name, magnitude_label(g)): (t, g) for t in TRANSFORMS.values() for g in t.grid}
+    conditions = {(n, magnitude_label(g)): (TRANSFORMS[n], g) for n in SUITE for g in TRANSFORMS[n].grid}
     for run in ("caps", "conv"):
         got = m[m["run"] == run]
         assert set(zip(got["transform"], got["magnitude"])) == set(conditions)

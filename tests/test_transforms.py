@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from capsprobe.transforms import (
+    SUITE,
     TRANSFORMS,
     UnknownTransformError,
     apply_matrix,
@@ -182,7 +183,7 @@ def test_unknown_transform_lists_the_valid_ones():
 
 
 def test_resolve_all_and_kinds():
-    assert [t.name for t in resolve(["all"])] == list(TRANSFORMS)
+    assert [t.name for t in resolve(["all"])] == list(SUITE) == [n for n in TRANSFORMS if n != "affnist"]
     rotate = get_transform("rotate")
     assert rotate.kind_at(45) == "nuisance" and rotate.kind_at(-90) == "semantic" and rotate.kind_at(180) == "semantic"
     assert get_transform("jigsaw").kind == "semantic" and get_transform("shear").kind == "nuisance"
@@ -198,3 +199,16 @@ def test_parse_magnitude_specs():
         parse_magnitude_specs(["rotate=200"], [rot])
     with pytest.raises(ValueError, match="not among"):
         parse_magnitude_specs(["scale=1"], [rot])
+
+
+def test_affnist_transform_is_the_protocol_warp():
+    from capsprobe.data import affnist_warp
+
+    t = get_transform("affnist")
+    img = torch.rand(3, 1, 40, 40)
+    seeds = torch.tensor([4, 5, 6])
+    out = t(img, "warp", seeds)
+    expected, params = affnist_warp(img, seeds)
+    assert torch.equal(out.images, expected)
+    torch.testing.assert_close(out.matrix, params["matrix"].float())
+    assert t.kind_at("warp") == "nuisance" and "affnist" not in SUITE
