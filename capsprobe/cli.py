@@ -50,7 +50,7 @@ def _clean_errors(fn: Callable) -> Callable:
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
 
 
 @app.command()
@@ -215,6 +215,26 @@ def demo(
     from .demo import run_demo
 
     path = run_demo(size=size, out=out, runs_dir=runs_dir, device=device, force=force, progress=progress)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+@_clean_errors
+def run(
+    experiment: Path = typer.Argument(..., help="An experiment file, e.g. experiments/affnist.toml."),
+    size: str = typer.Option("quick", help="A size the file defines: tiny, quick (2 CPU cores), paper (GPU)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets (e.g. ../shared/data)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder [reports/<experiment name>]."),
+    runs_dir: Optional[Path] = typer.Option(None, help="Where the runs go [runs/<experiment>-<size>]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run an experiment file: train (reusing finished runs), perturb, report."""
+    from .experiment import run_experiment
+
+    path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
+                          out=out, runs_dir=runs_dir, force=force, progress=progress)
     typer.echo(f"report: {path}")
 
 

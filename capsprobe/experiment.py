@@ -1,0 +1,234 @@
+"""Declarative experiments: ``capsprobe run experiments/NAME.toml [--size quick|paper]``.
+
+An experiment file names a data set, the training options shared by its models, the transformations to
+probe, and one or more sizes, each listing the models (with epochs and options) and the image budgets::
+
+    name = "affnist"
+    description = "..."
+
+    [data]
+    dataset = "mnist-canvas40"
+
+    [train]                      # any RunConfig field but model, dataset, epochs, seed, limit
+    max_shift = 6
+
+    [probe]
+    transforms = ["affnist"]     # names as for `capsprobe perturb -t`, or "all"
+    magnitudes = []              # specs as for `--magnitudes`
+    bootstrap = 1000
+
+    [sizes.quick]
+    limit = 10000                # images per split for training (None: all)
+    probe_limit = 2000           # images probed
+    seeds = [0]
+    models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
+
+Runs go to ``runs/<name>-<size>/<model>[-seed<N>]`` and are reused when finished (an interrupted one resumes);
+the report goes to ``reports/<name>``. A malformed file is a one-line :class:`ExperimentError` naming the
+file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .runs import RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Experiment", "ExperimentError", "ModelSpec", "load_experiment", "run_experiment"]
+
+_log = logging.getLogger(__name__)
+
+_TOP = {"name", "description", "data", "train", "probe", "sizes"}
+_DATA = {"dataset", "data_root"}
+_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split"}
+_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset"}
+_MODEL = {"model", "epochs", "options"}
+_TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
+                                                "data_root"}
+
+
+class ExperimentError(ValueError):
+    """A malformed experiment file (the message names the file, line and key)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: str
+    epochs: int
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment at one size."""
+
+    path: Path
+    name: str
+    description: str
+    size: str
+    dataset: str
+    data_root: str | None
+    train: dict[str, Any]
+    transforms: list[str]
+    magnitudes: list[str]
+    bootstrap: int
+    probe_seed: int
+    split: str
+    limit: int | None
+    probe_limit: int | None
+    seeds: list[int]
+    models: list[ModelSpec]
+
+
+def _line_of(text: str, key: str, section: str | None = None) -> int:
+    """1-based line of ``key =`` (inside ``[section]`` when given), else of the section header, else 1."""
+    current, header_line = None, None
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]$", stripped)
+        if m:
+            current = m.group(1)
+            if section is not None and current == section:
+                header_line = i
+            continue
+        if (section is None or current == section) and re.search(rf"(^|[{{,\s]){re.escape(key)}\s*=", line):
+            return i
+    return header_line or 1
+
+
+def _fail(path: Path, text: str, key: str, section: str | None, message: str) -> ExperimentError:
+    return ExperimentError(f"{path}:{_line_of(text, key, section)}: {message}")
+
+
+def _check_keys(path, text, table: dict, allowed: set[str], section: str | None) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"[{section}]" if section else "the top level"
+            raise _fail(path, text, key, section, f"unknown key '{key}' in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(path, text, value, kind, key: str, section: str | None):
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _fail(path, text, key, section, f"'{key}' must be {names}, got {value!r}")
+    return value
+
+
+def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
+    """Parse and check an experiment file at ``size``.
+
+    Raises:
+        ExperimentError: syntax error, unknown key, wrong type, missing key or size (file, line and key named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"experiment file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentError(f"{path}: {exc}") from None
+    _check_keys(path, text, data, _TOP, None)
+    for key in ("name", "data", "sizes"):
+        if key not in data:
+            raise ExperimentError(f"{path}:1: missing key '{key}'")
+    name = _typed(path, text, data["name"], str, "name", None)
+    dat = _typed(path, text, data["data"], dict, "data", None)
+    _check_keys(path, text, dat, _DATA, "data")
+    if "dataset" not in dat:
+        raise _fail(path, text, "data", None, "missing key 'dataset' in [data]")
+    train = _typed(path, text, data.get("train", {}), dict, "train", None)
+    _check_keys(path, text, train, _TRAIN, "train")
+    defaults = RunConfig()
+    for key, value in train.items():
+        expected = type(getattr(defaults, key))
+        _typed(path, text, value, (int, float) if expected is float else expected, key, "train")
+    probe = _typed(path, text, data.get("probe", {}), dict, "probe", None)
+    _check_keys(path, text, probe, _PROBE, "probe")
+    transforms = _typed(path, text, probe.get("transforms", ["all"]), list, "transforms", "probe")
+    magnitudes = _typed(path, text, probe.get("magnitudes", []), list, "magnitudes", "probe")
+    sizes = _typed(path, text, data["sizes"], dict, "sizes", None)
+    if size not in sizes:
+        raise ExperimentError(f"{path}: no size '{size}'; it has: {', '.join(sizes)}")
+    section = f"sizes.{size}"
+    spec = _typed(path, text, sizes[size], dict, size, "sizes")
+    _check_keys(path, text, spec, _SIZE, section)
+    if "models" not in spec or not spec["models"]:
+        raise _fail(path, text, size, None, f"[{section}] lists no models")
+    models = []
+    for entry in _typed(path, text, spec["models"], list, "models", section):
+        _typed(path, text, entry, dict, "models", section)
+        _check_keys(path, text, entry, _MODEL, section)
+        if "model" not in entry or "epochs" not in entry:
+            raise _fail(path, text, "models", section, "every model needs 'model' and 'epochs'")
+        models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
+                                _typed(path, text, entry["epochs"], int, "epochs", section),
+                                dict(_typed(path, text, entry.get("options", {}), dict, "options", section))))
+    limit = spec.get("limit")
+    probe_limit = spec.get("probe_limit")
+    for key, value in (("limit", limit), ("probe_limit", probe_limit)):
+        if value is not None:
+            _typed(path, text, value, int, key, section)
+    return Experiment(
+        path=path, name=name, description=str(data.get("description", "")), size=size,
+        dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
+        data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
+        magnitudes=[str(m) for m in magnitudes], bootstrap=int(probe.get("bootstrap", 1000)),
+        probe_seed=int(probe.get("seed", 0)), split=str(probe.get("split", "test")), limit=limit,
+        probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
+        models=models,
+    )
+
+
+def run_experiment(
+    path: str | Path,
+    size: str = "quick",
+    device: str = "auto",
+    data_root: str | None = None,
+    out: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train (or reuse) every model and seed of the experiment, probe them, write the report.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    from .probe import perturb
+    from .report import check_report_target, write_probe_outputs, write_report
+    from .train import fit
+    from .transforms import parse_magnitude_specs, resolve
+
+    exp = load_experiment(path, size)
+    chosen = resolve(exp.transforms)  # bad names fail before any training
+    parse_magnitude_specs(exp.magnitudes, chosen)
+    out = check_report_target(Path(out) if out is not None else Path("reports") / exp.name, force)
+    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
+    root = data_root or exp.data_root
+    paths = []
+    jobs = [(m, s) for m in exp.models for s in exp.seeds]
+    for i, (spec, seed) in enumerate(jobs, 1):
+        config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
+                           device=device, data_root=root, model_kwargs=dict(spec.options), **exp.train)
+        run_dir = runs_dir / (spec.model + (f"-seed{seed}" if len(exp.seeds) > 1 or seed else ""))
+        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.model, seed, spec.epochs, run_dir)
+        paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
+    _log.info("%s: probing %d runs", exp.name, len(paths))
+    result, manifest = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root,
+                               split=exp.split, limit=exp.probe_limit, device=device, seed=exp.probe_seed,
+                               n_boot=exp.bootstrap, progress=progress)
+    manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size, "description": exp.description}
+    write_probe_outputs(result, out, manifest, force=force)
+    return write_report(out, device=device, n_boot=exp.bootstrap)

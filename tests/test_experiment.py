@@ -1,0 +1,70 @@
+"""Experiment files: every file parses, malformed files are named by line and key, a tiny run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from capsprobe.cli import app
+from capsprobe.experiment import ExperimentError, load_experiment
+
+runner = CliRunner()
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+
+
+def test_there_are_experiment_files():
+    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "robustness"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("size", ["tiny", "quick", "paper"])
+def test_every_experiment_file_parses(path, size):
+    exp = load_experiment(path, size)
+    assert exp.name == path.stem and exp.models and all(m.epochs >= 1 for m in exp.models)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_tiny_variant_runs_end_to_end(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "reports" / path.stem
+    assert (report / "report.html").is_file() and (report / "overview.csv").is_file()
+    exp = load_experiment(path, "tiny")
+    assert set(pd.read_csv(report / "overview.csv")["run"]) == {m.model for m in exp.models}
+    # finished runs are reused: a second call only re-probes (and needs --force for the report)
+    again = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress", "--force"])
+    assert again.exit_code == 0, again.output
+    assert "is already complete" in again.output and "epoch 1/1" not in again.output
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ('name = "x"\n[data]\ndataset = "mnist"\n[train]\nlearning_rate = 1\n[sizes.quick]\nmodels = []\n',
+         ":5: unknown key 'learning_rate' in [train]"),
+        ('name = "x"\n[data]\ndataset = "mnist"\n[train]\nmax_shift = "six"\n[sizes.quick]\nmodels = [{ model = "capsnet", epochs = 1 }]\n',
+         ":5: 'max_shift' must be int"),
+        ('name = "x"\n[data]\ndataset = "mnist"\n[sizes.quick]\nmodels = [{ model = "capsnet" }]\n',
+         "every model needs 'model' and 'epochs'"),
+        ('name = "x"\n[data]\ndataset = "mnist"\n[sizes.quick]\n\nlimt = 3\nmodels = [{ model = "capsnet", epochs = 1 }]\n',
+         ":6: unknown key 'limt' in [sizes.quick]"),
+        ('name = "x"\n[data\n', "line 2"),
+    ],
+)
+def test_malformed_file_names_the_line_and_key(tmp_path, body, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path, "quick")
+    assert fragment in str(err.value) and str(path) in str(err.value)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_size_lists_the_sizes():
+    with pytest.raises(ExperimentError, match="no size 'huge'; it has: tiny, quick, paper"):
+        load_experiment(EXPERIMENTS[0], "huge")
