@@ -225,6 +225,8 @@ def run_experiment(
         run_dir = runs_dir / (spec.model + (f"-seed{seed}" if len(exp.seeds) > 1 or seed else ""))
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.model, seed, spec.epochs, run_dir)
         paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
+    if exp.train.get("task") == "multimnist":
+        return _report_multimnist(exp, paths, out, root, device, force)
     _log.info("%s: probing %d runs", exp.name, len(paths))
     result, manifest = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root,
                                split=exp.split, limit=exp.probe_limit, device=device, seed=exp.probe_seed,
@@ -232,3 +234,29 @@ def run_experiment(
     manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size, "description": exp.description}
     write_probe_outputs(result, out, manifest, force=force)
     return write_report(out, device=device, n_boot=exp.bootstrap)
+
+
+def _report_multimnist(exp: Experiment, paths: list[str], out: Path, root: str | None, device: str, force: bool) -> Path:
+    """MultiMNIST experiments: top-2 accuracy, per-digit reconstruction error, the red/green figure."""
+    import pandas as pd
+
+    from .data import load_dataset
+    from .probe import evaluate_multimnist
+    from .report import write_multimnist_report
+    from .runs import library_versions, load_run
+
+    splits = load_dataset(exp.dataset, root, limit=exp.probe_limit)
+    split = splits.test if exp.split == "test" else splits.val
+    frames, overlays, runs = [], {}, []
+    for path in paths:
+        run = load_run(path)
+        _log.info("%s: evaluating %s on %d MultiMNIST pairs", exp.name, run.name, len(split))
+        metrics, shown = evaluate_multimnist(run, split, seed=exp.probe_seed, n_boot=exp.bootstrap, device=device)
+        frames.append(metrics)
+        overlays[run.name] = shown
+        runs.append({"name": run.name, "path": str(run.path), "model": run.config.model, "seed": run.config.seed,
+                     "dataset": run.config.dataset, "test_accuracy": run.metrics.get("test_accuracy")})
+    manifest = {"runs": runs, "dataset": exp.dataset, "data_root": root, "split": exp.split, "images": len(split),
+                "seed": exp.probe_seed, "bootstrap": exp.bootstrap, "versions": library_versions(),
+                "experiment": {"file": str(exp.path), "name": exp.name, "size": exp.size, "description": exp.description}}
+    return write_multimnist_report(out, pd.concat(frames, ignore_index=True), overlays, manifest, force=force)

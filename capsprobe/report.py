@@ -43,6 +43,7 @@ __all__ = [
     "overview_table",
     "read_probe_outputs",
     "roc_table",
+    "write_multimnist_report",
     "write_probe_outputs",
     "write_report",
 ]
@@ -514,3 +515,46 @@ def write_report(folder: str | Path, device: str = "cpu", n_boot: int = 1000) ->
     atomic_write_text(folder / REPORT_MD, "\n".join(md) + "\n")
     atomic_write_bytes(folder / REPORT_HTML, _html(title, lines, table, figs, captions, manifest, notes).encode())
     return folder / REPORT_HTML
+
+
+def write_multimnist_report(out: str | Path, metrics: pd.DataFrame, overlays: dict[str, np.ndarray],
+                            manifest: dict[str, Any], force: bool = False) -> Path:
+    """A MultiMNIST report folder: ``summary.csv`` (top-2 accuracy and per-digit reconstruction error with
+    intervals), ``figures/segmentation_<run>.png`` (the paper's red/green figure), ``manifest.json``,
+    ``report.md`` and a self-contained ``report.html``; written under a temporary name and renamed."""
+    from . import plots
+
+    out = check_report_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figs = {f"segmentation_{run}.png": _png(plots.plot_image_grid(
+        grid.transpose(1, 0, 2, 3, 4), row_labels=["input", "digit 1 red, digit 2 green"],
+        title=f"{run}: each digit reconstructed from its own capsule")) for run, grid in overlays.items()}
+    captions = {name: "Top: the overlaid pair. Bottom: the reconstruction from the first digit's capsule in red, "
+                      "from the second's in green, over the input." for name in figs}
+    lines = []
+    for run, rows in metrics.groupby("run", sort=False):
+        r = rows.set_index("metric")
+        lines.append(f"{run}: both digits named in {_pct(r.loc['accuracy', 'value'])} of pairs "
+                     f"[{_pct(r.loc['accuracy', 'ci_low'])}, {_pct(r.loc['accuracy', 'ci_high'])}]; reconstruction "
+                     f"error per digit {r.loc['recon_error', 'value']:.3f} [{r.loc['recon_error', 'ci_low']:.3f}, "
+                     f"{r.loc['recon_error', 'ci_high']:.3f}] of the digit's own energy.")
+    table = metrics[["run", "metric", "value", "ci_low", "ci_high", "n_images"]].round(4)
+    title = f"capsprobe report: {out.name}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        (tmp / FIGURES).mkdir()
+        for name, data in figs.items():
+            (tmp / FIGURES / name).write_bytes(data)
+        metrics.to_csv(tmp / SUMMARY, index=False)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        md = [f"# {title}", "", _meta_line(manifest), "", "## Headlines", ""] + [f"- {s}" for s in lines]
+        md += ["", "## Metrics", "", _markdown_table(table), "", "## Figures", ""]
+        md += [f"![{captions[n]}]({FIGURES}/{n})\n\n*{captions[n]}*\n" for n in figs]
+        (tmp / REPORT_MD).write_text("\n".join(md) + "\n")
+        (tmp / REPORT_HTML).write_text(_html(title, lines, table, figs, captions, manifest, []))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / REPORT_HTML

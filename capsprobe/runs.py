@@ -80,6 +80,7 @@ class RunConfig:
     data_root: str | None = None  # torchvision data folder; None = capsprobe's cache folder
     download: bool = True  # let torchvision download a missing data set
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
+    task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,14 +25,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSplit, get_spec, iterate_batches, load_dataset
+from .data import ImageSplit, get_spec, iterate_batches, load_dataset, multimnist
 from .models import capsule_lengths, is_capsnet, margin_loss, reconstruction_loss, unwrap
 from .runs import (
     CHECKPOINT,
@@ -60,11 +60,15 @@ __all__ = [
     "autocast_dtype",
     "evaluate",
     "fit",
+    "hits",
     "resolve_device",
+    "task_batches",
     "train_step",
 ]
 
 _log = logging.getLogger(__name__)
+
+TASKS = ("classify", "multimnist")
 
 # keys that may change when a run is resumed: they do not change what is computed
 _RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download"}
@@ -119,17 +123,57 @@ class Objective(nn.Module):
         self.recon_weight = recon_weight
         self.capsnet = is_capsnet(model)
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, labels: Tensor, parts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``labels`` ``(B,)``, or ``(B, 2)`` with ``parts (B, 2, C, H, W)`` for MultiMNIST pairs: the two-label
+        margin loss, and each digit reconstructed from its own capsule against that digit alone."""
         if self.capsnet:
             poses = self.model.forward_features(images)  # (B, K, 16)
             lengths = capsule_lengths(poses.float())  # (B, K)
-            loss = margin_loss(lengths, labels)
+            pairs = labels.dim() == 2
+            targets = F.one_hot(labels, lengths.shape[1]).sum(1).clamp(max=1) if pairs else labels
+            loss = margin_loss(lengths, targets)
             if self.recon_weight > 0 and self.model.decoder is not None:
-                recon = self.model.decode(poses, labels).float()  # masked by the true label
-                loss = loss + reconstruction_loss(recon, images.float(), self.recon_weight)
+                if pairs:
+                    for k in range(labels.shape[1]):
+                        recon = self.model.decode(poses, labels[:, k]).float()  # the other capsules masked
+                        loss = loss + reconstruction_loss(recon, parts[:, k].float(), self.recon_weight)
+                else:
+                    recon = self.model.decode(poses, labels).float()  # masked by the true label
+                    loss = loss + reconstruction_loss(recon, images.float(), self.recon_weight)
             return loss, lengths
+        if labels.dim() == 2:
+            raise ValueError("two-label (MultiMNIST) training needs a CapsNet")
         logits = self.model(images).float()
         return F.cross_entropy(logits, labels), logits
+
+
+def hits(scores: Tensor, labels: Tensor) -> Tensor:
+    """Per sample, 1 when the prediction is right: ``argmax`` for ``(B,)`` labels; for ``(B, 2)`` label pairs,
+    the two highest scores are exactly the two labels (the paper's MultiMNIST accuracy)."""
+    if labels.dim() == 1:
+        return (scores.argmax(1) == labels).long()
+    top = scores.topk(labels.shape[1], dim=1).indices.sort(1).values
+    return (top == labels.sort(1).values).all(1).long()
+
+
+def task_batches(
+    task: str, split: ImageSplit, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
+    epoch: int = 0, max_shift: int = 0, rank: int = 0, world_size: int = 1,
+) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """``(images, labels, parts)`` batches for a task: ``classify`` (``parts`` None; shift augmentation and
+    shuffling when ``train``) or ``multimnist`` (pairs drawn anew every epoch when ``train``, a fixed draw
+    from the split otherwise; as many pairs as the split has images)."""
+    if task == "classify":
+        for images, labels in iterate_batches(split, batch_size, device=device, shuffle=train, seed=seed, epoch=epoch,
+                                              max_shift=max_shift if train else 0, rank=rank, world_size=world_size):
+            yield images, labels, None
+        return
+    n = -(-len(split) // world_size)
+    draw = _epoch_seed(seed, epoch, rank) if train else 12_345 + rank
+    pairs = multimnist(split, n, seed=draw)
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        yield (pairs.images[sl].to(device), pairs.labels[sl].to(device), pairs.parts[sl].to(device))
 
 
 def train_step(
@@ -140,10 +184,11 @@ def train_step(
     labels: Tensor,
     device: torch.device,
     dtype: torch.dtype | None,
+    parts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One optimiser step (autocast forward, scaled backward, step); returns ``(loss, scores)``."""
     with autocast_context(device, dtype):
-        loss, scores = objective(images, labels)
+        loss, scores = objective(images, labels, parts)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -159,8 +204,10 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp: bool = True,
     recon_weight: float = 0.0005,
+    task: str = "classify",
 ) -> dict[str, float]:
-    """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation)."""
+    """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation; MultiMNIST: a
+    fixed draw of pairs, accuracy as in :func:`hits`)."""
     device = torch.device(device)
     objective = Objective(unwrap(model), recon_weight)
     was_training = objective.training
@@ -168,13 +215,15 @@ def evaluate(
     dtype = autocast_dtype(device, amp)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for images, labels in iterate_batches(split, batch_size, device=device):
+    seen = 0
+    for images, labels, parts in task_batches(task, split, batch_size, device, train=False):
         with autocast_context(device, dtype):
-            loss, scores = objective(images, labels)
+            loss, scores = objective(images, labels, parts)
         loss_sum += loss.double() * labels.shape[0]
-        correct += (scores.argmax(1) == labels).sum()
+        correct += hits(scores, labels).sum()
+        seen += labels.shape[0]
     objective.train(was_training)
-    n = max(len(split), 1)
+    n = max(seen, 1)
     return {"accuracy": correct.item() / n, "loss": loss_sum.item() / n}
 
 
@@ -298,7 +347,10 @@ def _fit(
     device = resolve_device(config.device, ctx.local_rank)
     dtype = autocast_dtype(device, config.amp)
     spec = get_spec(config.dataset)
-    input_spec = {"in_chans": spec.in_chans, "img_size": spec.img_size, "num_classes": spec.num_classes}
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose one of: {', '.join(TASKS)}")
+    size = spec.img_size + 8 if config.task == "multimnist" else spec.img_size  # MultiMNIST: 4 px shifts each way
+    input_spec = {"in_chans": spec.in_chans, "img_size": size, "num_classes": spec.num_classes}
     torch.manual_seed(config.seed)
     model = build_model(config, input_spec).to(device)  # an unknown model fails here, before any data is read
     splits = load_dataset(
@@ -352,15 +404,15 @@ def _fit(
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.main),
                    leave=False, dynamic_ncols=True)
         start = time.perf_counter()
-        batches = iterate_batches(
-            splits.train, config.batch_size, device=device, shuffle=True, seed=config.seed, epoch=epoch,
+        batches = task_batches(
+            config.task, splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
             max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size,
         )
-        for i, (images, labels) in enumerate(batches):
-            loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype)
+        for i, (images, labels, parts) in enumerate(batches):
+            loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype, parts)
             batch = labels.shape[0]
             stats[0] += loss.detach().double() * batch
-            stats[1] += (scores.detach().argmax(1) == labels).sum()
+            stats[1] += hits(scores.detach(), labels).sum()
             stats[2] += batch
             stats[3] += (~torch.isfinite(loss.detach())).double()
             if on_batch is not None:
@@ -377,7 +429,8 @@ def _fit(
         seconds = time.perf_counter() - start
         loss_sum, correct, seen, bad = stats.tolist()
         _check_finite(bad, epoch, num_batches - 1, out)
-        val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight)
+        val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight,
+                       config.task)
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -397,7 +450,8 @@ def _fit(
             save_checkpoint(out, model, optimizer, epoch + 1, history)
             write_history(out / HISTORY, history)
 
-    test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight)
+    test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight,
+                    config.task)
     if ctx.main:
         save_weights(model, out / WEIGHTS)
         metrics = {
