@@ -16,7 +16,7 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 
 def test_there_are_experiment_files():
-    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "robustness"}
+    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "multimnist", "robustness"}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -32,9 +32,14 @@ def test_tiny_variant_runs_end_to_end(path, tmp_path, monkeypatch):
     result = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     report = tmp_path / "reports" / path.stem
-    assert (report / "report.html").is_file() and (report / "overview.csv").is_file()
     exp = load_experiment(path, "tiny")
-    assert set(pd.read_csv(report / "overview.csv")["run"]) == {m.model for m in exp.models}
+    assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
+    if exp.train.get("task") == "multimnist":
+        summary = pd.read_csv(report / "summary.csv")
+        assert set(summary["metric"]) == {"accuracy", "recon_error"}
+        assert (report / "figures" / "segmentation_capsnet_small.png").is_file()
+    else:
+        assert set(pd.read_csv(report / "overview.csv")["run"]) == {m.model for m in exp.models}
     # finished runs are reused: a second call only re-probes (and needs --force for the report)
     again = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress", "--force"])
     assert again.exit_code == 0, again.output
