@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 
@@ -20,7 +20,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show defaults as [value]: print brackets, do not parse them
 )
+
+
+# options several commands share
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+ReplaceReport = Annotated[bool, typer.Option("--force", help="Replace an existing report folder.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+RunsDir = Annotated[Optional[Path], typer.Option(help="Where the runs go [runs/<name>-<size>].")]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -131,7 +139,7 @@ def bench(
     model: Optional[List[str]] = typer.Option(None, help="Model to measure (repeatable) [capsnet, capsnet_small, baseline_cnn, resnet18]."),
     batch_size: int = typer.Option(128, min=1, help="Images per step."),
     steps: int = typer.Option(5, min=1, help="Timed steps per measurement (after 2 warm-up steps)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    device: Device = "auto",
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
@@ -159,12 +167,12 @@ def perturb(
     split: str = typer.Option("test", help="test or val."),
     limit: Optional[int] = typer.Option(None, min=4, help="Probe at most this many images (stratified)."),
     batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    device: Device = "auto",
     seed: int = typer.Option(0, help="Seed of random transformations, equivariance split and bootstrap."),
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the 95% intervals."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: ReplaceReport = False,
+    progress: Progress = True,
 ) -> None:
     """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
     from .probe import perturb as run_perturb
@@ -204,12 +212,12 @@ def report(
 @app.command()
 @_clean_errors
 def demo(
-    size: str = typer.Option("small", help="tiny (seconds), small (about 6 min on 2 CPU cores), paper (GPU)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    size: str = typer.Option("small", help="tiny (seconds), small (under 5 min on 2 CPU cores), paper (GPU)."),
+    device: Device = "auto",
     out: Path = typer.Option(Path("reports/demo"), help="Report folder."),
-    runs_dir: Optional[Path] = typer.Option(None, help="Where the demo's runs go [runs/demo-<size>]."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    runs_dir: RunsDir = None,
+    force: ReplaceReport = False,
+    progress: Progress = True,
 ) -> None:
     """The main job in one command: train a CapsNet and a convnet, perturb with the whole suite, report."""
     from .demo import run_demo
@@ -223,12 +231,12 @@ def demo(
 def run(
     experiment: Path = typer.Argument(..., help="An experiment file, e.g. experiments/affnist.toml."),
     size: str = typer.Option("quick", help="A size the file defines: tiny, quick (2 CPU cores), paper (GPU)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    device: Device = "auto",
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets (e.g. ../shared/data)."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<experiment name>]."),
-    runs_dir: Optional[Path] = typer.Option(None, help="Where the runs go [runs/<experiment>-<size>]."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing report folder."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    runs_dir: RunsDir = None,
+    force: ReplaceReport = False,
+    progress: Progress = True,
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
     from .experiment import run_experiment
