@@ -53,8 +53,9 @@ def bench_model(
     num_classes: int = 10,
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``."""
-    from .models import create_model, model_outputs
-    from .train import Objective, autocast_context, autocast_dtype, resolve_device, train_step
+    from .models import adapt, create_model
+    from .runtime import autocast_context, autocast_dtype, resolve_device
+    from .train import Objective, train_step
 
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
@@ -81,15 +82,16 @@ def bench_model(
     train_rate = steps * batch_size / (time.perf_counter() - start)
 
     model.eval()
+    adapter = adapt(model)
     with torch.inference_mode():
         for _ in range(warmup):
             with autocast_context(dev, dtype):
-                model_outputs(model, images)
+                adapter.outputs(images)
         _sync(dev)
         start = time.perf_counter()
         for _ in range(steps):
             with autocast_context(dev, dtype):
-                model_outputs(model, images)
+                adapter.outputs(images)
         _sync(dev)
         eval_rate = steps * batch_size / (time.perf_counter() - start)
 

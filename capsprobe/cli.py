@@ -1,6 +1,7 @@
 """The ``capsprobe`` command line: parse, build a config, call one library function, print paths.
 
-Library errors become one line on stderr and exit status 1; nothing here computes results.
+capsprobe's own errors become one line on stderr and exit status 1 (usage errors: click's status 2); any other
+exception is a bug and keeps its traceback. Nothing here computes results.
 """
 
 from __future__ import annotations
@@ -31,25 +32,32 @@ Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show p
 RunsDir = Annotated[Optional[Path], typer.Option(help="Where the runs go [runs/<name>-<size>].")]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DatasetUnavailableError, UnknownDatasetError
-    from .report import ReportError
-    from .runs import RunError
-    from .train import NonFiniteLossError
+_VERBOSE = {"on": False}
 
-    return (RunError, ReportError, NonFiniteLossError, DatasetUnavailableError, UnknownDatasetError, ValueError,
-            FileNotFoundError)
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _clean_errors(fn: Callable) -> Callable:
-    """Turn library errors into ``error: <one line>`` and exit status 1."""
+    """Turn capsprobe's own errors into ``error: <one line>`` and exit status 1 (``-v`` adds the traceback).
+
+    Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .errors import CapsprobeError, render
+
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except CapsprobeError as exc:
+            if _VERBOSE["on"]:
+                import traceback
+
+                traceback.print_exc()
+            text = render(exc.template, _flag).strip()
+            message = text.splitlines()[0] if text else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None
 
@@ -57,7 +65,8 @@ def _clean_errors(fn: Callable) -> Callable:
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages; show the traceback of an error.")) -> None:
+    _VERBOSE["on"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
 
 
@@ -84,15 +93,15 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
-    from .runs import CONFIG, RunConfig, read_config, read_metrics
+    from .runs import CONFIG, RunConfig, read_config, read_metrics, run_name
     from .train import fit, with_overrides
 
     if resume and force:
-        raise ValueError("--resume and --force exclude each other")
+        raise typer.BadParameter("--resume and --force exclude each other")
     base = RunConfig()
     if out is None:
         name, data, s = model or base.model, dataset or base.dataset, seed if seed is not None else base.seed
-        out = Path("runs") / (f"{name}-{data}" + (f"-seed{s}" if s else ""))
+        out = Path("runs") / run_name(name, s, prefix=data)
     if resume and (out / CONFIG).is_file():
         base = read_config(out)[0]  # options left out keep the stored values
     kwargs = dict(base.model_kwargs)
@@ -183,12 +192,12 @@ def perturb(
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
     check_report_target(out, force)
-    result, manifest = run_perturb(
+    result = run_perturb(
         [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
         data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
         device=device, seed=seed, n_boot=bootstrap, progress=progress,
     )
-    path = write_probe_outputs(result, out, manifest, force=force)
+    path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))
     t = result.timing
     typer.echo(f"{int(t['images'])} images, {t['total']:.1f} s (transforms {t.get('transform', 0):.1f} s, "
@@ -199,20 +208,18 @@ def perturb(
 @app.command()
 @_clean_errors
 def report(
-    report_dir: Path = typer.Argument(..., help="A folder written by `capsprobe perturb`."),
-    device: str = typer.Option("cpu", help="Device for the CapsNet reconstructions: cpu, cuda, auto."),
-    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the overview's intervals."),
+    report_dir: Path = typer.Argument(..., help="A folder written by `capsprobe perturb` (or `run`, `demo`)."),
 ) -> None:
-    """Write overview.csv, figures/*.png, report.md and a self-contained report.html from a perturb folder."""
+    """Render figures/*.png, report.md and a self-contained report.html from a perturb folder's files alone."""
     from .report import write_report
 
-    typer.echo(f"report: {write_report(report_dir, device=device, n_boot=bootstrap)}")
+    typer.echo(f"report: {write_report(report_dir)}")
 
 
 @app.command()
 @_clean_errors
 def demo(
-    size: str = typer.Option("small", help="tiny (seconds), small (under 5 min on 2 CPU cores), paper (GPU)."),
+    size: str = typer.Option("small", help="A size of experiments/demo.toml: tiny (seconds), small (about 5 min on 2 CPU cores), paper (GPU)."),
     device: Device = "auto",
     out: Path = typer.Option(Path("reports/demo"), help="Report folder."),
     runs_dir: RunsDir = None,
@@ -220,7 +227,7 @@ def demo(
     progress: Progress = True,
 ) -> None:
     """The main job in one command: train a CapsNet and a convnet, perturb with the whole suite, report."""
-    from .demo import run_demo
+    from .experiment import run_demo
 
     path = run_demo(size=size, out=out, runs_dir=runs_dir, device=device, force=force, progress=progress)
     typer.echo(f"report: {path}")

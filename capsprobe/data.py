@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
+from .errors import CapsprobeError, InvalidInputError, option
+from .runtime import epoch_seed
+
 __all__ = [
     "DatasetSpec",
     "DatasetUnavailableError",
@@ -36,7 +39,6 @@ __all__ = [
     "MultiDigits",
     "Splits",
     "UnknownDatasetError",
-    "affnist_warp",
     "box_overlap",
     "default_data_root",
     "get_spec",
@@ -54,11 +56,11 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(InvalidInputError):
     """A data set name that is not registered."""
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(CapsprobeError):
     """A registered data set that is neither on disk nor downloadable."""
 
 
@@ -71,9 +73,9 @@ class ImageSplit:
 
     def __post_init__(self):
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise InvalidInputError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+            raise InvalidInputError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -177,7 +179,7 @@ def load_dataset(
     """
     spec = get_spec(name)
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise InvalidInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
     loader = _REGISTRY[name][1]
     train_full, test = loader(Path(root) if root is not None else default_data_root(), download)
     tr, va = _stratified_split(train_full.labels.numpy(), val_fraction, split_seed)
@@ -191,7 +193,7 @@ def _limit(split: ImageSplit, n: int, seed: int) -> ImageSplit:
     if n >= len(split):
         return split
     if n < 1:
-        raise ValueError(f"limit must be >= 1, got {n}")
+        raise InvalidInputError(f"limit must be >= 1, got {n}")
     labels = split.labels.numpy()
     if n >= len(np.unique(labels)):
         keep, _ = _stratified_split(labels, len(split) - n, seed)
@@ -236,7 +238,7 @@ def _torchvision(kind: str) -> Loader:
             else:
                 how = f"is not under {root} (download is off)"
             raise DatasetUnavailableError(
-                f"{kind} {how}; pass --data-root to a folder holding it, or use --dataset mnist-sample"
+                f"{kind} {how}; set {option('data_root')} to a folder holding it, or {option('dataset')} to mnist-sample"
             ) from None
         return tuple(_to_split(kind, ds) for ds in parts)  # type: ignore[return-value]
 
@@ -298,7 +300,7 @@ def shift_images(images: Tensor, shifts: Tensor) -> Tensor:
         Shifted images ``(B, C, H, W)``.
     """
     if images.dim() != 4 or shifts.shape != (images.shape[0], 2):
-        raise ValueError(f"expected images (B, C, H, W) and shifts (B, 2), got {tuple(images.shape)}, {tuple(shifts.shape)}")
+        raise InvalidInputError(f"expected images (B, C, H, W) and shifts (B, 2), got {tuple(images.shape)}, {tuple(shifts.shape)}")
     batch, _, h, w = images.shape
     if batch == 0:
         return images
@@ -341,7 +343,7 @@ def iterate_batches(
         sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), dtype=torch.long)
-    gen = torch.Generator().manual_seed(((seed * 1_000_003) + epoch) * 1_009 + rank)
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
     pin = device.type == "cuda"
     n = len(order) if order is not None else len(split)
     for start in range(0, n, batch_size):
@@ -372,80 +374,10 @@ def place_on_canvas(images: Tensor, canvas: int, shifts: Tensor | None = None) -
     """
     _, _, h, w = images.shape
     if canvas < max(h, w) or (canvas - h) % 2 or (canvas - w) % 2:
-        raise ValueError(f"cannot centre {h}x{w} images on a {canvas}x{canvas} canvas")
+        raise InvalidInputError(f"cannot centre {h}x{w} images on a {canvas}x{canvas} canvas")
     py, px = (canvas - h) // 2, (canvas - w) // 2
     out = F.pad(images, (px, px, py, py))
     return out if shifts is None else shift_images(out, shifts)
-
-
-def affnist_warp(
-    images: Tensor,
-    seed: int | Tensor = 0,
-    max_rotation: float = 20.0,
-    max_shear: float = 0.2,
-    scale_range: tuple[float, float] = (0.8, 1.2),
-    ink: float = 0.05,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Random affine warps drawn like affNIST's, with a translation that keeps the digit on the canvas.
-
-    Per image (uniform draws): a rotation in ``[-max_rotation, max_rotation]`` degrees (counter-clockwise on
-    screen), a horizontal shear in ``[-max_shear, max_shear]``, a scale per axis in ``scale_range``, all about the
-    canvas centre; then a shift in pixels drawn within the range that keeps the warped bounding box of the ink
-    (pixels above ``ink``) on the canvas (0 on an axis where the warped digit is wider than the canvas).
-    Bilinear, zero fill, ``align_corners=True`` (kornia ``warp_affine``).
-
-    Args:
-        images: float ``(B, C, H, W)`` in [0, 1], digits already on their canvas (e.g. :func:`place_on_canvas`).
-        seed: an int for the batch, or ``(B,)`` int seeds, one per image (batching-independent).
-
-    Returns:
-        The warped images and the parameters drawn: ``angle``, ``shear``, ``scale_x``, ``scale_y``, ``shift_x``,
-        ``shift_y``, each ``(B,)``, and ``matrix`` ``(B, 3, 3)`` in pixel coordinates (input -> output).
-    """
-    from kornia.geometry.transform import warp_affine
-
-    b, _, h, w = images.shape
-    if isinstance(seed, Tensor):
-        if seed.shape != (b,):
-            raise ValueError(f"per-image seeds must be ({b},), got {tuple(seed.shape)}")
-        gens = [torch.Generator().manual_seed(int(s)) for s in seed.tolist()]
-    else:
-        gens = [torch.Generator().manual_seed(int(seed))] * b
-    draws = torch.stack([torch.rand(6, generator=g, dtype=torch.float64) for g in gens])  # (B, 6) in [0, 1)
-    angle = (2 * draws[:, 0] - 1) * max_rotation
-    shear = (2 * draws[:, 1] - 1) * max_shear
-    lo, hi = scale_range
-    sx, sy = lo + (hi - lo) * draws[:, 2], lo + (hi - lo) * draws[:, 3]
-    t = torch.deg2rad(angle)
-    cos, sin = torch.cos(t), torch.sin(t)
-    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # y down: CCW on screen
-    shear_m = torch.eye(2, dtype=torch.float64).repeat(b, 1, 1)
-    shear_m[:, 0, 1] = shear
-    lin = rot @ shear_m @ torch.diag_embed(torch.stack([sx, sy], -1))  # (B, 2, 2)
-    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
-
-    # bounding box of the ink, its corners through the linear part, and the shifts that keep them on the canvas
-    boxes = ink_boxes(images.detach().cpu(), ink).double()  # (B, 4): x0, y0, x1, y1
-    empty = boxes[:, 2] < 0
-    x0, x1 = torch.where(empty, centre[0], boxes[:, 0]), torch.where(empty, centre[0], boxes[:, 2])
-    y0, y1 = torch.where(empty, centre[1], boxes[:, 1]), torch.where(empty, centre[1], boxes[:, 3])
-    corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], 1)  # (B, 4, 2)
-    moved = (corners - centre) @ lin.transpose(1, 2) + centre
-    low = torch.stack([-moved[..., 0].amin(1), -moved[..., 1].amin(1)], -1)  # smallest allowed shift (x, y)
-    high = torch.stack([(w - 1) - moved[..., 0].amax(1), (h - 1) - moved[..., 1].amax(1)], -1)
-    fits = low <= high
-    shift = torch.where(fits, low + (high - low) * draws[:, 4:6], torch.zeros_like(low))
-
-    matrix = torch.zeros(b, 3, 3, dtype=torch.float64)
-    matrix[:, :2, :2] = lin
-    matrix[:, :2, 2] = centre - (lin @ centre) + shift
-    matrix[:, 2, 2] = 1
-    warped = warp_affine(images.float(), matrix[:, :2].float().to(images.device), (h, w), mode="bilinear",
-                         padding_mode="zeros", align_corners=True)
-    params = {"angle": angle, "shear": shear, "scale_x": sx, "scale_y": sy, "shift_x": shift[:, 0],
-              "shift_y": shift[:, 1], "matrix": matrix}
-    return warped, params
 
 
 @dataclass(frozen=True)
@@ -465,7 +397,7 @@ def multimnist(split: ImageSplit, n: int, seed: int = 0, canvas: int = 36, max_s
     Generated on the fly and seeded: the same ``(split, n, seed)`` gives the same samples.
     """
     if len(torch.unique(split.labels)) < 2:
-        raise ValueError("MultiMNIST needs digits of at least two classes")
+        raise InvalidInputError("MultiMNIST needs digits of at least two classes")
     gen = torch.Generator().manual_seed(seed)
     first = torch.randint(0, len(split), (n,), generator=gen)
     second = torch.randint(0, len(split), (n,), generator=gen)

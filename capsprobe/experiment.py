@@ -23,7 +23,9 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     seeds = [0]
     models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
 
-Runs go to ``runs/<name>-<size>/<model>[-seed<N>]`` and are reused when finished (an interrupted one resumes);
+A size may also set ``bootstrap``, ``magnitudes`` and a ``train`` table that overrides ``[train]`` for it.
+
+Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
 the report goes to ``reports/<name>``. A malformed file is a one-line :class:`ExperimentError` naming the
 file, the line and the key.
 """
@@ -37,6 +39,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInputError
 from .runs import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -44,20 +47,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Experiment", "ExperimentError", "ModelSpec", "load_experiment", "run_experiment"]
+__all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_experiment", "run_demo", "run_experiment"]
 
 _log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split"}
-_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset"}
+_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train"}
 _MODEL = {"model", "epochs", "options"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root"}
 
 
-class ExperimentError(ValueError):
+class ExperimentError(InvalidInputError):
     """A malformed experiment file (the message names the file, line and key)."""
 
 
@@ -175,6 +178,14 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
                                 _typed(path, text, entry["epochs"], int, "epochs", section),
                                 dict(_typed(path, text, entry.get("options", {}), dict, "options", section))))
+    size_train = _typed(path, text, spec.get("train", {}), dict, "train", section)
+    _check_keys(path, text, size_train, _TRAIN, f"{section}.train")
+    for key, value in size_train.items():
+        expected = type(getattr(defaults, key))
+        _typed(path, text, value, (int, float) if expected is float else expected, key, f"{section}.train")
+    train = {**train, **size_train}
+    magnitudes = _typed(path, text, spec.get("magnitudes", magnitudes), list, "magnitudes", section)
+    bootstrap = _typed(path, text, spec.get("bootstrap", probe.get("bootstrap", 1000)), int, "bootstrap", section)
     limit = spec.get("limit")
     probe_limit = spec.get("probe_limit")
     for key, value in (("limit", limit), ("probe_limit", probe_limit)):
@@ -184,7 +195,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         path=path, name=name, description=str(data.get("description", "")), size=size,
         dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
         data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
-        magnitudes=[str(m) for m in magnitudes], bootstrap=int(probe.get("bootstrap", 1000)),
+        magnitudes=[str(m) for m in magnitudes], bootstrap=int(bootstrap),
         probe_seed=int(probe.get("seed", 0)), split=str(probe.get("split", "test")), limit=limit,
         probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
         models=models,
@@ -201,13 +212,18 @@ def run_experiment(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train (or reuse) every model and seed of the experiment, probe them, write the report.
+    """Train (or reuse) every model and seed of the experiment, evaluate them as their task says, write the report.
+
+    The one orchestrator: ``capsprobe run FILE`` and ``capsprobe demo`` (``experiments/demo.toml``) both come here.
+    Runs go to ``<runs_dir>/<model>-seed<N>`` (default ``runs/<name>-<size>``); finished ones are reused, an
+    interrupted one resumes. Every check of the file, the transformations and the report folder comes first.
 
     Returns:
         The path of ``report.html``.
     """
     from .probe import perturb
     from .report import check_report_target, write_probe_outputs, write_report
+    from .runs import run_name
     from .train import fit
     from .transforms import parse_magnitude_specs, resolve
 
@@ -222,41 +238,34 @@ def run_experiment(
     for i, (spec, seed) in enumerate(jobs, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
                            device=device, data_root=root, model_kwargs=dict(spec.options), **exp.train)
-        run_dir = runs_dir / (spec.model + (f"-seed{seed}" if len(exp.seeds) > 1 or seed else ""))
+        run_dir = runs_dir / run_name(spec.model, seed)
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.model, seed, spec.epochs, run_dir)
         paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
-    if exp.train.get("task") == "multimnist":
-        return _report_multimnist(exp, paths, out, root, device, force)
-    _log.info("%s: probing %d runs", exp.name, len(paths))
-    result, manifest = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root,
-                               split=exp.split, limit=exp.probe_limit, device=device, seed=exp.probe_seed,
-                               n_boot=exp.bootstrap, progress=progress)
-    manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size, "description": exp.description}
-    write_probe_outputs(result, out, manifest, force=force)
-    return write_report(out, device=device, n_boot=exp.bootstrap)
+    _log.info("%s: evaluating %d runs", exp.name, len(paths))
+    result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
+                     limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress)
+    result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
+                                     "description": exp.description}
+    write_probe_outputs(result, out, force=force)
+    _log.info("%s: writing the report in %s", exp.name, out)
+    return write_report(out)
 
 
-def _report_multimnist(exp: Experiment, paths: list[str], out: Path, root: str | None, device: str, force: bool) -> Path:
-    """MultiMNIST experiments: top-2 accuracy, per-digit reconstruction error, the red/green figure."""
-    import pandas as pd
+def demo_file() -> Path:
+    """``experiments/demo.toml`` of the checkout capsprobe runs from (``pip install -e .``).
 
-    from .data import load_dataset
-    from .probe import evaluate_multimnist
-    from .report import write_multimnist_report
-    from .runs import library_versions, load_run
+    Raises:
+        ExperimentError: the file is not there (an installed wheel has no experiments folder).
+    """
+    path = Path(__file__).resolve().parent.parent / "experiments" / "demo.toml"
+    if not path.is_file():
+        raise ExperimentError(f"{path} not found: the demo runs from a capsprobe checkout; give an experiment file to "
+                              "run_experiment instead")
+    return path
 
-    splits = load_dataset(exp.dataset, root, limit=exp.probe_limit)
-    split = splits.test if exp.split == "test" else splits.val
-    frames, overlays, runs = [], {}, []
-    for path in paths:
-        run = load_run(path)
-        _log.info("%s: evaluating %s on %d MultiMNIST pairs", exp.name, run.name, len(split))
-        metrics, shown = evaluate_multimnist(run, split, seed=exp.probe_seed, n_boot=exp.bootstrap, device=device)
-        frames.append(metrics)
-        overlays[run.name] = shown
-        runs.append({"name": run.name, "path": str(run.path), "model": run.config.model, "seed": run.config.seed,
-                     "dataset": run.config.dataset, "test_accuracy": run.metrics.get("test_accuracy")})
-    manifest = {"runs": runs, "dataset": exp.dataset, "data_root": root, "split": exp.split, "images": len(split),
-                "seed": exp.probe_seed, "bootstrap": exp.bootstrap, "versions": library_versions(),
-                "experiment": {"file": str(exp.path), "name": exp.name, "size": exp.size, "description": exp.description}}
-    return write_multimnist_report(out, pd.concat(frames, ignore_index=True), overlays, manifest, force=force)
+
+def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: str | Path | None = None,
+             device: str = "auto", force: bool = False, progress: bool = True) -> Path:
+    """The main job: ``experiments/demo.toml`` at ``size`` (tiny, small, paper), report in ``out``."""
+    return run_experiment(demo_file(), size, device=device, out=out, runs_dir=runs_dir, force=force,
+                          progress=progress)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,19 +27,20 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .errors import CapsprobeError, option
 from .models import create_model, unwrap
+from .runtime import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "Checkpoint",
     "Run",
     "RunConfig",
     "RunError",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "library_versions",
     "load_checkpoint",
     "load_run",
     "read_config",
+    "run_name",
     "read_metrics",
     "save_checkpoint",
     "save_weights",
@@ -55,7 +54,7 @@ METRICS = "metrics.json"
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
 
 
-class RunError(RuntimeError):
+class RunError(CapsprobeError):
     """A run directory that is missing, incomplete or unreadable."""
 
 
@@ -94,6 +93,11 @@ class RunConfig:
         return cls(**data)
 
 
+def run_name(model: str, seed: int, prefix: str | None = None) -> str:
+    """The one way runs are named: ``[<prefix>-]<model>-seed<N>`` (prefix: e.g. the data set)."""
+    return (f"{prefix}-" if prefix else "") + f"{model}-seed{int(seed)}"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape a result."""
     import kornia
@@ -112,36 +116,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-# --- atomic files -------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+# --- weights and history --------------------------------------------------------------------------------------
 
 
 def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -311,7 +286,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config, input_spec = read_config(path)
     weights = path / WEIGHTS
     if not weights.is_file():
-        raise RunError(f"{weights} is missing: the run has not finished (resume it with --resume)")
+        raise RunError(f"{weights} is missing: the run has not finished (resume it with {option('resume')})")
     try:
         state = st_load(weights.read_bytes())
     except Exception as exc:  # noqa: BLE001

@@ -22,18 +22,19 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageSplit, get_spec, iterate_batches, load_dataset, multimnist
-from .models import capsule_lengths, is_capsnet, margin_loss, reconstruction_loss, unwrap
+from .data import ImageSplit, get_spec, load_dataset
+from .errors import CapsprobeError, option
+from .models import adapt, unwrap
+from .runtime import autocast_context, autocast_dtype, epoch_seed, resolve_device
+from .tasks import get_task
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -42,7 +43,6 @@ from .runs import (
     WEIGHTS,
     RunConfig,
     RunError,
-    atomic_write_text,
     build_model,
     library_versions,
     load_checkpoint,
@@ -51,24 +51,18 @@ from .runs import (
     save_weights,
     write_history,
 )
+from .runtime import atomic_write_text
 
 __all__ = [
     "NonFiniteLossError",
     "Objective",
     "RunExistsError",
-    "autocast_context",
-    "autocast_dtype",
     "evaluate",
     "fit",
-    "hits",
-    "resolve_device",
-    "task_batches",
     "train_step",
 ]
 
 _log = logging.getLogger(__name__)
-
-TASKS = ("classify", "multimnist")
 
 # keys that may change when a run is resumed: they do not change what is computed
 _RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download"}
@@ -78,102 +72,30 @@ class RunExistsError(RunError):
     """The output folder already holds a run, and neither resume nor force was asked for."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CapsprobeError):
     """Training produced a NaN or infinite loss."""
 
 
-def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; otherwise ``torch.device(spec)``."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} asked for, but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype for ``device``: bf16 on CUDA where supported, else fp16; None (off) on CPU."""
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 class Objective(nn.Module):
-    """``forward(images, labels) -> (loss, scores)`` for any model; the unit DDP wraps.
+    """``forward(images, labels, parts=None) -> (loss, scores)`` for any model and task; the unit DDP wraps.
+
+    The loss is the task's (:mod:`capsprobe.tasks`), which asks the model's adapter what it can do: a model with
+    poses gets the margin loss plus the masked reconstruction, any other cross entropy.
 
     Args:
-        model: a CapsNet or a convnet.
-        recon_weight: CapsNet only: weight of the reconstruction loss (0 disables the decoder's loss).
+        model: the model.
+        recon_weight: weight of the reconstruction loss for a model with a decoder (0 disables it).
+        task: a registered task name.
     """
 
-    def __init__(self, model: nn.Module, recon_weight: float = 0.0005):
+    def __init__(self, model: nn.Module, recon_weight: float = 0.0005, task: str = "classify"):
         super().__init__()
-        self.model = model
+        self.adapter = adapt(model)
         self.recon_weight = recon_weight
-        self.capsnet = is_capsnet(model)
+        self.task = get_task(task)
 
     def forward(self, images: Tensor, labels: Tensor, parts: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``labels`` ``(B,)``, or ``(B, 2)`` with ``parts (B, 2, C, H, W)`` for MultiMNIST pairs: the two-label
-        margin loss, and each digit reconstructed from its own capsule against that digit alone."""
-        if self.capsnet:
-            poses = self.model.forward_features(images)  # (B, K, 16)
-            lengths = capsule_lengths(poses.float())  # (B, K)
-            pairs = labels.dim() == 2
-            targets = F.one_hot(labels, lengths.shape[1]).sum(1).clamp(max=1) if pairs else labels
-            loss = margin_loss(lengths, targets)
-            if self.recon_weight > 0 and self.model.decoder is not None:
-                if pairs:
-                    for k in range(labels.shape[1]):
-                        recon = self.model.decode(poses, labels[:, k]).float()  # the other capsules masked
-                        loss = loss + reconstruction_loss(recon, parts[:, k].float(), self.recon_weight)
-                else:
-                    recon = self.model.decode(poses, labels).float()  # masked by the true label
-                    loss = loss + reconstruction_loss(recon, images.float(), self.recon_weight)
-            return loss, lengths
-        if labels.dim() == 2:
-            raise ValueError("two-label (MultiMNIST) training needs a CapsNet")
-        logits = self.model(images).float()
-        return F.cross_entropy(logits, labels), logits
-
-
-def hits(scores: Tensor, labels: Tensor) -> Tensor:
-    """Per sample, 1 when the prediction is right: ``argmax`` for ``(B,)`` labels; for ``(B, 2)`` label pairs,
-    the two highest scores are exactly the two labels (the paper's MultiMNIST accuracy)."""
-    if labels.dim() == 1:
-        return (scores.argmax(1) == labels).long()
-    top = scores.topk(labels.shape[1], dim=1).indices.sort(1).values
-    return (top == labels.sort(1).values).all(1).long()
-
-
-def task_batches(
-    task: str, split: ImageSplit, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
-    epoch: int = 0, max_shift: int = 0, rank: int = 0, world_size: int = 1,
-) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-    """``(images, labels, parts)`` batches for a task: ``classify`` (``parts`` None; shift augmentation and
-    shuffling when ``train``) or ``multimnist`` (pairs drawn anew every epoch when ``train``, a fixed draw
-    from the split otherwise; as many pairs as the split has images)."""
-    if task == "classify":
-        for images, labels in iterate_batches(split, batch_size, device=device, shuffle=train, seed=seed, epoch=epoch,
-                                              max_shift=max_shift if train else 0, rank=rank, world_size=world_size):
-            yield images, labels, None
-        return
-    n = -(-len(split) // world_size)
-    draw = _epoch_seed(seed, epoch, rank) if train else 12_345 + rank
-    pairs = multimnist(split, n, seed=draw)
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        yield (pairs.images[sl].to(device), pairs.labels[sl].to(device), pairs.parts[sl].to(device))
+        return self.task.loss(self.adapter, images, labels, parts, self.recon_weight)
 
 
 def train_step(
@@ -207,20 +129,21 @@ def evaluate(
     task: str = "classify",
 ) -> dict[str, float]:
     """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation; MultiMNIST: a
-    fixed draw of pairs, accuracy as in :func:`hits`)."""
+    fixed draw of pairs, accuracy as the task's ``hits``)."""
     device = torch.device(device)
-    objective = Objective(unwrap(model), recon_weight)
+    objective = Objective(unwrap(model), recon_weight, task)
+    task_ = objective.task
     was_training = objective.training
     objective.eval()
     dtype = autocast_dtype(device, amp)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for images, labels, parts in task_batches(task, split, batch_size, device, train=False):
+    for images, labels, parts in task_.batches(split, batch_size, device, train=False):
         with autocast_context(device, dtype):
             loss, scores = objective(images, labels, parts)
         loss_sum += loss.double() * labels.shape[0]
-        correct += hits(scores, labels).sum()
+        correct += task_.hits(scores, labels).sum()
         seen += labels.shape[0]
     objective.train(was_training)
     n = max(seen, 1)
@@ -254,10 +177,6 @@ def _init_distributed(device_spec: str) -> _Dist:
     return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch) * 1_009 + rank
-
-
 def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> bool:
     """Check / clear the output folder. Returns True when a checkpoint is there to resume from."""
     occupied = out.is_dir() and any(out.iterdir())
@@ -270,13 +189,14 @@ def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) ->
                 if k not in _RESUMABLE_CHANGES and stored.to_dict().get(k) != v
             }
             if diff:
-                raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; use --force to start over")
+                raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
         return (out / CHECKPOINT).is_file()
     if occupied and not force:
-        raise RunExistsError(f"{out} already exists and is not empty; use --resume to continue it or --force to replace it")
+        raise RunExistsError(f"{out} already exists and is not empty; set {option('resume')} to continue it or "
+                             f"{option('force')} to replace it")
     if occupied and force:
         if not (out / CONFIG).is_file():
-            raise RunExistsError(f"{out} is not a capsprobe run directory; refusing to clear it even with --force")
+            raise RunExistsError(f"{out} is not a capsprobe run directory; refusing to clear it even with {option('force')}")
         for name in (CONFIG, WEIGHTS, HISTORY, METRICS):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
@@ -347,9 +267,8 @@ def _fit(
     device = resolve_device(config.device, ctx.local_rank)
     dtype = autocast_dtype(device, config.amp)
     spec = get_spec(config.dataset)
-    if config.task not in TASKS:
-        raise ValueError(f"unknown task {config.task!r}; choose one of: {', '.join(TASKS)}")
-    size = spec.img_size + 8 if config.task == "multimnist" else spec.img_size  # MultiMNIST: 4 px shifts each way
+    task = get_task(config.task)
+    size = task.input_size(spec.img_size)
     input_spec = {"in_chans": spec.in_chans, "img_size": size, "num_classes": spec.num_classes}
     torch.manual_seed(config.seed)
     model = build_model(config, input_spec).to(device)  # an unknown model fails here, before any data is read
@@ -385,7 +304,7 @@ def _fit(
         _log.info("%s is already complete (%d epochs)", out, start_epoch)
         return out
 
-    objective: nn.Module = Objective(model, config.recon_weight)
+    objective: nn.Module = Objective(model, config.recon_weight, config.task)
     if ctx.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
@@ -395,7 +314,7 @@ def _fit(
     num_batches = math.ceil(per_rank / config.batch_size)
 
     for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
+        torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
         lr = config.lr * config.lr_decay**epoch
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -404,15 +323,13 @@ def _fit(
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.main),
                    leave=False, dynamic_ncols=True)
         start = time.perf_counter()
-        batches = task_batches(
-            config.task, splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
-            max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size,
-        )
+        batches = task.batches(splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
+                               max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size)
         for i, (images, labels, parts) in enumerate(batches):
             loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype, parts)
             batch = labels.shape[0]
             stats[0] += loss.detach().double() * batch
-            stats[1] += hits(scores.detach(), labels).sum()
+            stats[1] += task.hits(scores.detach(), labels).sum()
             stats[2] += batch
             stats[3] += (~torch.isfinite(loss.detach())).double()
             if on_batch is not None:
@@ -476,7 +393,7 @@ def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:
     if bad:
         raise NonFiniteLossError(
             f"non-finite loss in epoch {epoch + 1} (by batch {batch + 1}); training stopped and nothing was "
-            f"saved after epoch {epoch}: the last good checkpoint stays in {out / CHECKPOINT.parent} (lower --lr?)"
+            f"saved after epoch {epoch}: the last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
         )
 
 

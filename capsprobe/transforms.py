@@ -21,7 +21,7 @@ Convention:
       (kornia's ``warp_affine`` convention; note kornia's ``get_affine_matrix2d`` negates angles relative to
       ``rotate``, kornia issue #4408, so it is not used here).
     - flip: ``horizontal`` mirrors left-right, ``vertical`` top-bottom (exact, no interpolation).
-    - affnist: the affNIST protocol's per-image random warp (``capsprobe.data.affnist_warp``); not part of
+    - affnist: the affNIST protocol's per-image random warp (:func:`affnist_warp`); not part of
       ``all``.
     - jigsaw: ``g`` patches per side, a seeded permutation that is never the identity; ``g`` must divide
       the image size. swap: ``top-bottom`` / ``left-right`` exchange the two halves (exact).
@@ -36,6 +36,8 @@ import torch
 from kornia.geometry.transform import hflip, vflip, warp_affine
 from torch import Tensor
 
+from .errors import InvalidInputError
+
 __all__ = [
     "SUITE",
     "TRANSFORMS",
@@ -44,6 +46,7 @@ __all__ = [
     "UnknownTransformError",
     "affine",
     "affnist",
+    "affnist_warp",
     "apply_matrix",
     "flip",
     "get_transform",
@@ -63,7 +66,7 @@ __all__ = [
 Seed = int | Tensor
 
 
-class UnknownTransformError(ValueError):
+class UnknownTransformError(InvalidInputError):
     """A transformation name that is not in the suite."""
 
 
@@ -82,7 +85,7 @@ class Transformed:
 
 def _check_images(images: Tensor) -> None:
     if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        raise InvalidInputError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
 
 
 def _eye(images: Tensor) -> Tensor:
@@ -121,11 +124,19 @@ def _snap(values: Tensor) -> Tensor:
     return torch.where((values - rounded).abs() < 1e-9, rounded, values)
 
 
-def _rotation(angles_deg: Tensor) -> Tensor:
+def _rotation(angles_deg: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(B, 2, 2)`` rotations, counter-clockwise on screen by ``angles_deg (B,)``."""
     t = torch.deg2rad(angles_deg.double())
     c, s = _snap(torch.cos(t)), _snap(torch.sin(t))
     # y points down: counter-clockwise on screen is x' = c x + s y, y' = -s x + c y
-    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2).float()  # (B, 2, 2)
+    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2).to(dtype)  # (B, 2, 2)
+
+
+def _shear(k: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(B, 2, 2)`` horizontal shears ``x' = x + k y`` for ``k (B,)``."""
+    lin = torch.eye(2, dtype=dtype, device=k.device).repeat(k.shape[0], 1, 1)
+    lin[:, 0, 1] = k.to(dtype)
+    return lin
 
 
 def _geometric(images: Tensor, matrix: Tensor) -> Transformed:
@@ -194,8 +205,7 @@ def shear(images: Tensor, k: float, seed: Seed = 0) -> Transformed:
     _check_images(images)
     if k == 0:
         return Transformed(images.clone(), _eye(images))
-    lin = torch.eye(2, device=images.device).repeat(images.shape[0], 1, 1)
-    lin[:, 0, 1] = float(k)
+    lin = _shear(torch.full((images.shape[0],), float(k), device=images.device))
     return _geometric(images, _about_centre(lin, images))
 
 
@@ -203,7 +213,7 @@ def _generators(seed: Seed, batch: int) -> list[torch.Generator]:
     """One CPU generator per image: from its own seed, or all from one shared draw sequence."""
     if isinstance(seed, Tensor):
         if seed.shape != (batch,):
-            raise ValueError(f"per-image seeds must be ({batch},), got {tuple(seed.shape)}")
+            raise InvalidInputError(f"per-image seeds must be ({batch},), got {tuple(seed.shape)}")
         return [torch.Generator().manual_seed(int(s)) for s in seed.tolist()]
     gen = torch.Generator().manual_seed(int(seed))
     return [gen] * batch
@@ -231,7 +241,7 @@ def affine(images: Tensor, strength: float, seed: Seed = 0) -> Transformed:
         sx, sy = _uniform(gen, 1 - 0.2 * a, 1 + 0.2 * a), _uniform(gen, 1 - 0.2 * a, 1 + 0.2 * a)
         tx, ty = _uniform(gen, -4 * a, 4 * a), _uniform(gen, -4 * a, 4 * a)
         rot = _rotation(torch.tensor([angle]))[0]
-        lin = rot @ torch.tensor([[1.0, k], [0.0, 1.0]]) @ torch.diag(torch.tensor([sx, sy]))
+        lin = rot @ _shear(torch.tensor([k]))[0] @ torch.diag(torch.tensor([sx, sy]))
         mats.append((lin, torch.tensor([tx, ty])))
     lin = torch.stack([m[0] for m in mats]).to(images.device)
     shift = torch.stack([m[1] for m in mats]).to(images.device)
@@ -245,7 +255,7 @@ def flip(images: Tensor, direction: str, seed: Seed = 0) -> Transformed:
     """Mirror ``horizontal`` (left-right) or ``vertical`` (top-bottom); ``none`` is the identity. Exact."""
     _check_images(images)
     if direction not in FLIPS:
-        raise ValueError(f"flip takes one of {', '.join(FLIPS)}, got {direction!r}")
+        raise InvalidInputError(f"flip takes one of {', '.join(FLIPS)}, got {direction!r}")
     m = _eye(images)
     h, w = images.shape[-2:]
     if direction == "none":
@@ -279,7 +289,7 @@ def jigsaw(images: Tensor, grid: int, seed: Seed = 0) -> Transformed:
         return Transformed(images.clone())
     b, c, h, w = images.shape
     if h % grid or w % grid:
-        raise ValueError(f"jigsaw grid {grid} does not divide the image size {h}x{w}")
+        raise InvalidInputError(f"jigsaw grid {grid} does not divide the image size {h}x{w}")
     ph, pw = h // grid, w // grid
     n = grid * grid
     patches = images.reshape(b, c, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c, ph, pw)
@@ -301,7 +311,7 @@ def swap(images: Tensor, halves: str, seed: Seed = 0) -> Transformed:
     """Exchange the ``top-bottom`` or ``left-right`` halves (a roll by half the size); ``none`` is the identity."""
     _check_images(images)
     if halves not in SWAPS:
-        raise ValueError(f"swap takes one of {', '.join(SWAPS)}, got {halves!r}")
+        raise InvalidInputError(f"swap takes one of {', '.join(SWAPS)}, got {halves!r}")
     if halves == "none":
         return Transformed(images.clone())
     h, w = images.shape[-2:]
@@ -313,16 +323,74 @@ def swap(images: Tensor, halves: str, seed: Seed = 0) -> Transformed:
 AFFNIST = ("none", "warp")
 
 
-def affnist(images: Tensor, mode: str, seed: Seed = 0) -> Transformed:
-    """The affNIST test warp (:func:`capsprobe.data.affnist_warp`): ``warp`` draws, per image, a rotation up to
-    20 degrees, a shear up to 0.2, a scale of 0.8-1.2 per axis and a shift that keeps the digit on the canvas;
-    ``none`` is the identity.
+def affnist_warp(
+    images: Tensor,
+    seed: Seed = 0,
+    max_rotation: float = 20.0,
+    max_shear: float = 0.2,
+    scale_range: tuple[float, float] = (0.8, 1.2),
+    ink: float = 0.05,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Random affine warps drawn like affNIST's, with a translation that keeps the digit on the canvas.
+
+    Per image (uniform draws): a rotation in ``[-max_rotation, max_rotation]`` degrees (counter-clockwise on
+    screen), a horizontal shear in ``[-max_shear, max_shear]``, a scale per axis in ``scale_range``, all about the
+    canvas centre (this module's conventions and matrix helpers); then a shift in pixels drawn within the range
+    that keeps the warped bounding box of the ink (pixels above ``ink``) on the canvas (0 on an axis where the
+    warped digit is wider than the canvas). Bilinear, zero fill, ``align_corners=True``.
+
+    Args:
+        images: float ``(B, C, H, W)`` in [0, 1], digits already on their canvas (e.g.
+            :func:`capsprobe.data.place_on_canvas`).
+        seed: an int for the batch, or ``(B,)`` int seeds, one per image (batching-independent).
+
+    Returns:
+        The warped images and the parameters drawn: ``angle``, ``shear``, ``scale_x``, ``scale_y``, ``shift_x``,
+        ``shift_y``, each ``(B,)``, and ``matrix`` ``(B, 3, 3)`` float64 in pixel coordinates (input -> output).
     """
-    from .data import affnist_warp
+    from .data import ink_boxes
 
     _check_images(images)
+    b, _, h, w = images.shape
+    gens = _generators(seed, b)
+    draws = torch.stack([torch.rand(6, generator=g, dtype=torch.float64) for g in gens])  # (B, 6) in [0, 1)
+    angle = (2 * draws[:, 0] - 1) * max_rotation
+    shear_k = (2 * draws[:, 1] - 1) * max_shear
+    lo, hi = scale_range
+    sx, sy = lo + (hi - lo) * draws[:, 2], lo + (hi - lo) * draws[:, 3]
+    f64 = torch.float64
+    lin = _rotation(angle, f64) @ _shear(shear_k, f64) @ torch.diag_embed(torch.stack([sx, sy], -1))  # (B, 2, 2)
+    cx, cy = _centre(images)
+    centre = torch.tensor([cx, cy], dtype=f64)
+
+    # bounding box of the ink, its corners through the linear part, and the shifts that keep them on the canvas
+    boxes = ink_boxes(images.detach().cpu(), ink).double()  # (B, 4): x0, y0, x1, y1
+    empty = boxes[:, 2] < 0
+    x0, x1 = torch.where(empty, centre[0], boxes[:, 0]), torch.where(empty, centre[0], boxes[:, 2])
+    y0, y1 = torch.where(empty, centre[1], boxes[:, 1]), torch.where(empty, centre[1], boxes[:, 3])
+    corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], 1)  # (B, 4, 2)
+    moved = (corners - centre) @ lin.transpose(1, 2) + centre
+    low = torch.stack([-moved[..., 0].amin(1), -moved[..., 1].amin(1)], -1)  # smallest allowed shift (x, y)
+    high = torch.stack([(w - 1) - moved[..., 0].amax(1), (h - 1) - moved[..., 1].amax(1)], -1)
+    fits = low <= high
+    shift = torch.where(fits, low + (high - low) * draws[:, 4:6], torch.zeros_like(low))
+
+    matrix = _about_centre(lin, images, shift)  # (B, 3, 3) float64
+    warped = apply_matrix(images, matrix)
+    params = {"angle": angle, "shear": shear_k, "scale_x": sx, "scale_y": sy, "shift_x": shift[:, 0],
+              "shift_y": shift[:, 1], "matrix": matrix}
+    return warped, params
+
+
+def affnist(images: Tensor, mode: str, seed: Seed = 0) -> Transformed:
+    """The affNIST test warp (:func:`affnist_warp`): ``warp`` draws, per image, a rotation up to 20 degrees, a
+    shear up to 0.2, a scale of 0.8-1.2 per axis and a shift that keeps the digit on the canvas; ``none`` is the
+    identity.
+    """
+    _check_images(images)
     if mode not in AFFNIST:
-        raise ValueError(f"affnist takes one of {', '.join(AFFNIST)}, got {mode!r}")
+        raise InvalidInputError(f"affnist takes one of {', '.join(AFFNIST)}, got {mode!r}")
     if mode == "none":
         return Transformed(images.clone(), _eye(images))
     warped, params = affnist_warp(images, seed)
@@ -369,18 +437,18 @@ class Transform:
         """Return ``magnitude`` in its canonical type, or raise ValueError naming the allowed range."""
         if self.choices is not None:
             if magnitude not in self.choices:
-                raise ValueError(f"{self.name} magnitude {magnitude!r} is not one of {', '.join(map(str, self.choices))}")
+                raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not one of {', '.join(map(str, self.choices))}")
             return magnitude
         try:
             value = float(magnitude)
         except (TypeError, ValueError):
-            raise ValueError(f"{self.name} magnitude {magnitude!r} is not a number") from None
+            raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not a number") from None
         if self.integer:
             if value != int(value):
-                raise ValueError(f"{self.name} magnitude {magnitude!r} must be a whole number")
+                raise InvalidInputError(f"{self.name} magnitude {magnitude!r} must be a whole number")
             value = int(value)
         if not (self.low <= value <= self.high):
-            raise ValueError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
+            raise InvalidInputError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
         return value
 
     def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0) -> Transformed:
@@ -464,12 +532,12 @@ def parse_magnitude_specs(specs: Sequence[str], transforms: Sequence[Transform])
         elif len(transforms) == 1:
             name, values = names[0], spec
         else:
-            raise ValueError(f"--magnitudes {spec!r}: name the transformation (e.g. rotate=0,45,90) when probing several")
+            raise InvalidInputError(f"magnitudes {spec!r}: name the transformation (e.g. rotate=0,45,90) when probing several")
         if name not in names:
-            raise ValueError(f"--magnitudes {spec!r}: {name!r} is not among the transformations probed ({', '.join(names)})")
+            raise InvalidInputError(f"magnitudes {spec!r}: {name!r} is not among the transformations probed ({', '.join(names)})")
         t = TRANSFORMS[name]
         items = [v.strip() for v in values.split(",") if v.strip()]
         if not items:
-            raise ValueError(f"--magnitudes {spec!r} lists no magnitude")
+            raise InvalidInputError(f"magnitudes {spec!r} lists no magnitude")
         out[name] = [parse_magnitude(t, v) for v in items]
     return out

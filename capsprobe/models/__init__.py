@@ -7,13 +7,13 @@ Importing this package registers ``capsnet*`` and ``baseline_cnn`` in timm, so a
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Sequence
 
 import timm
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ..errors import InvalidInputError
+from .adapter import Adapter, ModelAdapter, ModelOutputs, adapt, unwrap
 from .baselines import BaselineCNN, adapt_stem, create_convnet
 from .capsnet import (
     CapsNet,
@@ -25,18 +25,19 @@ from .capsnet import (
 )
 
 __all__ = [
+    "Adapter",
     "BaselineCNN",
     "CapsNet",
+    "ModelAdapter",
     "ModelOutputs",
     "UnknownModelError",
+    "adapt",
     "adapt_stem",
     "capsule_lengths",
     "create_model",
     "create_convnet",
     "dynamic_routing",
-    "is_capsnet",
     "margin_loss",
-    "model_outputs",
     "native_models",
     "reconstruction_loss",
     "squash",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InvalidInputError):
     """A model name that neither capsprobe nor timm knows."""
 
 
@@ -83,50 +84,3 @@ def create_model(
         hint = f"close matches: {', '.join(close)}" if close else "see `capsprobe list`"
         raise UnknownModelError(f"unknown model {name!r}; {hint}")
     return create_convnet(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel / compiled wrapper."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def is_capsnet(model: nn.Module) -> bool:
-    """True for a CapsNet, wrapped or not."""
-    return isinstance(unwrap(model), CapsNet)
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    """What the probe sees of any model.
-
-    Attributes:
-        scores: class scores ``(B, K)``: capsule lengths for a CapsNet, softmax probabilities for a convnet.
-        representation: ``(B, F)``: the flattened poses ``(B, K*16)`` for a CapsNet, the pre-logit features
-            for a convnet.
-        poses: CapsNet class-capsule poses ``(B, K, 16)``; None for a convnet.
-    """
-
-    scores: Tensor
-    representation: Tensor
-    poses: Tensor | None = None
-
-
-def model_outputs(model: nn.Module, x: Tensor) -> ModelOutputs:
-    """Class scores and representation of ``model`` for images ``x (B, C, H, W)``, in float32.
-
-    One forward pass; the caller chooses the grad mode and the model's train/eval mode.
-    """
-    m = unwrap(model)
-    if isinstance(m, CapsNet):
-        poses = m.forward_features(x).float()  # (B, K, 16)
-        return ModelOutputs(scores=capsule_lengths(poses), representation=poses.flatten(1), poses=poses)
-    features = m.forward_features(x)
-    pre = m.forward_head(features, pre_logits=True)  # (B, F)
-    logits = m.forward_head(features)  # (B, K); the head is cheap beside the features
-    return ModelOutputs(scores=torch.softmax(logits.float(), dim=-1), representation=pre.flatten(1).float())

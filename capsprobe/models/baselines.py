@@ -48,6 +48,7 @@ from torch import Tensor, nn
 import timm
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
+from ..errors import InvalidInputError
 from ._cfg import small_image_cfg
 
 __all__ = ["STEMS", "BaselineCNN", "adapt_stem", "create_convnet"]
@@ -174,7 +175,7 @@ def adapt_stem(model: nn.Module, in_chans: int, stem: str = "small") -> str:
     from timm.models.resnet import ResNet
 
     if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
+        raise InvalidInputError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
     if stem == "imagenet":
         return "unchanged"
     if isinstance(model, ResNet):
@@ -224,7 +225,7 @@ def create_convnet(
         try:
             model(torch.zeros(1, in_chans, h, w))
         except RuntimeError as exc:  # pragma: no cover - depends on the timm family
-            raise ValueError(f"{name} cannot take {in_chans}x{h}x{w} inputs: {exc}".splitlines()[0]) from None
+            raise InvalidInputError(f"{name} cannot take {in_chans}x{h}x{w} inputs: {exc}".splitlines()[0]) from None
         model.train(was_training)
     return model
 

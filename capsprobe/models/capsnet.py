@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from ._cfg import small_image_cfg
+from ..errors import InvalidInputError
+from .adapter import ModelOutputs
 
 __all__ = [
     "CapsNet",
@@ -54,7 +56,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
         return value, value
     value = tuple(value)
     if len(value) != 2:
-        raise ValueError(f"expected an int or a pair (H, W), got {value!r}")
+        raise InvalidInputError(f"expected an int or a pair (H, W), got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -118,9 +120,9 @@ def dynamic_routing(
         tensors ``c`` of shape ``(B, N_in, N_out)``, one per iteration.
     """
     if u_hat.dim() != 4:
-        raise ValueError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
+        raise InvalidInputError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
     if num_iters < 1:
-        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+        raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
     batch, n_in, n_out, _ = u_hat.shape
     u_inner = u_hat.detach() if detach_inner else u_hat
     b = u_hat.new_zeros(batch, n_in, n_out)  # (B, N_in, N_out) routing logits
@@ -161,13 +163,13 @@ def margin_loss(
         Scalar loss.
     """
     if lengths.dim() != 2:
-        raise ValueError(f"lengths must be (B, K), got shape {tuple(lengths.shape)}")
+        raise InvalidInputError(f"lengths must be (B, K), got shape {tuple(lengths.shape)}")
     if targets.dim() == 1:
         t = F.one_hot(targets.long(), lengths.shape[1]).to(lengths.dtype)
     elif targets.shape == lengths.shape:
         t = targets.to(lengths.dtype)
     else:
-        raise ValueError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
+        raise InvalidInputError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
     present = t * F.relu(m_pos - lengths).pow(2)
     absent = lambda_neg * (1.0 - t) * F.relu(lengths - m_neg).pow(2)
     return (present + absent).sum(dim=1).mean()
@@ -185,7 +187,7 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor, weight: float =
         Scalar loss.
     """
     if reconstructions.shape != images.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"reconstructions {tuple(reconstructions.shape)} and images {tuple(images.shape)} differ in shape"
         )
     sse = (reconstructions - images).pow(2).flatten(1).sum(dim=1)  # (B,)
@@ -259,7 +261,7 @@ class DigitCaps(nn.Module):
     def predictions(self, u: Tensor) -> Tensor:
         """``u (B, N_in, D_in)`` -> ``u_hat (B, N_in, N_out, D_out)``, ``u_hat_j|i = W_ij u_i``."""
         if u.shape[1:] != (self.num_in, self.in_dim):
-            raise ValueError(
+            raise InvalidInputError(
                 f"expected input capsules (B, {self.num_in}, {self.in_dim}), got {tuple(u.shape)}; "
                 "was the model built for another input size?"
             )
@@ -356,7 +358,7 @@ class CapsNet(nn.Module):
         h, w = self.img_size
         fh, fw = _conv_out(h, conv_kernel, 1), _conv_out(w, conv_kernel, 1)
         if min(_conv_out(fh, primary_kernel, primary_stride), _conv_out(fw, primary_kernel, primary_stride)) < 1:
-            raise ValueError(f"input {self.img_size} is too small for CapsNet's two 9x9 convolutions")
+            raise InvalidInputError(f"input {self.img_size} is too small for CapsNet's two 9x9 convolutions")
         self.conv1 = nn.Conv2d(in_chans, conv_channels, conv_kernel, stride=1)
         self.primary = PrimaryCaps(conv_channels, primary_types, primary_dim, primary_kernel, primary_stride)
         self.num_primary = self.primary.num_capsules(fh, fw)
@@ -367,14 +369,26 @@ class CapsNet(nn.Module):
         # timm attributes
         self.num_features = self.head_hidden_size = num_classes * capsule_dim
 
+    has_poses = True  # the probe's capability flags (capsprobe.models.adapter)
+
     @property
     def num_iters(self) -> int:
         return self.digits.num_iters
 
+    @property
+    def can_decode(self) -> bool:
+        """True when the model has its reconstruction decoder."""
+        return self.decoder is not None
+
+    def probe_outputs(self, x: Tensor) -> "ModelOutputs":
+        """What the probe asks of a model: lengths as scores, flattened poses as representation, the poses."""
+        poses = self.forward_features(x).float()  # (B, K, 16)
+        return ModelOutputs(scores=capsule_lengths(poses), representation=poses.flatten(1), poses=poses)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` -> class-capsule poses ``(B, K, capsule_dim)``."""
         if x.shape[1:] != (self.in_chans, *self.img_size):
-            raise ValueError(
+            raise InvalidInputError(
                 f"CapsNet was built for inputs (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
                 f"got {tuple(x.shape)}"
             )

@@ -1,0 +1,171 @@
+"""What capsprobe asks of a model: class scores and a representation, optionally poses and a decoder.
+
+The probe and the trainer never check a model's type or name: they call :func:`adapt` and ask the adapter.
+
+- A model that defines ``probe_outputs(x) -> ModelOutputs`` (capsprobe's CapsNet does) answers for itself;
+  it can decode when it has ``decode(poses, labels)`` and ``can_decode`` is not False.
+- A timm-style model (``forward_features`` / ``forward_head(..., pre_logits=True)``) gets the default: scores
+  are the softmax of the logits, the representation is the pre-logit feature vector.
+- Any other ``nn.Module``: wrap it in :class:`ModelAdapter` and say what its scores and representation are::
+
+      adapter = ModelAdapter(my_model,
+                             representation=lambda m, x: m.encoder(x).flatten(1),
+                             scores=lambda m, x: m(x).softmax(-1))
+
+  With ``poses`` (``(B, K, D)``, one vector per class) the probe adds the pose metrics; with ``decode`` the
+  reconstruction metrics and pictures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InvalidInputError
+
+__all__ = ["Adapter", "ModelAdapter", "ModelOutputs", "adapt", "unwrap"]
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What the probe sees of any model for a batch of images.
+
+    Attributes:
+        scores: class scores ``(B, K)`` (capsule lengths, or softmax probabilities).
+        representation: ``(B, F)``: flattened poses ``(B, K*D)`` for a capsule model, pre-logit features else.
+        poses: class-capsule poses ``(B, K, D)``; None for a model without poses.
+        logits: pre-softmax class scores ``(B, K)`` where the model has them (cross-entropy training).
+    """
+
+    scores: Tensor
+    representation: Tensor
+    poses: Tensor | None = None
+    logits: Tensor | None = None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel / compiled wrapper or an adapter."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, Adapter):
+            model = model.model
+        else:
+            return model
+
+
+class Adapter(nn.Module):
+    """The probe's view of a model (an ``nn.Module``, so ``.to()``, ``.eval()`` and DDP work on it).
+
+    Attributes:
+        model: the wrapped model.
+        has_poses: :meth:`outputs` gives class-capsule poses.
+        can_decode: :meth:`decode` reconstructs images from poses.
+    """
+
+    has_poses: bool = False
+    can_decode: bool = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def outputs(self, x: Tensor) -> ModelOutputs:  # pragma: no cover - every adapter overrides it
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores ``(B, K)``."""
+        return self.outputs(x).scores
+
+    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images ``(B, C, H, W)`` from poses ``(B, K, D)``, all capsules but ``labels`` masked."""
+        raise InvalidInputError(f"{type(unwrap(self)).__name__} has no decoder")
+
+
+class _NativeAdapter(Adapter):
+    """A model that answers ``probe_outputs`` itself (capsprobe's CapsNet)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.has_poses = bool(getattr(model, "has_poses", False))
+        self.can_decode = callable(getattr(model, "decode", None)) and bool(getattr(model, "can_decode", True))
+
+    def outputs(self, x: Tensor) -> ModelOutputs:
+        return self.model.probe_outputs(x)
+
+    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        if not self.can_decode:
+            return super().decode(poses, labels)
+        return self.model.decode(poses, labels)
+
+
+class _TimmAdapter(Adapter):
+    """A timm-style classifier: softmax scores, pre-logit features as the representation."""
+
+    def outputs(self, x: Tensor) -> ModelOutputs:
+        features = self.model.forward_features(x)
+        pre = self.model.forward_head(features, pre_logits=True)  # (B, F)
+        logits = self.model.forward_head(features).float()  # (B, K); the head is cheap beside the features
+        return ModelOutputs(scores=torch.softmax(logits, dim=-1), representation=pre.flatten(1).float(), logits=logits)
+
+
+OutputFn = Callable[[nn.Module, Tensor], Tensor]
+
+
+class ModelAdapter(Adapter):
+    """Probe any ``nn.Module``: say how to get its scores and representation (and optionally poses, decoder).
+
+    Args:
+        model: the model (in eval mode when probed; the probe calls ``.eval()``).
+        representation: ``fn(model, x) -> (B, F)``, the vector whose (in/equi)variance is measured.
+        scores: ``fn(model, x) -> (B, K)`` class scores; default: softmax of ``model(x)``.
+        poses: ``fn(model, x) -> (B, K, D)`` class-capsule poses, when the model has them.
+        decode: ``fn(model, poses, labels) -> (B, C, H, W)`` images in [0, 1] from poses masked by ``labels``.
+    """
+
+    def __init__(self, model: nn.Module, representation: OutputFn, scores: OutputFn | None = None,
+                 poses: OutputFn | None = None,
+                 decode: Callable[[nn.Module, Tensor, Tensor | None], Tensor] | None = None):
+        super().__init__(model)
+        self._representation, self._scores, self._poses, self._decode = representation, scores, poses, decode
+        self.has_poses = poses is not None
+        self.can_decode = decode is not None
+
+    def outputs(self, x: Tensor) -> ModelOutputs:
+        logits = None
+        if self._scores is not None:
+            scores = self._scores(self.model, x).float()
+        else:
+            logits = self.model(x).float()
+            scores = torch.softmax(logits, dim=-1)
+        poses = self._poses(self.model, x).float() if self._poses is not None else None
+        rep = self._representation(self.model, x).flatten(1).float()
+        return ModelOutputs(scores=scores, representation=rep, poses=poses, logits=logits)
+
+    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self._decode is None:
+            return super().decode(poses, labels)
+        return self._decode(self.model, poses, labels)
+
+
+def adapt(model: nn.Module) -> Adapter:
+    """The :class:`Adapter` for ``model`` (returned as it is when it already is one; wrappers are looked through).
+
+    Raises:
+        InvalidInputError: the model neither answers ``probe_outputs`` nor has timm's face; wrap it in
+            :class:`ModelAdapter`.
+    """
+    if isinstance(model, Adapter):
+        return model
+    inner = unwrap(model)
+    if callable(getattr(inner, "probe_outputs", None)):
+        return _NativeAdapter(inner)
+    if callable(getattr(inner, "forward_features", None)) and callable(getattr(inner, "forward_head", None)):
+        return _TimmAdapter(inner)
+    raise InvalidInputError(f"{type(inner).__name__} has neither probe_outputs() nor timm's forward_features/"
+                            "forward_head: wrap it in capsprobe.ModelAdapter(model, representation=..., scores=...)")

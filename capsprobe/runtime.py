@@ -1,0 +1,158 @@
+"""Where things run and how they are written: devices, autocast, seeds, atomic files and folders.
+
+One home for the conventions that training, the probe and the benchmark share:
+
+- **Device**: ``auto`` is ``cuda:<local rank>`` when CUDA is present, else ``cpu``.
+- **Autocast**: on CUDA bf16 where supported, else fp16 (with loss scaling in training); off on CPU.
+- **Seeds**: per epoch ``((seed * 1000003) + epoch) * 1009 + rank`` (data order, augmentation, dropout);
+  per probed image ``image_id + seed * 1000003`` (random transformations), so batching never changes a result.
+- **Files**: every file is written to a temporary name in its folder and renamed over the target; a folder is
+  built under a temporary name beside its destination and renamed into place, the old one removed only once the
+  new one is there. A reader sees the old version or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidInputError, option
+
+__all__ = [
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "autocast_context",
+    "autocast_dtype",
+    "epoch_seed",
+    "image_seeds",
+    "resolve_device",
+]
+
+
+# --- devices and precision --------------------------------------------------------------------------------------
+
+
+def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; otherwise ``torch.device(spec)``.
+
+    Raises:
+        InvalidInputError: an unknown device, or CUDA asked for where there is none.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {spec!r} asked for, but CUDA is not available here; set {option('device')} "
+                                "to cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype for ``device``: bf16 on CUDA where supported, else fp16; None (off) on CPU."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# --- seeds ------------------------------------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch on one rank: data order, shift augmentation and dropout."""
+    return (int(seed) * 1_000_003 + int(epoch)) * 1_009 + int(rank)
+
+
+def image_seeds(seed: int, image_ids: Tensor) -> Tensor:
+    """Per-image transformation seeds ``(B,)`` from a base seed and image ids ``(B,)``."""
+    return image_ids.long() + int(seed) * 1_000_003
+
+
+# --- atomic files and folders -----------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing an old one only after the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``out``; on success it replaces ``out`` whole.
+
+    Usage::
+
+        with atomic_dir("reports/x") as tmp:
+            (tmp / "a.csv").write_text(...)
+
+    On an exception the temporary folder is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700; the folder is meant to be read
+        yield tmp
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
