@@ -101,7 +101,7 @@ def train(
     base = RunConfig()
     if out is None:
         name, data, s = model or base.model, dataset or base.dataset, seed if seed is not None else base.seed
-        out = Path("runs") / run_name(name, s, prefix=data)
+        out = Path("runs") / run_name(name, s, dataset=data)
     if resume and (out / CONFIG).is_file():
         base = read_config(out)[0]  # options left out keep the stored values
     kwargs = dict(base.model_kwargs)

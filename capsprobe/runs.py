@@ -93,9 +93,10 @@ class RunConfig:
         return cls(**data)
 
 
-def run_name(model: str, seed: int, prefix: str | None = None) -> str:
-    """The one way runs are named: ``[<prefix>-]<model>-seed<N>`` (prefix: e.g. the data set)."""
-    return (f"{prefix}-" if prefix else "") + f"{model}-seed{int(seed)}"
+def run_name(model: str, seed: int, dataset: str | None = None) -> str:
+    """The one way runs are named: ``<model>[-<dataset>]-seed<N>`` (experiments leave the data set out: their folder
+    names it)."""
+    return f"{model}-" + (f"{dataset}-" if dataset else "") + f"seed{int(seed)}"
 
 
 def library_versions() -> dict[str, str]:

@@ -1,16 +1,82 @@
-"""Shared fixtures: small, seeded, CPU-only, no network."""
+"""Shared fixtures: small, seeded, CPU-only, no network. Tiny trained runs and tiny experiment reports are built
+once per test session and shared (read-only) by every test that needs them."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TINY_RUN = dict(epochs=1, batch_size=16, limit=48)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def _rgb_loader(root, download):
+    from capsprobe.data import ImageSplit
+
+    g = torch.Generator().manual_seed(0)
+
+    def make(n):
+        return ImageSplit(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
+
+    return make(200), make(40)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_datasets():
+    from capsprobe.data import DatasetSpec, register_dataset
+
+    register_dataset(DatasetSpec("test-rgb32", 3, 32, 10, "random 3x32x32 images (tests)"), _rgb_loader)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, _test_datasets):
+    """Three one-epoch runs on 48 images: a tiny CapsNet, resnet18, and a tiny CapsNet on 3x32x32 images."""
+    from capsprobe.runs import RunConfig
+    from capsprobe.train import fit
+
+    root = tmp_path_factory.mktemp("runs")
+    caps = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 16, "primary_types": 4}, **TINY_RUN),
+               root / "caps", progress=False)
+    conv = fit(RunConfig(model="resnet18", model_kwargs={"stem": "imagenet"}, **TINY_RUN), root / "conv",
+               progress=False)
+    rgb = fit(RunConfig(model="capsnet_small", dataset="test-rgb32", model_kwargs={"conv_channels": 8, "primary_types": 2},
+                        **TINY_RUN), root / "rgb", progress=False)
+    return {"caps": caps, "conv": conv, "rgb": rgb}
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory):
+    """``tiny_experiment(name)``: run ``experiments/<name>.toml --size tiny`` once per session (in its own folder)
+    and return ``(folder, output)``; the report is ``folder / "reports" / name``."""
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    done: dict[str, tuple[Path, str]] = {}
+
+    def run(name: str) -> tuple[Path, str]:
+        if name not in done:
+            folder = tmp_path_factory.mktemp(f"exp-{name}")
+            cwd = os.getcwd()
+            os.chdir(folder)
+            try:
+                result = CliRunner().invoke(app, ["run", str(EXPERIMENTS / f"{name}.toml"), "--size", "tiny",
+                                                  "--device", "cpu", "--no-progress"])
+            finally:
+                os.chdir(cwd)
+            assert result.exit_code == 0, result.output
+            done[name] = (folder, result.output)
+        return done[name]
+
+    return run

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import capsprobe  # noqa: F401
-from capsprobe.models import BaselineCNN, UnknownModelError, create_model, model_outputs, native_models
+from capsprobe.models import BaselineCNN, UnknownModelError, adapt, create_model, native_models
 
 
 def test_paper_cnn_parameter_count():
@@ -54,7 +54,7 @@ def test_unknown_stem_is_refused():
 def test_every_model_has_the_same_face(name):
     model = create_model(name, in_chans=1, num_classes=10, img_size=28).eval()
     with torch.no_grad():
-        out = model_outputs(model, torch.rand(3, 1, 28, 28))
+        out = adapt(model).outputs(torch.rand(3, 1, 28, 28))
     assert out.scores.shape == (3, 10) and out.scores.dtype == torch.float32
     assert out.representation.dim() == 2 and out.representation.shape[0] == 3
     if name.startswith("capsnet"):

@@ -84,7 +84,7 @@ def test_python_dash_m_entry_point():
 def test_resume_without_out_uses_the_default_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["train", *TINY]).exit_code == 0
-    default = tmp_path / "runs" / "capsnet_small-mnist-sample"
+    default = tmp_path / "runs" / "capsnet_small-mnist-sample-seed0"
     result = runner.invoke(app, ["train", "--model", "capsnet_small", "--resume", "--epochs", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
     run = load_run(default)

@@ -121,7 +121,8 @@ def test_full_mnist_from_data_root():
 
 # --- the paper's protocols -------------------------------------------------------------------------------------
 
-from capsprobe.data import affnist_warp, box_overlap, ink_boxes, multimnist, place_on_canvas  # noqa: E402
+from capsprobe.data import box_overlap, ink_boxes, multimnist, place_on_canvas  # noqa: E402
+from capsprobe.transforms import affnist_warp  # noqa: E402
 
 
 def test_canvas_training_keeps_every_digit_whole_and_covers_the_shifts(sample):

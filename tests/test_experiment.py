@@ -16,31 +16,47 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 
 def test_there_are_experiment_files():
-    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "multimnist", "robustness"}
+    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "demo", "multimnist", "robustness"}
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("size", ["tiny", "quick", "paper"])
+def _sizes(path: Path) -> list[str]:
+    import tomllib
+
+    return list(tomllib.loads(path.read_text())["sizes"])
+
+
+@pytest.mark.parametrize("path, size", [(p, s) for p in EXPERIMENTS for s in _sizes(p)],
+                         ids=lambda v: v.stem if isinstance(v, Path) else v)
 def test_every_experiment_file_parses(path, size):
     exp = load_experiment(path, size)
     assert exp.name == path.stem and exp.models and all(m.epochs >= 1 for m in exp.models)
 
 
+def test_demo_sizes_set_bootstrap_magnitudes_and_training():
+    tiny = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "tiny")
+    assert tiny.bootstrap == 50 and "jigsaw=1,4" in tiny.magnitudes and tiny.train["batch_size"] == 16
+    small = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "small")
+    assert small.bootstrap == 1000 and small.magnitudes == [] and "batch_size" not in small.train
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_tiny_variant_runs_end_to_end(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    report = tmp_path / "reports" / path.stem
+def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
+    folder, _ = tiny_experiment(path.stem)
+    monkeypatch.chdir(folder)
+    report = folder / "reports" / path.stem
     exp = load_experiment(path, "tiny")
     assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
+    runs = {f"{m.model}-seed{s}" for m in exp.models for s in exp.seeds}
+    assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs  # runs are named one way
     if exp.train.get("task") == "multimnist":
         summary = pd.read_csv(report / "summary.csv")
         assert set(summary["metric"]) == {"accuracy", "recon_error"}
-        assert (report / "figures" / "segmentation_capsnet_small.png").is_file()
+        assert (report / "figures" / "segmentation-capsnet_small-seed0.png").is_file()
     else:
-        assert set(pd.read_csv(report / "overview.csv")["run"]) == {m.model for m in exp.models}
+        assert set(pd.read_csv(report / "overview.csv")["run"]) == runs
     # finished runs are reused: a second call only re-probes (and needs --force for the report)
+    refused = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress"])
+    assert refused.exit_code == 1 and "--force" in refused.output
     again = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress", "--force"])
     assert again.exit_code == 0, again.output
     assert "is already complete" in again.output and "epoch 1/1" not in again.output

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
-from capsprobe.data import DatasetSpec, ImageSplit, load_dataset, register_dataset
+from capsprobe.data import load_dataset
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
 from capsprobe.report import read_probe_outputs
 from capsprobe.runs import RunConfig, load_run
@@ -18,31 +18,14 @@ from capsprobe.train import fit
 from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()
-BASE = dict(epochs=1, batch_size=16, limit=48)
 COMMON = {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
           "equivariance_error", "equivariance_error_pca16"}
 CAPSULE_ONLY = {"invariance_error_pose", "equivariance_error_pose", "recon_equivariance_error"}
 
 
-def _rgb_loader(root, download):
-    g = torch.Generator().manual_seed(0)
-    make = lambda n: ImageSplit(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
-                                torch.arange(n) % 10)
-    return make(200), make(40)
-
-
-register_dataset(DatasetSpec("test-rgb32", 3, 32, 10, "random 3x32x32 images (tests)"), _rgb_loader)
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    caps = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 16, "primary_types": 4}, **BASE),
-               root / "caps", progress=False)
-    conv = fit(RunConfig(model="resnet18", model_kwargs={"stem": "imagenet"}, **BASE), root / "conv", progress=False)
-    rgb = fit(RunConfig(model="capsnet_small", dataset="test-rgb32", model_kwargs={"conv_channels": 8, "primary_types": 2},
-                        **BASE), root / "rgb", progress=False)
-    return {"caps": caps, "conv": conv, "rgb": rgb}
+def runs(tiny_runs):
+    return tiny_runs
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +72,17 @@ def test_perturb_cli_writes_the_three_files(runs, tmp_path):
     result = runner.invoke(app, ["perturb", "--transform", "flip", str(runs["caps"]), str(runs["conv"]),
                                  "--limit", "40", "--bootstrap", "50", "--no-progress", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"results.parquet", "summary.csv", "manifest.json"}
-    metrics, images, manifest = read_probe_outputs(out)
+    # caps is a CapsNet with a decoder: its reconstruction and pose-sweep grids are computed by the probe
+    assert {p.name for p in out.iterdir()} == {"results.parquet", "summary.csv", "manifest.json", "overview.csv",
+                                                "roc.csv", "arrays"}
+    assert {p.name for p in (out / "arrays").iterdir()} == {"reconstructions-caps.npz", "pose_sweep-caps.npz"}
+    data = read_probe_outputs(out)
+    metrics, images, manifest = data.metrics, data.images, data.manifest
+    assert data.arrays["pose_sweep-caps"]["images"].shape == (16, 11, 1, 28, 28)
+    recon = data.arrays["reconstructions-caps"]
+    assert recon["images"].shape == (3, 8, 1, 28, 28) and list(recon["row_labels"]) == [
+        "image", "flip horizontal", "reconstruction"]
+    assert manifest["task"] == "classify"
     assert set(metrics["magnitude"]) == {"none", "horizontal", "vertical"}
     assert set(metrics["run"]) == {"caps", "conv"} and len(images) == 2 * 3 * 40
     assert manifest["transforms"] == {"flip": ["none", "horizontal", "vertical"]} and manifest["images"] == 40
@@ -103,7 +95,7 @@ def test_perturb_default_out_and_magnitudes(runs, tmp_path, monkeypatch):
     result = runner.invoke(app, ["perturb", "-t", "rotate", "-m", "0,90", str(runs["caps"]), "--limit", "20",
                                  "--bootstrap", "20", "--no-progress"])
     assert result.exit_code == 0, result.output
-    metrics, _, _ = read_probe_outputs(tmp_path / "reports" / "caps")
+    metrics = read_probe_outputs(tmp_path / "reports" / "caps").metrics
     assert set(metrics["magnitude"]) == {"0", "90"}
 
 

@@ -13,10 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
-from capsprobe.data import load_dataset
-from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, pose_sweep
-from capsprobe.report import ReportError, overview_table, write_probe_outputs, write_report
-from capsprobe.runs import load_run
+from capsprobe.metrics import overview_table, roc_table
+from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
+from capsprobe.report import ReportError, write_probe_outputs, write_report
 
 runner = CliRunner()
 GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
@@ -45,8 +44,11 @@ def _synthetic(n: int = 30) -> ProbeResult:
                     metrics.append(dict(model=run, run=run, seed=0, transform=transform, kind=kind, magnitude=label,
                                         magnitude_value=value, metric=metric, value=v, ci_low=v - 0.1, ci_high=v + 0.1,
                                         n_images=n))
-    return ProbeResult(pd.DataFrame(metrics, columns=METRIC_COLUMNS),
-                       pd.concat(images, ignore_index=True)[IMAGE_COLUMNS], {"total": 1.0, "images": float(n)})
+    metrics = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+    images = pd.concat(images, ignore_index=True)[IMAGE_COLUMNS]
+    tables = {"overview": overview_table(metrics, images, identity_labels(), n_boot=100),
+              "roc": roc_table(images, metrics, identity_labels())}
+    return ProbeResult(metrics, images, {"total": 1.0, "images": float(n)}, tables=tables, manifest=MANIFEST)
 
 
 MANIFEST = {"runs": [{"name": "caps", "path": "/nonexistent/caps", "model": "capsnet_small", "seed": 0},
@@ -70,11 +72,11 @@ class _Images(HTMLParser):
 
 @pytest.fixture
 def folder(tmp_path):
-    return write_probe_outputs(_synthetic(), tmp_path / "rep", MANIFEST)
+    return write_probe_outputs(_synthetic(), tmp_path / "rep")
 
 
 def test_report_writes_every_file_with_figures_inline(folder):
-    html_path = write_report(folder, n_boot=100)
+    html_path = write_report(folder)
     names = {p.name for p in folder.iterdir()}
     assert {"results.parquet", "summary.csv", "manifest.json", "overview.csv", "report.md", "report.html",
             "figures"} <= names
@@ -89,13 +91,13 @@ def test_report_writes_every_file_with_figures_inline(folder):
     assert sorted(inline) == sorted(p.read_bytes() for p in figures)
     md = (folder / "report.md").read_text()
     assert all(f"figures/{p.name}" in md for p in figures)
-    assert "capsule pictures for caps skipped" in md  # the run folder is gone: said, not hidden
+    assert "no reconstruction pictures" in md  # a capsule model without stored grids: said, not hidden
     assert "Rotated by 45 degrees, caps keeps" in md
 
 
 def test_overview_figures_match_the_per_image_rows(folder):
     result = _synthetic()
-    overview = overview_table(result.metrics, result.images, n_boot=100).set_index(["run", "transform"])
+    overview = result.tables["overview"].set_index(["run", "transform"])
     img = result.images
     for (run, transform), row in overview.iterrows():
         rows = img[(img["run"] == run) & (img["transform"] == transform)]
@@ -133,38 +135,67 @@ def test_report_errors_name_the_file(tmp_path, folder):
     json.loads((folder / "manifest.json").read_text())
 
 
-def test_demo_tiny_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
+def test_demo_tiny_end_to_end(tiny_experiment, monkeypatch):
+    folder, output = tiny_experiment("demo")
+    monkeypatch.chdir(folder)
     out = Path("reports/demo")
-    assert result.output.strip().endswith("report: reports/demo/report.html")
+    assert output.strip().endswith("report: reports/demo/report.html")
     names = {p.name for p in (out / "figures").iterdir()}
-    assert {"reconstructions_capsnet_small.png", "pose_sweep_capsnet_small.png", "accuracy_curves.png"} <= names
+    assert {"reconstructions-capsnet_small-seed0.png", "pose_sweep-capsnet_small-seed0.png",
+            "accuracy_curves.png"} <= names
     overview = pd.read_csv(out / "overview.csv")
-    assert set(overview["run"]) == {"capsnet_small", "resnet18"}
+    assert set(overview["run"]) == {"capsnet_small-seed0", "resnet18-seed0"}
     assert set(overview["transform"]) == {"rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap"}
-    # Figure 4: 16 pose dimensions x 11 deltas
-    run = load_run("runs/demo-tiny/capsnet_small")
-    sweep = pose_sweep(run, load_dataset("mnist-sample", limit=48).test)
+    # Figure 4: 16 pose dimensions x 11 deltas, computed by the probe and stored without pickles
+    with np.load(out / "arrays" / "pose_sweep-capsnet_small-seed0.npz", allow_pickle=False) as grid:
+        sweep = grid["images"]
     assert sweep.shape == (16, 11, 1, 28, 28)
     assert np.allclose(sweep[:, 5], sweep[0, 5])  # the zero delta is the unperturbed reconstruction in every row
     assert not np.allclose(sweep[0, 0], sweep[0, 10])
-    # a second run reuses the trained runs and refuses to overwrite the report without --force
-    again = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu"])
-    assert again.exit_code == 1 and "--force" in again.output
+    # `capsprobe demo` is the experiment runner on experiments/demo.toml: same runs, refuses to overwrite
+    again = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu",
+                                "--runs-dir", "runs/demo-tiny"])
+    assert again.exit_code == 1 and "--force" in again.output and "epoch" not in again.output
+
+
+def test_report_rebuilds_a_copied_folder_without_runs_or_data(tiny_experiment, tmp_path, monkeypatch):
+    import shutil
+
+    import capsprobe.data
+    import capsprobe.runs
+
+    folder, _ = tiny_experiment("demo")
+    copy = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(folder / "reports" / "demo", copy)
+    for name in ("report.md", "report.html"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "figures")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report must not load runs or data")
+
+    monkeypatch.setattr(capsprobe.runs, "load_run", refuse)
+    monkeypatch.setattr(capsprobe.data, "load_dataset", refuse)
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    result = runner.invoke(app, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    original = (folder / "reports" / "demo" / "report.md").read_text()
+    assert (copy / "report.md").read_text() == original
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(
+        p.name for p in (folder / "reports" / "demo" / "figures").iterdir())
 
 
 def test_report_cli_success_and_rerun(folder):
-    first = runner.invoke(app, ["report", str(folder), "--bootstrap", "50"])
+    first = runner.invoke(app, ["report", str(folder)])
     assert first.exit_code == 0, first.output
     assert first.output.strip() == f"report: {folder / 'report.html'}"
-    again = runner.invoke(app, ["report", str(folder), "--bootstrap", "50"])  # summary.csv is its input, untouched
+    again = runner.invoke(app, ["report", str(folder)])  # summary.csv is its input, untouched
     assert again.exit_code == 0 and pd.read_csv(folder / "summary.csv").columns.tolist() == list(METRIC_COLUMNS)
 
 
 def test_demo_unknown_size_is_one_line(tmp_path):
     result = runner.invoke(app, ["demo", "--size", "huge", "--out", str(tmp_path / "d")])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: unknown demo size 'huge'; choose one of: tiny, small, paper"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no size 'huge'; it has: tiny, small, paper" in lines[0]
     assert not (tmp_path / "d").exists()

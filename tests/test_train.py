@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from capsprobe.data import load_dataset
-from capsprobe.models import model_outputs
+from capsprobe.models import adapt
 from capsprobe.runs import RunConfig, RunError, load_checkpoint, load_run
 from capsprobe.train import NonFiniteLossError, RunExistsError, evaluate, fit
 
@@ -43,7 +43,7 @@ def test_one_epoch_writes_every_file_and_load_run_reproduces(tmp_path):
     torch.manual_seed(TINY.seed)
     again = load_run(out)
     with torch.no_grad():
-        a, b = model_outputs(run.model, x), model_outputs(again.model, x)
+        a, b = adapt(run.model).outputs(x), adapt(again.model).outputs(x)
     assert torch.equal(a.representation, b.representation)
     state = load_file(out / "model.safetensors")
     assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())

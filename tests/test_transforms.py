@@ -202,7 +202,7 @@ def test_parse_magnitude_specs():
 
 
 def test_affnist_transform_is_the_protocol_warp():
-    from capsprobe.data import affnist_warp
+    from capsprobe.transforms import affnist_warp
 
     t = get_transform("affnist")
     img = torch.rand(3, 1, 40, 40)
