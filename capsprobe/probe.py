@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from . import metrics as M
 from .data import ImageSplit, iterate_batches
 from .errors import InvalidInputError, option
-from .models import Adapter, adapt
+from .models import Adapter, adapt, unwrap
 from .runtime import autocast_context, autocast_dtype, image_seeds, resolve_device
 from .transforms import TRANSFORMS, Transform, magnitude_label, magnitude_value, resolve
 
@@ -108,7 +108,7 @@ class Subject:
 
     def ident(self) -> dict[str, Any]:
         """The identifying columns of every row about this subject."""
-        return {"model": self.model_name or type(self.model).__name__, "run": self.name, "seed": self.seed}
+        return {"model": self.model_name or type(unwrap(self.model)).__name__, "run": self.name, "seed": self.seed}
 
 
 def as_subject(item: Any) -> Subject:
@@ -116,7 +116,7 @@ def as_subject(item: Any) -> Subject:
     if isinstance(item, Subject):
         return item
     if isinstance(item, nn.Module):
-        return Subject(name=type(item).__name__, model=item)
+        return Subject(name=type(unwrap(item)).__name__, model=item)
     config = getattr(item, "config", None)
     if config is not None and isinstance(getattr(item, "model", None), nn.Module):
         return Subject(name=item.name, model=item.model, model_name=config.model, seed=config.seed,
@@ -288,8 +288,10 @@ def run_probe(
     total_start = time.perf_counter()
     conditions = sum(len(v) for v in grid.values())
     bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not progress, dynamic_ncols=True)
+    capabilities: dict[str, dict[str, bool]] = {}
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
+        capabilities[subject.name] = {"poses": adapter.has_poses, "decoder": adapter.can_decode}
         ident = subject.ident()
         clean, clean_recon = _run_pass(adapter, split, None, None, seed, batch_size, dev, dtype, timer, None, "clean")
         _check_finite(subject.name, "clean representations", clean.rep)
@@ -333,7 +335,8 @@ def run_probe(
     tables = {"overview": M.overview_table(metrics_df, images_df, identity, n_boot=n_boot, seed=seed),
               "roc": M.roc_table(images_df, metrics_df, identity)}
     manifest = {
-        "runs": [{"name": s.name, "model": s.ident()["model"], "seed": s.seed, **s.info} for s in items],
+        "runs": [{"name": s.name, "model": s.ident()["model"], "seed": s.seed, **capabilities[s.name], **s.info}
+                 for s in items],
         "images": len(split),
         "transforms": {t.name: [magnitude_label(m) for m in grid[t.name]] for t in chosen},
         "seed": seed,

@@ -367,8 +367,9 @@ def suite_section(data: ReportData) -> Section:
     figs.update(grids)
     captions.update(grid_captions)
     notes = []
-    if not data.arrays and any(r.get("model", "").startswith("capsnet") for r in data.manifest.get("runs", [])):
-        notes.append("no reconstruction pictures: the probed capsule models have no decoder")
+    no_decoder = [r.get("name", "?") for r in data.manifest.get("runs", []) if r.get("poses") and not r.get("decoder")]
+    if no_decoder:
+        notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
     return Section(headlines=headlines(data.metrics, overview), table_title="Overview", table=_fmt(overview),
                    figures=figs, captions=captions, notes=notes)
 

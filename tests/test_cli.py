@@ -25,7 +25,7 @@ def test_train_writes_a_loadable_run_and_refuses_to_overwrite(tmp_path):
 
     again = runner.invoke(app, ["train", *TINY, "--out", str(out)])
     assert again.exit_code == 1
-    assert again.output.strip().splitlines() == [f"error: {out} already exists and is not empty; use --resume to continue it or --force to replace it"]
+    assert again.output.strip().splitlines() == [f"error: {out} already exists and is not empty; set --resume to continue it or --force to replace it"]
     assert (out / "model.safetensors").read_bytes() == weights
 
 

@@ -104,7 +104,7 @@ def test_offline_mnist_without_files_is_one_clear_error(tmp_path):
     with pytest.raises(DatasetUnavailableError) as err:
         load_dataset("mnist", root=tmp_path, download=False)
     message = str(err.value)
-    assert "\n" not in message and "--data-root" in message and "mnist-sample" in message
+    assert "\n" not in message and "`data_root`" in message and "mnist-sample" in message
 
 
 def test_unknown_dataset_lists_the_valid_ones():

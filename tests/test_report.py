@@ -51,7 +51,8 @@ def _synthetic(n: int = 30) -> ProbeResult:
     return ProbeResult(metrics, images, {"total": 1.0, "images": float(n)}, tables=tables, manifest=MANIFEST)
 
 
-MANIFEST = {"runs": [{"name": "caps", "path": "/nonexistent/caps", "model": "capsnet_small", "seed": 0},
+MANIFEST = {"runs": [{"name": "caps", "path": "/nonexistent/caps", "model": "capsnet_small", "seed": 0, "poses": True,
+                      "decoder": False},
                      {"name": "conv", "path": "/nonexistent/conv", "model": "resnet18", "seed": 0}],
             "dataset": "mnist-sample", "split": "test", "images": 30, "seed": 0, "bootstrap": 100,
             "transforms": {t: [g[0] for g in grid] for t, grid in GRIDS.items()}, "versions": {}}
@@ -91,7 +92,7 @@ def test_report_writes_every_file_with_figures_inline(folder):
     assert sorted(inline) == sorted(p.read_bytes() for p in figures)
     md = (folder / "report.md").read_text()
     assert all(f"figures/{p.name}" in md for p in figures)
-    assert "no reconstruction pictures" in md  # a capsule model without stored grids: said, not hidden
+    assert "no reconstruction pictures for caps" in md  # poses without a decoder: said, not hidden
     assert "Rotated by 45 degrees, caps keeps" in md
 
 

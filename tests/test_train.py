@@ -101,10 +101,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     out = fit(TINY, tmp_path / "run", progress=False)
     before = (out / "checkpoint" / "state.safetensors").read_bytes()
     weights = (out / "model.safetensors").read_bytes()
-    import capsprobe.train as train_mod
+    import capsprobe.models as models_mod
 
-    real = train_mod.margin_loss
-    monkeypatch.setattr(train_mod, "margin_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = models_mod.margin_loss  # the classify task's loss asks capsprobe.models for it at every step
+    monkeypatch.setattr(models_mod, "margin_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(NonFiniteLossError, match="non-finite loss in epoch 2"):
         fit(RunConfig(**{**TINY.to_dict(), "epochs": 2}), out, resume=True, progress=False)
     assert (out / "checkpoint" / "state.safetensors").read_bytes() == before
@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 def test_existing_run_is_not_overwritten_without_force(tmp_path):
     out = fit(TINY, tmp_path / "run", progress=False)
     weights = (out / "model.safetensors").read_bytes()
-    with pytest.raises(RunExistsError, match="--force"):
+    with pytest.raises(RunExistsError, match="`force`"):
         fit(RunConfig(**{**TINY.to_dict(), "seed": 1}), out, progress=False)
     assert (out / "model.safetensors").read_bytes() == weights
     fit(RunConfig(**{**TINY.to_dict(), "seed": 1}), out, force=True, progress=False)

@@ -145,7 +145,7 @@ def test_per_image_seeds_do_not_depend_on_the_batch(name, magnitude, images):
     seeds = torch.arange(100, 106)
     whole = t(images, magnitude, seeds).images
     for i in range(6):
-        torch.testing.assert_close(t(images[i : i + 1], magnitude, seeds[i : i + 1]).images[0], whole[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(t(images[i : i + 1], magnitude, seeds[i : i + 1]).images[0], whole[i], rtol=0, atol=1e-5)
     assert not torch.equal(whole[0], t(images, magnitude, seeds + 1).images[0])
 
 

@@ -1,0 +1,170 @@
+"""The extension points: bring your own model, the metric and task registries, errors at the edge, one runtime."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import capsprobe
+from capsprobe import metrics as M
+from capsprobe.cli import app
+from capsprobe.data import load_dataset
+from capsprobe.errors import CapsprobeError, InvalidInputError
+from capsprobe.models import ModelAdapter, adapt
+from capsprobe.probe import Subject, run_probe
+from capsprobe.runtime import atomic_dir, epoch_seed, image_seeds
+from capsprobe.tasks import TASKS, UnknownTaskError, get_task
+
+runner = CliRunner()
+PACKAGE = Path(capsprobe.__file__).resolve().parent
+
+
+class TinyNet(nn.Module):
+    """A model capsprobe has never heard of: no timm face, no probe_outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 4, 5, stride=2), nn.ReLU(), nn.Flatten())  # (B, 4 * 12 * 12)
+        self.head = nn.Linear(4 * 12 * 12, 10)
+        self.caps = nn.Linear(4 * 12 * 12, 10 * 4)
+        self.decoder = nn.Sequential(nn.Linear(10 * 4, 28 * 28), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_dataset("mnist-sample", limit=20).test
+
+
+def test_bring_your_own_model(split):
+    torch.manual_seed(0)
+    net = TinyNet()
+    adapter = ModelAdapter(net, representation=lambda m, x: m.encoder(x))
+    result = run_probe([Subject("mine", adapter)], split, ["rotate"], {"rotate": [30]}, n_boot=20, progress=False)
+    m = result.metrics
+    assert set(m["run"]) == {"mine"} and set(m["model"]) == {"TinyNet"}
+    assert set(m["metric"]) == {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
+                                "equivariance_error", "equivariance_error_pca16"}
+    # scores default to the softmax of model(x)
+    x = split.float_images()
+    torch.testing.assert_close(adapter.outputs(x).scores, torch.softmax(net(x), -1))
+    assert not result.arrays
+
+
+def test_bring_your_own_capsule_model_gets_pose_metrics_and_pictures(split):
+    net = TinyNet()
+    adapter = ModelAdapter(
+        net, representation=lambda m, x: m.caps(m.encoder(x)),
+        scores=lambda m, x: m.caps(m.encoder(x)).view(-1, 10, 4).norm(dim=-1),
+        poses=lambda m, x: m.caps(m.encoder(x)).view(-1, 10, 4),
+        decode=lambda m, poses, labels: m.decoder(
+            (poses * nn.functional.one_hot(labels, 10)[..., None]).flatten(1)).view(-1, 1, 28, 28))
+    result = run_probe([Subject("mycaps", adapter, model_name="mycaps")], split, ["flip"], n_boot=20, progress=False)
+    assert {"invariance_error_pose", "equivariance_error_pose", "recon_equivariance_error"} <= set(result.metrics["metric"])
+    assert result.arrays["pose_sweep-mycaps"]["images"].shape == (4, 11, 1, 28, 28)
+
+
+def test_a_module_without_a_known_face_is_told_to_use_the_adapter(split):
+    class Bare(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+
+    with pytest.raises(InvalidInputError, match="ModelAdapter"):
+        run_probe([Bare()], split, ["flip"], progress=False)
+
+
+def test_capabilities_are_asked_of_the_model():
+    caps = adapt(capsprobe.models.create_model("capsnet_small", conv_channels=8, primary_types=2))
+    conv = adapt(capsprobe.models.create_model("resnet18", stem="imagenet"))
+    nodec = adapt(capsprobe.models.create_model("capsnet_small", conv_channels=8, primary_types=2, decoder=False))
+    assert (caps.has_poses, caps.can_decode) == (True, True)
+    assert (conv.has_poses, conv.can_decode) == (False, False)
+    assert (nodec.has_poses, nodec.can_decode) == (True, False)
+    # no layer above the models checks a model's type or name, or branches on a task name
+    for name in ("probe.py", "train.py", "report.py", "experiment.py", "bench.py"):
+        text = (PACKAGE / name).read_text()
+        assert not re.search(r"isinstance\([^)]*CapsNet|startswith\(\"capsnet|is_capsnet|task ==", text), name
+
+
+def test_a_registered_metric_is_computed_by_the_probe(split, monkeypatch):
+    def mean_score(c, seed, n_boot):
+        return M.Estimate(float(c.scores.max(1).mean()), (0.0, 1.0), len(c.labels))
+
+    monkeypatch.setitem(M.METRICS, "max_score", M.Metric("max_score", mean_score, frozenset({"scores"}),
+                                                        "max score", "higher"))
+    net = TinyNet()
+    result = run_probe([ModelAdapter(net, representation=lambda m, x: m.encoder(x))], split, ["swap"], n_boot=10,
+                       progress=False)
+    rows = result.metrics[result.metrics["metric"] == "max_score"]
+    assert len(rows) == 3 and (rows["value"] > 0).all()
+    with pytest.raises(ValueError, match="better must be"):
+        M.register_metric(M.Metric("x", mean_score, frozenset(), "x", "bigger"))
+
+
+def test_the_task_registry():
+    assert {"classify", "multimnist"} <= set(TASKS)
+    assert get_task("multimnist").input_size(28) == 36 and get_task("classify").input_size(28) == 28
+    with pytest.raises(UnknownTaskError, match="choose one of: classify, multimnist"):
+        get_task("segment")
+
+
+def test_library_messages_name_no_flags_and_the_cli_translates(tmp_path):
+    from capsprobe.report import ReportExistsError, check_report_target
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("1")
+    with pytest.raises(ReportExistsError) as info:
+        check_report_target(tmp_path / "x", force=False)
+    assert "`force`" in str(info.value) and "--" not in str(info.value)
+    # no library module writes a command-line flag into a message
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "cli.py":
+            assert not re.search(r"Error\([^\n]*[\"' ]--[a-z]", path.read_text()), path.name
+
+
+def test_cli_turns_only_capsprobe_errors_into_one_line(tmp_path, monkeypatch):
+    one = runner.invoke(app, ["report", str(tmp_path / "none")])
+    assert one.exit_code == 1 and one.output.startswith("error: ") and len(one.output.strip().splitlines()) == 1
+    verbose = runner.invoke(app, ["-v", "report", str(tmp_path / "none")])
+    assert verbose.exit_code == 1 and "Traceback" in verbose.output and "ReportError" in verbose.output
+
+    import capsprobe.report
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(capsprobe.report, "write_report", bug)
+    crashed = runner.invoke(app, ["report", str(tmp_path)])
+    assert isinstance(crashed.exception, KeyError) and not crashed.output.startswith("error:")
+    assert issubclass(InvalidInputError, CapsprobeError) and issubclass(InvalidInputError, ValueError)
+
+
+def test_seed_conventions_have_one_home():
+    assert epoch_seed(2, 3, 1) == (2 * 1_000_003 + 3) * 1_009 + 1
+    assert image_seeds(1, torch.tensor([0, 5])).tolist() == [1_000_003, 1_000_008]
+    import capsprobe.data
+    import capsprobe.multimnist
+    import capsprobe.train
+
+    for module in (capsprobe.data, capsprobe.train, capsprobe.multimnist):
+        assert "1_000_003" not in Path(module.__file__).read_text()
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "folder"
+    with atomic_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert (out / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError("killed half-way")
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]  # no temporary folder left
