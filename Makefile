@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/capsprobe demo --force
 
 train: $(STAMP)
-	$(BIN)/capsprobe train --model capsnet --dataset mnist-sample --out runs/capsnet-mnist-sample --resume
+	$(BIN)/capsprobe train --model capsnet --dataset mnist-sample --out runs/capsnet-mnist-sample-seed0 --resume
 
 bench: $(STAMP)
 	$(BIN)/capsprobe bench
