@@ -101,10 +101,11 @@ def multimnist_evaluate(
 
     dev = resolve_device(device)
     pairs = multimnist(split, len(split), seed=seed, max_shift=SHIFT)
-    frames, arrays = [], {}
+    frames, arrays, entries = [], {}, []
     for item in subjects:
         subject = as_subject(item)
         adapter = adapt(subject.model).to(dev).eval()
+        entries.append(subject.manifest_entry(adapter))
         if not (adapter.has_poses and adapter.can_decode):
             raise InvalidInputError(f"{subject.name}: MultiMNIST evaluation needs class-capsule poses and a decoder")
         correct, errors, overlays = [], [], []
@@ -136,7 +137,7 @@ def multimnist_evaluate(
             "its own capsule", caption="Top: the overlaid pair. Bottom: the reconstruction from the first digit's "
             "capsule in red, from the second's in green, over the input.")
     return ProbeResult(metrics=pd.concat(frames, ignore_index=True), images=pd.DataFrame(), arrays=arrays,
-                       manifest={"pairs": len(pairs.labels)})
+                       manifest={"runs": entries, "pairs": len(pairs.labels)})
 
 
 def multimnist_section(data) -> Any:

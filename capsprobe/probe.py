@@ -110,6 +110,12 @@ class Subject:
         """The identifying columns of every row about this subject."""
         return {"model": self.model_name or type(unwrap(self.model)).__name__, "run": self.name, "seed": self.seed}
 
+    def manifest_entry(self, adapter: Adapter) -> dict[str, Any]:
+        """What the manifest records of this subject: names, what the model can do, where it came from."""
+        ident = self.ident()
+        return {"name": self.name, "model": ident["model"], "seed": self.seed, "poses": adapter.has_poses,
+                "decoder": adapter.can_decode, **self.info}
+
 
 def as_subject(item: Any) -> Subject:
     """A :class:`Subject` from a loaded run (:class:`capsprobe.runs.Run`), a subject, or a bare module."""
@@ -174,6 +180,7 @@ def _run_pass(
     timer_key: str,
 ) -> tuple[_Pass, Tensor | None]:
     scores, reps, poses_true, recon_num, recon_den, recons = [], [], [], [], [], []
+    decodes = adapter.has_poses and adapter.can_decode
     start_id = 0
     with torch.inference_mode():
         for images, labels in iterate_batches(split, batch_size, device=device):
@@ -187,13 +194,13 @@ def _run_pass(
                 t0 = timer.add("transform", t0)
             with autocast_context(device, dtype):
                 out = adapter.outputs(images)
-                if adapter.can_decode:
+                if decodes:
                     recon = adapter.decode(out.poses, labels).float()  # (B, C, H, W), masked by the true label
             scores.append(out.scores.float().cpu())
             reps.append(out.representation.float().cpu())
             if out.poses is not None:
                 poses_true.append(out.poses[torch.arange(labels.shape[0], device=device), labels].float().cpu())
-            if adapter.can_decode:
+            if decodes:
                 if clean_recon is None:  # the clean pass keeps its reconstructions for the others
                     recons.append(recon.cpu())
                 else:
@@ -261,12 +268,11 @@ def run_probe(
     from tqdm.auto import tqdm
 
     items = [as_subject(s) for s in subjects]
-    names = [s.name for s in items]
-    if len(set(names)) != len(names):
-        raise InvalidInputError(f"subject names must be unique, got {', '.join(names)}")
-    chosen = [t for t in transforms if isinstance(t, Transform)]
-    chosen += resolve([t for t in transforms if not isinstance(t, Transform)]) if any(
-        not isinstance(t, Transform) for t in transforms) else []
+    subject_names = [s.name for s in items]
+    if len(set(subject_names)) != len(subject_names):
+        raise InvalidInputError(f"subject names must be unique, got {', '.join(subject_names)}")
+    names = [t for t in transforms if not isinstance(t, Transform)]
+    chosen = [t for t in transforms if isinstance(t, Transform)] + (resolve(names) if names else [])
     magnitudes = dict(magnitudes or {})
     unknown = sorted(set(magnitudes) - {t.name for t in chosen})
     if unknown:
@@ -288,10 +294,10 @@ def run_probe(
     total_start = time.perf_counter()
     conditions = sum(len(v) for v in grid.values())
     bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not progress, dynamic_ncols=True)
-    capabilities: dict[str, dict[str, bool]] = {}
+    entries = []
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
-        capabilities[subject.name] = {"poses": adapter.has_poses, "decoder": adapter.can_decode}
+        entries.append(subject.manifest_entry(adapter))
         ident = subject.ident()
         clean, clean_recon = _run_pass(adapter, split, None, None, seed, batch_size, dev, dtype, timer, None, "clean")
         _check_finite(subject.name, "clean representations", clean.rep)
@@ -335,8 +341,7 @@ def run_probe(
     tables = {"overview": M.overview_table(metrics_df, images_df, identity, n_boot=n_boot, seed=seed),
               "roc": M.roc_table(images_df, metrics_df, identity)}
     manifest = {
-        "runs": [{"name": s.name, "model": s.ident()["model"], "seed": s.seed, **capabilities[s.name], **s.info}
-                 for s in items],
+        "runs": entries,
         "images": len(split),
         "transforms": {t.name: [magnitude_label(m) for m in grid[t.name]] for t in chosen},
         "seed": seed,
@@ -445,8 +450,6 @@ def perturb(
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
                        "device": str(resolve_device(device)), "versions": library_versions()}
-    result.manifest.setdefault("runs", [as_subject(r).info | {"name": r.name, "model": r.config.model,
-                                                              "seed": r.config.seed} for r in runs])
     return result
 
 
@@ -468,7 +471,7 @@ def reconstruction_examples(
         ``(1 + 2 T, n, C, H, W)`` in [0, 1] (row 0 the clean images, then for each condition the transformed
         images and their reconstructions) and the ``1 + 2 T`` row labels.
     """
-    adapter = adapt(model if not hasattr(model, "config") else model.model)
+    adapter = adapt(as_subject(model).model)
     if not (adapter.can_decode and adapter.has_poses):
         raise InvalidInputError(f"{type(adapter.model).__name__} has no poses and decoder to reconstruct from")
     dev = resolve_device(device)
@@ -503,7 +506,7 @@ def pose_sweep(
         ``(D, len(deltas), C, H, W)`` in [0, 1]: row ``d`` adds each delta to dimension ``d`` of the true
         class's pose (16 x 11 with the defaults).
     """
-    adapter = adapt(model if not hasattr(model, "config") else model.model)
+    adapter = adapt(as_subject(model).model)
     if not (adapter.can_decode and adapter.has_poses):
         raise InvalidInputError(f"{type(adapter.model).__name__} has no poses and decoder to sweep")
     dev = resolve_device(device)

@@ -91,15 +91,16 @@ def classify_loss(adapter: "Adapter", images: Tensor, labels: Tensor, parts: Ten
     label) for a model with poses (Sabour et al. 2017, eq. 4 and section 4.1); cross entropy otherwise."""
     from .models import margin_loss, reconstruction_loss
 
-    out = adapter.outputs(images)
     if adapter.has_poses:
+        out = adapter.outputs(images)
         loss = margin_loss(out.scores, labels)
         if recon_weight > 0 and adapter.can_decode:
             loss = loss + reconstruction_loss(adapter.decode(out.poses, labels).float(), images.float(), recon_weight)
         return loss, out.scores
-    if out.logits is None:
+    logits = adapter.logits(images)
+    if logits is None:
         raise InvalidInputError(f"{type(adapter.model).__name__} gives no logits to train with cross entropy")
-    return F.cross_entropy(out.logits, labels), out.logits
+    return F.cross_entropy(logits, labels), logits
 
 
 def top1_hits(scores: Tensor, labels: Tensor) -> Tensor:

@@ -82,6 +82,10 @@ class Adapter(nn.Module):
         """Class scores ``(B, K)``."""
         return self.outputs(x).scores
 
+    def logits(self, x: Tensor) -> Tensor | None:
+        """Pre-softmax class scores ``(B, K)`` alone (cross-entropy training), None where the model has none."""
+        return self.outputs(x).logits
+
     def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         """Images ``(B, C, H, W)`` from poses ``(B, K, D)``, all capsules but ``labels`` masked."""
         raise InvalidInputError(f"{type(unwrap(self)).__name__} has no decoder")
@@ -112,6 +116,9 @@ class _TimmAdapter(Adapter):
         pre = self.model.forward_head(features, pre_logits=True)  # (B, F)
         logits = self.model.forward_head(features).float()  # (B, K); the head is cheap beside the features
         return ModelOutputs(scores=torch.softmax(logits, dim=-1), representation=pre.flatten(1).float(), logits=logits)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.model(x).float()  # one head pass: the training step needs no representation
 
 
 OutputFn = Callable[[nn.Module, Tensor], Tensor]
@@ -146,6 +153,9 @@ class ModelAdapter(Adapter):
         poses = self._poses(self.model, x).float() if self._poses is not None else None
         rep = self._representation(self.model, x).flatten(1).float()
         return ModelOutputs(scores=scores, representation=rep, poses=poses, logits=logits)
+
+    def logits(self, x: Tensor) -> Tensor | None:
+        return self.model(x).float() if self._scores is None else None
 
     def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         if self._decode is None:
