@@ -1,17 +1,15 @@
 """capsprobe: do capsule networks keep the pose information that convnets discard?
 
-Importing the package registers capsprobe's models (``capsnet*``, ``baseline_cnn``) in timm and its tasks.
-The Python API in one place: :class:`ModelAdapter` (probe your own ``nn.Module``), :class:`Subject`,
-:func:`run_probe`, :func:`write_probe_outputs`, :func:`write_report`, :func:`load_run`, :func:`load_dataset`.
+Importing the package registers capsprobe's models (``capsnet*``, ``baseline_cnn``) in timm; everything else is
+imported on first use. The Python API in one place: :class:`ModelAdapter` (probe your own ``nn.Module``),
+:class:`Subject`, :func:`run_probe`, :func:`write_probe_outputs`, :func:`write_report`, :func:`load_run`,
+:func:`load_dataset`, :class:`CapsprobeError`.
 """
 
-from . import models, tasks  # noqa: F401  (registers models and tasks)
-from .data import load_dataset
-from .errors import CapsprobeError
-from .models import ModelAdapter
-from .probe import Subject, run_probe
-from .report import write_probe_outputs, write_report
-from .runs import load_run
+from importlib import import_module
+from typing import Any
+
+from . import models  # noqa: F401  (registers the models in timm)
 
 __all__ = [
     "CapsprobeError",
@@ -27,3 +25,21 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CapsprobeError": "errors",
+    "ModelAdapter": "models",
+    "Subject": "probe",
+    "load_dataset": "data",
+    "load_run": "runs",
+    "run_probe": "probe",
+    "write_probe_outputs": "report",
+    "write_report": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The API names, imported on first use (so ``import capsprobe`` and the CLI start fast)."""
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'capsprobe' has no attribute {name!r}")
