@@ -250,18 +250,21 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame) -> list[str]:
     if not eq.empty:
         e, i = eq.groupby("run")["value"].mean(), inv.groupby("run")["value"].mean()
         lines.append("Across nuisance transformations, mean equivariance error of the 16-D representation "
-                     "(0 = moves predictably) / invariance error (0 = does not move): " + "; ".join(
+                     "(0 = moves predictably) / full-D invariance error (0 = does not move): " + "; ".join(
                          f"{r} {e[r]:.3f} / {i.get(r, float('nan')):.3f}" for r in runs if r in e) + ".")
     return lines
 
 
 def _fmt(overview: pd.DataFrame) -> pd.DataFrame:
     """Overview columns as ``value [low, high]`` strings, for the Markdown and HTML tables."""
+    from .metrics import METRICS
+
     shown = overview[["run", "transform"]].copy()
-    for name, label in (("clean_accuracy", "clean acc"), ("mean_accuracy", "mean acc"),
-                        ("worst_accuracy", "worst acc"), ("consistency", "consistency"),
-                        ("invariance_error", "invariance err"), ("equivariance_error_pca16", "equivar. err (16-D)"),
-                        ("equivariance_error_pose", "equivar. err (pose)"), ("scramble_auroc", "scramble AUROC")):
+    columns = [("clean_accuracy", "clean acc"), ("mean_accuracy", "mean acc"), ("worst_accuracy", "worst acc"),
+               ("consistency", "consistency")]
+    columns += [(m.name, f"mean {m.label}") for m in METRICS.values() if m.overview]  # labels from the metric table
+    columns += [("scramble_auroc", "scramble AUROC (pooled)")]
+    for name, label in columns:
         if name in overview:
             shown[label] = [
                 "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
