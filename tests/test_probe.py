@@ -6,15 +6,13 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
 from capsprobe.data import load_dataset
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
 from capsprobe.report import read_probe_outputs
-from capsprobe.runs import RunConfig, load_run
-from capsprobe.train import fit
+from capsprobe.runs import load_run
 from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()
