@@ -54,7 +54,14 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
         assert (report / "figures" / "segmentation-capsnet_small-seed0.png").is_file()
     else:
         assert set(pd.read_csv(report / "overview.csv")["run"]) == runs
-    # finished runs are reused: a second call only re-probes (and needs --force for the report)
+
+
+@pytest.mark.parametrize("name", ["multimnist", "affnist"])
+def test_finished_runs_are_reused(name, tiny_experiment, monkeypatch):
+    folder, _ = tiny_experiment(name)
+    monkeypatch.chdir(folder)
+    path = EXPERIMENTS[[p.stem for p in EXPERIMENTS].index(name)]
+    # a second call only re-evaluates (and needs --force for the report)
     refused = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress"])
     assert refused.exit_code == 1 and "--force" in refused.output
     again = runner.invoke(app, ["run", str(path), "--size", "tiny", "--device", "cpu", "--no-progress", "--force"])
