@@ -40,9 +40,9 @@ def _flag(name: str) -> str:
 
 
 def _clean_errors(fn: Callable) -> Callable:
-    """Turn capsprobe's own errors into ``error: <one line>`` and exit status 1 (``-v`` adds the traceback).
-
-    Anything else is a bug and keeps its traceback.
+    """Turn capsprobe's own errors and the system's (``OSError``: disk full, permission denied) into
+    ``error: <one line>`` and exit status 1 (``-v`` adds the traceback). Anything else is a bug and keeps its
+    traceback.
     """
 
     @functools.wraps(fn)
@@ -51,12 +51,12 @@ def _clean_errors(fn: Callable) -> Callable:
 
         try:
             return fn(*args, **kwargs)
-        except CapsprobeError as exc:
+        except (CapsprobeError, OSError) as exc:  # OSError: a full disk, a read-only folder, a vanished file
             if _VERBOSE["on"]:
                 import traceback
 
                 traceback.print_exc()
-            text = render(exc.template, _flag).strip()
+            text = render(getattr(exc, "template", str(exc)), _flag).strip()
             message = text.splitlines()[0] if text else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(1) from None

@@ -191,7 +191,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     for key, value in (("limit", limit), ("probe_limit", probe_limit)):
         if value is not None:
             _typed(path, text, value, int, key, section)
-    return Experiment(
+    exp = Experiment(
         path=path, name=name, description=str(data.get("description", "")), size=size,
         dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
         data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
@@ -200,6 +200,51 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
         models=models,
     )
+    _validate(exp, text, section)
+    return exp
+
+
+def _validate(exp: Experiment, text: str, section: str) -> None:
+    """Everything that can be checked before training: names, the data set, the probe's split, transformations
+    and magnitudes, and every run's configuration (types, ranges, the model's options)."""
+    from .data import UnknownDatasetError, get_spec
+    from .runs import ConfigError, check_plain_name
+    from .transforms import parse_magnitude_specs, resolve
+
+    path = exp.path
+    try:
+        check_plain_name(exp.name, "name")
+    except ConfigError as exc:
+        raise _fail(path, text, "name", None, str(exc)) from None
+    try:
+        get_spec(exp.dataset)
+    except UnknownDatasetError as exc:
+        raise _fail(path, text, "dataset", None, str(exc)) from None
+    if exp.split not in ("test", "val"):
+        raise _fail(path, text, "split", "probe", f"'split' must be test or val, got {exp.split!r}")
+    for key, value in (("bootstrap", exp.bootstrap), ("limit", exp.limit), ("probe_limit", exp.probe_limit)):
+        if value is not None and value < (10 if key == "bootstrap" else 4 if key == "probe_limit" else 1):
+            raise _fail(path, text, key, section, f"'{key}' is too small: {value}")
+    try:
+        parse_magnitude_specs(exp.magnitudes, resolve(exp.transforms))
+    except InvalidInputError as exc:
+        raise _fail(path, text, "magnitudes" if exp.magnitudes else "transforms", "probe", str(exc)) from None
+    for spec in exp.models:
+        for seed in exp.seeds:
+            try:
+                RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
+                          model_kwargs=dict(spec.options), **exp.train)
+            except ConfigError as exc:
+                key = exc.field if exc.field != "model_kwargs" else "options"
+                raise _fail(path, text, key, None, str(exc)) from None
+            except InvalidInputError as exc:
+                raise _fail(path, text, "options", section, str(exc)) from None
+    try:
+        from .tasks import get_task
+
+        get_task(exp.train.get("task", "classify"))
+    except InvalidInputError as exc:
+        raise _fail(path, text, "task", "train", str(exc)) from None
 
 
 def run_experiment(

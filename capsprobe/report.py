@@ -25,6 +25,7 @@ of :mod:`capsprobe.plots` plus one entry in :data:`SUITE_FIGURES`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CapsprobeError, option
-from .runtime import atomic_dir, atomic_write_bytes, atomic_write_text
+from .runtime import MARKER, atomic_dir, folder_lock, is_capsprobe_folder, write_marker
 
 __all__ = [
     "ReportData",
@@ -73,8 +74,12 @@ def check_report_target(out: str | Path, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ReportExistsError(f"{out} already exists and is not empty; set {option('force')} to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ReportExistsError(f"{out} already exists and is not empty; set {option('force')} to replace it")
+        if not is_capsprobe_folder(out, "report"):
+            raise ReportExistsError(f"{out} was not written by capsprobe; refusing to replace it, even with "
+                                    f"{option('force')}")
     return out
 
 
@@ -86,8 +91,9 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
     """
     from .probe import IMAGE_COLUMNS
 
-    out = check_report_target(out, force)
-    with atomic_dir(out) as tmp:
+    out = Path(out)
+    with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
+        write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
         images.to_parquet(tmp / RESULTS, index=False)
         result.metrics.to_csv(tmp / SUMMARY, index=False)
@@ -131,21 +137,25 @@ def read_probe_outputs(folder: str | Path) -> ReportData:
     for name in (SUMMARY, RESULTS, MANIFEST):
         if not (folder / name).is_file():
             raise ReportError(f"{folder / name} is missing: is {folder} a folder written by `capsprobe perturb`?")
-    metrics = _read_csv(folder / SUMMARY, dtype={"magnitude": str})
-    try:
-        images = pd.read_parquet(folder / RESULTS)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
-        raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"{folder / MANIFEST} is malformed: {exc}") from None
     if not isinstance(manifest, dict):
         raise ReportError(f"{folder / MANIFEST} is malformed: expected a JSON object")
-    for path, frame, columns in ((folder / SUMMARY, metrics, METRIC_COLUMNS), (folder / RESULTS, images, IMAGE_COLUMNS)):
+
+    def check(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ReportError(f"{path} is malformed: missing columns {', '.join(missing)}")
+
+    metrics = _read_csv(folder / SUMMARY, dtype={"magnitude": str})
+    check(folder / SUMMARY, metrics, METRIC_COLUMNS)
+    try:
+        images = pd.read_parquet(folder / RESULTS)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
+    check(folder / RESULTS, images, IMAGE_COLUMNS)
     tables = {p.stem: _read_csv(p, dtype={"magnitude": str}) for p in sorted(folder.glob("*.csv"))
               if p.name != SUMMARY}
     arrays = {}
@@ -415,10 +425,18 @@ def write_report(folder: str | Path) -> Path:
 
     Raises:
         ReportError: a file perturb writes is missing or malformed (the message names it).
+        BusyError: another capsprobe command is writing the folder.
     """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"report folder {folder} does not exist")
+    with folder_lock(folder):
+        return _write_report(folder)
+
+
+def _write_report(folder: Path) -> Path:
     from .tasks import UnknownTaskError, get_task
 
-    folder = Path(folder)
     data = read_probe_outputs(folder)
     try:
         task = get_task(str(data.manifest.get("task", "classify")))
@@ -426,10 +444,6 @@ def write_report(folder: str | Path) -> Path:
         raise ReportError(f"{folder / MANIFEST}: {exc}") from None
     section = task.section(data)
     title = f"capsprobe report: {folder.name}"
-
-    with atomic_dir(folder / FIGURES) as tmp:  # the figures replace the old ones whole
-        for name, png in section.figures.items():
-            (tmp / name).write_bytes(png)
     md = [f"# {title}", "", _meta_line(data.manifest), "", "## Headlines", ""] + [f"- {s}" for s in section.headlines]
     md += ["", f"## {section.table_title}", "", _markdown_table(section.table), "", "## Figures", ""]
     for name in section.figures:
@@ -437,8 +451,35 @@ def write_report(folder: str | Path) -> Path:
         md += [f"![{caption}]({FIGURES}/{name})", "", f"*{caption}*", ""]
     if section.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
-    atomic_write_text(folder / REPORT_MD, "\n".join(md) + "\n")
     page = _html(title, section.headlines, section.table_title, section.table, section.figures, section.captions,
                  data.manifest, section.notes)
-    atomic_write_bytes(folder / REPORT_HTML, page.encode())
+    # the whole folder is rebuilt beside itself (the probe's files linked, not copied) and swapped in: a kill or a
+    # full disk leaves the old report whole, never new figures beside an old report.html
+    rendered = {FIGURES, REPORT_MD, REPORT_HTML}
+    with atomic_dir(folder) as tmp:
+        for path in folder.iterdir():
+            if path.name not in rendered and not path.name.endswith(".tmp"):
+                _link_tree(path, tmp / path.name)
+        (tmp / FIGURES).mkdir()
+        for name, png in section.figures.items():
+            (tmp / FIGURES / name).write_bytes(png)
+        (tmp / REPORT_MD).write_text("\n".join(md) + "\n")
+        (tmp / REPORT_HTML).write_bytes(page.encode())
+        if not (tmp / MARKER).exists():
+            write_marker(tmp, "report")
     return folder / REPORT_HTML
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` (a file, or a folder's files) at ``dst``; copy where links are not possible."""
+    import shutil
+
+    if src.is_dir():
+        dst.mkdir()
+        for child in src.iterdir():
+            _link_tree(child, dst / child.name)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -15,9 +15,12 @@ interrupted command never leaves a half-written file: a reader sees the old file
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import math
 import platform
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,16 +30,21 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import CapsprobeError, option
+from .errors import CapsprobeError, InvalidInputError, option
 from .models import create_model, unwrap
-from .runtime import atomic_write_bytes, atomic_write_text
+from .runtime import MARKER, atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "COMPLETE",
+    "MARKER",
     "Checkpoint",
+    "ConfigError",
     "Run",
     "RunConfig",
     "RunError",
     "library_versions",
+    "check_plain_name",
+    "completion_problem",
     "load_checkpoint",
     "load_run",
     "read_config",
@@ -44,6 +52,7 @@ __all__ = [
     "read_metrics",
     "save_checkpoint",
     "save_weights",
+    "write_completion",
     "write_history",
 ]
 
@@ -52,10 +61,45 @@ WEIGHTS = "model.safetensors"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
+COMPLETE = "complete.json"  # written last: the run is whole
 
 
 class RunError(CapsprobeError):
     """A run directory that is missing, incomplete or unreadable."""
+
+
+class ConfigError(InvalidInputError):
+    """A configuration value of the wrong type or out of range; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field} {message}")
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_plain_name(name: Any, what: str) -> str:
+    """``name`` when it is a plain file name (letters, digits, ``_ . + -``; no separator, no ``..``), else
+    :class:`ConfigError` naming ``what``."""
+    if not isinstance(name, str) or not _PLAIN.fullmatch(name) or ".." in name:
+        raise ConfigError(what, f"must be a plain name (letters, digits, _ . + -; no / or ..), got {name!r}")
+    return name
+
+
+def _check_number(name: str, value: Any, kind: type, low: float | None = None, *, above: bool = False,
+                  below: float | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok_type = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+    if not ok_type:
+        raise ConfigError(name, f"must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(name, f"must be finite, got {value!r}")
+    if low is not None and (value <= low if above else value < low):
+        raise ConfigError(name, f"must be {'>' if above else '>='} {low:g}, got {value!r}")
+    if below is not None and value >= below:
+        raise ConfigError(name, f"must be < {below:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +124,34 @@ class RunConfig:
     download: bool = True  # let torchvision download a missing data set
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
     task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
+
+    def __post_init__(self):
+        """Every field checked for type and range (a config is data: from the CLI, an experiment file or a run's
+        config.json); model options pass the model family's allowlist."""
+        from .models import check_model_kwargs
+
+        check_plain_name(self.model, "model")
+        for name in ("dataset", "task", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        for name in ("amp", "download"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _check_number("epochs", self.epochs, int, 1)
+        _check_number("batch_size", self.batch_size, int, 1)
+        _check_number("seed", self.seed, int)
+        _check_number("max_shift", self.max_shift, int, 0)
+        _check_number("limit", self.limit, int, 1, optional=True)
+        _check_number("lr", self.lr, float, 0, above=True)
+        _check_number("lr_decay", self.lr_decay, float, 0, above=True)
+        _check_number("weight_decay", self.weight_decay, float, 0)
+        _check_number("recon_weight", self.recon_weight, float, 0)
+        _check_number("val_fraction", self.val_fraction, float, 0, above=True, below=1)
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError("data_root", f"must be a path, got {self.data_root!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError("model_kwargs", f"must be a table of options, got {self.model_kwargs!r}")
+        check_model_kwargs(self.model, self.model_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -251,12 +323,25 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
-    """The run's :class:`RunConfig` and its input description ``{in_chans, img_size, num_classes}``."""
-    data = _read_json(Path(run_dir) / CONFIG)
+    """The run's :class:`RunConfig` and its input description ``{in_chans, img_size, num_classes}``.
+
+    Raises:
+        RunError: the file is missing or malformed, or a value is of the wrong type or out of range (the message
+            names the file and the field).
+    """
+    path = Path(run_dir) / CONFIG
+    data = _read_json(path)
     try:
-        return RunConfig.from_dict(data["config"]), dict(data["input"])
-    except (KeyError, TypeError) as exc:
-        raise RunError(f"{Path(run_dir) / CONFIG} is malformed: {exc}") from None
+        config, input_spec = RunConfig.from_dict(data["config"]), dict(data["input"])
+    except InvalidInputError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{path} is malformed: {exc}") from None
+    for key in ("in_chans", "img_size", "num_classes"):
+        value = input_spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RunError(f"{path}: input {key} must be a positive integer, got {value!r}")
+    return config, input_spec
 
 
 def build_model(config: RunConfig, input_spec: dict[str, Any]) -> nn.Module:
@@ -275,21 +360,67 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return _read_json(Path(run_dir) / METRICS)
 
 
+def write_completion(run_dir: str | Path, epochs: int) -> Path:
+    """Write ``complete.json`` last: the epochs trained and the SHA-256 of the weights it vouches for."""
+    path = Path(run_dir)
+    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
+    return atomic_write_text(path / COMPLETE, json.dumps({"epochs": int(epochs), "weights_sha256": digest}) + "\n")
+
+
+def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | None = None) -> str | None:
+    """Why the run in ``run_dir`` is not complete and consistent, or None when it is.
+
+    Complete means: the completion record exists, its epochs are the config's, ``model.safetensors`` is the file it
+    vouches for, ``metrics.json`` exists and ``history.csv`` has one row per epoch.
+    """
+    path = Path(run_dir)
+    if not (path / COMPLETE).is_file():
+        return "its completion record is missing"
+    try:
+        record = json.loads((path / COMPLETE).read_text())
+        epochs, digest = int(record["epochs"]), str(record["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE} is unreadable"
+    if epochs != config.epochs:
+        return f"trained {epochs} of {config.epochs} epochs"
+    if weights is None:
+        if not (path / WEIGHTS).is_file():
+            return f"{WEIGHTS} is missing"
+        weights = (path / WEIGHTS).read_bytes()
+    if hashlib.sha256(weights).hexdigest() != digest:
+        return f"{WEIGHTS} does not match its completion record"
+    if not (path / METRICS).is_file():
+        return f"{METRICS} is missing"
+    rows = 0
+    if (path / HISTORY).is_file():
+        with open(path / HISTORY, newline="") as fh:
+            rows = len(list(csv.DictReader(fh)))
+    if rows != epochs:
+        return f"{HISTORY} has {rows} rows for {epochs} epochs"
+    return None
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild a trained model from its run directory alone (config.json + model.safetensors).
 
+    Only a run committed as a whole is loaded: see :func:`completion_problem`.
+
     Raises:
-        RunError: the folder is missing a file, or a file is unreadable.
+        RunError: the folder is missing a file, a file is unreadable, or the run is incomplete or its parts
+            disagree (the message says which, and how to finish it).
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise RunError(f"run directory {path} does not exist")
     config, input_spec = read_config(path)
     weights = path / WEIGHTS
-    if not weights.is_file():
-        raise RunError(f"{weights} is missing: the run has not finished (resume it with {option('resume')})")
+    data = weights.read_bytes() if weights.is_file() else None
+    problem = completion_problem(path, config, data)
+    if problem is not None:
+        raise RunError(f"{path} is incomplete ({problem}): finish it with {option('resume')} (it rebuilds what is "
+                       f"missing from the checkpoint), or start over with {option('force')}")
     try:
-        state = st_load(weights.read_bytes())
+        state = st_load(data)
     except Exception as exc:  # noqa: BLE001
         raise RunError(f"{weights} is unreadable: {exc}") from None
     model = build_model(config, input_spec)

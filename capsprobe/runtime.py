@@ -9,6 +9,10 @@ One home for the conventions that training, the probe and the benchmark share:
 - **Files**: every file is written to a temporary name in its folder and renamed over the target; a folder is
   built under a temporary name beside its destination and renamed into place, the old one removed only once the
   new one is there. A reader sees the old version or the new one, never a mixture.
+- **Ownership**: every folder capsprobe writes (a run, a report) holds a marker file ``.capsprobe``; only such a
+  folder is ever replaced.
+- **One writer**: a command that writes a folder holds an advisory lock (``.<name>.lock`` beside it) for as long as
+  it writes; a second writer is refused at once. Holding the lock, it removes what killed writers left behind.
 """
 
 from __future__ import annotations
@@ -23,17 +27,23 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .errors import InvalidInputError, option
+from .errors import CapsprobeError, InvalidInputError, option
 
 __all__ = [
+    "BusyError",
+    "MARKER",
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_text",
     "autocast_context",
     "autocast_dtype",
     "epoch_seed",
+    "folder_lock",
     "image_seeds",
+    "is_capsprobe_folder",
+    "replace_dir",
     "resolve_device",
+    "write_marker",
 ]
 
 
@@ -119,11 +129,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder ``tmp`` to ``out``, replacing an old one only after the new one is complete."""
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)
     try:
         tmp.rename(out)
@@ -152,7 +162,89 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700; the folder is meant to be read
         yield tmp
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- ownership markers and the one-writer lock ------------------------------------------------------------------
+
+MARKER = ".capsprobe"
+
+
+class BusyError(CapsprobeError):
+    """Another capsprobe command holds the folder's lock."""
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` as written by capsprobe (``kind``: ``run`` or ``report``)."""
+    import json
+
+    from . import __version__
+
+    atomic_write_text(Path(folder) / MARKER, json.dumps({"kind": kind, "capsprobe": __version__}) + "\n")
+
+
+def is_capsprobe_folder(folder: str | Path, kind: str) -> bool:
+    """True when ``folder`` holds capsprobe's marker of ``kind``, or (written before markers existed) the JSON file a
+    run (``config.json``) or a report (``manifest.json``) holds, with capsprobe's version in it."""
+    import json
+
+    folder = Path(folder)
+    try:
+        if (folder / MARKER).is_file():
+            return json.loads((folder / MARKER).read_text()).get("kind") == kind
+        legacy = folder / ("config.json" if kind == "run" else "manifest.json")
+        data = json.loads(legacy.read_text()) if legacy.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(data, dict) and "capsprobe" in (data.get("versions") or {})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _clean_stale(out: Path) -> None:
+    """What killed writers of ``out`` left: temporary siblings and files; a folder moved aside and not put back."""
+    parent, name = out.parent, out.name
+    olds = sorted(parent.glob(f".{name}.old-*"))
+    if not out.exists() and olds:
+        olds.pop().rename(out)  # killed between the two renames of a replacement: the old folder comes back
+    for path in [*olds, *parent.glob(f".{name}.tmp-*"), *parent.glob(f".{name}.*.tmp"), parent / f".{name}.new"]:
+        if path.exists():
+            _remove(path)
+    if out.is_dir():
+        for path in [*out.rglob(".*.tmp"), *out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+            _remove(path)
+
+
+@contextmanager
+def folder_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the advisory lock of the folder ``out`` (``.<name>.lock`` beside it) while writing it.
+
+    On entry, the stale leftovers of killed writers of ``out`` are removed (no live writer can own them: the lock
+    is ours).
+
+    Raises:
+        BusyError: another process holds the lock; nothing is waited for.
+    """
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    fh = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"another capsprobe command is writing {out} (lock {lock}); wait for it to finish") from None
+        _clean_stale(out)
+        yield out
+    finally:
+        fh.close()  # closing releases the lock

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +38,7 @@ from .runtime import autocast_context, autocast_dtype, epoch_seed, resolve_devic
 from .tasks import get_task
 from .runs import (
     CHECKPOINT,
+    COMPLETE,
     CONFIG,
     HISTORY,
     METRICS,
@@ -44,14 +46,16 @@ from .runs import (
     RunConfig,
     RunError,
     build_model,
+    completion_problem,
     library_versions,
     load_checkpoint,
     read_config,
     save_checkpoint,
     save_weights,
+    write_completion,
     write_history,
 )
-from .runtime import atomic_write_text
+from .runtime import atomic_write_text, folder_lock, is_capsprobe_folder, replace_dir, write_marker
 
 __all__ = [
     "NonFiniteLossError",
@@ -177,9 +181,16 @@ def _init_distributed(device_spec: str) -> _Dist:
     return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
 
 
-def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> bool:
-    """Check / clear the output folder. Returns True when a checkpoint is there to resume from."""
+def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> tuple[Path, bool]:
+    """Check the output folder (the caller holds its lock). Returns the folder to write into (``out``, or for
+    ``force`` a fresh sibling that replaces ``out`` only once the new run is whole) and whether a checkpoint is there
+    to resume from."""
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a folder")
     occupied = out.is_dir() and any(out.iterdir())
+    if occupied and (resume or force) and not is_capsprobe_folder(out, "run"):
+        raise RunExistsError(f"{out} is not a capsprobe run directory (not written by capsprobe); refusing to write "
+                             f"into it or replace it, even with {option('force')}")
     if occupied and resume:
         if (out / CONFIG).is_file():
             stored, _ = read_config(out)
@@ -190,17 +201,15 @@ def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) ->
             }
             if diff:
                 raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
-        return (out / CHECKPOINT).is_file()
+        return out, (out / CHECKPOINT).is_file()
     if occupied and not force:
         raise RunExistsError(f"{out} already exists and is not empty; set {option('resume')} to continue it or "
                              f"{option('force')} to replace it")
-    if occupied and force:
-        if not (out / CONFIG).is_file():
-            raise RunExistsError(f"{out} is not a capsprobe run directory; refusing to clear it even with {option('force')}")
-        for name in (CONFIG, WEIGHTS, HISTORY, METRICS):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
-    return False
+    work = out.parent / f".{out.name}.new" if occupied else out
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, False
 
 
 def fit(
@@ -233,7 +242,8 @@ def fit(
     """
     ctx = _init_distributed(config.device)
     try:
-        return _fit(config, Path(out), resume, force, progress, on_batch, ctx)
+        with ExitStack() as stack:
+            return _fit(config, Path(out), resume, force, progress, on_batch, ctx, stack)
     finally:
         if ctx.owned and dist.is_initialized():
             dist.destroy_process_group()
@@ -261,6 +271,7 @@ def _fit(
     progress: bool,
     on_batch: Callable[[int, int], None] | None,
     ctx: _Dist,
+    stack: ExitStack,
 ) -> Path:
     from tqdm.auto import tqdm
 
@@ -275,13 +286,14 @@ def _fit(
     splits = load_dataset(
         config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0, limit=config.limit
     )
-    # only now, with model and data known to be fine, is the output folder checked (and cleared on --force)
-    has_checkpoint = False
+    # only now, with model and data known to be fine, is the output folder locked and checked (rank 0 writes)
+    has_checkpoint, work = False, out
     error: BaseException | None = None
     if ctx.main:
         try:
-            has_checkpoint = _prepare_run_dir(config, out, resume, force)
-        except RunError as exc:
+            stack.enter_context(folder_lock(out))
+            work, has_checkpoint = _prepare_run_dir(config, out, resume, force)
+        except CapsprobeError as exc:
             error = exc
     _broadcast_error(ctx, error)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -293,16 +305,22 @@ def _fit(
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optimizer_state)
         start_epoch, history = ckpt.epoch, ckpt.history
+        if start_epoch > config.epochs:
+            raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
+                           f"{option('epochs')} to at least {start_epoch}")
+        if start_epoch == config.epochs and completion_problem(out, config) is None:
+            _log.info("%s is already complete (%d epochs)", out, start_epoch)
+            return out
         _log.info("resuming %s after epoch %d", out, start_epoch)
     if ctx.main:
+        # from here until the completion record is written again, the run is (and says it is) incomplete
+        (work / COMPLETE).unlink(missing_ok=True)
+        write_marker(work, "run")
         atomic_write_text(
-            out / CONFIG,
+            work / CONFIG,
             _json({"config": config.to_dict(), "input": input_spec, "seed": config.seed, "versions": library_versions(),
                    "world_size": ctx.world_size}),
         )
-    if start_epoch >= config.epochs and (out / WEIGHTS).is_file():
-        _log.info("%s is already complete (%d epochs)", out, start_epoch)
-        return out
 
     objective: nn.Module = Objective(model, config.recon_weight, config.task)
     if ctx.world_size > 1:
@@ -364,13 +382,17 @@ def _fit(
             epoch + 1, config.epochs, row["train_loss"], row["train_accuracy"], row["val_accuracy"], row["images_per_s"],
         )
         if ctx.main:
-            save_checkpoint(out, model, optimizer, epoch + 1, history)
-            write_history(out / HISTORY, history)
+            _check_weights(model, epoch, work)  # a diverged step never reaches a checkpoint
+            save_checkpoint(work, model, optimizer, epoch + 1, history)
+            write_history(work / HISTORY, history)
 
     test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight,
                     config.task)
     if ctx.main:
-        save_weights(model, out / WEIGHTS)
+        _check_weights(model, config.epochs - 1, work)
+        # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
+        save_weights(model, work / WEIGHTS)
+        write_history(work / HISTORY, history)
         metrics = {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
@@ -382,11 +404,22 @@ def _fit(
             "device": str(device),
             "world_size": ctx.world_size,
         }
-        atomic_write_text(out / METRICS, _json(metrics))
+        atomic_write_text(work / METRICS, _json(metrics))
+        write_completion(work, config.epochs)
+        if work != out:
+            replace_dir(work, out)  # --force: the old run goes only now that the new one is whole
         _log.info("test accuracy %.4f on %d images; run saved to %s", test["accuracy"], len(splits.test), out)
     if ctx.world_size > 1:
         dist.barrier()
     return out
+
+
+def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteLossError(
+            f"weights are not finite after epoch {epoch + 1} (the last step diverged); nothing of it was saved: the "
+            f"last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
+        )
 
 
 def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:

@@ -29,6 +29,7 @@ Convention:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -443,6 +444,8 @@ class Transform:
             value = float(magnitude)
         except (TypeError, ValueError):
             raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not a finite number")
         if self.integer:
             if value != int(value):
                 raise InvalidInputError(f"{self.name} magnitude {magnitude!r} must be a whole number")

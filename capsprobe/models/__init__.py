@@ -34,6 +34,7 @@ __all__ = [
     "adapt",
     "adapt_stem",
     "capsule_lengths",
+    "check_model_kwargs",
     "create_model",
     "create_convnet",
     "dynamic_routing",
@@ -52,6 +53,33 @@ class UnknownModelError(InvalidInputError):
 def native_models() -> list[str]:
     """Names capsprobe registers in timm: every ``capsnet*`` variant and ``baseline_cnn``."""
     return sorted(timm.list_models(module="capsnet") + timm.list_models(module="baselines"))
+
+
+# options a timm convnet takes from a config (create_convnet's own, and timm's regularisation rates); nothing that
+# loads files (checkpoint_path, pretrained, pretrained_cfg*, cache_dir...) is ever taken from a config
+_CONVNET_OPTIONS = ("stem", "drop_rate", "drop_path_rate")
+_NOT_OPTIONS = {"self", "num_classes", "in_chans", "img_size", "kwargs"}
+
+
+def _native_options(name: str) -> tuple[str, ...]:
+    import inspect
+
+    cls = CapsNet if name.startswith("capsnet") else BaselineCNN
+    return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in _NOT_OPTIONS)
+
+
+def check_model_kwargs(name: str, kwargs: dict) -> None:
+    """Refuse any model option outside the model family's allowlist (a CapsNet's or the paper CNN's constructor
+    arguments; for timm convnets ``stem``, ``drop_rate``, ``drop_path_rate``).
+
+    Raises:
+        InvalidInputError: an option the family does not take; the message lists those it does.
+    """
+    allowed = _native_options(name) if name in native_models() else _CONVNET_OPTIONS
+    for key in kwargs:
+        if key not in allowed:
+            raise InvalidInputError(f"model {name} takes no option {key!r} (model_kwargs); it takes: "
+                                    f"{', '.join(allowed)}")
 
 
 def create_model(
@@ -77,10 +105,17 @@ def create_model(
     Raises:
         UnknownModelError: the name is unknown; the message lists close matches.
     """
-    if name in native_models():
-        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
-    if not timm.is_model(name):
+    if not (name in native_models() or timm.is_model(name)):
         close = difflib.get_close_matches(name, native_models() + timm.list_models(), n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see `capsprobe list`"
         raise UnknownModelError(f"unknown model {name!r}; {hint}")
-    return create_convnet(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
+    try:
+        if name in native_models():
+            return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
+        return create_convnet(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
+    except InvalidInputError:
+        raise
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, AttributeError) as exc:
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"cannot build {name} for {in_chans}-channel {img_size} inputs with {num_classes} "
+                                f"classes: {what}") from None

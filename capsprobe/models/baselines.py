@@ -214,8 +214,6 @@ def create_convnet(
     """
     model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
     change = adapt_stem(model, in_chans, stem)
-    if change == "unchanged" and stem != "imagenet":
-        _log.info("%s: no small-input stem adaptation known for this family; using timm's stem", name)
     model.capsprobe_stem = change
     # a forward on a dummy input catches a model that cannot take this size, at build time
     with torch.no_grad():
@@ -224,9 +222,11 @@ def create_convnet(
         h, w = _pair(img_size)
         try:
             model(torch.zeros(1, in_chans, h, w))
-        except RuntimeError as exc:  # pragma: no cover - depends on the timm family
+        except (RuntimeError, AssertionError, ValueError) as exc:  # depends on the timm family
             raise InvalidInputError(f"{name} cannot take {in_chans}x{h}x{w} inputs: {exc}".splitlines()[0]) from None
         model.train(was_training)
+    if change == "unchanged" and stem != "imagenet":  # said once the model is known to work
+        _log.info("%s: no small-input stem adaptation known for this family; using timm's stem", name)
     return model
 
 
