@@ -228,7 +228,9 @@ def folder_lock(out: str | Path) -> Iterator[Path]:
     """Hold the advisory lock of the folder ``out`` (``.<name>.lock`` beside it) while writing it.
 
     On entry, the stale leftovers of killed writers of ``out`` are removed (no live writer can own them: the lock
-    is ours).
+    is ours). The lock file is removed on release (a killed holder leaves an unlocked file that the next writer
+    takes over); after locking, the file is checked to still be the one at the path, so two writers never hold
+    two different files.
 
     Raises:
         BusyError: another process holds the lock; nothing is waited for.
@@ -238,13 +240,23 @@ def folder_lock(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
-    fh = open(lock, "a+")
-    try:
+    while True:
+        fh = open(lock, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise BusyError(f"another capsprobe command is writing {out} (lock {lock}); wait for it to finish") from None
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()  # the holder we waited on removed the file as we opened it: lock the new one
+    try:
         _clean_stale(out)
         yield out
     finally:
-        fh.close()  # closing releases the lock
+        lock.unlink(missing_ok=True)  # while still holding it, so nobody else locks the file being removed
+        fh.close()

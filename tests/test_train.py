@@ -20,7 +20,7 @@ from capsprobe.train import NonFiniteLossError, RunExistsError, evaluate, fit
 
 TINY_CAPS = {"conv_channels": 16, "primary_types": 4}
 TINY = RunConfig(model="capsnet_small", epochs=1, batch_size=16, limit=48, model_kwargs=TINY_CAPS)
-RUN_FILES = {"config.json", "model.safetensors", "history.csv", "metrics.json", "checkpoint"}
+RUN_FILES = {"config.json", "model.safetensors", "history.csv", "metrics.json", "checkpoint", "complete.json", ".capsprobe"}
 
 
 def _no_temp_files(path: Path) -> bool:
