@@ -308,7 +308,11 @@ def _fit(
         if start_epoch > config.epochs:
             raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
                            f"{option('epochs')} to at least {start_epoch}")
-        if start_epoch == config.epochs and completion_problem(out, config) is None:
+        # rank 0 judges completeness before anyone writes, and every rank follows its verdict
+        done = ctx.main and start_epoch == config.epochs and completion_problem(out, config) is None
+        if ctx.world_size > 1:
+            done = bool(_broadcast_value(ctx, done))
+        if done:
             _log.info("%s is already complete (%d epochs)", out, start_epoch)
             return out
         _log.info("resuming %s after epoch %d", out, start_epoch)
