@@ -7,8 +7,8 @@ every function returns plain floats. Ridge regression, PCA and ROC AUC come from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ __all__ = [
     "Condition",
     "Estimate",
     "Metric",
+    "TooFewImagesError",
     "accuracy",
     "auroc_rows",
     "bootstrap_ci",
@@ -28,25 +29,37 @@ __all__ = [
     "bootstrap_mean_ci",
     "bootstrap_ratio_ci",
     "condition_metrics",
+    "decodability",
+    "decodability_estimate",
+    "decodability_terms",
     "confidence_drop",
     "consistency",
     "equivariance_error",
+    "equivariance_gain",
     "equivariance_ratio",
     "equivariance_terms",
     "invariance_error",
     "invariance_terms",
+    "kept_variance",
+    "linear_fit",
+    "LinearFit",
     "overview_table",
     "pca_project",
     "percentile_interval",
+    "ratio",
     "reconstruction_equivariance_terms",
+    "reconstruction_terms",
     "register_metric",
     "resample_index",
     "roc_table",
     "scramble_auroc",
+    "selectivity_table",
+    "split_halves",
     "true_class_score",
 ]
 
-RIDGE_ALPHAS = np.logspace(-4, 4, 9)
+PENALTIES = np.logspace(-6, 3, 19)  # ridge penalties relative to the number of fitting rows (standardised data)
+SHRINKAGE = 1e-3  # covariance ridge of the whitened invariance, relative to the mean variance
 LEVEL = 0.95
 
 
@@ -77,104 +90,333 @@ def true_class_score(scores_t, labels) -> float:
     return float(np.mean(s[np.arange(len(y)), y]))
 
 
-def invariance_terms(phi_clean, phi_t) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image numerator ``|phi(Tx) - phi(x)|^2`` and denominator ``|phi(x) - mean phi(x)|^2`` terms."""
-    a, b = _np(phi_clean), _np(phi_t)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"representations must be two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
-    return ((b - a) ** 2).sum(1), ((a - a.mean(0)) ** 2).sum(1)
+FLOOR = 1e-12  # the one floor of every ratio, for point estimates and bootstrap resamples alike
 
 
-def invariance_error(phi_clean, phi_t) -> float:
-    """``E|phi(Tx) - phi(x)|^2 / E|phi(x) - mean phi(x)|^2`` (0: perfectly invariant; 2: unrelated draws).
-
-    The change is measured in units of the spread of clean representations, so representations of
-    different sizes and scales compare.
-    """
-    num, den = invariance_terms(phi_clean, phi_t)
-    return float(num.mean() / max(den.mean(), 1e-12))
+def ratio(num, den) -> float | np.ndarray:
+    """``sum(num) / sum(den)`` along the last axis with the denominator floored at :data:`FLOOR` (one rule for the
+    point estimate and every bootstrap resample, so the interval and the estimate agree)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return num.sum(-1) / np.maximum(den.sum(-1), FLOOR)
 
 
-def equivariance_terms(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out residual and total terms of the linear fit ``phi(Tx) ~ M phi(x) + b``.
-
-    Lenc & Vedaldi, "Understanding image representations by measuring their equivariance and equivalence",
-    CVPR 2015: a representation is equivariant to ``T`` when a map ``M_T`` predicts ``phi(Tx)`` from
-    ``phi(x)``. Here ``M_T`` is linear, fitted by ridge regression (scikit-learn ``RidgeCV``, penalty chosen by
-    efficient leave-one-out on the fitting half) on a seeded random half of the images.
+def split_halves(n: int, seed: int = 0, fit_fraction: float = 0.5,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded fitting / held-out split of ``n`` images every fitted metric uses (stratified by ``groups``).
 
     Returns:
-        For every held-out image, ``|phi(Tx) - M phi(x) - b|^2`` and ``|phi(Tx) - mean phi(Tx)|^2`` (mean over
-        the held-out half): their ratio of means is ``1 - R^2``.
+        ``(fit, held)`` index arrays, each sorted. With ``groups``, each group is split on its own (same fraction).
     """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        k = int(round(n * fit_fraction))
+        return np.sort(order[:k]), np.sort(order[k:])
+    groups = np.asarray(groups)
+    fit, held = [], []
+    for g in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == g))
+        k = int(round(len(members) * fit_fraction))
+        fit.append(members[:k])
+        held.append(members[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def _pair(phi_clean, phi_t, same_width: bool = False) -> tuple[np.ndarray, np.ndarray]:
     x, y = _np(phi_clean), _np(phi_t)
-    if x.shape[0] != y.shape[0] or x.ndim != 2 or y.ndim != 2:
-        raise ValueError(f"representations must be (N, D) arrays with one N, got {x.shape} and {y.shape}")
-    n = x.shape[0]
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or (same_width and x.shape != y.shape):
+        raise ValueError(f"representations must be (N, D) arrays with one N{' and one D' if same_width else ''}, "
+                         f"got {x.shape} and {y.shape}")
+    return x, y
+
+
+def _groups_of(groups, n: int) -> np.ndarray:
+    return np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
+
+
+def _grouped_split(n: int, seed: int, fit_fraction: float, groups, split=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels per image, and the fitting / held-out indices restricted to groups with at least 2 fitting images
+    (a class seen too rarely to fit is left out, never pooled with another)."""
+    g = _groups_of(groups, n)
+    fit, held = split if split is not None else split_halves(n, seed, fit_fraction, None if groups is None else g)
+    counts = pd.Series(g[fit]).value_counts()
+    usable = counts.index[counts >= 2].to_numpy()
+    fit, held = fit[np.isin(g[fit], usable)], held[np.isin(g[held], usable)]
+    if len(held) == 0:
+        raise TooFewImagesError(f"{n} images leave no {'class' if groups is not None else 'set'} with 2 fitting and 1 "
+                                "held-out image")
+    return g, fit, held
+
+
+class TooFewImagesError(ValueError):
+    """Too few images (per class, for per-class metrics) to fit on one half and score on the other."""
+
+
+def _scale(a: np.ndarray) -> float:
+    """Root mean per-dimension variance: one positive number that standardises a representation (1 if constant)."""
+    s = float(np.sqrt(a.var(0).mean())) if len(a) else 0.0
+    return s if s > 0 and np.isfinite(s) else 1.0
+
+
+def invariance_terms(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5, groups=None,
+                     shrinkage: float = SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out image, the whitened change ``d' W d`` (``d = phi(Tx) - phi(x)``) and the whitened clean spread
+    ``c' W c`` (``c = phi(x) - mean``), with ``W = (Sigma + lambda I)^-1`` from the *clean* representations of the
+    fitting half (per group when ``groups`` are given, e.g. one per true class for poses) and
+    ``lambda = shrinkage * trace(Sigma) / D`` (a ridge-regularised covariance).
+
+    In the whitened clean basis both terms are unchanged by any invertible linear map ``A`` of the representation
+    (exactly for ``shrinkage = 0``: ``(A d)' (A Sigma A')^-1 (A d) = d' Sigma^-1 d``), so models with different
+    bases and scales compare. Mahalanobis (1936) distance; the same basis-free reading as Kornblith et al. (ICML
+    2019) ask of representation similarity, here of a representation and its transformed self.
+    """
+    x, y = _pair(phi_clean, phi_t, same_width=True)
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"invariance needs at least 4 images, got {n}")
+    g, fit, held = _grouped_split(n, seed, fit_fraction, groups)
+    num, den = np.empty(len(held)), np.empty(len(held))
+    pos = {i: k for k, i in enumerate(held)}
+    for group in np.unique(g):
+        f, h = fit[g[fit] == group], held[g[held] == group]
+        if len(h) == 0:
+            continue
+        mu = x[f].mean(0)
+        cov = np.cov(x[f], rowvar=False, bias=True).reshape(x.shape[1], x.shape[1])
+        lam = shrinkage * np.trace(cov) / cov.shape[0]
+        vals, vecs = np.linalg.eigh(cov + lam * np.eye(cov.shape[0]))
+        keep = vals > max(vals.max(), 0) * 1e-12  # only a constant representation loses directions here
+        w = vecs[:, keep] / np.sqrt(vals[keep])  # whitening: |w' v|^2 = v' (Sigma + lambda I)^-1 v
+        d, c = (y[h] - x[h]) @ w, (x[h] - mu) @ w
+        idx = [pos[i] for i in h]
+        num[idx], den[idx] = (d**2).sum(1), (c**2).sum(1)
+    return num, den
+
+
+def invariance_error(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5, groups=None,
+                     shrinkage: float = SHRINKAGE) -> float:
+    """``E d' W d / E c' W c`` on held-out images (:func:`invariance_terms`): 0 when the representation does not
+    move, about 2 when ``phi(Tx)`` is an independent draw from the clean distribution; basis- and scale-free."""
+    return float(ratio(*invariance_terms(phi_clean, phi_t, seed, fit_fraction, groups, shrinkage)))
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """A held-out linear fit ``phi(Tx) ~ M phi(x) + b`` and its baselines, per held-out image.
+
+    Attributes:
+        held: the held-out image indices (rows of the terms below).
+        residual: ``|phi(Tx) - M phi(x) - b|^2``.
+        total: ``|phi(Tx) - mean phi(Tx)|^2`` (mean over the held-out images of the group): ``1 - R^2`` is
+            ``sum(residual) / sum(total)``.
+        change: ``|phi(Tx) - phi(x)|^2``, the identity map's residual (None when the widths differ).
+        label: ``|phi(Tx) - class mean of phi(Tx)|^2``, the class-label baseline (class means of the fitting half;
+            None without labels).
+        penalty: log10 of the chosen ridge penalty relative to the number of fitting images (median over groups).
+        at_edge: a chosen penalty sits at an end of :data:`PENALTIES`.
+    """
+
+    held: np.ndarray
+    residual: np.ndarray
+    total: np.ndarray
+    change: np.ndarray | None
+    label: np.ndarray | None
+    penalty: float
+    at_edge: bool
+
+
+def linear_fit(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5, groups=None, labels=None,
+               split: tuple[np.ndarray, np.ndarray] | None = None) -> LinearFit:
+    """Fit ``phi(Tx) ~ M phi(x) + b`` on a seeded half of the images, score it on the other half.
+
+    Lenc & Vedaldi, "Understanding image representations by measuring their equivariance and equivalence",
+    CVPR 2015: a representation is equivariant to ``T`` when a map ``M_T`` predicts ``phi(Tx)`` from ``phi(x)``.
+    ``M`` is linear, fitted by ridge regression (scikit-learn ``RidgeCV``, the penalty chosen by efficient
+    leave-one-out on the fitting half from :data:`PENALTIES` times the number of fitting images) on *standardised*
+    representations: each side is divided by its root mean per-dimension variance on the fitting half, so the fit
+    and every ratio built from it are unchanged when either representation is multiplied by a positive constant.
+    With ``groups`` (e.g. true classes for capsule poses) one map and one normaliser per group, never pooled.
+
+    Args:
+        split: ``(fit, held)`` indices to use instead of :func:`split_halves` (e.g. to share a PCA's fitting half).
+    """
+    x, y = _pair(phi_clean, phi_t)
+    n = len(x)
     if n < 4:
         raise ValueError(f"equivariance needs at least 4 images, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    k = int(round(n * fit_fraction))
-    fit, held = order[:k], order[k:]
-    model = RidgeCV(alphas=RIDGE_ALPHAS).fit(x[fit], y[fit])
-    residual = ((y[held] - model.predict(x[held])) ** 2).sum(1)
-    total = ((y[held] - y[held].mean(0)) ** 2).sum(1)
-    return residual, total
+    g, fit, held = _grouped_split(n, seed, fit_fraction, groups, split)
+    residual, total = np.empty(len(held)), np.empty(len(held))
+    pos = {i: k for k, i in enumerate(held)}
+    penalties, edge = [], False
+    for group in np.unique(g):
+        f, h = fit[g[fit] == group], held[g[held] == group]
+        if len(h) == 0:
+            continue
+        sx, sy = _scale(x[f]), _scale(y[f])
+        model = RidgeCV(alphas=PENALTIES * len(f)).fit(x[f] / sx, y[f] / sy)
+        pred = model.predict(x[h] / sx).reshape(len(h), -1) * sy
+        idx = [pos[i] for i in h]
+        residual[idx] = ((y[h] - pred) ** 2).sum(1)
+        total[idx] = ((y[h] - y[h].mean(0)) ** 2).sum(1)
+        rel = float(model.alpha_) / len(f)
+        penalties.append(np.log10(rel))
+        edge = edge or bool(np.isclose(rel, PENALTIES[0]) or np.isclose(rel, PENALTIES[-1]))
+    change = ((y[held] - x[held]) ** 2).sum(1) if x.shape == y.shape else None
+    label = None
+    if labels is not None:
+        lab = np.asarray(labels)
+        means = {c: y[fit][lab[fit] == c].mean(0) for c in np.unique(lab[fit])}
+        overall = y[fit].mean(0)
+        label = np.array([((y[i] - means.get(lab[i], overall)) ** 2).sum() for i in held])
+    return LinearFit(held=held, residual=residual, total=total, change=change, label=label,
+                     penalty=float(np.median(penalties)), at_edge=edge)
 
 
-def equivariance_error(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5) -> float:
-    """Held-out ``1 - R^2`` of the ridge fit ``phi(Tx) ~ M phi(x) + b`` (Lenc & Vedaldi 2015).
+def equivariance_terms(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5,
+                       groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out residual and total terms of :func:`linear_fit`: their ratio of sums is ``1 - R^2``."""
+    fit = linear_fit(phi_clean, phi_t, seed, fit_fraction, groups)
+    return fit.residual, fit.total
 
-    0: the change of the representation is perfectly predicted by one linear map (equivariant, which
-    includes invariant); about 1: ``phi(Tx)`` is unpredictable from ``phi(x)``. ``R^2`` is variance-weighted
-    over dimensions (total residual over total variance). When ``phi(Tx)`` does not vary at all the
-    error is 0 if it is also predicted exactly, else 1.
+
+def equivariance_error(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5, groups=None) -> float:
+    """Held-out ``1 - R^2`` of the standardised ridge fit ``phi(Tx) ~ M phi(x) + b`` (Lenc & Vedaldi 2015).
+
+    0: the change of the representation is predicted by one linear map (equivariant, which includes invariant:
+    read it beside :func:`equivariance_gain`); about 1: ``phi(Tx)`` is unpredictable from ``phi(x)``. ``R^2`` is
+    variance-weighted over dimensions, normalised by the variance of ``phi(Tx)`` (not of ``phi(x)``).
     """
-    return equivariance_ratio(*equivariance_terms(phi_clean, phi_t, seed, fit_fraction))
+    return equivariance_ratio(*equivariance_terms(phi_clean, phi_t, seed, fit_fraction, groups))
 
 
 def equivariance_ratio(residual, total) -> float:
-    """``1 - R^2`` from the held-out terms of :func:`equivariance_terms` (0 or 1 when nothing varies)."""
+    """``1 - R^2`` from held-out terms (0 when nothing varies and the prediction is exact, 1 when it is not)."""
     residual, total = _np(residual), _np(total)
-    if total.sum() <= 1e-12:
-        return 0.0 if residual.sum() <= 1e-12 else 1.0
-    return float(residual.sum() / total.sum())
+    if total.sum() <= FLOOR:
+        return 0.0 if residual.sum() <= FLOOR else 1.0
+    return float(ratio(residual, total))
 
 
-def pca_project(phi_clean, phi_t, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Project both representations on the top ``dim`` principal axes of the *clean* ones (scikit-learn PCA).
+def equivariance_gain(phi_clean, phi_t, seed: int = 0, fit_fraction: float = 0.5, groups=None) -> float:
+    """``1 - sum|phi(Tx) - M phi(x) - b|^2 / sum|phi(Tx) - phi(x)|^2`` on held-out images: how much of the change
+    the fitted map explains beyond the identity map (0 when the representation does not move at all)."""
+    fit = linear_fit(phi_clean, phi_t, seed, fit_fraction, groups)
+    return gain_value(fit.residual, fit.change)
 
-    Used to compare models at one size: every representation is reduced to 16-D before the equivariance
-    fit. A representation already of ``dim`` or fewer dimensions is returned as it is.
-    """
-    x, y = _np(phi_clean), _np(phi_t)
+
+def gain_value(residual, change) -> float:
+    """``1 - sum(residual) / sum(change)``; 0 when the representation does not change (nothing to explain)."""
+    residual, change = _np(residual), _np(change)
+    return 0.0 if change.sum() <= FLOOR else float(1 - ratio(residual, change))
+
+
+def pca_project(phi_clean, phi_t, dim: int = 16, fit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Project both representations on the top ``dim`` principal axes of the *clean* representations of the
+    fitting images ``fit`` (all images when None; scikit-learn PCA). Used to compare models at one size: every
+    representation is reduced to 16-D before the 16-D fit. A representation of ``dim`` or fewer dimensions is
+    returned as it is."""
+    x, y = _pair(phi_clean, phi_t)
+    pca = _pca(x, dim, fit)
+    return (x, y) if pca is None else (pca.transform(x), pca.transform(y))
+
+
+def _pca(x: np.ndarray, dim: int, fit: np.ndarray | None) -> PCA | None:
     if x.shape[1] <= dim:
-        return x, y
-    pca = PCA(n_components=min(dim, x.shape[0]), random_state=0).fit(x)
-    return pca.transform(x), pca.transform(y)
+        return None
+    rows = x if fit is None else x[fit]
+    return PCA(n_components=min(dim, len(rows)), random_state=0).fit(rows)
+
+
+def kept_variance(phi_clean, dim: int = 16, seed: int = 0, fit_fraction: float = 0.5) -> float:
+    """The share of the clean representations' variance (fitting half) the 16-D PCA keeps (1 when already small)."""
+    x = _np(phi_clean)
+    pca = _pca(x, dim, split_halves(len(x), seed, fit_fraction)[0])
+    return 1.0 if pca is None else float(pca.explained_variance_ratio_.sum())
+
+
+def decodability_terms(phi_clean, phi_moved: Sequence, values: Sequence[float], seed: int = 0, dim: int = 16,
+                       fit_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray, float]:
+    """How well a transformation's magnitude is predicted from ``(phi(x), phi(Tx))`` on held-out images.
+
+    The images are split (:func:`split_halves`); both representations are projected on the 16-D PCA of the clean
+    fitting half (``p``, ``q``); the features are ``p``, ``q`` and their normalised outer product
+    ``p q' / |p|^2`` (for a linear action ``q = A(m) p`` its entries are the matrix elements of ``A(m)``: for a
+    rotation of a plane ``cos m`` and ``sin m``, for a scaling ``m``), each column standardised on the fitting rows;
+    a ridge regression (penalty by leave-one-out) on every (fitting image, magnitude) predicts the magnitude.
+    A representation that does not move, or whose change does not depend on the magnitude, scores about 0; one
+    that carries the magnitude, about 1. Probing with a decoder in the spirit of Alain & Bengio (ICLR 2017
+    workshop, "linear classifier probes"), on pairs.
+
+    Args:
+        phi_moved: ``phi(T_m x)`` for each magnitude ``m``.
+        values: the magnitudes as numbers (same order).
+
+    Returns:
+        Per held-out image the squared error summed over magnitudes and the squared deviation of the magnitudes
+        from their mean (``R^2 = 1 - sum(residual) / sum(total)``), and the log10 relative penalty chosen.
+    """
+    x = _np(phi_clean)
+    moved = [_pair(x, m)[1] for m in phi_moved]
+    v = np.asarray(values, dtype=np.float64)
+    if len(moved) != len(v) or len(np.unique(v)) < 2:
+        raise ValueError("decodability needs one representation per magnitude and at least 2 distinct magnitudes")
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"decodability needs at least 4 images, got {n}")
+    fit, held = split_halves(n, seed, fit_fraction)
+    pca = _pca(x, dim, fit)
+    project = (lambda a: a - x[fit].mean(0)) if pca is None else pca.transform
+    p = project(x)
+    norm = (p**2).sum(1, keepdims=True)
+    norm = norm + 1e-3 * norm[fit].mean() + FLOOR
+    feats = []
+    for m in moved:
+        q = project(m)
+        feats.append(np.concatenate([p, q, (p[:, :, None] * q[:, None, :]).reshape(n, -1) / norm], axis=1))
+    z_fit = np.concatenate([f[fit] for f in feats])
+    t_fit = np.repeat(v, len(fit))
+    mu, sd = z_fit.mean(0), z_fit.std(0)
+    sd[sd <= FLOOR * max(float(sd.max()), FLOOR)] = 1.0
+    model = RidgeCV(alphas=PENALTIES * len(z_fit)).fit((z_fit - mu) / sd, t_fit)
+    pred = np.stack([model.predict((f[held] - mu) / sd) for f in feats], 1)  # (held, M)
+    residual = ((pred - v) ** 2).sum(1)
+    total = np.full(len(held), ((v - v.mean()) ** 2).sum())
+    return residual, total, float(np.log10(model.alpha_ / len(z_fit)))
+
+
+def decodability(phi_clean, phi_moved: Sequence, values: Sequence[float], seed: int = 0, dim: int = 16) -> float:
+    """Held-out ``R^2`` of the magnitude decoded from ``(phi(x), phi(Tx))`` (:func:`decodability_terms`)."""
+    residual, total, _ = decodability_terms(phi_clean, phi_moved, values, seed, dim)
+    return float(1 - ratio(residual, total))
 
 
 def scramble_auroc(conf_clean, conf_t) -> float:
     """AUROC of ``conf(x)`` (positives) against ``conf(Tx)`` (negatives), scikit-learn ``roc_auc_score``.
 
     0.5: the model is as sure of the scrambled images as of the intact ones (blind to the scramble);
-    1.0: always less sure of a scrambled image than of any intact one.
+    1.0: always less sure of a scrambled image than of any intact one. Not specific to scrambles: any change of
+    the image lowers confidence; :func:`selectivity_table` subtracts the matched nuisance.
     """
     a, b = _np(conf_clean), _np(conf_t)
     y_true = np.r_[np.ones(len(a)), np.zeros(len(b))]
     return float(roc_auc_score(y_true, np.r_[a, b]))
 
 
-def reconstruction_equivariance_terms(recon_t, transformed_recon) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image ``|decode(phi(Tx)) - T(decode(phi(x)))|^2`` and ``|T(decode(phi(x)))|^2`` (CapsNet).
+def reconstruction_terms(recon, target) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image ``|recon - target|^2`` and ``|target|^2``: their ratio of sums is a normalised reconstruction
+    error (CapsNet; 0 exact, 1 as large as the target itself).
 
-    Their ratio of means is the normalised reconstruction equivariance error: 0 when decoding the
-    transformed image's pose gives the transformed reconstruction, 1 when the error is as large as the
-    reconstruction itself.
+    - equivariance: ``recon = decode(phi(Tx))``, ``target = T(decode(phi(x)))`` with the *same* warp matrix as
+      the input (does the pose move the way the image moved?);
+    - fidelity: ``recon = decode(phi(Tx))``, ``target = Tx`` (does the pose carry the transformed digit?); at the
+      identity this is the clean reconstruction error.
     """
-    a, b = _np(recon_t), _np(transformed_recon)
+    a, b = _np(recon), _np(target)
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     return ((a - b) ** 2).sum(1), (b**2).sum(1)
+
+
+reconstruction_equivariance_terms = reconstruction_terms
 
 
 def resample_index(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -218,7 +460,7 @@ def bootstrap_ratio_ci(num, den, n_boot: int = 1000, seed: int = 0, level: float
     """Percentile bootstrap interval of ``sum(num) / sum(den)`` over per-image terms (vectorised)."""
     a, b = _np(num), _np(den)
     idx = resample_index(len(a), n_boot, seed)
-    return percentile_interval(a[idx].sum(1) / np.maximum(b[idx].sum(1), 1e-12), level)
+    return percentile_interval(ratio(a[idx], b[idx]), level)
 
 
 def bootstrap_auroc_ci(conf_clean, conf_t, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -254,7 +496,10 @@ class Condition:
         clean_rep, rep: ``(N, F)`` representations ``phi(x)`` and ``phi(Tx)``.
         clean_pose, pose: ``(N, D)`` the true class's pose (models with poses), else None.
         recon_terms: per-image reconstruction equivariance numerator and denominator (models with a decoder).
+        fidelity_terms: per-image reconstruction fidelity numerator and denominator (models with a decoder).
         semantic: the condition breaks the parts' relations (a non-identity semantic magnitude).
+        identity: the condition is the transformation's identity magnitude.
+        fits: cache of the fits several metrics share (filled on first use).
     """
 
     labels: np.ndarray
@@ -265,7 +510,10 @@ class Condition:
     clean_pose: np.ndarray | None = None
     pose: np.ndarray | None = None
     recon_terms: tuple[np.ndarray, np.ndarray] | None = None
+    fidelity_terms: tuple[np.ndarray, np.ndarray] | None = None
     semantic: bool = False
+    identity: bool = False
+    fits: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def available(self) -> frozenset[str]:
@@ -275,18 +523,48 @@ class Condition:
             have.add("poses")
         if self.recon_terms is not None:
             have.add("reconstruction")
+        if self.fidelity_terms is not None:
+            have.add("fidelity")
         if self.semantic:
             have.add("semantic")
         return frozenset(have)
 
+    def fit(self, which: str, seed: int) -> LinearFit:
+        """The held-out linear fit of the full-D representation (``full``), its 16-D PCA (``pca16``, PCA fitted on
+        the fitting half) or the true-class pose, one map per class (``pose``); computed once per condition."""
+        key = (which, seed)
+        if key not in self.fits:
+            if which == "full":
+                self.fits[key] = linear_fit(self.clean_rep, self.rep, seed, labels=self.labels)
+            elif which == "pca16":
+                split = split_halves(len(self.labels), seed)
+                x, y = pca_project(self.clean_rep, self.rep, 16, fit=split[0])
+                self.fits[key] = linear_fit(x, y, seed, split=split)
+            elif which == "pose":
+                self.fits[key] = linear_fit(self.clean_pose, self.pose, seed, groups=self.labels)
+            else:
+                raise ValueError(f"unknown fit {which!r}")
+        return self.fits[key]
+
 
 @dataclass(frozen=True)
 class Estimate:
-    """A metric's value on all images, its 95% bootstrap interval and the number of images behind it."""
+    """A metric's value on all images, its 95% bootstrap interval and the number of images behind it.
+
+    The interval always contains the value (a percentile interval of a skewed statistic can miss it by a hair; it is
+    widened to the value). ``penalty`` and ``at_edge``: the log10 relative ridge penalty of a fitted metric and
+    whether it sat at an end of the grid (NaN / False for the others).
+    """
 
     value: float
     ci: tuple[float, float]
     n: int
+    penalty: float = float("nan")
+    at_edge: bool = False
+
+    def __post_init__(self):
+        lo, hi = self.ci
+        object.__setattr__(self, "ci", (float(min(lo, self.value)), float(max(hi, self.value))))
 
 
 @dataclass(frozen=True)
@@ -295,17 +573,18 @@ class Metric:
 
     Attributes:
         name: the ``metric`` column of ``summary.csv``.
-        fn: ``fn(condition, seed, n_boot) -> Estimate``.
+        fn: ``fn(condition, seed, n_boot) -> Estimate``; None for a metric the probe computes across conditions
+            (``scramble_selectivity``, ``decodability``), registered here for its label and source.
         needs: what the condition must provide (see :attr:`Condition.available`).
         label: how tables and figures name it (says full-D, 16-D or pose where it matters).
-        better: ``lower`` or ``higher``.
+        better: ``lower``, ``higher``, or ``neither`` (a baseline).
         short: a terminal-table column name.
         overview: averaged over non-identity magnitudes into the report's overview.
         source: where the definition comes from.
     """
 
     name: str
-    fn: Callable[["Condition", int, int], Estimate]
+    fn: Callable[["Condition", int, int], Estimate] | None
     needs: frozenset[str]
     label: str
     better: str
@@ -319,14 +598,18 @@ METRICS: dict[str, Metric] = {}
 
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to the table the probe iterates (in registration order) and the report reads."""
-    if metric.better not in ("lower", "higher"):
-        raise ValueError(f"metric {metric.name}: better must be 'lower' or 'higher', got {metric.better!r}")
+    if metric.better not in ("lower", "higher", "neither"):
+        raise ValueError(f"metric {metric.name}: better must be 'lower', 'higher' or 'neither', got {metric.better!r}")
     METRICS[metric.name] = metric
     return metric
 
 
 def _mean_estimate(values: np.ndarray, value: float, seed: int, n_boot: int) -> Estimate:
     return Estimate(value, bootstrap_mean_ci(values, n_boot, seed), len(values))
+
+
+def _ratio_estimate(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int, **extra) -> Estimate:
+    return Estimate(float(ratio(num, den)), bootstrap_ratio_ci(num, den, n_boot, seed), len(num), **extra)
 
 
 def _accuracy(c: Condition, seed: int, n_boot: int) -> Estimate:
@@ -349,20 +632,46 @@ def _true_class_score(c: Condition, seed: int, n_boot: int) -> Estimate:
     return _mean_estimate(true, true_class_score(c.scores, c.labels), seed, n_boot)
 
 
-def _invariance(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int) -> Estimate:
-    num, den = invariance_terms(a, b)
-    return Estimate(invariance_error(a, b), bootstrap_ratio_ci(num, den, n_boot, seed), len(num))
+def _invariance(pose: bool) -> Callable[[Condition, int, int], Estimate]:
+    def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
+        if pose:
+            num, den = invariance_terms(c.clean_pose, c.pose, seed, groups=c.labels)
+        else:
+            num, den = invariance_terms(c.clean_rep, c.rep, seed)
+        return _ratio_estimate(num, den, seed, n_boot)
+    return fn
 
 
-def _equivariance(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int) -> Estimate:
-    residual, total = equivariance_terms(a, b, seed)
-    return Estimate(equivariance_ratio(residual, total), bootstrap_ratio_ci(residual, total, n_boot, seed),
-                    len(residual))
+def _equivariance(which: str) -> Callable[[Condition, int, int], Estimate]:
+    def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
+        f = c.fit(which, seed)
+        value = equivariance_ratio(f.residual, f.total)
+        return Estimate(value, bootstrap_ratio_ci(f.residual, f.total, n_boot, seed), len(f.residual),
+                        penalty=f.penalty, at_edge=f.at_edge)
+    return fn
 
 
-def _recon_equivariance(c: Condition, seed: int, n_boot: int) -> Estimate:
-    num, den = c.recon_terms
-    return Estimate(float(num.sum() / max(den.sum(), 1e-12)), bootstrap_ratio_ci(num, den, n_boot, seed), len(num))
+def _gain(which: str) -> Callable[[Condition, int, int], Estimate]:
+    def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
+        f = c.fit(which, seed)
+        value = gain_value(f.residual, f.change)
+        if value == 0.0 and f.change.sum() <= FLOOR:
+            return Estimate(0.0, (0.0, 0.0), len(f.residual), penalty=f.penalty, at_edge=f.at_edge)
+        lo, hi = bootstrap_ratio_ci(f.residual, f.change, n_boot, seed)
+        return Estimate(value, (1 - hi, 1 - lo), len(f.residual), penalty=f.penalty, at_edge=f.at_edge)
+    return fn
+
+
+def _label_r2(c: Condition, seed: int, n_boot: int) -> Estimate:
+    f = c.fit("full", seed)
+    lo, hi = bootstrap_ratio_ci(f.label, f.total, n_boot, seed)
+    return Estimate(float(1 - ratio(f.label, f.total)), (1 - hi, 1 - lo), len(f.label))
+
+
+def _recon(terms: str) -> Callable[[Condition, int, int], Estimate]:
+    def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
+        return _ratio_estimate(*getattr(c, terms), seed, n_boot)
+    return fn
 
 
 def _scramble(c: Condition, seed: int, n_boot: int) -> Estimate:
@@ -371,40 +680,65 @@ def _scramble(c: Condition, seed: int, n_boot: int) -> Estimate:
 
 
 _S, _R, _P = frozenset({"scores"}), frozenset({"representation"}), frozenset({"poses"})
-_LV = "Lenc & Vedaldi, CVPR 2015"
+_LV = "Lenc & Vedaldi, CVPR 2015 (standardised ridge, held-out)"
+_MAHA = "Mahalanobis distance in the clean covariance (ridge-regularised); basis-free as in Kornblith et al., ICML 2019"
+_NEVER = frozenset({"computed across conditions"})
 for _metric in (
     Metric("accuracy", _accuracy, _S, "accuracy", "higher", "acc"),
     Metric("consistency", _consistency, _S, "consistency (decision kept)", "higher", "cons"),
     Metric("confidence_drop", _confidence_drop, _S, "confidence drop", "lower", "cdrop"),
     Metric("true_class_score", _true_class_score, _S, "true-class score", "higher", "true"),
-    Metric("invariance_error", lambda c, s, b: _invariance(c.clean_rep, c.rep, s, b), _R,
-           "invariance error (full-D)", "lower", "inv", overview=True),
-    Metric("equivariance_error", lambda c, s, b: _equivariance(c.clean_rep, c.rep, s, b), _R,
-           "equivariance error (full-D)", "lower", "eq", source=_LV),
-    Metric("equivariance_error_pca16", lambda c, s, b: _equivariance(*pca_project(c.clean_rep, c.rep, 16), s, b), _R,
-           "equivariance error (16-D)", "lower", "eq16", overview=True, source=_LV),
-    Metric("invariance_error_pose", lambda c, s, b: _invariance(c.clean_pose, c.pose, s, b), _P,
-           "invariance error (true-class pose)", "lower", "invpose"),
-    Metric("equivariance_error_pose", lambda c, s, b: _equivariance(c.clean_pose, c.pose, s, b), _P,
-           "equivariance error (true-class pose)", "lower", "eqpose", overview=True, source=_LV),
-    Metric("recon_equivariance_error", _recon_equivariance, frozenset({"reconstruction"}),
-           "reconstruction equivariance error", "lower", "receq"),
-    Metric("scramble_auroc", _scramble, frozenset({"semantic"}), "scramble AUROC", "higher", "auroc"),
+    Metric("invariance_error", _invariance(False), _R, "invariance error (whitened, full-D)", "lower", "inv",
+           overview=True, source=_MAHA),
+    Metric("equivariance_error", _equivariance("full"), _R, "equivariance error (full-D)", "lower", "eq", source=_LV),
+    Metric("equivariance_error_pca16", _equivariance("pca16"), _R, "equivariance error (16-D PCA)", "lower", "eq16",
+           overview=True, source=_LV),
+    Metric("equivariance_gain", _gain("full"), _R, "gain over identity (full-D)", "higher", "gain", overview=True,
+           source="capsprobe: held-out residual of the fitted map over the identity map's"),
+    Metric("label_r2", _label_r2, _R, "class-label baseline R^2 (full-D)", "neither", "label",
+           source="capsprobe: phi(Tx) predicted by its class mean alone"),
+    Metric("invariance_error_pose", _invariance(True), _P, "invariance error (true-class pose, per class)", "lower",
+           "invpose", source=_MAHA),
+    Metric("equivariance_error_pose", _equivariance("pose"), _P, "equivariance error (true-class pose, per class)",
+           "lower", "eqpose", overview=True, source=_LV),
+    Metric("equivariance_gain_pose", _gain("pose"), _P, "gain over identity (true-class pose, per class)", "higher",
+           "gainpose", overview=True, source="capsprobe"),
+    Metric("recon_equivariance_error", _recon("recon_terms"), frozenset({"reconstruction"}),
+           "reconstruction equivariance error", "lower", "receq",
+           source="Sabour et al., NeurIPS 2017 (reconstruction from the true-class capsule)"),
+    Metric("recon_fidelity_error", _recon("fidelity_terms"), frozenset({"fidelity"}),
+           "reconstruction fidelity error", "lower", "recfid",
+           source="Sabour et al., NeurIPS 2017 (reconstruction from the true-class capsule)"),
+    Metric("scramble_auroc", _scramble, frozenset({"semantic"}), "scramble AUROC", "higher", "auroc",
+           source="clean against transformed confidence (Mann-Whitney AUROC)"),
+    Metric("scramble_selectivity", None, _NEVER, "scramble selectivity (AUROC minus matched nuisance)", "higher",
+           "sel", overview=True, source="capsprobe: AUROC of the scramble minus that of the nuisance with the closest |Tx - x|^2"),
+    Metric("decodability", None, _NEVER, "decodability (16-D PCA)", "higher", "dec",
+           source="linear probe (Alain & Bengio 2017) on (phi(x), phi(Tx)) pairs"),
+    Metric("decodability_pose", None, _NEVER, "decodability (true-class pose)", "higher", "decpose",
+           source="linear probe (Alain & Bengio 2017) on (phi(x), phi(Tx)) pairs"),
 ):
     register_metric(_metric)
 
 
 def condition_metrics(condition: Condition, seed: int = 0, n_boot: int = 1000) -> dict[str, Estimate]:
-    """Every registered metric that ``condition`` can feed, in table order."""
+    """Every registered per-condition metric that ``condition`` can feed, in table order."""
     have = condition.available
-    return {name: m.fn(condition, seed, n_boot) for name, m in METRICS.items() if m.needs <= have}
+    out = {}
+    for name, m in METRICS.items():
+        if m.fn is not None and m.needs <= have:
+            try:
+                out[name] = m.fn(condition, seed, n_boot)
+            except TooFewImagesError:  # per-class metrics on a handful of images: left out, never pooled
+                continue
+    return out
 
 
 # --- aggregates the report shows ----------------------------------------------------------------------------
 
 
 def overview_table(metrics: pd.DataFrame, images: pd.DataFrame, identity: dict[str, str], n_boot: int = 1000,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, extra: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run x transformation, each figure with a 95% bootstrap interval over images.
 
     Columns (each ``X`` with ``X_low`` and ``X_high``): ``clean_accuracy``; ``mean_accuracy``, the area under
@@ -418,6 +752,7 @@ def overview_table(metrics: pd.DataFrame, images: pd.DataFrame, identity: dict[s
         metrics: tidy metrics (``summary.csv``).
         images: per-image rows (``results.parquet``).
         identity: per transformation, the label of its identity magnitude.
+        extra: per-transformation figures to add (``run transform X X_low X_high``, e.g. decodability).
     """
     out = []
     for (run, transform), img in images.groupby(["run", "transform"], sort=False):
@@ -466,7 +801,75 @@ def overview_table(metrics: pd.DataFrame, images: pd.DataFrame, identity: dict[s
             put("scramble_auroc", scramble_auroc(pos, neg.ravel()),
                 percentile_interval(auroc_rows(pos[idx], neg[idx].reshape(n_boot, -1))))
         out.append(row)
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if extra is not None and not extra.empty and not table.empty:
+        table = table.merge(extra, on=["run", "transform"], how="left")
+    return table
+
+
+def decodability_estimate(phi_clean, phi_moved: Sequence, values: Sequence[float], seed: int = 0,
+                          n_boot: int = 1000) -> Estimate:
+    """:func:`decodability` with its 95% bootstrap interval over held-out images (all magnitudes of an image
+    resampled together) and the chosen penalty."""
+    residual, total, penalty = decodability_terms(phi_clean, phi_moved, values, seed)
+    lo, hi = bootstrap_ratio_ci(residual, total, n_boot, seed)
+    edge = bool(np.isclose(10**penalty, PENALTIES[0]) or np.isclose(10**penalty, PENALTIES[-1]))
+    return Estimate(float(1 - ratio(residual, total)), (1 - hi, 1 - lo), len(residual), penalty=penalty, at_edge=edge)
+
+
+SELECTIVITY_COLUMNS = [
+    "model", "run", "seed", "transform", "magnitude", "matched_transform", "matched_magnitude", "pixel_change",
+    "matched_pixel_change", "auroc", "matched_auroc", "selectivity", "selectivity_low", "selectivity_high", "n_images",
+]
+
+
+def selectivity_table(images: pd.DataFrame, identity: dict[str, str], n_boot: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Scramble selectivity: for every non-identity semantic condition of a run, its AUROC (clean against
+    transformed confidence) minus the AUROC of the run's non-identity *nuisance* condition whose mean pixel change
+    ``|Tx - x|^2`` is closest, with a paired 95% bootstrap interval (the same image resamples for both AUROCs).
+
+    A model that is merely less sure of any changed image scores about 0; one that reacts to broken part relations
+    more than to a nuisance that changes as many pixels scores above 0. Empty when no nuisance condition was probed.
+
+    Args:
+        images: per-image rows (``results.parquet``) with ``pixel_change``.
+        identity: per transformation, the label of its identity magnitude.
+    """
+    out = []
+    if "pixel_change" not in images:
+        return pd.DataFrame(columns=SELECTIVITY_COLUMNS)
+    for run, rows in images.groupby("run", sort=False):
+        conds = rows.groupby(["transform", "magnitude"], sort=False).agg(
+            kind=("kind", "first"), pixel_change=("pixel_change", "mean")).reset_index()
+        conds = conds[conds["magnitude"] != conds["transform"].map(identity)]
+        nuisance = conds[conds["kind"] == "nuisance"]
+        semantic = conds[conds["kind"] == "semantic"]
+        ident = rows[rows["magnitude"] == rows["transform"].map(identity)]
+        if nuisance.empty or semantic.empty or ident.empty:
+            continue
+        first = ident["transform"].iloc[0]
+        clean = ident[ident["transform"] == first].sort_values("image_id")["confidence"].to_numpy()
+        idx = resample_index(len(clean), n_boot, seed)
+
+        def conf(transform: str, magnitude: str) -> np.ndarray:
+            sel = rows[(rows["transform"] == transform) & (rows["magnitude"] == magnitude)]
+            return sel.sort_values("image_id")["confidence"].to_numpy()
+
+        for s in semantic.itertuples(index=False):
+            near = nuisance.iloc[int(np.argmin(np.abs(nuisance["pixel_change"].to_numpy() - s.pixel_change)))]
+            neg_s, neg_n = conf(s.transform, s.magnitude), conf(near["transform"], near["magnitude"])
+            a_s, a_n = scramble_auroc(clean, neg_s), scramble_auroc(clean, neg_n)
+            boot = auroc_rows(clean[idx], neg_s[idx]) - auroc_rows(clean[idx], neg_n[idx])
+            est = Estimate(a_s - a_n, percentile_interval(boot), len(clean))
+            first_row = rows.iloc[0]
+            out.append({"model": first_row["model"], "run": run, "seed": first_row["seed"], "transform": s.transform,
+                        "magnitude": s.magnitude, "matched_transform": near["transform"],
+                        "matched_magnitude": near["magnitude"], "pixel_change": s.pixel_change,
+                        "matched_pixel_change": near["pixel_change"], "auroc": a_s, "matched_auroc": a_n,
+                        "selectivity": est.value, "selectivity_low": est.ci[0], "selectivity_high": est.ci[1],
+                        "n_images": est.n})
+    return pd.DataFrame(out, columns=SELECTIVITY_COLUMNS)
 
 
 ROC_COLUMNS = ["run", "condition", "fpr", "tpr"]

@@ -87,31 +87,33 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
     return fig
 
 
-def plot_invariance_vs_equivariance(metrics: pd.DataFrame, equivariance: str = "equivariance_error_pca16") -> Figure:
-    """Invariance error against equivariance error, one point per run x transformation x magnitude.
+def plot_invariance_vs_equivariance(metrics: pd.DataFrame, equivariance: str = "equivariance_gain") -> Figure:
+    """Whitened invariance error against the gain of the fitted linear map over the identity, one point per run x
+    transformation x non-identity magnitude.
 
-    Bottom left: invariant; bottom right: equivariant but not invariant (the representation moves, predictably);
-    top right: the representation moves unpredictably. Identity conditions (0, 0) are left out.
+    Left: the representation barely moves (invariant); right and high: it moves, and one linear map explains the
+    move (equivariant); right and low: it moves in a way no linear map predicts. Identity conditions (no move at all)
+    are left out.
     """
     _require(metrics, ["run", "transform", "magnitude", "metric", "value"], "plot_invariance_vs_equivariance")
     wide = metrics[metrics["metric"].isin(["invariance_error", equivariance])].pivot_table(
         index=["run", "transform", "magnitude"], columns="metric", values="value").reset_index()
     if "invariance_error" not in wide or equivariance not in wide:
         raise ValueError(f"plot_invariance_vs_equivariance needs metrics invariance_error and {equivariance}")
-    wide = wide[(wide["invariance_error"] > 0) | (wide[equivariance] > 0)]
+    wide = wide[wide["invariance_error"] > 1e-9]
     with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
         fig, ax = plt.subplots(figsize=(6.5, 4.8))
         sns.scatterplot(data=wide, x="invariance_error", y=equivariance, hue="run", style="transform", s=45, ax=ax,
                         palette=_palette(list(dict.fromkeys(wide["run"]))))
-        ax.set_xlabel("invariance error  (0 = representation unchanged)")
-        ax.set_ylabel(f"{equivariance.replace('_', ' ')}  (0 = linearly predictable)")
-        # a badly fitted held-out half can give errors far above 1: keep the informative range in view
-        x_max, y_max = 3.0, 1.5
+        ax.set_xlabel("whitened invariance error, full-D  (0 = representation unchanged)")
+        ax.set_ylabel(f"{equivariance.replace('_', ' ')}  (1 = the map explains the change)")
+        # a badly fitted held-out half can give values far outside: keep the informative range in view
+        x_max, y_min = 3.0, -0.5
         ax.set_xlim(0, min(x_max, max(wide["invariance_error"].max() * 1.05, 0.1)))
-        ax.set_ylim(0, min(y_max, max(wide[equivariance].max() * 1.05, 0.1)))
-        outside = int(((wide["invariance_error"] > x_max) | (wide[equivariance] > y_max)).sum())
+        ax.set_ylim(max(y_min, min(wide[equivariance].min() - 0.05, 0.0)), 1.02)
+        outside = int(((wide["invariance_error"] > x_max) | (wide[equivariance] < y_min)).sum())
         if outside:
-            ax.set_title(f"{outside} point(s) beyond the axes (errors > {x_max:g} / {y_max:g})", fontsize=8)
+            ax.set_title(f"{outside} point(s) beyond the axes (invariance > {x_max:g} or gain < {y_min:g})", fontsize=8)
         ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)
         fig.tight_layout()
     return fig

@@ -11,7 +11,9 @@ Tidy metrics (one row per model x transformation x magnitude x metric)::
 
     model run seed transform kind magnitude magnitude_value metric value ci_low ci_high n_images
 
-Per-image rows: ``model run seed transform kind magnitude image_id label prediction true_score confidence``.
+Per-image rows: ``model run seed transform kind magnitude image_id label prediction true_score confidence
+pixel_change`` (``|Tx - x|^2``). Fitted metrics record their ridge penalty (``penalty``, log10 relative to the fitting
+rows) and whether it sat at an end of the grid (``at_edge``).
 
 Models: anything :func:`capsprobe.models.adapt` accepts (a run's model, a timm model, a
 :class:`~capsprobe.models.ModelAdapter` around your own module), given as a run, a :class:`Subject` or a module.
@@ -34,7 +36,7 @@ from .data import ImageSplit, iterate_batches
 from .errors import InvalidInputError, option
 from .models import Adapter, adapt, unwrap
 from .runtime import autocast_context, autocast_dtype, image_seeds, resolve_device
-from .transforms import TRANSFORMS, Transform, magnitude_label, magnitude_value, resolve
+from .transforms import TRANSFORMS, Transform, apply_matrix, magnitude_label, magnitude_value, resolve
 
 __all__ = [
     "IMAGE_COLUMNS",
@@ -48,17 +50,18 @@ __all__ = [
     "pose_sweep",
     "reconstruction_examples",
     "run_probe",
+    "transform_like",
 ]
 
 _log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
     "model", "run", "seed", "transform", "kind", "magnitude", "magnitude_value",
-    "metric", "value", "ci_low", "ci_high", "n_images",
+    "metric", "value", "ci_low", "ci_high", "n_images", "penalty", "at_edge",
 ]
 IMAGE_COLUMNS = [
     "model", "run", "seed", "transform", "kind", "magnitude", "image_id", "label", "prediction", "true_score",
-    "confidence",
+    "confidence", "pixel_change",
 ]
 
 _SHOWCASE = {"rotate": "45", "flip": "horizontal", "translate": "4", "scale": "0.75", "shear": "0.4",
@@ -131,9 +134,16 @@ def as_subject(item: Any) -> Subject:
     raise InvalidInputError(f"cannot probe {type(item).__name__}: give a run, a Subject or an nn.Module")
 
 
-def metric_row(base: dict[str, Any], metric: str, value: float, ci: tuple[float, float], n: int) -> dict[str, Any]:
+def metric_row(base: dict[str, Any], metric: str, value: float, ci: tuple[float, float], n: int,
+               penalty: float = float("nan"), at_edge: bool = False) -> dict[str, Any]:
     """One tidy metrics row."""
-    return {**base, "metric": metric, "value": value, "ci_low": ci[0], "ci_high": ci[1], "n_images": n}
+    return {**base, "metric": metric, "value": value, "ci_low": ci[0], "ci_high": ci[1], "n_images": n,
+            "penalty": penalty, "at_edge": bool(at_edge)}
+
+
+def estimate_row(base: dict[str, Any], metric: str, est: M.Estimate) -> dict[str, Any]:
+    """One tidy metrics row from an :class:`~capsprobe.metrics.Estimate`."""
+    return metric_row(base, metric, est.value, est.ci, est.n, est.penalty, est.at_edge)
 
 
 def grid_array(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str] = (), *, title: str = "",
@@ -163,7 +173,9 @@ class _Pass:
     scores: np.ndarray  # (N, K)
     rep: np.ndarray  # (N, F)
     pose_true: np.ndarray | None  # (N, D) models with poses: the true class's pose
+    pixel_change: np.ndarray  # (N,) |Tx - x|^2
     recon_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: reconstruction equivariance terms
+    fidelity_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: |decode(phi(Tx)) - Tx|^2, |Tx|^2
 
 
 def _run_pass(
@@ -179,7 +191,8 @@ def _run_pass(
     clean_recon: Tensor | None,
     timer_key: str,
 ) -> tuple[_Pass, Tensor | None]:
-    scores, reps, poses_true, recon_num, recon_den, recons = [], [], [], [], [], []
+    scores, reps, poses_true, changes, recons = [], [], [], [], []
+    recon_terms, fidelity_terms = [], []
     decodes = adapter.has_poses and adapter.can_decode
     start_id = 0
     with torch.inference_mode():
@@ -190,8 +203,11 @@ def _run_pass(
             t0 = time.perf_counter()
             moved = transform(images, magnitude, seeds) if transform is not None else None
             if moved is not None:
+                changes.append(((moved.images.float() - images.float()) ** 2).flatten(1).sum(1).cpu())
                 images = moved.images
                 t0 = timer.add("transform", t0)
+            else:
+                changes.append(torch.zeros(labels.shape[0]))
             with autocast_context(device, dtype):
                 out = adapter.outputs(images)
                 if decodes:
@@ -201,29 +217,53 @@ def _run_pass(
             if out.poses is not None:
                 poses_true.append(out.poses[torch.arange(labels.shape[0], device=device), labels].float().cpu())
             if decodes:
+                fidelity_terms.append(M.reconstruction_terms(recon, images.float()))
                 if clean_recon is None:  # the clean pass keeps its reconstructions for the others
                     recons.append(recon.cpu())
                 else:
                     target = clean_recon[ids].to(device)
                     if transform is not None:
-                        target = transform(target, magnitude, seeds).images
-                    num, den = M.reconstruction_equivariance_terms(recon, target)
-                    recon_num.append(num)
-                    recon_den.append(den)
+                        target = transform_like(target, moved, transform, magnitude, seeds)
+                    recon_terms.append(M.reconstruction_terms(recon, target))
             timer.add(timer_key, t0)
+    def joined(terms: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray] | None:
+        return (np.concatenate([t[0] for t in terms]), np.concatenate([t[1] for t in terms])) if terms else None
+
     result = _Pass(
         scores=torch.cat(scores).numpy(),
         rep=torch.cat(reps).numpy(),
         pose_true=torch.cat(poses_true).numpy() if poses_true else None,
-        recon_terms=(np.concatenate(recon_num), np.concatenate(recon_den)) if recon_num else None,
+        pixel_change=torch.cat(changes).double().numpy(),
+        recon_terms=joined(recon_terms),
+        fidelity_terms=joined(fidelity_terms),
     )
     return result, (torch.cat(recons) if recons else None)
 
 
-def _check_finite(subject: str, what: str, values: np.ndarray) -> None:
-    if not np.isfinite(values).all():
-        raise InvalidInputError(f"{subject}: the model's {what} are not finite (NaN or infinite); its weights may have "
-                                "diverged")
+def transform_like(images: Tensor, done: Any, transform: Transform, magnitude: Any, seeds: Tensor) -> Tensor:
+    """Apply to ``images`` the transformation that produced ``done`` (a :class:`~capsprobe.transforms.Transformed`):
+    its matrix when it has one (the input's own warp, never a new draw: affnist's shift depends on the ink box),
+    else the same seeded transformation (jigsaw, swap: the permutation depends only on the seeds)."""
+    if done.matrix is not None:
+        return apply_matrix(images, done.matrix)
+    return transform(images, magnitude, seeds).images
+
+
+def _check_pass(subject: str, where: str, result: _Pass) -> None:
+    """Every array the metrics read must be finite: a NaN would pass silently through ridge fits and ranks."""
+    for what, values in (("class scores", result.scores), ("representations", result.rep),
+                         ("poses", result.pose_true)):
+        if values is not None and not np.isfinite(values).all():
+            raise InvalidInputError(f"{subject}: the model's {what} on {where} are not finite (NaN or infinite); its "
+                                    "weights may have diverged")
+
+
+def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
+    """The magnitudes decodability uses: the numeric nuisance ones (identity included), when there are at least 2."""
+    if t.choices is not None:
+        return []
+    picked = [m for m in magnitudes if t.kind_at(m) == "nuisance"]
+    return picked if len(set(picked)) >= 2 else []
 
 
 def identity_labels() -> dict[str, str]:
@@ -295,28 +335,40 @@ def run_probe(
     conditions = sum(len(v) for v in grid.values())
     bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not progress, dynamic_ncols=True)
     entries = []
+    decode_rows: list[dict[str, Any]] = []
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
-        entries.append(subject.manifest_entry(adapter))
+        entry = subject.manifest_entry(adapter)
         ident = subject.ident()
         clean, clean_recon = _run_pass(adapter, split, None, None, seed, batch_size, dev, dtype, timer, None, "clean")
-        _check_finite(subject.name, "clean representations", clean.rep)
+        _check_pass(subject.name, "clean images", clean)
+        entry["kept_variance_pca16"] = M.kept_variance(clean.rep, 16, seed)
+        entry["representation_dim"] = int(clean.rep.shape[1])
+        if clean.fidelity_terms is not None:
+            entry["clean_reconstruction_error"] = float(M.ratio(*clean.fidelity_terms))
+        entries.append(entry)
         bar.update(1)
         for t in chosen:
+            decodable = _decodable(t, grid[t.name])
+            reps, poses = [], []
             for m in grid[t.name]:
                 bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
                 moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward")
-                _check_finite(subject.name, f"representations under {t.name} {magnitude_label(m)}", moved.rep)
+                _check_pass(subject.name, f"{t.name} {magnitude_label(m)}", moved)
                 base = {**ident, "transform": t.name, "kind": t.kind_at(m), "magnitude": magnitude_label(m),
                         "magnitude_value": magnitude_value(t, m)}
                 t0 = time.perf_counter()
                 condition = M.Condition(
                     labels=labels, clean_scores=clean.scores, scores=moved.scores, clean_rep=clean.rep, rep=moved.rep,
                     clean_pose=clean.pose_true, pose=moved.pose_true, recon_terms=moved.recon_terms,
+                    fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
                     semantic=t.kind_at(m) == "semantic" and m != t.identity)
                 for name, est in M.condition_metrics(condition, seed, n_boot).items():
-                    metric_rows.append(metric_row(base, name, est.value, est.ci, est.n))
+                    metric_rows.append(estimate_row(base, name, est))
                 timer.add("metrics", t0)
+                if m in decodable:
+                    reps.append(moved.rep)
+                    poses.append(moved.pose_true)
                 image_frames.append(pd.DataFrame({
                     **{k: v for k, v in base.items() if k != "magnitude_value"},
                     "image_id": np.arange(len(labels)),
@@ -324,8 +376,20 @@ def run_probe(
                     "prediction": moved.scores.argmax(1),
                     "true_score": moved.scores[np.arange(len(labels)), labels],
                     "confidence": moved.scores.max(1),
+                    "pixel_change": moved.pixel_change,
                 }))
                 bar.update(1)
+            if decodable:
+                t0 = time.perf_counter()
+                values = [magnitude_value(t, m) for m in decodable]
+                row = {"run": subject.name, "transform": t.name, "decodability_magnitudes": len(values)}
+                ests = {"decodability": M.decodability_estimate(clean.rep, reps, values, seed, n_boot)}
+                if clean.pose_true is not None:
+                    ests["decodability_pose"] = M.decodability_estimate(clean.pose_true, poses, values, seed, n_boot)
+                for name, est in ests.items():
+                    row.update({name: est.value, f"{name}_low": est.ci[0], f"{name}_high": est.ci[1]})
+                decode_rows.append(row)
+                timer.add("metrics", t0)
         if adapter.can_decode and adapter.has_poses:
             t0 = time.perf_counter()
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
@@ -338,8 +402,24 @@ def run_probe(
     images_df = (pd.concat(image_frames, ignore_index=True)[IMAGE_COLUMNS] if image_frames
                  else pd.DataFrame(columns=IMAGE_COLUMNS))
     identity = identity_labels()
-    tables = {"overview": M.overview_table(metrics_df, images_df, identity, n_boot=n_boot, seed=seed),
+    selectivity = M.selectivity_table(images_df, identity, n_boot=n_boot, seed=seed)
+    if not selectivity.empty:
+        keys = ["run", "transform", "magnitude"]
+        bases = metrics_df.drop_duplicates(keys).set_index(keys)
+        extra = []
+        for r in selectivity.itertuples(index=False):
+            b = bases.loc[(r.run, r.transform, r.magnitude)]
+            base = {"model": b["model"], "run": r.run, "seed": b["seed"], "transform": r.transform, "kind": b["kind"],
+                    "magnitude": r.magnitude, "magnitude_value": b["magnitude_value"]}
+            extra.append(metric_row(base, "scramble_selectivity", r.selectivity, (r.selectivity_low,
+                                                                                   r.selectivity_high), r.n_images))
+        metrics_df = pd.concat([metrics_df, pd.DataFrame(extra, columns=METRIC_COLUMNS)], ignore_index=True)
+    decode_df = pd.DataFrame(decode_rows)
+    tables = {"overview": M.overview_table(metrics_df, images_df, identity, n_boot=n_boot, seed=seed,
+                                           extra=decode_df),
               "roc": M.roc_table(images_df, metrics_df, identity)}
+    if not selectivity.empty:
+        tables["selectivity"] = selectivity
     manifest = {
         "runs": entries,
         "images": len(split),

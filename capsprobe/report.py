@@ -205,11 +205,8 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _overlap(a: pd.Series, b: pd.Series, name: str) -> bool:
-    return not (a[f"{name}_low"] > b[f"{name}_high"] or b[f"{name}_low"] > a[f"{name}_high"])
-
-
-def headlines(metrics: pd.DataFrame, overview: pd.DataFrame) -> list[str]:
+def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
+              manifest: dict[str, Any] | None = None) -> list[str]:
     """Sentences written from the numbers: who keeps more accuracy at 45 degrees and by how much, whether the
     intervals overlap, flip consistency, scramble detection, and which representation moves more predictably."""
     lines: list[str] = []
@@ -243,25 +240,56 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame) -> list[str]:
         if not cons.empty:
             lines.append(f"A {flip} flip leaves the decision unchanged for " + ", ".join(
                 f"{pct(v)} of digits ({r})" for r, v in cons["value"].items()) + ".")
-    if "scramble_auroc" in overview:
+    sel = (tables or {}).get("selectivity")
+    if sel is not None and not sel.empty:
+        parts = []
+        for (transform, magnitude), rows in sel.groupby(["transform", "magnitude"], sort=False):
+            if transform not in ("jigsaw", "swap"):
+                continue
+            parts.append(f"{transform} {magnitude}: " + ", ".join(
+                f"{r.run} {r.selectivity:+.3f} [{r.selectivity_low:+.3f}, {r.selectivity_high:+.3f}] (vs "
+                f"{r.matched_transform} {r.matched_magnitude})" for r in rows.itertuples(index=False)))
+        if parts:
+            lines.append("Scramble selectivity, the AUROC of a scramble minus that of the nuisance with the closest "
+                         "pixel change (0 = no more surprised by broken parts than by a nuisance; 95% paired "
+                         "intervals): " + "; ".join(parts) + ".")
+    elif "scramble_auroc" in overview:
         jig = overview[(overview["transform"] == "jigsaw")].dropna(subset=["scramble_auroc"]).set_index("run")
         if len(jig) >= 1:
-            ranked = jig.sort_values("scramble_auroc", ascending=False)
-            text = ", ".join(f"{r} {ranked.loc[r, 'scramble_auroc']:.3f} [{ranked.loc[r, 'scramble_auroc_low']:.3f}, "
-                             f"{ranked.loc[r, 'scramble_auroc_high']:.3f}]" for r in ranked.index)
-            tail = ""
-            if len(ranked) >= 2:
-                tail = (" (intervals overlap)" if _overlap(ranked.iloc[0], ranked.iloc[1], "scramble_auroc")
-                        else f" ({ranked.index[0]} is the more surprised by scrambled parts; intervals do not overlap)")
-            lines.append(f"Jigsaw-scramble detection AUROC (0.5 = blind): {text}{tail}.")
-    eq = metrics[(metrics["metric"] == "equivariance_error_pca16") & (metrics["kind"] == "nuisance")
-                 & (metrics["value"] > 0)]
-    inv = metrics[(metrics["metric"] == "invariance_error") & (metrics["kind"] == "nuisance") & (metrics["value"] > 0)]
-    if not eq.empty:
-        e, i = eq.groupby("run")["value"].mean(), inv.groupby("run")["value"].mean()
-        lines.append("Across nuisance transformations, mean equivariance error of the 16-D representation "
-                     "(0 = moves predictably) / full-D invariance error (0 = does not move): " + "; ".join(
-                         f"{r} {e[r]:.3f} / {i.get(r, float('nan')):.3f}" for r in runs if r in e) + ".")
+            text = ", ".join(f"{r} {jig.loc[r, 'scramble_auroc']:.3f} [{jig.loc[r, 'scramble_auroc_low']:.3f}, "
+                             f"{jig.loc[r, 'scramble_auroc_high']:.3f}]" for r in jig.index)
+            lines.append(f"Jigsaw-scramble detection AUROC (0.5 = blind; not specific to scrambles: no nuisance "
+                         f"condition was probed to match it against): {text}.")
+    from .probe import identity_labels
+
+    ident = identity_labels()
+    moved = metrics[(metrics["kind"] == "nuisance") & (metrics["magnitude"] != metrics["transform"].map(ident))]
+    means = {name: moved[moved["metric"] == name].groupby("run")["value"].mean()
+             for name in ("equivariance_gain", "invariance_error", "equivariance_error_pca16", "label_r2")}
+    if not means["equivariance_gain"].empty:
+        lines.append("Across non-identity nuisance conditions, mean gain of the fitted map over the identity (full-D; "
+                     "0 = explains none of the change, 1 = all of it) / whitened invariance error (full-D; 0 = does "
+                     "not move) / 16-D equivariance error / class-label baseline R^2: " + "; ".join(
+                         f"{r} {means['equivariance_gain'][r]:.3f} / {means['invariance_error'].get(r, np.nan):.3f} / "
+                         f"{means['equivariance_error_pca16'].get(r, np.nan):.3f} / "
+                         f"{means['label_r2'].get(r, np.nan):.3f}" for r in runs if r in means["equivariance_gain"]) + ".")
+    if "decodability" in overview:
+        dec = overview.dropna(subset=["decodability"])
+        parts = [f"{t}: " + ", ".join(f"{r.run} {r.decodability:.3f} [{r.decodability_low:.3f}, "
+                                      f"{r.decodability_high:.3f}]" for r in rows.itertuples(index=False))
+                 for t, rows in dec.groupby("transform", sort=False)]
+        if parts:
+            lines.append("Decodability of the magnitude from (phi(x), phi(Tx)), held-out R^2 (16-D PCA; 0 = the "
+                         "representation discards it): " + "; ".join(parts) + ".")
+    entries = (manifest or {}).get("runs", [])
+    kept = [f"{e['name']} {e['kept_variance_pca16']:.3f}" for e in entries if "kept_variance_pca16" in e]
+    if kept:
+        lines.append("Share of the clean representation's variance the 16-D PCA keeps (fitting half): "
+                     + ", ".join(kept) + ".")
+    recon = [f"{e['name']} {e['clean_reconstruction_error']:.3f}" for e in entries if "clean_reconstruction_error" in e]
+    if recon:
+        lines.append("Clean reconstruction error |decode - x|^2 / |x|^2 of the true-class capsule: " + ", ".join(recon)
+                     + ".")
     return lines
 
 
@@ -273,6 +301,7 @@ def _fmt(overview: pd.DataFrame) -> pd.DataFrame:
     columns = [("clean_accuracy", "clean acc"), ("mean_accuracy", "mean acc"), ("worst_accuracy", "worst acc"),
                ("consistency", "consistency")]
     columns += [(m.name, f"mean {m.label}") for m in METRICS.values() if m.overview]  # labels from the metric table
+    columns += [(name, METRICS[name].label) for name in ("decodability", "decodability_pose")]
     columns += [("scramble_auroc", "scramble AUROC (pooled)")]
     for name, label in columns:
         if name in overview:
@@ -331,8 +360,9 @@ SUITE_FIGURES: list[FigureSpec] = [
                "Accuracy (top) and consistency with the clean decision (bottom) against magnitude, 95% bootstrap "
                "bands."),
     FigureSpec("invariance_equivariance.png", _plot("plot_invariance_vs_equivariance"), _has("invariance_error"),
-               "Invariance error (full-D) against the held-out linear equivariance error of the 16-D (PCA) "
-               "representation; one point per condition."),
+               "Whitened invariance error (full-D) against the gain of the held-out linear map over the identity "
+               "(full-D): how far the representation moves, and how much of the move one linear map explains; one "
+               "point per non-identity condition."),
     FigureSpec("scramble_auroc.png", _plot("plot_scramble_auroc"), _has("scramble_auroc"),
                "Scramble-detection AUROC of clean against transformed confidence."),
     FigureSpec("roc_curves.png", _plot("plot_roc_curves", "roc"),
@@ -376,7 +406,7 @@ def suite_section(data: ReportData) -> Section:
     no_decoder = [r.get("name", "?") for r in data.manifest.get("runs", []) if r.get("poses") and not r.get("decoder")]
     if no_decoder:
         notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
-    return Section(headlines=headlines(data.metrics, overview), table_title="Overview", table=_fmt(overview),
+    return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview", table=_fmt(overview),
                    figures=figs, captions=captions, notes=notes)
 
 

@@ -132,7 +132,7 @@ def test_reconstruction_terms():
 
 
 def test_shape_errors_are_clear():
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match="one N and one D"):
         M.invariance_error(np.zeros((4, 3)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="at least 4"):
         M.equivariance_error(np.zeros((3, 2)), np.zeros((3, 2)))
@@ -149,33 +149,33 @@ def _condition(semantic: bool = False) -> M.Condition:
     moved_pred = np.where(np.arange(n) < 10, (labels + 1) % k, labels)  # the first 10 change their decision
     moved[np.arange(n), moved_pred] = 0.6
     rep = rng.normal(size=(n, 6))
-    pose = rng.normal(size=(n, 4))
+    pose = rng.normal(size=(n, 2))  # 2-D: 4 fitting images per class determine a per-class map
     return M.Condition(labels=labels, clean_scores=clean, scores=moved, clean_rep=rep, rep=3 * rep,
                        clean_pose=pose, pose=-2 * pose, recon_terms=(np.full(n, 1.0), np.full(n, 4.0)),
+                       fidelity_terms=(np.full(n, 1.0), np.full(n, 2.0)),
                        semantic=semantic)
 
 
 def test_registered_metrics_use_the_right_side_of_each_pair():
     c = _condition(semantic=True)
     got = M.condition_metrics(c, seed=0, n_boot=50)
-    assert list(got) == list(M.METRICS)  # every metric the condition can feed, in table order
+    assert list(got) == [m.name for m in M.METRICS.values() if m.fn is not None]  # all it can feed, in table order
     assert got["accuracy"].value == pytest.approx(30 / 40)  # of the transformed predictions against the labels
     assert got["consistency"].value == pytest.approx(30 / 40)  # transformed against clean decisions
     assert got["confidence_drop"].value == pytest.approx(0.8 - 0.6)  # clean minus transformed: positive
     assert got["true_class_score"].value == pytest.approx((30 * 0.6 + 10 * 0.1) / 40)  # scores of Tx, not x
-    # the invariance denominator is the spread of the *clean* features: phi(Tx) = 3 phi(x) gives |2a|^2 / var(a),
-    # about 4 (it would be 4/9 with the spread of phi(Tx))
-    a = c.clean_rep
-    expected = (4 * (a**2).sum(1)).mean() / ((a - a.mean(0)) ** 2).sum(1).mean()
-    assert got["invariance_error"].value == pytest.approx(expected) and 3.5 < expected < 5
-    assert got["invariance_error_pose"].value == pytest.approx(
-        (9 * (c.clean_pose**2).sum(1)).mean() / ((c.clean_pose - c.clean_pose.mean(0)) ** 2).sum(1).mean())
+    # invariance in the whitened clean basis: phi(Tx) = 3 phi(x) moves by 2 phi(x), about 4 clean spreads
+    assert 3 < got["invariance_error"].value < 5.5
+    assert 6 < got["invariance_error_pose"].value < 16  # -2 pose: moved by 3 pose, about 9 (4 fitting images per class)
     assert got["equivariance_error"].value < 1e-3 and got["equivariance_error_pose"].value < 1e-3  # linear maps
+    assert got["equivariance_gain"].value > 0.999 and got["equivariance_gain_pose"].value > 0.999
     assert got["recon_equivariance_error"].value == pytest.approx(0.25)  # sum(num) / sum(den)
+    assert got["recon_fidelity_error"].value == pytest.approx(0.5)
     assert got["scramble_auroc"].value == 1.0  # every clean confidence above every transformed one
     for name, est in got.items():
         assert est.ci[0] - 1e-9 <= est.value <= est.ci[1] + 1e-9
-        assert est.n == (20 if name.startswith("equivariance") else 40), name  # equivariance: the held-out half
+        fitted = name.startswith(("equivariance", "invariance")) or name == "label_r2"
+        assert est.n == (20 if fitted else 40), name  # fitted metrics: the held-out half
 
 
 def test_metrics_are_computed_only_when_the_condition_feeds_them():
@@ -184,7 +184,7 @@ def test_metrics_are_computed_only_when_the_condition_feeds_them():
                         rep=c.rep)
     assert set(M.condition_metrics(plain, n_boot=10)) == {
         "accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error", "equivariance_error",
-        "equivariance_error_pca16"}
+        "equivariance_error_pca16", "equivariance_gain", "label_r2"}
     assert "scramble_auroc" not in M.condition_metrics(c, n_boot=10)
-    assert {m.better for m in M.METRICS.values()} == {"lower", "higher"}
+    assert {m.better for m in M.METRICS.values()} == {"lower", "higher", "neither"}
     assert M.METRICS["scramble_auroc"].better == "higher" and M.METRICS["invariance_error"].better == "lower"

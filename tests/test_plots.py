@@ -21,7 +21,7 @@ def metrics():
         for transform, grid in grids.items():
             for value, label in grid:
                 kind = "semantic" if transform != "rotate" or abs(value) >= 90 else "nuisance"
-                for metric in ("accuracy", "consistency", "invariance_error", "equivariance_error_pca16"):
+                for metric in ("accuracy", "consistency", "invariance_error", "equivariance_error_pca16", "equivariance_gain"):
                     v = rng.random()
                     rows.append(dict(model=run, run=run, seed=0, transform=transform, kind=kind, magnitude=label,
                                      magnitude_value=float(value), metric=metric, value=v, ci_low=v - 0.05,

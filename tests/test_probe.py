@@ -17,8 +17,9 @@ from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()
 COMMON = {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
-          "equivariance_error", "equivariance_error_pca16"}
-CAPSULE_ONLY = {"invariance_error_pose", "equivariance_error_pose", "recon_equivariance_error"}
+          "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2"}
+CAPSULE_ONLY = {"invariance_error_pose", "equivariance_error_pose", "equivariance_gain_pose", "recon_equivariance_error",
+                "recon_fidelity_error"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
             transform, raw = conditions[key]
             expected = COMMON | (CAPSULE_ONLY if run == "caps" else set())
             if transform.kind_at(raw) == "semantic" and raw != transform.identity:
-                expected = expected | {"scramble_auroc"}
+                expected = expected | {"scramble_auroc", "scramble_selectivity"}
             assert set(group["metric"]) == expected, (run, key)
     assert m[["value", "ci_low", "ci_high"]].notna().all().all()
     assert ((m["ci_low"] <= m["value"] + 1e-9) & (m["value"] <= m["ci_high"] + 1e-9)).all()
@@ -52,6 +53,18 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
     ident = m[(m["transform"] == "rotate") & (m["magnitude"] == "0")].set_index(["run", "metric"])["value"]
     assert ident[("caps", "consistency")] == 1 and ident[("caps", "invariance_error")] == 0
     assert ident[("conv", "invariance_error")] == 0
+    fitted = m[m["metric"].str.startswith("equivariance_error")]
+    assert fitted["penalty"].notna().all() and m[m["metric"] == "accuracy"]["penalty"].isna().all()
+    # per run x transformation: decodability of the numeric nuisance grids, the 16-D PCA's kept variance
+    over = result.tables["overview"].set_index(["run", "transform"])
+    assert over.loc[("caps", "rotate"), "decodability"] == pytest.approx(over.loc[("caps", "rotate"), "decodability"])
+    assert over.loc[("caps", "rotate"), "decodability_pose"] <= 1
+    assert pd.isna(over.loc[("conv", "flip"), "decodability"]) and "decodability_pose" not in over.loc[("conv", "rotate")].dropna()
+    kept = {e["name"]: e for e in result.manifest["runs"]}
+    assert 0 < kept["conv"]["kept_variance_pca16"] <= 1 and kept["caps"]["clean_reconstruction_error"] > 0
+    sel = result.tables["selectivity"]
+    assert set(sel["transform"]) == {"rotate", "flip", "jigsaw", "swap"}
+    assert set(sel["matched_transform"]) <= {"rotate", "translate", "scale", "shear", "affine"}
     # per-image rows: one per image, run and condition
     assert len(result.images) == 2 * len(conditions) * len(split)
     assert result.timing["transform"] > 0 and result.timing["forward"] > 0

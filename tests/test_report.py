@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
-from capsprobe.metrics import overview_table, roc_table
+from capsprobe.metrics import overview_table, roc_table, selectivity_table
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
-from capsprobe.report import ReportError, write_probe_outputs, write_report
+from capsprobe.report import ReportError, headlines, write_probe_outputs, write_report
 
 runner = CliRunner()
 GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
@@ -35,19 +35,21 @@ def _synthetic(n: int = 30) -> ProbeResult:
                 kind = "semantic" if transform != "rotate" or value >= 90 else "nuisance"
                 images.append(pd.DataFrame({"model": run, "run": run, "seed": 0, "transform": transform, "kind": kind,
                                             "magnitude": label, "image_id": np.arange(n), "label": labels,
-                                            "prediction": pred, "true_score": conf, "confidence": conf}))
-                names = ["accuracy", "consistency", "invariance_error", "equivariance_error_pca16"]
+                                            "prediction": pred, "true_score": conf, "confidence": conf,
+                                            "pixel_change": np.full(n, 10.0 * k)}))
+                names = ["accuracy", "consistency", "invariance_error", "equivariance_error_pca16", "equivariance_gain"]
                 if kind == "semantic" and k > 0:
                     names.append("scramble_auroc")
                 for metric in names:
-                    v = 0.0 if k == 0 and "error" in metric else float(rng.random())
+                    v = 0.0 if k == 0 and ("error" in metric or "gain" in metric) else float(rng.random())
                     metrics.append(dict(model=run, run=run, seed=0, transform=transform, kind=kind, magnitude=label,
                                         magnitude_value=value, metric=metric, value=v, ci_low=v - 0.1, ci_high=v + 0.1,
                                         n_images=n))
     metrics = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
     images = pd.concat(images, ignore_index=True)[IMAGE_COLUMNS]
     tables = {"overview": overview_table(metrics, images, identity_labels(), n_boot=100),
-              "roc": roc_table(images, metrics, identity_labels())}
+              "roc": roc_table(images, metrics, identity_labels()),
+              "selectivity": selectivity_table(images, identity_labels(), n_boot=100)}
     return ProbeResult(metrics, images, {"total": 1.0, "images": float(n)}, tables=tables, manifest=MANIFEST)
 
 
@@ -200,3 +202,17 @@ def test_demo_unknown_size_is_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "no size 'huge'; it has: tiny, small, paper" in lines[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_headline_averages_leave_out_identity_conditions_by_magnitude():
+    """Catches identity conditions dropped by value > 0 (an equivariance error of 3e-10 at the identity survives)."""
+    result = _synthetic()
+    m = result.metrics.copy()
+    ident = (m["transform"] == "rotate") & (m["magnitude"] == "0") & (m["metric"] == "equivariance_gain")
+    m.loc[ident, "value"] = 3e-10  # what a fit gives at the identity: not 0, and still the identity
+    lines = headlines(m, result.tables["overview"], result.tables, MANIFEST)
+    line = next(s for s in lines if s.startswith("Across non-identity nuisance conditions"))
+    rot = m[(m["transform"] == "rotate") & (m["magnitude"] == "45")].set_index(["run", "metric"])["value"]
+    assert f"caps {rot[('caps', 'equivariance_gain')]:.3f} / {rot[('caps', 'invariance_error')]:.3f}" in line
+    sel = next(s for s in lines if s.startswith("Scramble selectivity"))
+    assert "jigsaw 2: caps" in sel and "(vs rotate 45)" in sel  # matched to the only nuisance probed

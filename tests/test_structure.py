@@ -51,7 +51,7 @@ def test_bring_your_own_model(split):
     m = result.metrics
     assert set(m["run"]) == {"mine"} and set(m["model"]) == {"TinyNet"}
     assert set(m["metric"]) == {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
-                                "equivariance_error", "equivariance_error_pca16"}
+                                "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2"}
     # scores default to the softmax of model(x)
     x = split.float_images()
     torch.testing.assert_close(adapter.outputs(x).scores, torch.softmax(net(x), -1))
@@ -66,9 +66,43 @@ def test_bring_your_own_capsule_model_gets_pose_metrics_and_pictures(split):
         poses=lambda m, x: m.caps(m.encoder(x)).view(-1, 10, 4),
         decode=lambda m, poses, labels: m.decoder(
             (poses * nn.functional.one_hot(labels, 10)[..., None]).flatten(1)).view(-1, 1, 28, 28))
-    result = run_probe([Subject("mycaps", adapter, model_name="mycaps")], split, ["flip"], n_boot=20, progress=False)
-    assert {"invariance_error_pose", "equivariance_error_pose", "recon_equivariance_error"} <= set(result.metrics["metric"])
+    bigger = load_dataset("mnist-sample", limit=60).test  # per-class pose metrics need 2 fitting images per class
+    result = run_probe([Subject("mycaps", adapter, model_name="mycaps")], bigger, ["flip"], n_boot=20, progress=False)
+    assert {"invariance_error_pose", "equivariance_error_pose", "equivariance_gain_pose", "recon_equivariance_error",
+            "recon_fidelity_error"} <= set(result.metrics["metric"])
+    small = run_probe([Subject("mycaps", adapter, model_name="mycaps")], split, ["flip"], n_boot=20, progress=False)
+    assert "equivariance_error_pose" not in set(small.metrics["metric"])  # 2 images per class: left out, not pooled
     assert result.arrays["pose_sweep-mycaps"]["images"].shape == (4, 11, 1, 28, 28)
+
+
+class Mirror(nn.Module):
+    """A 'capsule model' whose every pose is the image itself and whose decoder returns it: reconstructions exact."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+def _mirror(decoder_gain: float) -> ModelAdapter:
+    return ModelAdapter(
+        Mirror(), representation=lambda m, x: x.flatten(1),
+        scores=lambda m, x: torch.ones(len(x), 10) / 10,
+        poses=lambda m, x: x.flatten(1)[:, None, :].expand(-1, 10, -1),
+        decode=lambda m, poses, labels: decoder_gain * poses[torch.arange(len(labels)), labels].view(-1, 1, 28, 28))
+
+
+def test_reconstruction_fidelity_and_equivariance_of_an_exact_decoder(split):
+    """decode(phi(Tx)) = Tx: fidelity 0 everywhere (clean reconstruction error 0), and the reconstruction moves
+    exactly as the input did (the input's own warp is reused, affine included); a decoder that gives half the image
+    has fidelity error 1/4."""
+    args = dict(transforms=["rotate", "affine", "jigsaw"], magnitudes={"rotate": [30], "affine": [1.0], "jigsaw": [4]},
+                n_boot=10, progress=False)
+    m = run_probe([Subject("exact", _mirror(1.0))], split, **args)
+    rows = m.metrics.set_index(["transform", "magnitude", "metric"])["value"]
+    for key in (("rotate", "30"), ("affine", "1"), ("jigsaw", "4"), ("rotate", "0")):
+        assert rows[(*key, "recon_fidelity_error")] < 1e-12 and rows[(*key, "recon_equivariance_error")] < 1e-10, key
+    assert m.manifest["runs"][0]["clean_reconstruction_error"] < 1e-12
+    half = run_probe([Subject("half", _mirror(0.5))], split, **args)
+    assert half.manifest["runs"][0]["clean_reconstruction_error"] == pytest.approx(0.25)
 
 
 def test_a_module_without_a_known_face_is_told_to_use_the_adapter(split):
@@ -168,3 +202,19 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
             raise RuntimeError("killed half-way")
     assert sorted(p.name for p in out.iterdir()) == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["folder"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("where", ["representation", "poses", "scores"])
+def test_non_finite_model_outputs_are_a_clear_error(split, where):
+    def bad(x):
+        out = x.flatten(1).clone()
+        out[0, 0] = float("inf") if where == "scores" else float("nan")
+        return out
+
+    adapter = ModelAdapter(
+        Mirror(), representation=lambda m, x: bad(x) if where == "representation" else x.flatten(1),
+        scores=lambda m, x: bad(x)[:, :10] if where == "scores" else torch.ones(len(x), 10) / 10,
+        poses=lambda m, x: (bad(x) if where == "poses" else x.flatten(1))[:, None, :].expand(-1, 10, -1))
+    what = {"representation": "representations", "poses": "poses", "scores": "class scores"}[where]
+    with pytest.raises(InvalidInputError, match=f"{what} on clean images are not finite"):
+        run_probe([Subject("bad", adapter)], split, ["rotate"], {"rotate": [30]}, n_boot=10, progress=False)
