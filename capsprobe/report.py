@@ -156,7 +156,7 @@ def read_probe_outputs(folder: str | Path) -> ReportData:
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
     check(folder / RESULTS, images, IMAGE_COLUMNS)
-    tables = {p.stem: _read_csv(p, dtype={"magnitude": str}) for p in sorted(folder.glob("*.csv"))
+    tables = {p.stem: _read_csv(p, dtype={"magnitude": str, "matched_magnitude": str}) for p in sorted(folder.glob("*.csv"))
               if p.name != SUMMARY}
     arrays = {}
     for path in sorted((folder / ARRAYS).glob("*.npz")):

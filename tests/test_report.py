@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from capsprobe.cli import app
 from capsprobe.metrics import overview_table, roc_table, selectivity_table
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
-from capsprobe.report import ReportError, headlines, write_probe_outputs, write_report
+from capsprobe.report import ReportError, headlines, read_probe_outputs, write_probe_outputs, write_report
 
 runner = CliRunner()
 GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
@@ -204,7 +204,7 @@ def test_demo_unknown_size_is_one_line(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_headline_averages_leave_out_identity_conditions_by_magnitude():
+def test_headline_averages_leave_out_identity_conditions_by_magnitude(tmp_path):
     """Catches identity conditions dropped by value > 0 (an equivariance error of 3e-10 at the identity survives)."""
     result = _synthetic()
     m = result.metrics.copy()
@@ -216,3 +216,6 @@ def test_headline_averages_leave_out_identity_conditions_by_magnitude():
     assert f"caps {rot[('caps', 'equivariance_gain')]:.3f} / {rot[('caps', 'invariance_error')]:.3f}" in line
     sel = next(s for s in lines if s.startswith("Scramble selectivity"))
     assert "jigsaw 2: caps" in sel and "(vs rotate 45)" in sel  # matched to the only nuisance probed
+    data = read_probe_outputs(write_probe_outputs(result, tmp_path / "r"))  # magnitudes stay labels, not floats
+    assert "(vs rotate 45)" in next(s for s in headlines(data.metrics, data.tables["overview"], data.tables,
+                                                           data.manifest) if s.startswith("Scramble"))
