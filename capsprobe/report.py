@@ -406,6 +406,16 @@ def suite_section(data: ReportData) -> Section:
     no_decoder = [r.get("name", "?") for r in data.manifest.get("runs", []) if r.get("poses") and not r.get("decoder")]
     if no_decoder:
         notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
+    if "at_edge" in data.metrics:
+        from .probe import identity_labels
+
+        m = data.metrics
+        edge = m[m["at_edge"].eq(True) & (m["magnitude"] != m["transform"].map(identity_labels()))]
+        if not edge.empty:
+            listed = ", ".join(f"{r.run} {r.transform} {r.magnitude} {r.metric}"
+                               for r in edge.drop_duplicates(["run", "transform", "magnitude"]).head(8).itertuples())
+            notes.append(f"the ridge penalty sat at an end of its grid in {len(edge)} non-identity fitted metric(s) "
+                         f"(summary.csv, at_edge): {listed}{' ...' if len(edge) > 8 else ''}")
     return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview", table=_fmt(overview),
                    figures=figs, captions=captions, notes=notes)
 

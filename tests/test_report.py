@@ -219,3 +219,16 @@ def test_headline_averages_leave_out_identity_conditions_by_magnitude(tmp_path):
     data = read_probe_outputs(write_probe_outputs(result, tmp_path / "r"))  # magnitudes stay labels, not floats
     assert "(vs rotate 45)" in next(s for s in headlines(data.metrics, data.tables["overview"], data.tables,
                                                            data.manifest) if s.startswith("Scramble"))
+
+
+def test_a_penalty_at_the_grid_edge_is_named_in_the_report(tmp_path):
+    result = _synthetic()
+    m = result.metrics
+    m["at_edge"] = False
+    m.loc[(m["transform"] == "rotate") & (m["magnitude"] == "45") & (m["metric"] == "equivariance_error_pca16")
+          & (m["run"] == "caps"), "at_edge"] = True
+    m.loc[(m["transform"] == "rotate") & (m["magnitude"] == "0"), "at_edge"] = True  # identity: exact maps, not named
+    folder = write_probe_outputs(result, tmp_path / "r")
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "grid in 1 non-identity fitted metric(s)" in text and "caps rotate 45 equivariance_error_pca16" in text
