@@ -5,7 +5,6 @@ one writer at a time, every bad input one line (the bad-input table), and the ki
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
