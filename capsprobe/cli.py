@@ -75,7 +75,9 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 def train(
     model: Optional[str] = typer.Option(None, help="capsnet, capsnet_small, baseline_cnn or any timm convnet [capsnet]."),
     dataset: Optional[str] = typer.Option(None, help="Data set, see `capsprobe list` [mnist-sample]."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs [10]."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (with --target-accuracy: the most) [10]."),
+    target_accuracy: Optional[float] = typer.Option(
+        None, help="Stop after the first epoch whose validation accuracy reaches this fraction (matched training)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (per process) [128]."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate [1e-3]."),
     lr_decay: Optional[float] = typer.Option(None, min=0.0, help="Learning-rate decay per epoch [0.96]."),
@@ -111,6 +113,7 @@ def train(
         base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
         seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
+        target_accuracy=target_accuracy,
     )
     config = with_overrides(config, model_kwargs=kwargs)
     path = fit(config, out, resume=resume, force=force, progress=progress)

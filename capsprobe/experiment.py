@@ -155,8 +155,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     _check_keys(path, text, train, _TRAIN, "train")
     defaults = RunConfig()
     for key, value in train.items():
-        expected = type(getattr(defaults, key))
-        _typed(path, text, value, (int, float) if expected is float else expected, key, "train")
+        _check_train_type(path, text, defaults, key, value, "train")
     probe = _typed(path, text, data.get("probe", {}), dict, "probe", None)
     _check_keys(path, text, probe, _PROBE, "probe")
     transforms = _typed(path, text, probe.get("transforms", ["all"]), list, "transforms", "probe")
@@ -181,8 +180,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     size_train = _typed(path, text, spec.get("train", {}), dict, "train", section)
     _check_keys(path, text, size_train, _TRAIN, f"{section}.train")
     for key, value in size_train.items():
-        expected = type(getattr(defaults, key))
-        _typed(path, text, value, (int, float) if expected is float else expected, key, f"{section}.train")
+        _check_train_type(path, text, defaults, key, value, f"{section}.train")
     train = {**train, **size_train}
     magnitudes = _typed(path, text, spec.get("magnitudes", magnitudes), list, "magnitudes", section)
     bootstrap = _typed(path, text, spec.get("bootstrap", probe.get("bootstrap", 1000)), int, "bootstrap", section)
@@ -202,6 +200,13 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     )
     _validate(exp, text, section)
     return exp
+
+
+def _check_train_type(path: Path, text: str, defaults: RunConfig, key: str, value: Any, section: str) -> None:
+    """A ``[train]`` value has its field's type (an optional field, None by default, takes a number)."""
+    default = getattr(defaults, key)
+    expected = (int, float) if isinstance(default, float) or default is None else type(default)
+    _typed(path, text, value, expected, key, section)
 
 
 def _validate(exp: Experiment, text: str, section: str) -> None:

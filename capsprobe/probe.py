@@ -130,7 +130,11 @@ def as_subject(item: Any) -> Subject:
     if config is not None and isinstance(getattr(item, "model", None), nn.Module):
         return Subject(name=item.name, model=item.model, model_name=config.model, seed=config.seed,
                        info={"path": str(item.path), "dataset": config.dataset,
-                             "test_accuracy": item.metrics.get("test_accuracy")})
+                             "test_accuracy": item.metrics.get("test_accuracy"),
+                             "val_accuracy": item.metrics.get("val_accuracy"),
+                             "epochs": item.metrics.get("epochs"), "max_epochs": config.epochs,
+                             "target_accuracy": config.target_accuracy,
+                             "reached_target": item.metrics.get("reached_target")})
     raise InvalidInputError(f"cannot probe {type(item).__name__}: give a run, a Subject or an nn.Module")
 
 

@@ -108,7 +108,7 @@ class RunConfig:
 
     model: str = "capsnet"  # capsnet, capsnet_small, baseline_cnn or any timm convnet
     dataset: str = "mnist-sample"  # see `capsprobe list`
-    epochs: int = 10
+    epochs: int = 10  # with target_accuracy: the most epochs
     batch_size: int = 128
     lr: float = 1e-3  # Adam, as in the paper's official code
     lr_decay: float = 0.96  # exponential decay of the learning rate per epoch
@@ -124,6 +124,7 @@ class RunConfig:
     download: bool = True  # let torchvision download a missing data set
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
     task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
+    target_accuracy: float | None = None  # stop after the first epoch whose validation accuracy reaches this
 
     def __post_init__(self):
         """Every field checked for type and range (a config is data: from the CLI, an experiment file or a run's
@@ -147,6 +148,9 @@ class RunConfig:
         _check_number("weight_decay", self.weight_decay, float, 0)
         _check_number("recon_weight", self.recon_weight, float, 0)
         _check_number("val_fraction", self.val_fraction, float, 0, above=True, below=1)
+        _check_number("target_accuracy", self.target_accuracy, float, 0, above=True, optional=True)
+        if self.target_accuracy is not None and self.target_accuracy > 1:
+            raise ConfigError("target_accuracy", f"must be at most 1 (a fraction), got {self.target_accuracy!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError("data_root", f"must be a path, got {self.data_root!r}")
         if not isinstance(self.model_kwargs, dict):
@@ -360,18 +364,23 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return _read_json(Path(run_dir) / METRICS)
 
 
-def write_completion(run_dir: str | Path, epochs: int) -> Path:
-    """Write ``complete.json`` last: the epochs trained and the SHA-256 of the weights it vouches for."""
+def write_completion(run_dir: str | Path, epochs: int, reached: bool | None = None) -> Path:
+    """Write ``complete.json`` last: the epochs trained, the SHA-256 of the weights it vouches for, and for a run
+    with a target accuracy whether it reached it."""
     path = Path(run_dir)
     digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
-    return atomic_write_text(path / COMPLETE, json.dumps({"epochs": int(epochs), "weights_sha256": digest}) + "\n")
+    record = {"epochs": int(epochs), "weights_sha256": digest}
+    if reached is not None:
+        record["reached_target"] = bool(reached)
+    return atomic_write_text(path / COMPLETE, json.dumps(record) + "\n")
 
 
 def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | None = None) -> str | None:
     """Why the run in ``run_dir`` is not complete and consistent, or None when it is.
 
-    Complete means: the completion record exists, its epochs are the config's, ``model.safetensors`` is the file it
-    vouches for, ``metrics.json`` exists and ``history.csv`` has one row per epoch.
+    Complete means: the completion record exists, its epochs are the config's (with a target accuracy: the epoch
+    that reached it, or the most epochs), ``model.safetensors`` is the file it vouches for, ``metrics.json`` exists
+    and ``history.csv`` has one row per epoch.
     """
     path = Path(run_dir)
     if not (path / COMPLETE).is_file():
@@ -379,9 +388,11 @@ def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | 
     try:
         record = json.loads((path / COMPLETE).read_text())
         epochs, digest = int(record["epochs"]), str(record["weights_sha256"])
+        reached = bool(record.get("reached_target", False))
     except (OSError, ValueError, KeyError, TypeError):
         return f"{COMPLETE} is unreadable"
-    if epochs != config.epochs:
+    stopped_early = config.target_accuracy is not None and reached and epochs <= config.epochs
+    if epochs != config.epochs and not stopped_early:
         return f"trained {epochs} of {config.epochs} epochs"
     if weights is None:
         if not (path / WEIGHTS).is_file():

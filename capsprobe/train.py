@@ -305,11 +305,12 @@ def _fit(
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optimizer_state)
         start_epoch, history = ckpt.epoch, ckpt.history
-        if start_epoch > config.epochs:
+        reached = _reached(config, history)
+        if start_epoch > config.epochs and not reached:
             raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
                            f"{option('epochs')} to at least {start_epoch}")
         # rank 0 judges completeness before anyone writes, and every rank follows its verdict
-        done = ctx.main and start_epoch == config.epochs and completion_problem(out, config) is None
+        done = ctx.main and (start_epoch == config.epochs or reached) and completion_problem(out, config) is None
         if ctx.world_size > 1:
             done = bool(_broadcast_value(ctx, done))
         if done:
@@ -336,6 +337,8 @@ def _fit(
     num_batches = math.ceil(per_rank / config.batch_size)
 
     for epoch in range(start_epoch, config.epochs):
+        if _reached(config, history):  # matched training: stop at the first epoch that reaches the target
+            break
         torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
         lr = config.lr * config.lr_decay**epoch
         for group in optimizer.param_groups:
@@ -392,8 +395,10 @@ def _fit(
 
     test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight,
                     config.task)
+    trained = len(history)
+    reached = _reached(config, history)
     if ctx.main:
-        _check_weights(model, config.epochs - 1, work)
+        _check_weights(model, trained - 1, work)
         # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
         save_weights(model, work / WEIGHTS)
         write_history(work / HISTORY, history)
@@ -401,7 +406,10 @@ def _fit(
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
             "val_accuracy": history[-1]["val_accuracy"] if history else None,
-            "epochs": config.epochs,
+            "epochs": trained,
+            "max_epochs": config.epochs,
+            "target_accuracy": config.target_accuracy,
+            "reached_target": reached if config.target_accuracy is not None else None,
             "train_seconds": sum(r["seconds"] for r in history),
             "train_images_per_s": (sum(r["images_per_s"] * r["seconds"] for r in history) / max(sum(r["seconds"] for r in history), 1e-9)),
             "test_images": len(splits.test),
@@ -409,13 +417,19 @@ def _fit(
             "world_size": ctx.world_size,
         }
         atomic_write_text(work / METRICS, _json(metrics))
-        write_completion(work, config.epochs)
+        write_completion(work, trained, reached if config.target_accuracy is not None else None)
         if work != out:
             replace_dir(work, out)  # --force: the old run goes only now that the new one is whole
         _log.info("test accuracy %.4f on %d images; run saved to %s", test["accuracy"], len(splits.test), out)
     if ctx.world_size > 1:
         dist.barrier()
     return out
+
+
+def _reached(config: RunConfig, history: list[dict]) -> bool:
+    """The run has a target accuracy and its last validated epoch reached it."""
+    return (config.target_accuracy is not None and bool(history)
+            and float(history[-1]["val_accuracy"]) >= config.target_accuracy)
 
 
 def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:

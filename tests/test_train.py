@@ -160,3 +160,28 @@ def test_torchrun_two_processes_write_one_run_directory(tmp_path):
     run = load_run(out)
     assert run.metrics["world_size"] == 2 and len(run.history) == 2
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+
+def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, caplog):
+    from dataclasses import replace
+
+    reach = replace(TINY, epochs=3, target_accuracy=1e-6)  # any trained model reaches it after epoch 1
+    run = load_run(fit(reach, tmp_path / "reach", progress=False))
+    assert len(run.history) == 1 and run.metrics["epochs"] == 1 and run.metrics["max_epochs"] == 3
+    assert run.metrics["reached_target"] is True
+    assert fit(reach, tmp_path / "reach", resume=True, progress=False)  # complete: nothing to train
+    assert len(load_run(tmp_path / "reach").history) == 1
+
+    never = replace(TINY, epochs=2, target_accuracy=1.0)  # 48 digits after 1-2 epochs: never 100%
+    run = load_run(fit(never, tmp_path / "never", progress=False))
+    assert len(run.history) == 2 and run.metrics["reached_target"] is False  # reported, not hidden
+    more = replace(never, epochs=3)  # a higher maximum resumes the unmatched run
+    assert len(load_run(fit(more, tmp_path / "never", resume=True, progress=False)).history) == 3
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
+def test_target_accuracy_must_be_a_fraction(bad):
+    from capsprobe.runs import ConfigError
+
+    with pytest.raises(ConfigError, match="target_accuracy"):
+        RunConfig(target_accuracy=bad)
