@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics as M
+from .compare import comparison_tables
 from .data import ImageSplit, iterate_batches
 from .errors import InvalidInputError, option
 from .models import Adapter, adapt, unwrap
@@ -399,9 +400,6 @@ def run_probe(
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
             timer.add("pictures", t0)
     bar.close()
-    timing = dict(timer.seconds)
-    timing["total"] = time.perf_counter() - total_start
-    timing["images"] = float(len(split))
     metrics_df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     images_df = (pd.concat(image_frames, ignore_index=True)[IMAGE_COLUMNS] if image_frames
                  else pd.DataFrame(columns=IMAGE_COLUMNS))
@@ -424,6 +422,13 @@ def run_probe(
               "roc": M.roc_table(images_df, metrics_df, identity)}
     if not selectivity.empty:
         tables["selectivity"] = selectivity
+    t0 = time.perf_counter()
+    compared = comparison_tables(metrics_df, images_df, entries, identity, n_boot=n_boot, seed=seed)
+    tables.update({name: frame for name, frame in compared.items() if not frame.empty})
+    timer.add("comparison", t0)
+    timing = dict(timer.seconds)
+    timing["total"] = time.perf_counter() - total_start
+    timing["images"] = float(len(split))
     manifest = {
         "runs": entries,
         "images": len(split),

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
+from capsprobe.compare import comparison_tables
 from capsprobe.metrics import overview_table, roc_table, selectivity_table
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
 from capsprobe.report import ReportError, headlines, read_probe_outputs, write_probe_outputs, write_report
@@ -49,7 +50,8 @@ def _synthetic(n: int = 30) -> ProbeResult:
     images = pd.concat(images, ignore_index=True)[IMAGE_COLUMNS]
     tables = {"overview": overview_table(metrics, images, identity_labels(), n_boot=100),
               "roc": roc_table(images, metrics, identity_labels()),
-              "selectivity": selectivity_table(images, identity_labels(), n_boot=100)}
+              "selectivity": selectivity_table(images, identity_labels(), n_boot=100),
+              **comparison_tables(metrics, images, MANIFEST["runs"], identity_labels(), n_boot=100)}
     return ProbeResult(metrics, images, {"total": 1.0, "images": float(n)}, tables=tables, manifest=MANIFEST)
 
 
@@ -95,7 +97,9 @@ def test_report_writes_every_file_with_figures_inline(folder):
     md = (folder / "report.md").read_text()
     assert all(f"figures/{p.name}" in md for p in figures)
     assert "no reconstruction pictures for caps" in md  # poses without a decoder: said, not hidden
-    assert "Rotated by 45 degrees, caps keeps" in md
+    assert md.split("## Headlines\n\n- ")[1].startswith("Single training seed for caps, conv")
+    assert "Accuracy of caps minus conv, paired" in md and "rotate 45 " in md
+    assert "not established at 1 seed(s)" in md
 
 
 def test_overview_figures_match_the_per_image_rows(folder):

@@ -1,0 +1,251 @@
+"""Comparisons that separate models from noise: seeds, paired differences, multiplicity control.
+
+A *model* here is a ``model`` name of the tidy tables; its *runs* are its training seeds. Two tables:
+
+``comparison.csv`` — per model x condition x metric, the mean over seeds with a 95% interval that includes
+training variation:
+
+- metrics defined per image (``accuracy``, ``consistency``, ``confidence_drop``, ``true_class_score``): a
+  hierarchical (two-stage) bootstrap, seeds resampled with replacement, then images (the same image resample for
+  every seed: they saw the same digits); Davison & Hinkley (1997), section 3.8;
+- every other metric (fitted, ratio and AUROC metrics): the mean of the per-seed estimates with a Student t
+  interval over seeds (at least 2 seeds; with one seed, the run's own interval over images, flagged).
+
+Columns also list every seed's clean test accuracy, stopping epoch and whether it reached its target accuracy.
+
+``differences.csv`` — for every pair of models and every condition x metric, the difference A - B:
+
+- per-image metrics: *paired* over images (both models see the same digits and the same transformation draws),
+  seeds of each model resampled independently (seed k of two architectures shares nothing);
+- other metrics: Welch's t over the per-seed estimates (at least 2 seeds per model).
+
+Each difference has a 95% interval, a two-sided p-value, the Holm (1979) adjusted p-value over the conditions of
+its (pair, metric) family, and the Bonferroni-level interval that goes with it (level ``1 - 0.05 / m``).
+A difference is ``established`` only when its adjusted p-value is below 0.05 and its adjusted interval excludes 0.
+Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
+``excluded``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .metrics import LEVEL, percentile_interval
+
+__all__ = ["COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PER_IMAGE", "comparison_tables", "holm"]
+
+PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
+COMPARISON_COLUMNS = [
+    "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "interval",
+    "seeds", "clean_accuracies", "stop_epochs", "reached_target",
+]
+DIFFERENCE_COLUMNS = [
+    "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
+    "ci_high", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a", "seeds_b",
+    "test", "established",
+]
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaNs left out of the family and kept as NaN)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _per_image(images: pd.DataFrame, metric: str, identity: dict[str, str]) -> pd.DataFrame:
+    """Per-image values ``(run, transform, magnitude) x image_id`` of a per-image metric."""
+    rows = images
+    if metric == "accuracy":
+        value = (rows["prediction"] == rows["label"]).astype(float)
+    elif metric == "true_class_score":
+        value = rows["true_score"].astype(float)
+    else:
+        ident = rows[rows["magnitude"] == rows["transform"].map(identity)]
+        key = ["run", "transform", "image_id"]
+        base = rows[key].merge(ident[key + ["prediction", "confidence"]], on=key, how="left")
+        if metric == "consistency":
+            value = (rows["prediction"].to_numpy() == base["prediction"].to_numpy()).astype(float)
+        else:  # confidence_drop
+            value = base["confidence"].to_numpy() - rows["confidence"].to_numpy()
+        value = pd.Series(value, index=rows.index)
+    return rows.assign(_v=value)
+
+
+def _two_stage(values: np.ndarray, n_boot: int, rng: np.random.Generator, image_idx: np.ndarray) -> np.ndarray:
+    """Bootstrap means of ``values (S, N)``: seeds resampled, then images (``image_idx (n_boot, N)`` shared)."""
+    s = values.shape[0]
+    seed_idx = rng.integers(0, s, (n_boot, s))
+    per_seed = values[:, image_idx].mean(2).T  # (n_boot, S): each seed's mean over the resampled images
+    return np.take_along_axis(per_seed, seed_idx, 1).mean(1)  # mean over the resampled seeds
+
+
+def _t_interval(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    m, s, n = float(np.mean(x)), float(np.std(x, ddof=1)), len(x)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n)
+    return m - half, m + half
+
+
+def _welch(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, tuple[float, float], float]:
+    diff = float(np.mean(a) - np.mean(b))
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, (diff, diff), (1.0 if diff == 0 else 0.0)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return diff, (diff - half, diff + half), p
+
+
+def _boot_p(boot: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of ``difference = 0`` ((count + 1) / (B + 1) smoothing)."""
+    b = len(boot)
+    low, high = (np.sum(boot <= 0) + 1) / (b + 1), (np.sum(boot >= 0) + 1) / (b + 1)
+    return float(min(1.0, 2 * min(low, high)))
+
+
+def _seed_info(entries: Sequence[dict[str, Any]], runs: Sequence[str]) -> dict[str, str]:
+    by = {e.get("name"): e for e in entries}
+
+    def fmt(key: str, spec: str) -> str:
+        vals = [by.get(r, {}).get(key) for r in runs]
+        return "/".join("-" if v is None else format(v, spec) if not isinstance(v, bool) else str(v).lower()
+                        for v in vals)
+
+    return {"clean_accuracies": fmt("test_accuracy", ".4f"), "stop_epochs": fmt("epochs", "d"),
+            "reached_target": fmt("reached_target", "")}
+
+
+def comparison_tables(
+    metrics: pd.DataFrame,
+    images: pd.DataFrame,
+    entries: Sequence[dict[str, Any]],
+    identity: dict[str, str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """``comparison``, ``differences`` and ``excluded`` tables (see the module docstring).
+
+    Args:
+        metrics: tidy metrics of every run (``summary.csv``).
+        images: per-image rows (``results.parquet``).
+        entries: the manifest's run entries (name, model, seed, test accuracy, epochs, target reached).
+        identity: per transformation, the label of its identity magnitude.
+    """
+    excluded = [e for e in entries if e.get("target_accuracy") is not None and e.get("reached_target") is False]
+    out_runs = {e["name"] for e in excluded}
+    metrics = metrics[~metrics["run"].isin(out_runs)]
+    images = images[~images["run"].isin(out_runs)]
+    models = list(dict.fromkeys(metrics["model"]))
+    runs_of = {m: list(dict.fromkeys(metrics.loc[metrics["model"] == m, "run"])) for m in models}
+    keys = ["transform", "magnitude"]
+    conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
+    rng = np.random.default_rng(seed)
+    per_image = {name: _per_image(images, name, identity) for name in PER_IMAGE if name in set(metrics["metric"])}
+    n_images = images["image_id"].nunique() if len(images) else 0
+    image_idx = rng.integers(0, max(n_images, 1), (n_boot, n_images)) if n_images else None
+
+    def matrix(name: str, model: str, transform: str, magnitude: str) -> np.ndarray | None:
+        table = per_image[name]
+        sel = table[(table["model"] == model) & (table["transform"] == transform) & (table["magnitude"] == magnitude)]
+        if sel.empty:
+            return None
+        wide = sel.pivot_table(index="run", columns="image_id", values="_v").reindex(runs_of[model])
+        return None if wide.isna().any().any() else wide.to_numpy(float)
+
+    comp, diffs = [], []
+    for cond in conditions.itertuples(index=False):
+        rows = metrics[(metrics["transform"] == cond.transform) & (metrics["magnitude"] == cond.magnitude)]
+        base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
+                "magnitude_value": cond.magnitude_value}
+        for name in dict.fromkeys(rows["metric"]):
+            boots, seeds_of, point = {}, {}, {}
+            for model in models:
+                sel = rows[(rows["metric"] == name) & (rows["model"] == model)].set_index("run").reindex(runs_of[model])
+                sel = sel.dropna(subset=["value"])
+                if sel.empty:
+                    continue
+                values = sel["value"].to_numpy(float)
+                seeds_of[model] = values
+                mat = matrix(name, model, cond.transform, cond.magnitude) if name in per_image else None
+                if mat is not None and image_idx is not None:
+                    boot = _two_stage(mat, n_boot, rng, image_idx)
+                    boots[model] = boot
+                    value, ci, how = float(mat.mean()), percentile_interval(boot), "seeds+images (two-stage bootstrap)"
+                elif len(values) >= 2:
+                    value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
+                else:
+                    value, ci, how = float(values[0]), (float(sel["ci_low"].iloc[0]), float(sel["ci_high"].iloc[0])), \
+                        "images only (1 seed)"
+                point[model] = value
+                comp.append({"model": model, **base, "metric": name, "value": value, "ci_low": min(ci[0], value),
+                             "ci_high": max(ci[1], value), "interval": how, "seeds": len(values),
+                             **_seed_info(entries, list(sel.index))})
+            for i, a in enumerate(models):
+                for b in models[i + 1:]:
+                    if a not in seeds_of or b not in seeds_of:
+                        continue
+                    row = {"model_a": a, "model_b": b, **base, "metric": name, "seeds_a": len(seeds_of[a]),
+                           "seeds_b": len(seeds_of[b])}
+                    if a in boots and b in boots:
+                        boot = boots[a] - boots[b]  # the same image resamples: paired over images
+                        diff = point[a] - point[b]
+                        row.update(difference=diff, p_value=_boot_p(boot), test="paired two-stage bootstrap", _boot=boot)
+                        row["ci_low"], row["ci_high"] = percentile_interval(boot)
+                    elif len(seeds_of[a]) >= 2 and len(seeds_of[b]) >= 2:
+                        diff, ci, p = _welch(seeds_of[a], seeds_of[b])
+                        row.update(difference=diff, ci_low=ci[0], ci_high=ci[1], p_value=p, test="Welch t over seeds",
+                                   _welch=(seeds_of[a], seeds_of[b]))
+                    else:
+                        row.update(difference=float(seeds_of[a].mean() - seeds_of[b].mean()), ci_low=np.nan,
+                                   ci_high=np.nan, p_value=np.nan, test="not testable with 1 seed")
+                    diffs.append(row)
+    differences = _adjust(pd.DataFrame(diffs))
+    comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
+    excluded_df = pd.DataFrame([{"run": e.get("name"), "model": e.get("model"), "seed": e.get("seed"),
+                                 "target_accuracy": e.get("target_accuracy"), "val_accuracy": e.get("val_accuracy"),
+                                 "epochs": e.get("epochs")} for e in excluded],
+                               columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
+    return {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+
+
+def _adjust(frame: pd.DataFrame) -> pd.DataFrame:
+    """Holm over the conditions of each (pair, metric) family, and the Bonferroni-level interval beside it."""
+    if frame.empty:
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
+    frame = frame.copy()
+    frame["p_holm"] = np.nan
+    frame["ci_low_adjusted"], frame["ci_high_adjusted"] = np.nan, np.nan
+    frame["family_size"] = 0
+    for _, idx in frame.groupby(["model_a", "model_b", "metric"], sort=False).groups.items():
+        sub = frame.loc[idx]
+        m = int(sub["p_value"].notna().sum())
+        frame.loc[idx, "p_holm"] = holm(sub["p_value"].to_numpy())
+        frame.loc[idx, "family_size"] = m
+        level = 1 - (1 - LEVEL) / max(m, 1)
+        for i in idx:
+            r = frame.loc[i]
+            if isinstance(r.get("_boot"), np.ndarray):
+                lo, hi = percentile_interval(r["_boot"], level)
+            elif isinstance(r.get("_welch"), tuple):
+                _, (lo, hi), _ = _welch(*r["_welch"], level=level)
+            else:
+                lo = hi = np.nan
+            frame.loc[i, "ci_low_adjusted"], frame.loc[i, "ci_high_adjusted"] = lo, hi
+    excl = (frame["ci_low_adjusted"] > 0) | (frame["ci_high_adjusted"] < 0)
+    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & excl
+    return frame[DIFFERENCE_COLUMNS]

@@ -1,0 +1,99 @@
+"""Comparisons across seeds: two-stage intervals, paired differences, Holm, runs left out for missing their target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capsprobe.compare import comparison_tables, holm
+from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS
+
+IDENTITY = {"rotate": "0"}
+N = 400
+
+
+def _tables(cuts: dict[str, list[float]], fitted: dict[str, list[float]], n: int = N):
+    """Runs of each model; image i is right when its difficulty is below the run's cut (nested across runs, as
+    when models fail on the same hard digits). ``fitted``: a per-seed value of a non-per-image metric."""
+    difficulty = np.random.default_rng(0).uniform(size=n)
+    labels = np.zeros(n, int)
+    images, metrics, entries = [], [], []
+    for model, seeds in cuts.items():
+        for s, cut in enumerate(seeds):
+            run = f"{model}-seed{s}"
+            entries.append({"name": run, "model": model, "seed": s, "test_accuracy": 0.99, "epochs": 3 + s,
+                            "target_accuracy": None, "reached_target": None})
+            for magnitude, shift in (("0", 0.0), ("45", 0.3)):
+                right = difficulty < cut - shift if magnitude == "45" else difficulty < 1.1
+                pred = np.where(right, 0, 1)
+                images.append(pd.DataFrame({"model": model, "run": run, "seed": s, "transform": "rotate",
+                                            "kind": "nuisance", "magnitude": magnitude, "image_id": np.arange(n),
+                                            "label": labels, "prediction": pred, "true_score": right * 0.9,
+                                            "confidence": 0.9, "pixel_change": 1.0}))
+                base = dict(model=model, run=run, seed=s, transform="rotate", kind="nuisance", magnitude=magnitude,
+                            magnitude_value=float(magnitude), n_images=n, penalty=np.nan, at_edge=False)
+                acc = float(right.mean())
+                metrics.append({**base, "metric": "accuracy", "value": acc, "ci_low": acc - 0.02, "ci_high": acc + 0.02})
+                v = fitted[model][s]
+                metrics.append({**base, "metric": "equivariance_gain", "value": v, "ci_low": v - 0.01,
+                                "ci_high": v + 0.01})
+    return (pd.DataFrame(metrics, columns=METRIC_COLUMNS), pd.concat(images, ignore_index=True)[IMAGE_COLUMNS],
+            entries)
+
+
+def _row(frame: pd.DataFrame, **where) -> pd.Series:
+    sel = frame
+    for k, v in where.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, where
+    return sel.iloc[0]
+
+
+def test_holm_adjusts_step_down():
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(holm([0.5, np.nan, 0.01]), [0.5, np.nan, 0.02])
+
+
+def test_intervals_include_training_variation():
+    """Three seeds of one model that disagree (0.4, 0.6, 0.8 at 45 degrees): the two-stage interval spans the
+    seeds, far wider than any one seed's interval over images."""
+    m, im, entries = _tables({"a": [0.7, 0.9, 1.1], "b": [0.9, 0.9, 0.9]}, {"a": [0.5, 0.6, 0.7], "b": [0.2, 0.2, 0.3]})
+    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=500)
+    comp = tables["comparison"]
+    a = _row(comp, model="a", magnitude="45", metric="accuracy")
+    assert a["interval"].startswith("seeds+images") and a["seeds"] == 3
+    assert a["ci_high"] - a["ci_low"] > 0.25  # one seed's interval over 400 images is about 0.09 wide
+    b = _row(comp, model="b", magnitude="45", metric="accuracy")
+    assert b["ci_high"] - b["ci_low"] < 0.12  # identical seeds: only the images vary
+    assert a["stop_epochs"] == "3/4/5" and a["clean_accuracies"] == "0.9900/0.9900/0.9900"
+    gain = _row(comp, model="a", magnitude="45", metric="equivariance_gain")
+    assert gain["interval"].startswith("seeds (t") and gain["value"] == pytest.approx(0.6)
+    assert gain["ci_low"] == pytest.approx(0.6 - 4.303 * 0.1 / np.sqrt(3), abs=1e-3)  # t(2) quantile 4.303
+
+
+def test_differences_are_paired_over_images_and_corrected():
+    """Model a is right on every digit b gets right, and on 5% more: paired over images the difference is tight and
+    established; the same numbers treated as unpaired would not be."""
+    m, im, entries = _tables({"a": [0.85, 0.85, 0.85], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
+    d = comparison_tables(m, im, entries, IDENTITY, n_boot=500)["differences"]
+    acc = _row(d, magnitude="45", metric="accuracy")
+    assert acc["test"] == "paired two-stage bootstrap" and acc["difference"] == pytest.approx(0.05, abs=0.02)
+    assert acc["ci_low_adjusted"] > 0 and acc["established"] and acc["family_size"] == 2
+    assert acc["ci_high"] - acc["ci_low"] < 0.05  # unpaired, two accuracies near 0.5 on 400 images: about 0.14
+    same = _row(d, magnitude="45", metric="equivariance_gain")
+    assert same["test"] == "Welch t over seeds" and same["p_value"] == pytest.approx(1.0) and not same["established"]
+    clean = _row(d, magnitude="0", metric="accuracy")
+    assert clean["difference"] == 0 and not clean["established"]
+
+
+def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():
+    m, im, entries = _tables({"a": [0.85], "b": [0.8, 0.8]}, {"a": [0.5], "b": [0.5, 0.6]})
+    entries[1]["target_accuracy"], entries[1]["reached_target"] = 0.99, False  # b-seed0 never reached it
+    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=200)
+    assert list(tables["excluded"]["run"]) == ["b-seed0"]
+    comp, d = tables["comparison"], tables["differences"]
+    assert _row(comp, model="b", magnitude="45", metric="accuracy")["seeds"] == 1
+    gain = _row(d, magnitude="45", metric="equivariance_gain")
+    assert gain["test"] == "not testable with 1 seed" and np.isnan(gain["p_value"]) and not gain["established"]
+    assert _row(comp, model="a", magnitude="45", metric="equivariance_gain")["interval"] == "images only (1 seed)"
