@@ -46,10 +46,12 @@ def _palette(runs: Sequence[str]) -> dict[str, tuple]:
 
 def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("accuracy", "consistency")) -> Figure:
     """Accuracy and consistency against magnitude: a row per metric, a column per transformation, a colour per
-    run, the 95% interval as a band.
+    model. A model with one run gets its 95% interval over images as a band; a model with several training seeds
+    gets one thin line per seed and its mean over seeds in bold, so the seed spread is visible.
 
     Args:
-        metrics: tidy metrics with ``run transform magnitude magnitude_value metric value ci_low ci_high``.
+        metrics: tidy metrics with ``run transform magnitude magnitude_value metric value ci_low ci_high`` (and
+            ``model``; without it every run is its own model).
         metric_names: the metrics to draw, one row each.
     """
     _require(metrics, ["run", "transform", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high"],
@@ -57,9 +59,12 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
     data = metrics[metrics["metric"].isin(metric_names)]
     if data.empty:
         raise ValueError(f"plot_accuracy_curves: no rows for metrics {', '.join(metric_names)}")
+    if "model" not in data:
+        data = data.assign(model=data["run"])
     transforms = list(dict.fromkeys(data["transform"]))
-    runs = list(dict.fromkeys(data["run"]))
-    colours = _palette(runs)
+    models = list(dict.fromkeys(data["model"]))
+    runs_of = {m: list(dict.fromkeys(data.loc[data["model"] == m, "run"])) for m in models}
+    colours = _palette(models)
     with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
         fig, axes = plt.subplots(len(metric_names), len(transforms), figsize=(2.6 * len(transforms), 2.5 * len(metric_names)),
                                  squeeze=False, sharey="row")
@@ -67,13 +72,22 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
             for j, name in enumerate(transforms):
                 ax = axes[i, j]
                 panel = data[(data["metric"] == metric) & (data["transform"] == name)].sort_values("magnitude_value")
-                for run in runs:
-                    rows = panel[panel["run"] == run]
+                for model in models:
+                    rows = panel[panel["model"] == model]
                     if rows.empty:
                         continue
-                    x = rows["magnitude_value"].to_numpy()
-                    ax.plot(x, rows["value"], marker="o", ms=3, lw=1.5, color=colours[run], label=run)
-                    ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colours[run], alpha=0.2, lw=0)
+                    runs = runs_of[model]
+                    label = model if len(runs) == 1 else f"{model} ({len(runs)} seeds, mean bold)"
+                    if len(runs) == 1:
+                        x = rows["magnitude_value"].to_numpy()
+                        ax.plot(x, rows["value"], marker="o", ms=3, lw=1.5, color=colours[model], label=label)
+                        ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colours[model], alpha=0.2, lw=0)
+                        continue
+                    for run in runs:
+                        one = rows[rows["run"] == run]
+                        ax.plot(one["magnitude_value"], one["value"], lw=0.8, alpha=0.55, color=colours[model])
+                    mean = rows.groupby("magnitude_value", sort=True)["value"].mean()
+                    ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, lw=2, color=colours[model], label=label)
                 ticks = panel.drop_duplicates("magnitude_value")
                 if pd.to_numeric(ticks["magnitude"], errors="coerce").isna().any():  # categorical: name the ticks
                     ax.set_xticks(ticks["magnitude_value"], ticks["magnitude"], rotation=30, ha="right")
@@ -82,7 +96,8 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
                 ax.set_xlabel("magnitude" if i == len(metric_names) - 1 else "")
                 ax.set_ylabel(metric if j == 0 else "")
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=max(len(runs), 1), frameon=False, bbox_to_anchor=(0.5, 1.0))
+        fig.legend(handles, labels, loc="upper center", ncol=max(len(models), 1), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 

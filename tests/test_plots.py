@@ -79,3 +79,17 @@ def test_image_grid_shape_and_errors():
         plots.plot_image_grid(np.random.rand(2, 3, 1, 8, 8), ["a"], [])
     with pytest.raises(ValueError, match=r"\(R, K, C, H, W\)"):
         plots.plot_image_grid(np.random.rand(2, 3, 8, 8))
+
+
+def test_accuracy_curves_show_every_seed_and_the_mean(metrics):
+    from capsprobe.plots import plot_accuracy_curves
+
+    seeds = pd.concat([metrics.assign(run=metrics["run"] + f"-seed{s}", value=metrics["value"] * (0.9 + 0.05 * s))
+                       for s in range(3)], ignore_index=True)  # each model now has three runs
+    fig = plot_accuracy_curves(seeds)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 * (3 + 1)  # per model: a thin line per seed and the bold mean
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["caps (3 seeds, mean bold)", "conv (3 seeds, mean bold)"]
+    single = plot_accuracy_curves(metrics)
+    assert len(single.axes[0].lines) == 2 and len(single.axes[0].collections) == 2  # one run: line and band
