@@ -96,3 +96,16 @@ def test_malformed_file_names_the_line_and_key(tmp_path, body, fragment):
 def test_unknown_size_lists_the_sizes():
     with pytest.raises(ExperimentError, match="no size 'huge'; it has: tiny, quick, paper"):
         load_experiment(EXPERIMENTS[0], "huge")
+
+
+def test_a_size_can_ask_for_matched_training(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('name = "m"\n[data]\ndataset = "mnist-sample"\n[sizes.tiny]\nmodels = [{ model = "resnet18", '
+                    'epochs = 3 }]\n[sizes.tiny.train]\ntarget_accuracy = 0.9\n')
+    assert load_experiment(path, "tiny").train == {"target_accuracy": 0.9}
+    path.write_text(path.read_text().replace("0.9", '"high"'))
+    with pytest.raises(ExperimentError, match="target_accuracy"):
+        load_experiment(path, "tiny")
+    path.write_text(path.read_text().replace('"high"', "1.5"))
+    with pytest.raises(ExperimentError, match="target_accuracy"):
+        load_experiment(path, "tiny")
