@@ -21,7 +21,8 @@ Columns also list every seed's clean test accuracy, stopping epoch and whether i
 
 Each difference has a 95% interval, a two-sided p-value, the Holm (1979) adjusted p-value over the conditions of
 its (pair, metric) family, and the Bonferroni-level interval that goes with it (level ``1 - 0.05 / m``).
-A difference is ``established`` only when its adjusted p-value is below 0.05 and its adjusted interval excludes 0.
+A difference is ``established`` only when both models have at least 2 seeds, its adjusted p-value is below 0.05
+and its adjusted interval excludes 0.
 Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
 ``excluded``.
 """
@@ -247,5 +248,8 @@ def _adjust(frame: pd.DataFrame) -> pd.DataFrame:
                 lo = hi = np.nan
             frame.loc[i, "ci_low_adjusted"], frame.loc[i, "ci_high_adjusted"] = lo, hi
     excl = (frame["ci_low_adjusted"] > 0) | (frame["ci_high_adjusted"] < 0)
-    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & excl
+    # one training seed cannot separate the architectures from the luck of one training run, however small the
+    # paired interval over images: never established
+    enough = (frame["seeds_a"] >= 2) & (frame["seeds_b"] >= 2)
+    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & excl & enough
     return frame[DIFFERENCE_COLUMNS]

@@ -263,6 +263,23 @@ def _check_pass(subject: str, where: str, result: _Pass) -> None:
                                     "weights may have diverged")
 
 
+def _grid_rows(decode: pd.DataFrame, metrics: pd.DataFrame, n_images: int) -> pd.DataFrame:
+    """Per-transformation figures (decodability) as tidy rows with magnitude ``grid``, so seeds and models compare
+    on them like on any condition."""
+    if decode.empty:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    ident = metrics.drop_duplicates("run").set_index("run")[["model", "seed"]]
+    rows = []
+    for r in decode.to_dict("records"):
+        for name in ("decodability", "decodability_pose"):
+            if name in r and pd.notna(r[name]):
+                base = {"model": ident.loc[r["run"], "model"], "run": r["run"], "seed": ident.loc[r["run"], "seed"],
+                        "transform": r["transform"], "kind": "nuisance", "magnitude": "grid",
+                        "magnitude_value": float("nan")}
+                rows.append(metric_row(base, name, r[name], (r[f"{name}_low"], r[f"{name}_high"]), n_images))
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
 def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
     """The magnitudes decodability uses: the numeric nuisance ones (identity included), when there are at least 2."""
     if t.choices is not None:
@@ -423,7 +440,8 @@ def run_probe(
     if not selectivity.empty:
         tables["selectivity"] = selectivity
     t0 = time.perf_counter()
-    compared = comparison_tables(metrics_df, images_df, entries, identity, n_boot=n_boot, seed=seed)
+    compared = comparison_tables(pd.concat([metrics_df, _grid_rows(decode_df, metrics_df, len(split))], ignore_index=True),
+                                 images_df, entries, identity, n_boot=n_boot, seed=seed)
     tables.update({name: frame for name, frame in compared.items() if not frame.empty})
     timer.add("comparison", t0)
     timing = dict(timer.seconds)

@@ -322,7 +322,22 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
                          f"{r} {means['equivariance_gain'][r]:.3f} / {means['invariance_error'].get(r, np.nan):.3f} / "
                          f"{means['equivariance_error_pca16'].get(r, np.nan):.3f} / "
                          f"{means['label_r2'].get(r, np.nan):.3f}" for r in runs if r in means["equivariance_gain"]) + ".")
-    if "decodability" in overview:
+    comp = (tables or {}).get("comparison")
+    multi = comp is not None and not comp.empty and comp["seeds"].max() >= 2
+    if multi and (comp["metric"] == "decodability").any():
+        dec = comp[comp["metric"] == "decodability"]
+        parts = [f"{t}: " + ", ".join(f"{r.model} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                                      for r in rows.itertuples(index=False))
+                 for t, rows in dec.groupby("transform", sort=False)]
+        lines.append("Decodability of the magnitude from (phi(x), phi(Tx)), held-out R^2 (16-D PCA; 0 = the "
+                     "representation discards it), mean over seeds with a t interval: " + "; ".join(parts) + ".")
+        diffs = tables.get("differences")
+        est = diffs[(diffs["metric"] == "decodability") & diffs["established"]] if diffs is not None else []
+        if len(est):
+            lines.append("Established decodability differences (Welch over seeds, Holm-corrected): " + "; ".join(
+                f"{r.transform}: {r.model_a} minus {r.model_b} {r.difference:+.3f} [{r.ci_low_adjusted:+.3f}, "
+                f"{r.ci_high_adjusted:+.3f}]" for r in est.itertuples(index=False)) + ".")
+    elif "decodability" in overview:
         dec = overview.dropna(subset=["decodability"])
         parts = [f"{t}: " + ", ".join(f"{r.run} {r.decodability:.3f} [{r.decodability_low:.3f}, "
                                       f"{r.decodability_high:.3f}]" for r in rows.itertuples(index=False))

@@ -97,3 +97,5 @@ def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():
     gain = _row(d, magnitude="45", metric="equivariance_gain")
     assert gain["test"] == "not testable with 1 seed" and np.isnan(gain["p_value"]) and not gain["established"]
     assert _row(comp, model="a", magnitude="45", metric="equivariance_gain")["interval"] == "images only (1 seed)"
+    acc = _row(d, magnitude="45", metric="accuracy")  # paired over images, a clear gap, but one seed of a
+    assert acc["ci_low_adjusted"] > 0 and not acc["established"]

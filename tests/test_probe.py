@@ -62,6 +62,13 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
     assert pd.isna(over.loc[("conv", "flip"), "decodability"]) and "decodability_pose" not in over.loc[("conv", "rotate")].dropna()
     kept = {e["name"]: e for e in result.manifest["runs"]}
     assert 0 < kept["conv"]["kept_variance_pca16"] <= 1 and kept["caps"]["clean_reconstruction_error"] > 0
+    comp = result.tables["comparison"]  # one seed each: intervals over images, differences not testable
+    dec = comp[(comp["metric"] == "decodability") & (comp["transform"] == "rotate")]
+    assert len(dec) == 2 and set(dec["interval"]) == {"images only (1 seed)"} and set(dec["magnitude"]) == {"grid"}
+    acc = comp[comp["metric"] == "accuracy"]
+    assert set(acc["interval"]) == {"seeds+images (two-stage bootstrap)"} and set(acc["seeds"]) == {1}
+    diffs = result.tables["differences"]
+    assert len(diffs) and not diffs["established"].any()  # one seed each: nothing is established
     sel = result.tables["selectivity"]
     assert set(sel["transform"]) == {"rotate", "flip", "jigsaw", "swap"}
     assert set(sel["matched_transform"]) <= {"rotate", "translate", "scale", "shear", "affine"}
