@@ -23,6 +23,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     seeds = [0]
     models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
 
+A model entry may carry its own ``train`` table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
 A size may also set ``bootstrap``, ``magnitudes`` and a ``train`` table that overrides ``[train]`` for it.
 
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
@@ -35,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train"}
-_MODEL = {"model", "epochs", "options"}
+_MODEL = {"model", "epochs", "options", "train"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root"}
 
@@ -69,6 +70,7 @@ class ModelSpec:
     model: str
     epochs: int
     options: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)  # this model's RunConfig fields over the size's [train]
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,13 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         _check_keys(path, text, entry, _MODEL, section)
         if "model" not in entry or "epochs" not in entry:
             raise _fail(path, text, "models", section, "every model needs 'model' and 'epochs'")
+        own = dict(_typed(path, text, entry.get("train", {}), dict, "train", section))
+        _check_keys(path, text, own, _TRAIN, f"{section}.models.train")
+        for key, value in own.items():
+            _check_train_type(path, text, RunConfig(), key, value, f"{section}.models.train")
         models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
                                 _typed(path, text, entry["epochs"], int, "epochs", section),
-                                dict(_typed(path, text, entry.get("options", {}), dict, "options", section))))
+                                dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own))
     size_train = _typed(path, text, spec.get("train", {}), dict, "train", section)
     _check_keys(path, text, size_train, _TRAIN, f"{section}.train")
     for key, value in size_train.items():
@@ -238,7 +244,7 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         for seed in exp.seeds:
             try:
                 RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                          model_kwargs=dict(spec.options), **exp.train)
+                          model_kwargs=dict(spec.options), **{**exp.train, **spec.train})
             except ConfigError as exc:
                 key = exc.field if exc.field != "model_kwargs" else "options"
                 raise _fail(path, text, key, None, str(exc)) from None
@@ -287,7 +293,8 @@ def run_experiment(
     jobs = [(m, s) for m in exp.models for s in exp.seeds]
     for i, (spec, seed) in enumerate(jobs, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                           device=device, data_root=root, model_kwargs=dict(spec.options), **exp.train)
+                           device=device, data_root=root, model_kwargs=dict(spec.options),
+                           **{**exp.train, **spec.train})
         run_dir = runs_dir / run_name(spec.model, seed)
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.model, seed, spec.epochs, run_dir)
         paths.append(str(fit(config, run_dir, resume=True, progress=progress)))

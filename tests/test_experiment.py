@@ -109,3 +109,18 @@ def test_a_size_can_ask_for_matched_training(tmp_path):
     path.write_text(path.read_text().replace('"high"', "1.5"))
     with pytest.raises(ExperimentError, match="target_accuracy"):
         load_experiment(path, "tiny")
+
+
+def test_a_model_entry_can_carry_its_own_training_options(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('name = "m"\n[data]\ndataset = "mnist-sample"\n[sizes.tiny]\n[sizes.tiny.train]\nlr = 0.002\n'
+                    '[[sizes.tiny.models]]\nmodel = "resnet18"\nepochs = 3\ntrain = { target_accuracy = 0.9 }\n'
+                    '[[sizes.tiny.models]]\nmodel = "capsnet_small"\nepochs = 3\n')
+    exp = load_experiment(path, "tiny")
+    assert exp.models[0].train == {"target_accuracy": 0.9} and exp.models[1].train == {} and exp.train == {"lr": 0.002}
+    path.write_text(path.read_text().replace("target_accuracy = 0.9", "target_acuracy = 0.9"))
+    with pytest.raises(ExperimentError, match="target_acuracy"):
+        load_experiment(path, "tiny")
+    path.write_text(path.read_text().replace("target_acuracy = 0.9", "recon_weight = -1.0"))
+    with pytest.raises(ExperimentError, match="recon_weight"):
+        load_experiment(path, "tiny")
