@@ -271,37 +271,48 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     """Sentences written from the numbers: who keeps more accuracy at 45 degrees and by how much, whether the
     intervals overlap, flip consistency, scramble detection, and which representation moves more predictably."""
     lines: list[str] = _seed_lines(metrics, (manifest or {}).get("runs", []), tables or {})
-    runs = list(dict.fromkeys(metrics["run"]))
+    tables = tables or {}
+    comp = tables.get("comparison")
+    multi = comp is not None and not comp.empty and comp["seeds"].max() >= 2
+    from .probe import identity_labels
 
-    def at(transform: str, magnitude: str, metric: str) -> pd.DataFrame:
-        return metrics[(metrics["transform"] == transform) & (metrics["magnitude"] == magnitude)
-                       & (metrics["metric"] == metric)].set_index("run")
+    ident = identity_labels()
 
-    clean = overview.dropna(subset=["clean_accuracy"]).drop_duplicates("run").set_index("run") \
-        if "clean_accuracy" in overview else pd.DataFrame()
-    if not clean.empty:
-        lines.append("Clean accuracy: " + "; ".join(
-            f"{r} {pct(clean.loc[r, 'clean_accuracy'])} [{pct(clean.loc[r, 'clean_accuracy_low'])}, "
-            f"{pct(clean.loc[r, 'clean_accuracy_high'])}]" for r in clean.index) + ".")
-    lines.extend(_difference_lines(tables or {}))
+    def per_model(metric: str, transform: str, magnitude: str, fmt) -> str:
+        """``model value [low, high]`` over seeds from comparison.csv, or per run from summary.csv."""
+        if multi:
+            rows = comp[(comp["metric"] == metric) & (comp["transform"] == transform) & (comp["magnitude"] == magnitude)]
+            return ", ".join(f"{r.model} {fmt(r.value)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+                             for r in rows.itertuples(index=False))
+        rows = metrics[(metrics["metric"] == metric) & (metrics["transform"] == transform)
+                       & (metrics["magnitude"] == magnitude)]
+        return ", ".join(f"{r.run} {fmt(r.value)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]" for r in rows.itertuples(index=False))
+
+    clean_at = next(((t, ident[t]) for t in dict.fromkeys(metrics["transform"]) if t in ident), None)
+    if clean_at is not None:
+        text = per_model("accuracy", *clean_at, pct)
+        if text:
+            lines.append(f"Clean accuracy{' (mean over seeds)' if multi else ''}: {text}.")
+    lines.extend(_difference_lines(tables))
     for flip in ("horizontal", "vertical"):
-        cons = at("flip", flip, "consistency")
-        if not cons.empty:
-            lines.append(f"A {flip} flip leaves the decision unchanged for " + ", ".join(
-                f"{pct(v)} of digits ({r})" for r, v in cons["value"].items()) + ".")
-    sel = (tables or {}).get("selectivity")
+        text = per_model("consistency", "flip", flip, pct)
+        if text:
+            lines.append(f"A {flip} flip leaves the decision unchanged for this share of digits: {text}.")
+    sel = tables.get("selectivity")
     if sel is not None and not sel.empty:
         parts = []
         for (transform, magnitude), rows in sel.groupby(["transform", "magnitude"], sort=False):
             if transform not in ("jigsaw", "swap"):
                 continue
-            parts.append(f"{transform} {magnitude}: " + ", ".join(
-                f"{r.run} {r.selectivity:+.3f} [{r.selectivity_low:+.3f}, {r.selectivity_high:+.3f}] (vs "
-                f"{r.matched_transform} {r.matched_magnitude})" for r in rows.itertuples(index=False)))
+            matched = ", ".join(dict.fromkeys(f"{r.matched_transform} {r.matched_magnitude}"
+                                              for r in rows.itertuples(index=False)))
+            parts.append(f"{transform} {magnitude} (vs {matched}): "
+                         + per_model("scramble_selectivity", transform, magnitude, lambda v: f"{v:+.3f}"))
         if parts:
             lines.append("Scramble selectivity, the AUROC of a scramble minus that of the nuisance with the closest "
-                         "pixel change (0 = no more surprised by broken parts than by a nuisance; 95% paired "
-                         "intervals): " + "; ".join(parts) + ".")
+                         f"pixel change (0 = no more surprised by broken parts than by a nuisance; "
+                         f"{'t intervals over seeds' if multi else '95% paired intervals over images'}): "
+                         + "; ".join(parts) + ".")
     elif "scramble_auroc" in overview:
         jig = overview[(overview["transform"] == "jigsaw")].dropna(subset=["scramble_auroc"]).set_index("run")
         if len(jig) >= 1:
@@ -309,21 +320,18 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
                              f"{jig.loc[r, 'scramble_auroc_high']:.3f}]" for r in jig.index)
             lines.append(f"Jigsaw-scramble detection AUROC (0.5 = blind; not specific to scrambles: no nuisance "
                          f"condition was probed to match it against): {text}.")
-    from .probe import identity_labels
-
-    ident = identity_labels()
     moved = metrics[(metrics["kind"] == "nuisance") & (metrics["magnitude"] != metrics["transform"].map(ident))]
-    means = {name: moved[moved["metric"] == name].groupby("run")["value"].mean()
+    group = "model" if multi else "run"
+    means = {name: moved[moved["metric"] == name].groupby(group, sort=False)["value"].mean()
              for name in ("equivariance_gain", "invariance_error", "equivariance_error_pca16", "label_r2")}
     if not means["equivariance_gain"].empty:
         lines.append("Across non-identity nuisance conditions, mean gain of the fitted map over the identity (full-D; "
                      "0 = explains none of the change, 1 = all of it) / whitened invariance error (full-D; 0 = does "
-                     "not move) / 16-D equivariance error / class-label baseline R^2: " + "; ".join(
+                     "not move) / 16-D equivariance error / class-label baseline R^2"
+                     f"{' (means over seeds and conditions)' if multi else ''}: " + "; ".join(
                          f"{r} {means['equivariance_gain'][r]:.3f} / {means['invariance_error'].get(r, np.nan):.3f} / "
                          f"{means['equivariance_error_pca16'].get(r, np.nan):.3f} / "
-                         f"{means['label_r2'].get(r, np.nan):.3f}" for r in runs if r in means["equivariance_gain"]) + ".")
-    comp = (tables or {}).get("comparison")
-    multi = comp is not None and not comp.empty and comp["seeds"].max() >= 2
+                         f"{means['label_r2'].get(r, np.nan):.3f}" for r in means["equivariance_gain"].index) + ".")
     if multi and (comp["metric"] == "decodability").any():
         dec = comp[comp["metric"] == "decodability"]
         parts = [f"{t}: " + ", ".join(f"{r.model} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
@@ -331,12 +339,6 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
                  for t, rows in dec.groupby("transform", sort=False)]
         lines.append("Decodability of the magnitude from (phi(x), phi(Tx)), held-out R^2 (16-D PCA; 0 = the "
                      "representation discards it), mean over seeds with a t interval: " + "; ".join(parts) + ".")
-        diffs = tables.get("differences")
-        est = diffs[(diffs["metric"] == "decodability") & diffs["established"]] if diffs is not None else []
-        if len(est):
-            lines.append("Established decodability differences (Welch over seeds, Holm-corrected): " + "; ".join(
-                f"{r.transform}: {r.model_a} minus {r.model_b} {r.difference:+.3f} [{r.ci_low_adjusted:+.3f}, "
-                f"{r.ci_high_adjusted:+.3f}]" for r in est.itertuples(index=False)) + ".")
     elif "decodability" in overview:
         dec = overview.dropna(subset=["decodability"])
         parts = [f"{t}: " + ", ".join(f"{r.run} {r.decodability:.3f} [{r.decodability_low:.3f}, "
@@ -345,6 +347,21 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
         if parts:
             lines.append("Decodability of the magnitude from (phi(x), phi(Tx)), held-out R^2 (16-D PCA; 0 = the "
                          "representation discards it): " + "; ".join(parts) + ".")
+    diffs = tables.get("differences")
+    if diffs is not None and not diffs.empty:
+        # scores are capsule lengths for a CapsNet and softmax probabilities for a convnet: not one scale, left out
+        comparable = diffs[~diffs["metric"].isin(("confidence_drop", "true_class_score", "accuracy"))
+                           & (diffs["magnitude"] != diffs["transform"].map(ident))]
+        parts = []
+        for (a, b, metric), rows in comparable.groupby(["model_a", "model_b", "metric"], sort=False):
+            est = rows[rows["established"].astype(bool)]
+            if len(est):
+                parts.append(f"{metric} ({a} minus {b}): higher in {int((est['difference'] > 0).sum())}, lower in "
+                             f"{int((est['difference'] < 0).sum())} of {len(rows)} conditions")
+        if parts:
+            lines.append("Established differences by metric (Holm-corrected over conditions; differences.csv lists "
+                         "each with its interval; confidence drop and true-class score are left out, their scales "
+                         "differ between capsule lengths and softmax probabilities): " + "; ".join(parts) + ".")
     entries = (manifest or {}).get("runs", [])
     kept = [f"{e['name']} {e['kept_variance_pca16']:.3f}" for e in entries if "kept_variance_pca16" in e]
     if kept:
