@@ -306,8 +306,10 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
                 continue
             matched = ", ".join(dict.fromkeys(f"{r.matched_transform} {r.matched_magnitude}"
                                               for r in rows.itertuples(index=False)))
-            parts.append(f"{transform} {magnitude} (vs {matched}): "
-                         + per_model("scramble_selectivity", transform, magnitude, lambda v: f"{v:+.3f}"))
+            text = per_model("scramble_selectivity", transform, magnitude, lambda v: f"{v:+.3f}") if multi else \
+                ", ".join(f"{r.run} {r.selectivity:+.3f} [{r.selectivity_low:+.3f}, {r.selectivity_high:+.3f}]"
+                          for r in rows.itertuples(index=False))
+            parts.append(f"{transform} {magnitude} (vs {matched}): {text}")
         if parts:
             lines.append("Scramble selectivity, the AUROC of a scramble minus that of the nuisance with the closest "
                          f"pixel change (0 = no more surprised by broken parts than by a nuisance; "
