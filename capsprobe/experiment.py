@@ -179,7 +179,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         own = dict(_typed(path, text, entry.get("train", {}), dict, "train", section))
         _check_keys(path, text, own, _TRAIN, f"{section}.models.train")
         for key, value in own.items():
-            _check_train_type(path, text, RunConfig(), key, value, f"{section}.models.train")
+            _check_train_type(path, text, defaults, key, value, f"{section}.models.train")
         models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
                                 _typed(path, text, entry["epochs"], int, "epochs", section),
                                 dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own))

@@ -47,7 +47,6 @@ __all__ = [
     "pca_project",
     "percentile_interval",
     "ratio",
-    "reconstruction_equivariance_terms",
     "reconstruction_terms",
     "register_metric",
     "resample_index",
@@ -415,8 +414,6 @@ def reconstruction_terms(recon, target) -> tuple[np.ndarray, np.ndarray]:
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     return ((a - b) ** 2).sum(1), (b**2).sum(1)
 
-
-reconstruction_equivariance_terms = reconstruction_terms
 
 
 def resample_index(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -875,9 +872,14 @@ def selectivity_table(images: pd.DataFrame, identity: dict[str, str], n_boot: in
 ROC_COLUMNS = ["run", "condition", "fpr", "tpr"]
 
 
+ROC_POINTS = 201  # false-positive rates stored per curve: enough to draw it, a fixed size whatever the image count
+
+
 def roc_table(images: pd.DataFrame, metrics: pd.DataFrame, identity: dict[str, str]) -> pd.DataFrame:
     """ROC curve points (``run condition fpr tpr``) of clean against transformed confidence for every
-    condition that has a ``scramble_auroc`` (scikit-learn ``roc_curve``)."""
+    condition that has a ``scramble_auroc`` (scikit-learn ``roc_curve``), on a grid of :data:`ROC_POINTS` false-positive
+    rates: the curve's exact staircase read at each (the highest true-positive rate reached at or below that rate),
+    so the file for the figure does not grow with the number of images."""
     from sklearn.metrics import roc_curve
 
     semantic = metrics[metrics["metric"] == "scramble_auroc"][["run", "transform", "magnitude"]].drop_duplicates()
@@ -889,5 +891,7 @@ def roc_table(images: pd.DataFrame, metrics: pd.DataFrame, identity: dict[str, s
         if not len(clean) or not len(moved):
             continue
         fpr, tpr, _ = roc_curve(np.r_[np.ones(len(clean)), np.zeros(len(moved))], np.r_[clean, moved])
-        frames.append(pd.DataFrame({"run": run, "condition": f"{transform} {magnitude}", "fpr": fpr, "tpr": tpr}))
+        grid = np.linspace(0.0, 1.0, ROC_POINTS)
+        on_grid = tpr[np.searchsorted(fpr, grid, side="right") - 1]  # fpr starts at 0: every index is valid
+        frames.append(pd.DataFrame({"run": run, "condition": f"{transform} {magnitude}", "fpr": grid, "tpr": on_grid}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROC_COLUMNS)

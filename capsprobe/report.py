@@ -95,7 +95,7 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
     with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
         write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
-        images.to_parquet(tmp / RESULTS, index=False)
+        images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
         result.metrics.to_csv(tmp / SUMMARY, index=False)
         for name, table in result.tables.items():
             table.to_csv(tmp / f"{name}.csv", index=False)

@@ -127,7 +127,7 @@ def test_vectorised_auroc_matches_sklearn():
 def test_reconstruction_terms():
     recon_t = np.zeros((2, 1, 2, 2))
     target = np.ones((2, 1, 2, 2))
-    num, den = M.reconstruction_equivariance_terms(recon_t, target)
+    num, den = M.reconstruction_terms(recon_t, target)
     assert num.tolist() == [4.0, 4.0] and den.tolist() == [4.0, 4.0]
 
 

@@ -236,3 +236,20 @@ def test_a_penalty_at_the_grid_edge_is_named_in_the_report(tmp_path):
     write_report(folder)
     text = (folder / "report.md").read_text()
     assert "grid in 1 non-identity fitted metric(s)" in text and "caps rotate 45 equivariance_error_pca16" in text
+
+
+def test_roc_points_are_the_exact_staircase_on_a_fixed_grid():
+    from sklearn.metrics import roc_curve
+
+    result = _synthetic(n=300)
+    roc = result.tables["roc"]
+    assert roc.groupby(["run", "condition"]).size().eq(201).all()  # fixed size, whatever the image count
+    img = result.images
+    rows = img[(img["run"] == "caps") & (img["transform"] == "flip")]
+    clean = rows[rows["magnitude"] == "none"].sort_values("image_id")["confidence"].to_numpy()
+    moved = rows[rows["magnitude"] == "horizontal"].sort_values("image_id")["confidence"].to_numpy()
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(300), np.zeros(300)], np.r_[clean, moved])
+    curve = roc[(roc["run"] == "caps") & (roc["condition"] == "flip horizontal")]
+    for f, t in zip(curve["fpr"], curve["tpr"]):
+        assert t == tpr[fpr <= f + 1e-12].max()  # the highest true-positive rate reached at that false-positive rate
+    assert curve["tpr"].iloc[-1] == 1.0 and curve["fpr"].iloc[0] == 0.0
