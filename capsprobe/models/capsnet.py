@@ -96,6 +96,34 @@ def squash(s: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
     return s * (sq / (1.0 + sq)) / torch.sqrt(sq + eps)
 
 
+def _route(
+    votes: Tensor,
+    num_iters: int,
+    detach_inner: bool = False,
+    return_couplings: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Procedure 1 on votes laid out ``(B, N_out, N_in, D)``: every step is a batched matrix product.
+
+    With the parent capsule before the input capsule, ``s_j = sum_i c_ij u_hat_j|i`` is ``(1, N_in) @ (N_in, D)``
+    and the agreement ``<u_hat_j|i, v_j>`` is ``(N_in, D) @ (D, 1)`` for every (sample, parent): both read the
+    votes in place, with no permute copy of the largest tensor in the network. Couplings are ``(B, N_out, N_in)``.
+    """
+    batch, n_out, n_in, _ = votes.shape
+    inner = votes.detach() if detach_inner else votes
+    b = votes.new_zeros(batch, n_out, n_in)  # routing logits
+    couplings: list[Tensor] = []
+    v = votes.new_empty(0)
+    for it in range(num_iters):
+        last = it == num_iters - 1
+        u = votes if last else inner
+        c = b.softmax(dim=1)  # over the parents
+        couplings.append(c)
+        v = squash(torch.matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
+        if not last:
+            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
+    return (v, couplings) if return_couplings else v
+
+
 def dynamic_routing(
     u_hat: Tensor,
     num_iters: int = 3,
@@ -107,6 +135,9 @@ def dynamic_routing(
     The routing logits ``b`` start at zero for every sample at every call. Each iteration computes the
     coupling ``c = softmax(b)`` over the *parent* (output) capsules, ``s_j = sum_i c_ij u_hat_j|i``,
     ``v_j = squash(s_j)`` and, except after the last iteration, ``b_ij += <u_hat_j|i, v_j>``.
+
+    :class:`DigitCaps` produces its votes parent-major and routes them without this function's one
+    transposing copy; the result is the same to rounding (tested against an explicit-loop Procedure 1).
 
     Args:
         u_hat: predictions of every input capsule for every output capsule, ``(B, N_in, N_out, D)``.
@@ -123,21 +154,11 @@ def dynamic_routing(
         raise InvalidInputError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
     if num_iters < 1:
         raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
-    batch, n_in, n_out, _ = u_hat.shape
-    u_inner = u_hat.detach() if detach_inner else u_hat
-    b = u_hat.new_zeros(batch, n_in, n_out)  # (B, N_in, N_out) routing logits
-    couplings: list[Tensor] = []
-    v = u_hat.new_empty(0)
-    for it in range(num_iters):
-        last = it == num_iters - 1
-        u = u_hat if last else u_inner
-        c = b.softmax(dim=2)  # (B, N_in, N_out), sums to 1 over parents
-        couplings.append(c)
-        s = torch.einsum("bij,bijd->bjd", c, u)  # (B, N_out, D)
-        v = squash(s)
-        if not last:
-            b = b + torch.einsum("bijd,bjd->bij", u, v)  # agreement
-    return (v, couplings) if return_couplings else v
+    out = _route(u_hat.transpose(1, 2).contiguous(), num_iters, detach_inner, return_couplings)
+    if not return_couplings:
+        return out
+    v, couplings = out
+    return v, [c.transpose(1, 2) for c in couplings]
 
 
 def margin_loss(
@@ -258,20 +279,33 @@ class DigitCaps(nn.Module):
         # (N_in, N_out, D_out, D_in); the official code draws these from N(0, 0.01^2)
         self.weight = nn.Parameter(0.01 * torch.randn(num_in, num_out, out_dim, in_dim))
 
-    def predictions(self, u: Tensor) -> Tensor:
-        """``u (B, N_in, D_in)`` -> ``u_hat (B, N_in, N_out, D_out)``, ``u_hat_j|i = W_ij u_i``."""
+    def votes(self, u: Tensor) -> Tensor:
+        """``u (B, N_in, D_in)`` -> votes ``(B, N_out, N_in, D_out)``, parent-major, ``u_hat_j|i = W_ij u_i``.
+
+        One batched product over the input capsules, ``(N_in, B, D_in) @ (N_in, D_in, N_out D_out)``, then one
+        copy into the parent-major layout that routing reads in place. (``weight`` keeps its
+        ``(N_in, N_out, D_out, D_in)`` layout, so runs saved by earlier versions load unchanged.)
+        """
         if u.shape[1:] != (self.num_in, self.in_dim):
             raise InvalidInputError(
                 f"expected input capsules (B, {self.num_in}, {self.in_dim}), got {tuple(u.shape)}; "
                 "was the model built for another input size?"
             )
-        return torch.einsum("ijdk,bik->bijd", self.weight, u)
+        w = self.weight.permute(0, 3, 1, 2).reshape(self.num_in, self.in_dim, self.num_out * self.out_dim)
+        u_hat = torch.bmm(u.transpose(0, 1), w.to(u.dtype))  # (N_in, B, N_out * D_out)
+        return u_hat.view(self.num_in, -1, self.num_out, self.out_dim).permute(1, 2, 0, 3).contiguous()
+
+    def predictions(self, u: Tensor) -> Tensor:
+        """``u (B, N_in, D_in)`` -> ``u_hat (B, N_in, N_out, D_out)`` (a view of :meth:`votes`)."""
+        return self.votes(u).transpose(1, 2)
 
     def forward(self, u: Tensor) -> Tensor:
         """``u (B, N_in, D_in)`` -> ``v (B, N_out, D_out)``. Routing runs in float32 under autocast."""
-        u_hat = self.predictions(u)
+        votes = self.votes(u)
+        if votes.dtype in (torch.float16, torch.bfloat16):
+            votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
         with torch.autocast(device_type=u.device.type, enabled=False):
-            return dynamic_routing(u_hat.float(), self.num_iters, self.detach_inner)
+            return _route(votes, self.num_iters, self.detach_inner)
 
 
 class CapsuleDecoder(nn.Module):
