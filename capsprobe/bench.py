@@ -1,7 +1,10 @@
 """Throughput benchmark: training-step and inference images/s and peak memory per model.
 
 Each model is measured in a fresh process (``spawn``), so the peak memory of one does not hide in another's.
-On CPU the peak is the process's maximum resident set size (torch and Python included, about 0.4 GiB
+For models that expose ``convolution_stack()`` (the CapsNets), the convolutions alone are timed forward and
+backward on the same batch, and their time over a whole training step is ``conv_share``: ``1 - conv_share`` is
+what routing, the votes, the decoder, the loss and the optimiser cost on top of the dense work (a roofline in
+time: the step cannot be faster than its convolutions). On CPU the peak is the process's maximum resident set size (torch and Python included, about 0.4 GiB
 before any model); on CUDA it is ``torch.cuda.max_memory_allocated``. Figures depend on the machine: they
 are printed, never asserted.
 """
@@ -34,6 +37,7 @@ class BenchResult:
     eval_images_per_s: float
     peak_memory_mib: float
     memory_kind: str
+    conv_share: float | None = None  # time of the convolutions alone (forward + backward) / a training step
 
 
 def _sync(device: torch.device) -> None:
@@ -79,7 +83,27 @@ def bench_model(
     for _ in range(steps):
         step()
     _sync(dev)
-    train_rate = steps * batch_size / (time.perf_counter() - start)
+    step_seconds = (time.perf_counter() - start) / steps
+    train_rate = batch_size / step_seconds
+    conv_share = None
+    stack = getattr(model, "convolution_stack", None)
+    if callable(stack):
+        convs = stack()
+        params = [p for p in convs.parameters() if p.requires_grad]
+
+        def conv_step():
+            with autocast_context(dev, dtype):
+                out = convs(images)
+            torch.autograd.grad(out.float().sum(), params)
+
+        for _ in range(warmup):
+            conv_step()
+        _sync(dev)
+        start = time.perf_counter()
+        for _ in range(steps):
+            conv_step()
+        _sync(dev)
+        conv_share = (time.perf_counter() - start) / steps / step_seconds
 
     model.eval()
     adapter = adapt(model)
@@ -110,6 +134,7 @@ def bench_model(
         eval_images_per_s=eval_rate,
         peak_memory_mib=peak,
         memory_kind=kind,
+        conv_share=conv_share,
     )
 
 

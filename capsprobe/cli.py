@@ -159,12 +159,16 @@ def bench(
 
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
                              device=device, amp=amp)
-    typer.echo(f"| model | params | device | amp | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) |")
-    typer.echo("| --- | ---: | --- | --- | ---: | ---: | ---: |")
+    typer.echo(
+        f"| model | params | device | amp | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) "
+        "| non-conv share of a training step |"
+    )
+    typer.echo("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
+        share = "-" if r.conv_share is None else f"{max(0.0, 1.0 - r.conv_share):.0%}"
         typer.echo(
             f"| {r.model} | {r.params:,} | {r.device} | {r.amp} | {r.train_images_per_s:,.0f} | "
-            f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} |"
+            f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} | {share} |"
         )
 
 

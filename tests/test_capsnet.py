@@ -249,3 +249,19 @@ def test_digit_caps_votes_and_routing_match_procedure_1_with_gradients(num_iters
     torch.testing.assert_close(g_w, g_w_ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(g_u, g_u_ref, rtol=0, atol=1e-10)
     assert g_w.abs().max() > 1e-3 and g_u.abs().max() > 1e-3
+
+
+def test_convolution_stack_is_the_models_own_convolutions():
+    """bench's roofline times exactly the model's convolutions: same weights, same output as inside forward."""
+    from capsprobe.bench import bench_model
+
+    model = timm.create_model("capsnet_small", in_chans=1, num_classes=10)
+    stack = model.convolution_stack()
+    assert {id(p) for p in stack.parameters()} == {id(model.conv1.weight), id(model.conv1.bias),
+                                                   id(model.primary.conv.weight), id(model.primary.conv.bias)}
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(stack(x), model.primary.conv(F.relu(model.conv1(x))))
+    caps = bench_model("capsnet_small", batch_size=4, steps=1, warmup=1, device="cpu")
+    cnn = bench_model("baseline_cnn", batch_size=4, steps=1, warmup=1, device="cpu")
+    assert caps.conv_share is not None and caps.conv_share > 0
+    assert cnn.conv_share is None

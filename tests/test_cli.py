@@ -74,6 +74,7 @@ def test_bench_prints_a_table():
     assert result.exit_code == 0, result.output
     row = [line for line in result.output.splitlines() if line.startswith("| capsnet_small")]
     assert len(row) == 1 and "2,117,072" in row[0]
+    assert row[0].rstrip(" |").endswith("%")  # the non-convolution share of a CapsNet training step
 
 
 def test_python_dash_m_entry_point():

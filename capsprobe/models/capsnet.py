@@ -430,6 +430,11 @@ class CapsNet(nn.Module):
         u = self.primary(x)  # (B, 1152, 8)
         return self.digits(u)  # (B, K, 16)
 
+    def convolution_stack(self) -> nn.Module:
+        """Conv1, ReLU and the PrimaryCaps convolution, sharing this model's weights: the part of a step that is
+        dense convolution work (``capsprobe bench`` times it alone to print everything else as a share)."""
+        return nn.Sequential(self.conv1, nn.ReLU(), self.primary.conv)
+
     def forward_head(self, poses: Tensor, pre_logits: bool = False) -> Tensor:
         """Poses ``(B, K, D)`` -> lengths ``(B, K)``; with ``pre_logits`` the flattened poses ``(B, K*D)``."""
         if pre_logits:
