@@ -178,3 +178,34 @@ def test_multimnist_pairs(sample):
     assert 0.6 < overlap < 0.85  # the paper: 80% on average; 73% here
     again = multimnist(sample.test, 500, seed=2)
     assert torch.equal(again.images, m.images) and torch.equal(again.labels, m.labels)
+
+
+def test_resident_batches_equal_host_batches_and_per_batch_shift_draws():
+    """The device-resident path (CUDA's default; forced here on CPU) gives the host path's batches, and both
+    shift by the numbers the earlier per-batch draws gave (so training and exact resume are unchanged)."""
+    from capsprobe.data import ImageSplit, random_shifts
+    from capsprobe.runtime import epoch_seed
+
+    gen = torch.Generator().manual_seed(0)
+    split = ImageSplit(torch.randint(0, 256, (70, 1, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(70) % 10)
+    kw = dict(shuffle=True, seed=4, epoch=2, max_shift=2, rank=1, world_size=2)
+    host = list(iterate_batches(split, 16, resident=False, **kw))
+    resident = list(iterate_batches(split, 16, resident=True, **kw))
+    assert len(host) == len(resident) == 3
+    for (a, la), (b, lb) in zip(host, resident):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    # the previous scheme: one draw per batch from the epoch's generator, in batch order
+    g = torch.Generator().manual_seed(epoch_seed(4, 2, 1))
+    clean = list(iterate_batches(split, 16, **{**kw, "max_shift": 0}))
+    for (aug, _), (x, _) in zip(host, clean):
+        assert torch.equal(aug, shift_images(x, random_shifts(x.shape[0], 2, g)))
+    assert split.to("cpu") is split
+
+
+def test_image_split_to_copies_once_per_device():
+    from capsprobe.data import ImageSplit
+
+    split = ImageSplit(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+    meta = split.to("meta")
+    assert meta.images.device.type == "meta" and meta.images.dtype == torch.uint8
+    assert split.to("meta") is meta and split.images.device.type == "cpu"
