@@ -33,6 +33,8 @@ class BenchResult:
     batch_size: int
     device: str
     amp: str
+    channels_last: bool
+    compiled: bool
     train_images_per_s: float
     eval_images_per_s: float
     peak_memory_mib: float
@@ -55,21 +57,25 @@ def bench_model(
     in_chans: int = 1,
     img_size: int = 28,
     num_classes: int = 10,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``."""
     from .models import adapt, create_model
     from .runtime import autocast_context, autocast_dtype, resolve_device
-    from .train import Objective, train_step
+    from .train import Objective, compile_objective, train_step
 
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
     torch.manual_seed(0)
     model = create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size).to(dev)
-    objective = Objective(model).train()
+    objective = compile_objective(Objective(model, channels_last=channels_last).train(), compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     images = torch.rand(batch_size, in_chans, img_size, img_size, device=dev)
     labels = torch.randint(0, num_classes, (batch_size,), device=dev)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -130,6 +136,8 @@ def bench_model(
         batch_size=batch_size,
         device=str(dev),
         amp=str(dtype).replace("torch.", "") if dtype is not None else "off",
+        channels_last=channels_last,
+        compiled=compile,
         train_images_per_s=train_rate,
         eval_images_per_s=eval_rate,
         peak_memory_mib=peak,

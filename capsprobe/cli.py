@@ -84,6 +84,8 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation, dropout [0]."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N [auto]."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA [on]."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC weights and inputs [off]."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training objective [off]."),
     max_shift: Optional[int] = typer.Option(None, min=0, help="Random shift augmentation in px, 0 = off [2]."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many images per split (quick runs)."),
     num_iters: Optional[int] = typer.Option(None, min=1, help="CapsNet routing iterations [3]."),
@@ -113,7 +115,7 @@ def train(
         base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
         seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
-        target_accuracy=target_accuracy,
+        target_accuracy=target_accuracy, channels_last=channels_last, compile=compile,
     )
     config = with_overrides(config, model_kwargs=kwargs)
     path = fit(config, out, resume=resume, force=force, progress=progress)
@@ -153,12 +155,14 @@ def bench(
     steps: int = typer.Option(5, min=1, help="Timed steps per measurement (after 2 warm-up steps)."),
     device: Device = "auto",
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC weights and inputs."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training objective (slow to start)."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
     from .bench import DEFAULT_MODELS, run_benchmarks
 
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
-                             device=device, amp=amp)
+                             device=device, amp=amp, channels_last=channels_last, compile=compile)
     typer.echo(
         f"| model | params | device | amp | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) "
         "| non-conv share of a training step |"
@@ -167,7 +171,7 @@ def bench(
     for r in results:
         share = "-" if r.conv_share is None else f"{max(0.0, 1.0 - r.conv_share):.0%}"
         typer.echo(
-            f"| {r.model} | {r.params:,} | {r.device} | {r.amp} | {r.train_images_per_s:,.0f} | "
+            f"| {r.model} | {r.params:,} | {r.device} | {', '.join([r.amp] + ['channels_last'] * r.channels_last + ['compiled'] * r.compiled)} | {r.train_images_per_s:,.0f} | "
             f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} | {share} |"
         )
 

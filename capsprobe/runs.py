@@ -125,6 +125,8 @@ class RunConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
     task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
     target_accuracy: float | None = None  # stop after the first epoch whose validation accuracy reaches this
+    channels_last: bool = False  # NHWC weights and inputs for the convolutions (faster on CUDA tensor cores)
+    compile: bool = False  # torch.compile the training objective (model and loss); minutes of compilation first
 
     def __post_init__(self):
         """Every field checked for type and range (a config is data: from the CLI, an experiment file or a run's
@@ -135,7 +137,7 @@ class RunConfig:
         for name in ("dataset", "task", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
-        for name in ("amp", "download"):
+        for name in ("amp", "download", "channels_last", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         _check_number("epochs", self.epochs, int, 1)

@@ -185,3 +185,31 @@ def test_target_accuracy_must_be_a_fraction(bad):
 
     with pytest.raises(ConfigError, match="target_accuracy"):
         RunConfig(target_accuracy=bad)
+
+
+def test_channels_last_trains_the_same_model_and_compile_wraps_the_objective(tmp_path, monkeypatch):
+    """channels_last changes the memory format, not the result (same weights to rounding after an epoch);
+    --compile hands the whole objective to torch.compile (stubbed here: compiling takes minutes on 2 cores)."""
+    from dataclasses import replace
+
+    import capsprobe.train as train_mod
+
+    base = load_run(fit(TINY, tmp_path / "base", progress=False))
+    nhwc = load_run(fit(replace(TINY, channels_last=True), tmp_path / "nhwc", progress=False))
+    for (name, a), (_, b) in zip(base.model.state_dict().items(), nhwc.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    seen = []
+
+    def fake_compile(module, *args, **kwargs):
+        seen.append(module)
+        return module
+
+    monkeypatch.setattr(train_mod.torch, "compile", fake_compile)
+    fit(replace(TINY, compile=True), tmp_path / "compiled", progress=False)
+    assert len(seen) == 1 and isinstance(seen[0], train_mod.Objective)
+    fit(TINY, tmp_path / "plain", progress=False)
+    assert len(seen) == 1  # off by default
+    obj = train_mod.Objective(base.model, channels_last=True)
+    assert base.model.conv1.weight.is_contiguous(memory_format=torch.channels_last) and obj.channels_last
+    with pytest.raises(Exception, match="channels_last"):
+        RunConfig(channels_last="yes")
