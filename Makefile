@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capsprobe-installed
 
-.PHONY: install test demo train bench clean
+.PHONY: install test demo train bench gpu-pack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/capsprobe bench
+
+# what experiments/gpu.sh needs on a lent GPU machine (Python 3.12 there): the three missing wheels, MNIST gzipped
+gpu-pack:
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/MNIST/raw
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d .gpu/wheels kornia==0.9.0 kornia-rs==0.2.0 mlxtend==0.25.0
+	for f in ../shared/data/MNIST/raw/*-ubyte; do gzip -c "$$f" > .gpu/MNIST/raw/$$(basename "$$f").gz; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
