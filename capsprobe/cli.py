@@ -70,6 +70,26 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
 
 
+def _model_options(items: List[str]) -> dict:
+    """``KEY=VALUE`` strings -> options; a value is read as TOML (``false``, ``9``, ``[64, 64, 32]``), else kept as
+    the bare string (``routing=none``)."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
 @app.command()
 @_clean_errors
 def train(
@@ -89,6 +109,12 @@ def train(
     max_shift: Optional[int] = typer.Option(None, min=0, help="Random shift augmentation in px, 0 = off [2]."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many images per split (quick runs)."),
     num_iters: Optional[int] = typer.Option(None, min=1, help="CapsNet routing iterations [3]."),
+    option: Optional[List[str]] = typer.Option(
+        None, "--option", "-o", help="A model option KEY=VALUE (repeatable; TOML values): routing=none, "
+        "transformation=shared, squash=false, loss=ce, kernel_size=9, pool=avg, channels=[64,64,32]."),
+    recon_weight: Optional[float] = typer.Option(None, min=0.0, help="CapsNet reconstruction loss weight, 0 = off "
+                                                 "[0.0005]."),
+    label: Optional[str] = typer.Option(None, help="The variant's name in run folders and tables [the model name]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download missing data [on]."),
     out: Optional[Path] = typer.Option(None, help="Run directory [runs/<model>-<dataset>]."),
@@ -104,18 +130,20 @@ def train(
         raise typer.BadParameter("--resume and --force exclude each other")
     base = RunConfig()
     if out is None:
-        name, data, s = model or base.model, dataset or base.dataset, seed if seed is not None else base.seed
+        name, data, s = label or model or base.model, dataset or base.dataset, seed if seed is not None else base.seed
         out = Path("runs") / run_name(name, s, dataset=data)
     if resume and (out / CONFIG).is_file():
         base = read_config(out)[0]  # options left out keep the stored values
     kwargs = dict(base.model_kwargs)
     if num_iters is not None:
         kwargs["num_iters"] = num_iters
+    kwargs.update(_model_options(option or []))
     config = with_overrides(
         base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
         seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
-        target_accuracy=target_accuracy, channels_last=channels_last, compile=compile,
+        target_accuracy=target_accuracy, channels_last=channels_last, compile=compile, recon_weight=recon_weight,
+        label=label,
     )
     config = with_overrides(config, model_kwargs=kwargs)
     path = fit(config, out, resume=resume, force=force, progress=progress)
@@ -191,6 +219,8 @@ def perturb(
     seed: int = typer.Option(0, help="Seed of random transformations, equivariance split and bootstrap."),
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the 95% intervals."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
+    reference: Optional[str] = typer.Option(None, help="A model (or run label) to set every other model against "
+                                            "in ablation.csv (e.g. the full CapsNet of an ablation)."),
     force: ReplaceReport = False,
     progress: Progress = True,
 ) -> None:
@@ -206,7 +236,7 @@ def perturb(
     result = run_perturb(
         [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
         data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
-        device=device, seed=seed, n_boot=bootstrap, progress=progress,
+        device=device, seed=seed, n_boot=bootstrap, progress=progress, reference=reference,
     )
     path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))

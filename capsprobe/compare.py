@@ -26,6 +26,13 @@ A difference is ``established`` only when both models have at least 2 seeds, its
 and its adjusted interval excludes 0.
 Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
 ``excluded``.
+
+``ablation.csv`` — with a ``reference`` model (an experiment's ``reference``, e.g. the full CapsNet of an
+ablation), every other model against it, *variant minus reference*, for accuracy (the untransformed condition once,
+and every transformed one), the gain of the fitted map over the identity and the decodability of the magnitude (every
+non-identity condition). The same paired intervals as ``differences.csv``, but Holm's correction and the
+Bonferroni-level intervals run over one family per metric that holds every variant and condition together: a table of
+many one-component changes does not get a fresh 5% for each.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from scipy import stats
 
 from .metrics import LEVEL, percentile_interval
 
-__all__ = ["COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PER_IMAGE", "comparison_tables", "holm"]
+__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PER_IMAGE",
+           "comparison_tables", "holm"]
 
 PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
 COMPARISON_COLUMNS = [
@@ -49,6 +57,12 @@ DIFFERENCE_COLUMNS = [
     "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
     "ci_high", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a", "seeds_b",
     "test", "established",
+]
+ABLATION_METRICS = ("accuracy", "equivariance_gain", "decodability")
+ABLATION_COLUMNS = [
+    "variant", "reference", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
+    "ci_high", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_variant",
+    "seeds_reference", "test", "established",
 ]
 
 
@@ -149,14 +163,17 @@ def comparison_tables(
     identity: dict[str, str],
     n_boot: int = 1000,
     seed: int = 0,
+    reference: str | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """``comparison``, ``differences`` and ``excluded`` tables (see the module docstring).
+    """``comparison``, ``differences`` and ``excluded`` tables, and ``ablation`` with a ``reference`` (see the module
+    docstring).
 
     Args:
         metrics: tidy metrics of every run (``summary.csv``).
         images: per-image rows (``results.parquet``).
         entries: the manifest's run entries (name, model, seed, test accuracy, epochs, target reached).
         identity: per transformation, the label of its identity magnitude.
+        reference: the model every other is set against in the ablation table (None: no ablation table).
     """
     excluded = [e for e in entries if e.get("target_accuracy") is not None and e.get("reached_target") is False]
     out_runs = {e["name"] for e in excluded}
@@ -227,24 +244,56 @@ def comparison_tables(
                         row.update(difference=float(seeds_of[a].mean() - seeds_of[b].mean()), ci_low=np.nan,
                                    ci_high=np.nan, p_value=np.nan, test="not testable with 1 seed")
                     diffs.append(row)
+    ablation = _ablation(diffs, reference, identity) if reference is not None else pd.DataFrame()
     differences = _adjust(pd.DataFrame(diffs))
     comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
     excluded_df = pd.DataFrame([{"run": e.get("name"), "model": e.get("model"), "seed": e.get("seed"),
                                  "target_accuracy": e.get("target_accuracy"), "val_accuracy": e.get("val_accuracy"),
                                  "epochs": e.get("epochs")} for e in excluded],
                                columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
-    return {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+    return {"comparison": comparison, "differences": differences, "excluded": excluded_df, "ablation": ablation}
 
 
-def _adjust(frame: pd.DataFrame) -> pd.DataFrame:
-    """Holm over the conditions of each (pair, metric) family, and the Bonferroni-level interval beside it."""
+def _ablation(diffs: list[dict[str, Any]], reference: str, identity: dict[str, str]) -> pd.DataFrame:
+    """Every model against ``reference``, oriented variant - reference, one Holm family per metric."""
+    rows, clean_transform = [], None
+    for r in diffs:
+        if r["metric"] not in ABLATION_METRICS or reference not in (r["model_a"], r["model_b"]):
+            continue
+        if r["magnitude"] == identity.get(r["transform"]):
+            if r["metric"] != "accuracy":
+                continue  # no change to explain or decode
+            clean_transform = clean_transform or r["transform"]
+            if r["transform"] != clean_transform:
+                continue  # the untransformed digits once, not once per transformation
+        row = dict(r)
+        if r["model_a"] == reference:  # flip: variant - reference
+            row.update(model_a=r["model_b"], model_b=reference, difference=-r["difference"], ci_low=-r["ci_high"],
+                       ci_high=-r["ci_low"], seeds_a=r["seeds_b"], seeds_b=r["seeds_a"])
+            if isinstance(r.get("_boot"), np.ndarray):
+                row["_boot"] = -r["_boot"]
+            if isinstance(r.get("_welch"), tuple):
+                row["_welch"] = r["_welch"][::-1]
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=ABLATION_COLUMNS)
+    frame = _adjust(pd.DataFrame(rows), by=["metric"])
+    frame = frame.rename(columns={"model_a": "variant", "model_b": "reference", "seeds_a": "seeds_variant",
+                                  "seeds_b": "seeds_reference"})
+    return frame[ABLATION_COLUMNS]
+
+
+def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "metric")) -> pd.DataFrame:
+    """Holm over the conditions of each (pair, metric) family (or the families ``by`` names), and the
+    Bonferroni-level interval beside it."""
     if frame.empty:
         return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
     frame = frame.copy()
     frame["p_holm"] = np.nan
     frame["ci_low_adjusted"], frame["ci_high_adjusted"] = np.nan, np.nan
     frame["family_size"] = 0
-    for _, idx in frame.groupby(["model_a", "model_b", "metric"], sort=False).groups.items():
+    family = frame[list(by)].astype(str).agg("\x1f".join, axis=1)  # one key per family, whatever len(by)
+    for idx in family.groupby(family, sort=False).groups.values():
         sub = frame.loc[idx]
         m = int(sub["p_value"].notna().sum())
         frame.loc[idx, "p_holm"] = holm(sub["p_value"].to_numpy())

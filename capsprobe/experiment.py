@@ -16,6 +16,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     transforms = ["affnist"]     # names as for `capsprobe perturb -t`, or "all"
     magnitudes = []              # specs as for `--magnitudes`
     bootstrap = 1000
+    reference = "capsnet_small"  # optional: the ablation table sets every other model against this one
 
     [sizes.quick]
     limit = 10000                # images per split for training (None: all)
@@ -23,8 +24,9 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     seeds = [0]
     models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
 
-A model entry may carry its own ``train`` table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
-A size may also set ``bootstrap``, ``magnitudes`` and a ``train`` table that overrides ``[train]`` for it.
+A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
+options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train`` table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
+A size may also set ``bootstrap``, ``magnitudes``, ``reference`` and a ``train`` table that overrides ``[train]`` for it.
 
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
 the report goes to ``reports/<name>``. A malformed file is a one-line :class:`ExperimentError` naming the
@@ -54,11 +56,11 @@ _log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
-_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split"}
-_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train"}
-_MODEL = {"model", "epochs", "options", "train"}
+_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference"}
+_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train", "reference"}
+_MODEL = {"model", "epochs", "options", "train", "label"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
-                                                "data_root"}
+                                                "data_root", "label"}
 
 
 class ExperimentError(InvalidInputError):
@@ -71,6 +73,11 @@ class ModelSpec:
     epochs: int
     options: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)  # this model's RunConfig fields over the size's [train]
+    label: str | None = None  # the variant's name (run folders, tables); None: the model name
+
+    @property
+    def variant(self) -> str:
+        return self.label or self.model
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Experiment:
     magnitudes: list[str]
     bootstrap: int
     probe_seed: int
+    reference: str | None  # the model (variant) every other is compared against in the ablation table
     split: str
     limit: int | None
     probe_limit: int | None
@@ -182,7 +190,8 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
             _check_train_type(path, text, defaults, key, value, f"{section}.models.train")
         models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
                                 _typed(path, text, entry["epochs"], int, "epochs", section),
-                                dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own))
+                                dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own,
+                                _typed(path, text, entry["label"], str, "label", section) if "label" in entry else None))
     size_train = _typed(path, text, spec.get("train", {}), dict, "train", section)
     _check_keys(path, text, size_train, _TRAIN, f"{section}.train")
     for key, value in size_train.items():
@@ -200,7 +209,10 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
         data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
         magnitudes=[str(m) for m in magnitudes], bootstrap=int(bootstrap),
-        probe_seed=int(probe.get("seed", 0)), split=str(probe.get("split", "test")), limit=limit,
+        probe_seed=int(probe.get("seed", 0)),
+        reference=_typed(path, text, spec["reference"], str, "reference", section) if "reference" in spec else
+        _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
+        split=str(probe.get("split", "test")), limit=limit,
         probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
         models=models,
     )
@@ -240,11 +252,19 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         parse_magnitude_specs(exp.magnitudes, resolve(exp.transforms))
     except InvalidInputError as exc:
         raise _fail(path, text, "magnitudes" if exp.magnitudes else "transforms", "probe", str(exc)) from None
+    variants = [spec.variant for spec in exp.models]
+    for name in dict.fromkeys(variants):
+        if variants.count(name) > 1:
+            raise _fail(path, text, "models", section, f"two entries of [{section}] are both called {name!r} (their runs "
+                        "would share folders): give each a distinct 'label'")
+    if exp.reference is not None and exp.reference not in variants:
+        raise _fail(path, text, "reference", "probe", f"reference {exp.reference!r} is none of [{section}]'s models "
+                    f"({', '.join(variants)})")
     for spec in exp.models:
         for seed in exp.seeds:
             try:
                 RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                          model_kwargs=dict(spec.options), **{**exp.train, **spec.train})
+                          model_kwargs=dict(spec.options), label=spec.label, **{**exp.train, **spec.train})
             except ConfigError as exc:
                 key = exc.field if exc.field != "model_kwargs" else "options"
                 raise _fail(path, text, key, None, str(exc)) from None
@@ -293,16 +313,18 @@ def run_experiment(
     jobs = [(m, s) for m in exp.models for s in exp.seeds]
     for i, (spec, seed) in enumerate(jobs, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                           device=device, data_root=root, model_kwargs=dict(spec.options),
+                           device=device, data_root=root, model_kwargs=dict(spec.options), label=spec.label,
                            **{**exp.train, **spec.train})
-        run_dir = runs_dir / run_name(spec.model, seed)
-        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.model, seed, spec.epochs, run_dir)
+        run_dir = runs_dir / run_name(spec.variant, seed)
+        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.variant, seed, spec.epochs,
+                  run_dir)
         paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
-                     limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress)
+                     limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,
+                     reference=exp.reference)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
-                                     "description": exp.description}
+                                     "description": exp.description, "reference": exp.reference}
     write_probe_outputs(result, out, force=force)
     _log.info("%s: writing the report in %s", exp.name, out)
     return write_report(out)

@@ -44,14 +44,14 @@ def multimnist_batches(split: "ImageSplit", batch_size: int, device: torch.devic
 
 def multimnist_loss(adapter: "Adapter", images: Tensor, labels: Tensor, parts: Tensor | None,
                     recon_weight: float) -> tuple[Tensor, Tensor]:
-    """The two-label margin loss, plus each digit reconstructed from its own capsule against that digit alone."""
-    from .models import margin_loss, reconstruction_loss
+    """The two-label margin loss (or the model's own capsule loss), plus each digit reconstructed from its own capsule against that digit alone."""
+    from .models import capsule_loss_of, reconstruction_loss
 
     if not adapter.has_poses:
         raise InvalidInputError("two-label (MultiMNIST) training needs a model with class-capsule poses (a CapsNet)")
     out = adapter.outputs(images)
     targets = F.one_hot(labels, out.scores.shape[1]).sum(1).clamp(max=1)  # (B, K) two-hot
-    loss = margin_loss(out.scores, targets)
+    loss = capsule_loss_of(adapter.model)(out.scores, targets)
     if recon_weight > 0 and adapter.can_decode and parts is not None:
         for k in range(labels.shape[1]):
             recon = adapter.decode(out.poses, labels[:, k]).float()  # the other capsules masked
@@ -79,6 +79,7 @@ def multimnist_evaluate(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    reference: str | None = None,  # no comparison tables for MultiMNIST: accepted for the common signature
     show: int = 8,
 ):
     """Top-2 accuracy and per-digit reconstruction error of each subject on one pair per image of ``split``.

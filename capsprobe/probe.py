@@ -129,7 +129,7 @@ def as_subject(item: Any) -> Subject:
         return Subject(name=type(unwrap(item)).__name__, model=item)
     config = getattr(item, "config", None)
     if config is not None and isinstance(getattr(item, "model", None), nn.Module):
-        return Subject(name=item.name, model=item.model, model_name=config.model, seed=config.seed,
+        return Subject(name=item.name, model=item.model, model_name=config.variant, seed=config.seed,
                        info={"path": str(item.path), "dataset": config.dataset,
                              "test_accuracy": item.metrics.get("test_accuracy"),
                              "val_accuracy": item.metrics.get("val_accuracy"),
@@ -305,6 +305,7 @@ def run_probe(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    reference: str | None = None,
 ) -> ProbeResult:
     """Evaluate every model on every transformed version of ``split``.
 
@@ -322,6 +323,7 @@ def run_probe(
             equivariance fit/held-out split and the bootstrap.
         n_boot: bootstrap resamples for the 95% intervals.
         progress: show a progress bar.
+        reference: a ``model`` name: the ablation table (``ablation.csv``) sets every other model against it.
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
@@ -333,6 +335,9 @@ def run_probe(
     subject_names = [s.name for s in items]
     if len(set(subject_names)) != len(subject_names):
         raise InvalidInputError(f"subject names must be unique, got {', '.join(subject_names)}")
+    models_probed = list(dict.fromkeys(s.ident()["model"] for s in items))
+    if reference is not None and reference not in models_probed:
+        raise InvalidInputError(f"reference {reference!r} is none of the models probed ({', '.join(models_probed)})")
     names = [t for t in transforms if not isinstance(t, Transform)]
     chosen = [t for t in transforms if isinstance(t, Transform)] + (resolve(names) if names else [])
     magnitudes = dict(magnitudes or {})
@@ -441,7 +446,7 @@ def run_probe(
         tables["selectivity"] = selectivity
     t0 = time.perf_counter()
     compared = comparison_tables(pd.concat([metrics_df, _grid_rows(decode_df, metrics_df, len(split))], ignore_index=True),
-                                 images_df, entries, identity, n_boot=n_boot, seed=seed)
+                                 images_df, entries, identity, n_boot=n_boot, seed=seed, reference=reference)
     tables.update({name: frame for name, frame in compared.items() if not frame.empty})
     timer.add("comparison", t0)
     timing = dict(timer.seconds)
@@ -500,6 +505,7 @@ def perturb(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    reference: str | None = None,
 ) -> ProbeResult:
     """Load runs and data, check that they fit together, and evaluate them as their task says: what
     ``capsprobe perturb`` does (the transformation suite for ``classify`` runs, pairs for ``multimnist``).
@@ -553,7 +559,7 @@ def perturb(
     splits = load_dataset(dataset, data_root, download, limit=limit)
     images = splits.test if split == "test" else splits.val
     result = task.evaluate(runs, images, chosen, mags, batch_size=batch_size, device=device, seed=seed,
-                           n_boot=n_boot, progress=progress)
+                           n_boot=n_boot, progress=progress, reference=reference)
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
                        "device": str(resolve_device(device)), "versions": library_versions()}

@@ -199,6 +199,7 @@ class Section:
     figures: dict[str, bytes] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # further (title, table), after the first
 
 
 def pct(x: float) -> str:
@@ -242,6 +243,9 @@ def _difference_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     if diffs is None or diffs.empty:
         return []
     acc = diffs[diffs["metric"] == "accuracy"]
+    ablation = tables.get("ablation")
+    if ablation is not None and not ablation.empty:
+        return []  # an ablation states its differences against the reference, with the stricter family (below)
     lines = []
     for (a, b), rows in acc.groupby(["model_a", "model_b"], sort=False):
         parts = []
@@ -264,6 +268,93 @@ def _difference_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
                          f"intervals widened for the {int(rows['family_size'].max())} conditions compared): "
                          + "; ".join(parts) + ".")
     return lines
+
+
+_ABLATION_LABELS = {"accuracy": "accuracy", "equivariance_gain": "gain over identity", "decodability": "decodability"}
+
+
+def _condition(transform: str, magnitude: str, identity: dict[str, str]) -> str:
+    return "untransformed" if magnitude == identity.get(transform) else f"{transform} {magnitude}"
+
+
+def ablation_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """One row per variant: its seeds, stopping epochs and clean test accuracies, then every (metric, condition) of
+    ``ablation.csv`` as ``difference [adjusted interval]`` (variant - reference; accuracy in points), ``*`` where
+    established. Variants left out for missing their target accuracy get a row saying so."""
+    from .probe import identity_labels
+
+    ab = tables.get("ablation")
+    if ab is None or ab.empty:
+        return None
+    ident = identity_labels()
+    comp = tables.get("comparison", pd.DataFrame())
+    ref = str(ab["reference"].iloc[0])
+    order = {m: i for i, m in enumerate(_ABLATION_LABELS)}
+    ab = ab.assign(_o=ab["metric"].map(order).fillna(len(order))).sort_values("_o", kind="stable")
+    info = comp.drop_duplicates("model").set_index("model") if not comp.empty else pd.DataFrame()
+    rows = []
+    for variant in [ref, *dict.fromkeys(ab["variant"])]:
+        row: dict[str, Any] = {"model": variant + (" (reference)" if variant == ref else "")}
+        if variant in info.index:
+            row["seeds"] = int(info.loc[variant, "seeds"])
+            row["stop epochs"] = info.loc[variant, "stop_epochs"]
+            row["clean test acc"] = "/".join(pct(float(v)) if v not in ("-", "") else "-"
+                                              for v in str(info.loc[variant, "clean_accuracies"]).split("/"))
+        for r in ab[ab["variant"] == variant].itertuples(index=False):
+            scale, unit = (100, "") if r.metric == "accuracy" else (1, "")
+            col = f"{_ABLATION_LABELS.get(r.metric, r.metric)}: {_condition(r.transform, r.magnitude, ident)}"
+            if pd.isna(r.ci_low_adjusted):
+                row[col] = f"{scale * r.difference:+.{1 if scale == 100 else 3}f} (not testable)"
+            else:
+                d = 1 if scale == 100 else 3
+                row[col] = (f"{scale * r.difference:+.{d}f} [{scale * r.ci_low_adjusted:+.{d}f}, "
+                            f"{scale * r.ci_high_adjusted:+.{d}f}]" + ("*" if r.established else ""))
+        if variant == ref and not comp.empty:  # the reference's own values, the baseline of every difference
+            for r in ab.drop_duplicates(["metric", "transform", "magnitude"]).itertuples(index=False):
+                sel = comp[(comp["model"] == ref) & (comp["metric"] == r.metric) & (comp["transform"] == r.transform)
+                           & (comp["magnitude"].astype(str) == str(r.magnitude))]
+                if len(sel):
+                    c = sel.iloc[0]
+                    fmt = pct if r.metric == "accuracy" else (lambda v: f"{v:.3f}")
+                    col = f"{_ABLATION_LABELS.get(r.metric, r.metric)}: {_condition(r.transform, r.magnitude, ident)}"
+                    row[col] = f"{fmt(c['value'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}]"
+        rows.append(row)
+    excluded = tables.get("excluded")
+    if excluded is not None and not excluded.empty:
+        for model, sel in excluded.groupby("model", sort=False):
+            if model in ab["variant"].values or model == ref:
+                continue
+            rows.append({"model": model, "seeds": 0, "stop epochs": "/".join(str(e) for e in sel["epochs"]),
+                         "clean test acc": f"never reached {pct(float(sel['target_accuracy'].iloc[0]))} validation "
+                                           f"accuracy ({len(sel)} seeds): not compared"})
+    return pd.DataFrame(rows).fillna("")
+
+
+def _ablation_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The ablation's verdicts: established differences against the reference, and what is not established."""
+    from .probe import identity_labels
+
+    ab = tables.get("ablation")
+    if ab is None or ab.empty:
+        return []
+    ident = identity_labels()
+    ref = ab["reference"].iloc[0]
+    est = ab[ab["established"].astype(bool)]
+    parts = []
+    for r in est.itertuples(index=False):
+        scale, d, unit = (100, 1, " points") if r.metric == "accuracy" else (1, 3, "")
+        parts.append(f"{r.variant} {_ABLATION_LABELS.get(r.metric, r.metric)} {_condition(r.transform, r.magnitude, ident)} "
+                     f"{scale * r.difference:+.{d}f}{unit} [{scale * r.ci_low_adjusted:+.{d}f}, "
+                     f"{scale * r.ci_high_adjusted:+.{d}f}]")
+    seeds = int(min(ab["seeds_variant"].min(), ab["seeds_reference"].min()))
+    families = ", ".join(f"{_ABLATION_LABELS.get(m, m)} {int(n)}" for m, n in
+                         ab.groupby("metric", sort=False)["family_size"].max().items())
+    line = (f"Ablation, each model minus {ref}, paired over the same digits and transformation draws, seeds resampled; "
+            f"Holm and Bonferroni-level intervals over every model and condition of a metric together (family sizes: "
+            f"{families}): ")
+    line += ("established: " + "; ".join(parts) + f". Every other difference is not established at {seeds} seed(s)."
+             if parts else f"no difference is established at {seeds} seed(s).")
+    return [line]
 
 
 def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
@@ -294,6 +385,7 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
         if text:
             lines.append(f"Clean accuracy{' (mean over seeds)' if multi else ''}: {text}.")
     lines.extend(_difference_lines(tables))
+    lines.extend(_ablation_lines(tables))
     for flip in ("horizontal", "vertical"):
         text = per_model("consistency", "flip", flip, pct)
         if text:
@@ -354,6 +446,10 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
         # scores are capsule lengths for a CapsNet and softmax probabilities for a convnet: not one scale, left out
         comparable = diffs[~diffs["metric"].isin(("confidence_drop", "true_class_score", "accuracy"))
                            & (diffs["magnitude"] != diffs["transform"].map(ident))]
+        ablation = tables.get("ablation")
+        if ablation is not None and not ablation.empty:  # only the pairs with the ablation's reference
+            ref = ablation["reference"].iloc[0]
+            comparable = comparable[(comparable["model_a"] == ref) | (comparable["model_b"] == ref)]
         parts = []
         for (a, b, metric), rows in comparable.groupby(["model_a", "model_b", "metric"], sort=False):
             est = rows[rows["established"].astype(bool)]
@@ -499,8 +595,13 @@ def suite_section(data: ReportData) -> Section:
                                for r in edge.drop_duplicates(["run", "transform", "magnitude"]).head(8).itertuples())
             notes.append(f"the ridge penalty sat at an end of its grid in {len(edge)} non-identity fitted metric(s) "
                          f"(summary.csv, at_edge): {listed}{' ...' if len(edge) > 8 else ''}")
-    return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview", table=_fmt(overview),
-                   figures=figs, captions=captions, notes=notes)
+    extra = []
+    ablation = ablation_table(data.tables)
+    if ablation is not None:
+        extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "
+                      "units; 95% intervals widened for the family of each metric; * established)", ablation))
+    return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview",
+                   table=_fmt(overview), figures=figs, captions=captions, notes=notes, tables=extra)
 
 
 _CSS = """
@@ -512,8 +613,8 @@ figcaption{font-size:.85em;color:#555}.meta{font-size:.85em;color:#555}li{margin
 """
 
 
-def _html(title: str, lines: list[str], table_title: str, table: pd.DataFrame, figs: dict[str, bytes], captions: dict[str, str],
-          manifest: dict[str, Any], notes: list[str]) -> str:
+def _html(title: str, lines: list[str], tables: list[tuple[str, pd.DataFrame]], figs: dict[str, bytes],
+          captions: dict[str, str], manifest: dict[str, Any], notes: list[str]) -> str:
     import base64
     import html
 
@@ -521,7 +622,8 @@ def _html(title: str, lines: list[str], table_title: str, table: pd.DataFrame, f
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
     parts.append("<h2>Headlines</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in lines) + "</ul>")
-    parts.append(f"<h2>{html.escape(table_title)}</h2>" + table.to_html(index=False, border=0, escape=True))
+    for table_title, table in tables:
+        parts.append(f"<h2>{html.escape(table_title)}</h2>" + table.to_html(index=False, border=0, escape=True))
     parts.append("<h2>Figures</h2>")
     for name, data in figs.items():
         b64 = base64.b64encode(data).decode("ascii")
@@ -568,14 +670,17 @@ def _write_report(folder: Path) -> Path:
     section = task.section(data)
     title = f"capsprobe report: {folder.name}"
     md = [f"# {title}", "", _meta_line(data.manifest), "", "## Headlines", ""] + [f"- {s}" for s in section.headlines]
-    md += ["", f"## {section.table_title}", "", _markdown_table(section.table), "", "## Figures", ""]
+    md += ["", f"## {section.table_title}", "", _markdown_table(section.table), ""]
+    for title, table in section.tables:
+        md += [f"## {title}", "", _markdown_table(table), ""]
+    md += ["## Figures", ""]
     for name in section.figures:
         caption = section.captions.get(name, name)
         md += [f"![{caption}]({FIGURES}/{name})", "", f"*{caption}*", ""]
     if section.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
-    page = _html(title, section.headlines, section.table_title, section.table, section.figures, section.captions,
-                 data.manifest, section.notes)
+    page = _html(title, section.headlines, [(section.table_title, section.table), *section.tables], section.figures,
+                 section.captions, data.manifest, section.notes)
     # the whole folder is rebuilt beside itself (the probe's files linked, not copied) and swapped in: a kill or a
     # full disk leaves the old report whole, never new figures beside an old report.html
     rendered = {FIGURES, REPORT_MD, REPORT_HTML}

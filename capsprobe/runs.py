@@ -127,6 +127,12 @@ class RunConfig:
     target_accuracy: float | None = None  # stop after the first epoch whose validation accuracy reaches this
     channels_last: bool = False  # NHWC weights and inputs for the convolutions (faster on CUDA tensor cores)
     compile: bool = False  # torch.compile the training objective (model and loss); minutes of compilation first
+    label: str | None = None  # the variant's name in run folders and tables (an ablation's "no-routing"); None: model
+
+    @property
+    def variant(self) -> str:
+        """What tables call this run's model: its ``label``, else the model name."""
+        return self.label or self.model
 
     def __post_init__(self):
         """Every field checked for type and range (a config is data: from the CLI, an experiment file or a run's
@@ -134,6 +140,8 @@ class RunConfig:
         from .models import check_model_kwargs
 
         check_plain_name(self.model, "model")
+        if self.label is not None:
+            check_plain_name(self.label, "label")
         for name in ("dataset", "task", "device"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")

@@ -87,13 +87,14 @@ def classify_batches(split: "ImageSplit", batch_size: int, device: torch.device,
 
 def classify_loss(adapter: "Adapter", images: Tensor, labels: Tensor, parts: Tensor | None,
                   recon_weight: float) -> tuple[Tensor, Tensor]:
-    """Margin loss on the capsule lengths plus ``recon_weight`` x the decoder's squared error (masked by the true
-    label) for a model with poses (Sabour et al. 2017, eq. 4 and section 4.1); cross entropy otherwise."""
-    from .models import margin_loss, reconstruction_loss
+    """For a model with poses, its capsule loss on the lengths (the margin loss, Sabour et al. 2017 eq. 4, unless it
+    was built with another) plus ``recon_weight`` x the decoder's squared error (masked by the true label; section
+    4.1); cross entropy otherwise."""
+    from .models import capsule_loss_of, reconstruction_loss
 
     if adapter.has_poses:
         out = adapter.outputs(images)
-        loss = margin_loss(out.scores, labels)
+        loss = capsule_loss_of(adapter.model)(out.scores, labels)
         if recon_weight > 0 and adapter.can_decode:
             loss = loss + reconstruction_loss(adapter.decode(out.poses, labels).float(), images.float(), recon_weight)
         return loss, out.scores

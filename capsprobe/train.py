@@ -70,7 +70,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # keys that may change when a run is resumed: they do not change what is computed
-_RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download", "channels_last", "compile"}
+_RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download", "channels_last", "compile", "label"}
 
 
 class RunExistsError(RunError):

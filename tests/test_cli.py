@@ -44,6 +44,28 @@ def test_num_iters_reaches_the_model(tmp_path):
     assert load_run(out).model.num_iters == 1
 
 
+def test_model_options_recon_weight_and_label_reach_the_run(tmp_path, monkeypatch):
+    """``--option KEY=VALUE`` (TOML values, bare strings) builds the ablation's variants from the command line; the
+    label names the default run folder and the ``model`` column of a probe."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", *TINY, "--option", "routing=none", "-o", "squash=false", "-o", "primary_types=2",
+            "--recon-weight", "0", "--label", "linear-caps"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "linear-caps-mnist-sample-seed0")
+    assert run.config.model_kwargs == {"routing": "none", "squash": False, "primary_types": 2}
+    assert run.config.recon_weight == 0 and run.config.variant == "linear-caps"
+    assert run.model.digits.routing == "none" and run.model.primary.squash is False
+    from capsprobe.probe import as_subject
+
+    assert as_subject(run).ident()["model"] == "linear-caps"
+    bad = runner.invoke(app, ["train", *TINY, "--option", "routing", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+    unknown = runner.invoke(app, ["train", *TINY, "-o", "routing=em", "--out", str(tmp_path / "y")])
+    assert unknown.exit_code == 1 and "unknown routing 'em'; known: dynamic, none" in unknown.output
+    assert not (tmp_path / "y").exists()
+
+
 def test_unknown_model_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--model", "resnt18", "--out", str(out)])

@@ -99,3 +99,29 @@ def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():
     assert _row(comp, model="a", magnitude="45", metric="equivariance_gain")["interval"] == "images only (1 seed)"
     acc = _row(d, magnitude="45", metric="accuracy")  # paired over images, a clear gap, but one seed of a
     assert acc["ci_low_adjusted"] > 0 and not acc["established"]
+
+
+def test_ablation_sets_every_variant_against_the_reference_in_one_family_per_metric():
+    """Reference ``ref`` listed first (so ``differences`` holds ref - variant): the ablation table flips each row to
+    variant - reference, keeps the untransformed accuracy once and no identity row of a fitted metric, and corrects
+    over all variants and conditions of a metric together (a family of 4 accuracy rows, not 2 per pair)."""
+    m, im, entries = _tables({"ref": [0.8, 0.8, 0.8], "better": [0.9, 0.9, 0.9], "worse": [0.7, 0.7, 0.7]},
+                             {"ref": [0.5, 0.6, 0.7], "better": [0.8, 0.9, 1.0], "worse": [0.5, 0.6, 0.7]})
+    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=500, reference="ref")
+    ab, d = tables["ablation"], tables["differences"]
+    assert set(ab["variant"]) == {"better", "worse"} and set(ab["reference"]) == {"ref"}
+    better = _row(ab, variant="better", magnitude="45", metric="accuracy")
+    assert better["difference"] == pytest.approx(0.1, abs=0.02) and better["ci_low_adjusted"] > 0 and better["established"]
+    assert better["difference"] == pytest.approx(-_row(d, model_a="ref", model_b="better", magnitude="45",
+                                                       metric="accuracy")["difference"])
+    worse = _row(ab, variant="worse", magnitude="45", metric="accuracy")
+    assert worse["difference"] == pytest.approx(-0.1, abs=0.02) and worse["ci_high_adjusted"] < 0
+    assert set(ab.loc[ab["metric"] == "accuracy", "family_size"]) == {4}  # 2 variants x (clean, rotate 45)
+    gain = ab[ab["metric"] == "equivariance_gain"]
+    assert set(gain["magnitude"]) == {"45"} and set(gain["family_size"]) == {2}  # no identity row to explain
+    g = _row(gain, variant="better")
+    assert g["test"] == "Welch t over seeds" and g["difference"] == pytest.approx(0.3)
+    # wider than the pair's own Holm family in differences.csv, which corrects over fewer conditions
+    pair = _row(d, model_a="ref", model_b="better", magnitude="45", metric="accuracy")
+    assert better["ci_high_adjusted"] - better["ci_low_adjusted"] > pair["ci_high_adjusted"] - pair["ci_low_adjusted"]
+    assert comparison_tables(m, im, entries, IDENTITY, n_boot=50)["ablation"].empty  # no reference, no table

@@ -16,7 +16,7 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 
 def test_there_are_experiment_files():
-    assert {p.stem for p in EXPERIMENTS} >= {"affnist", "demo", "multimnist", "robustness"}
+    assert {p.stem for p in EXPERIMENTS} >= {"ablation", "affnist", "demo", "multimnist", "robustness"}
 
 
 def _sizes(path: Path) -> list[str]:
@@ -46,7 +46,7 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     report = folder / "reports" / path.stem
     exp = load_experiment(path, "tiny")
     assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
-    runs = {f"{m.model}-seed{s}" for m in exp.models for s in exp.seeds}
+    runs = {f"{m.variant}-seed{s}" for m in exp.models for s in exp.seeds}
     assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs  # runs are named one way
     if exp.train.get("task") == "multimnist":
         summary = pd.read_csv(report / "summary.csv")
@@ -123,4 +123,48 @@ def test_a_model_entry_can_carry_its_own_training_options(tmp_path):
         load_experiment(path, "tiny")
     path.write_text(path.read_text().replace("target_acuracy = 0.9", "recon_weight = -1.0"))
     with pytest.raises(ExperimentError, match="recon_weight"):
+        load_experiment(path, "tiny")
+
+
+def test_ablation_tiny_trains_every_variant_and_writes_the_ablation_table(tiny_experiment):
+    """Every one-component change is its own labelled run with its options, and the report sets each against the
+    full CapsNet (variant - reference) in ablation.csv and in an Ablation section."""
+    import json
+
+    folder, _ = tiny_experiment("ablation")
+    runs = folder / "runs" / "ablation-tiny"
+    configs = {p.name: json.loads((p / "config.json").read_text())["config"] for p in runs.iterdir()}
+    assert configs["no-routing-seed0"]["model_kwargs"]["routing"] == "none"
+    assert configs["shared-transformation-seed0"]["model_kwargs"]["transformation"] == "shared"
+    assert configs["no-squash-seed0"]["model_kwargs"]["squash"] is False
+    assert configs["cross-entropy-seed0"]["model_kwargs"]["loss"] == "ce"
+    assert configs["no-reconstruction-seed0"]["recon_weight"] == 0 and configs["capsnet_small-seed0"]["recon_weight"] > 0
+    assert configs["cnn-9x9-seed0"]["model_kwargs"]["kernel_size"] == 9
+    assert configs["cnn-avgpool-seed0"]["model_kwargs"]["pool"] == "avg"
+    assert configs["no-routing-seed0"]["label"] == "no-routing" and configs["capsnet_small-seed0"]["label"] is None
+    report = folder / "reports" / "ablation"
+    ablation = pd.read_csv(report / "ablation.csv", dtype={"magnitude": str})
+    assert set(ablation["reference"]) == {"capsnet_small"}
+    assert set(ablation["variant"]) == {c for c in (p.rsplit("-seed", 1)[0] for p in configs) if c != "capsnet_small"}
+    assert {"accuracy", "equivariance_gain", "decodability"} <= set(ablation["metric"])
+    text = (report / "report.md").read_text()
+    assert "## Ablation" in text and "no-routing" in text
+
+
+def test_labels_must_be_distinct_and_the_reference_must_be_a_model(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('name = "a"\n[data]\ndataset = "mnist-sample"\n[sizes.tiny]\nmodels = [{ model = "capsnet_small", '
+                    'epochs = 1 }, { model = "capsnet_small", epochs = 1, options = { routing = "none" } }]\n')
+    with pytest.raises(ExperimentError, match="both called 'capsnet_small'.*distinct 'label'"):
+        load_experiment(path, "tiny")
+    path.write_text('name = "a"\n[data]\ndataset = "mnist-sample"\n[probe]\nreference = "full"\n[sizes.tiny]\n'
+                    'models = [{ model = "capsnet_small", epochs = 1 }, { model = "capsnet_small", label = "no-routing", '
+                    'epochs = 1, options = { routing = "none" } }]\n')
+    with pytest.raises(ExperimentError, match="a.toml:5: .*reference 'full' is none of"):
+        load_experiment(path, "tiny")
+    path.write_text(path.read_text().replace('reference = "full"', 'reference = "no-routing"'))
+    exp = load_experiment(path, "tiny")
+    assert exp.reference == "no-routing" and [m.variant for m in exp.models] == ["capsnet_small", "no-routing"]
+    path.write_text(path.read_text().replace('label = "no-routing"', 'label = "no routing!"'))
+    with pytest.raises(ExperimentError, match="label"):
         load_experiment(path, "tiny")

@@ -23,6 +23,17 @@ from .capsnet import (
     reconstruction_loss,
     squash,
 )
+from .components import (
+    get_capsule_loss,
+    get_routing,
+    get_transformation,
+    list_capsule_losses,
+    list_routings,
+    list_transformations,
+    register_capsule_loss,
+    register_routing,
+    register_transformation,
+)
 
 __all__ = [
     "Adapter",
@@ -33,14 +44,24 @@ __all__ = [
     "UnknownModelError",
     "adapt",
     "adapt_stem",
+    "capsule_loss_of",
     "capsule_lengths",
     "check_model_kwargs",
     "create_model",
     "create_convnet",
     "dynamic_routing",
+    "get_capsule_loss",
+    "get_routing",
+    "get_transformation",
+    "list_capsule_losses",
+    "list_routings",
+    "list_transformations",
     "margin_loss",
     "native_models",
     "reconstruction_loss",
+    "register_capsule_loss",
+    "register_routing",
+    "register_transformation",
     "squash",
     "unwrap",
 ]
@@ -48,6 +69,13 @@ __all__ = [
 
 class UnknownModelError(InvalidInputError):
     """A model name that neither capsprobe nor timm knows."""
+
+
+def capsule_loss_of(model: nn.Module):
+    """The loss a capsule model trains with on its lengths: its own ``capsule_loss`` (a CapsNet built with
+    ``loss=...``), else the margin loss."""
+    fn = getattr(unwrap(model), "capsule_loss", None)
+    return fn if callable(fn) else margin_loss
 
 
 def native_models() -> list[str]:

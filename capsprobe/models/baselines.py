@@ -63,6 +63,9 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+_POOLS = {"none": None, "max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
 class BaselineCNN(nn.Module):
     """The baseline CNN of the CapsNet paper: 3 SAME 5x5 convs (256, 256, 128), FC 328, FC 192, dropout, FC K.
 
@@ -73,7 +76,10 @@ class BaselineCNN(nn.Module):
         channels: conv widths.
         hidden: fully connected widths.
         drop_rate: dropout before the classifier.
-        pool: 2x2 max-pooling after the first two convolutions (the paper's affNIST comparison model).
+        pool: 2x2 pooling after every convolution but the last: ``"max"`` (or True; the paper's affNIST comparison
+            model), ``"avg"``, or ``"none"`` (or False).
+        kernel_size: the convolutions' (odd) kernel, SAME padding: 5 in the paper, 9 for the CapsNet's Conv1 size
+            (the counterpart of Gu, Tresp & Hu 2021's kernel-size ablation).
         **kwargs: timm's extra keywords (``pretrained_cfg``, ...) are accepted and ignored.
     """
 
@@ -85,7 +91,8 @@ class BaselineCNN(nn.Module):
         channels: Sequence[int] = (256, 256, 128),
         hidden: Sequence[int] = (328, 192),
         drop_rate: float = 0.5,
-        pool: bool = False,
+        pool: bool | str = False,
+        kernel_size: int = 5,
         **kwargs,
     ):
         super().__init__()
@@ -93,6 +100,12 @@ class BaselineCNN(nn.Module):
             kwargs.pop(key, None)
         if kwargs:
             raise TypeError(f"BaselineCNN got unexpected keyword arguments: {sorted(kwargs)}")
+        pool = {True: "max", False: "none"}.get(pool, pool) if isinstance(pool, bool) else pool
+        if pool not in _POOLS:
+            raise InvalidInputError(f"pool must be one of {', '.join(_POOLS)} (or true/false), got {pool!r}")
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise InvalidInputError(f"kernel_size must be an odd positive integer (SAME padding), got {kernel_size!r}")
+        self.pool, self.kernel_size = pool, kernel_size
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = _pair(img_size)
@@ -100,9 +113,9 @@ class BaselineCNN(nn.Module):
         width = in_chans
         h, w = self.img_size
         for i, c in enumerate(channels):
-            convs += [nn.Conv2d(width, c, 5, stride=1, padding=2), nn.ReLU(inplace=True)]
-            if pool and i < len(channels) - 1:  # 2x2 max-pool after every conv but the last
-                convs.append(nn.MaxPool2d(2))
+            convs += [nn.Conv2d(width, c, kernel_size, stride=1, padding=kernel_size // 2), nn.ReLU(inplace=True)]
+            if pool != "none" and i < len(channels) - 1:  # 2x2 pooling after every conv but the last
+                convs.append(_POOLS[pool](2))
                 h, w = h // 2, w // 2
             width = c
         self.features = nn.Sequential(*convs)
@@ -237,6 +250,6 @@ def baseline_cnn_pool(pretrained: bool = False, **kwargs) -> BaselineCNN:
     affNIST comparison (section 5.2) asks for; 6,728,466 parameters at 1x40x40 (4,587,282 at 1x28x28)."""
     if pretrained:
         raise RuntimeError("no pretrained weights exist for baseline_cnn_pool; train one with `capsprobe train`")
-    model = BaselineCNN(pool=True, **kwargs)
+    model = BaselineCNN(**{"pool": "max", **kwargs})
     model.pretrained_cfg = model.default_cfg = get_pretrained_cfg("baseline_cnn_pool").to_dict()
     return model

@@ -35,6 +35,7 @@ from timm.models import generate_default_cfgs, get_pretrained_cfg, register_mode
 from ._cfg import small_image_cfg
 from ..errors import InvalidInputError
 from .adapter import ModelOutputs
+from .components import get_capsule_loss, get_routing, get_transformation, route_by_agreement
 
 __all__ = [
     "CapsNet",
@@ -96,34 +97,6 @@ def squash(s: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
     return s * (sq / (1.0 + sq)) / torch.sqrt(sq + eps)
 
 
-def _route(
-    votes: Tensor,
-    num_iters: int,
-    detach_inner: bool = False,
-    return_couplings: bool = False,
-) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Procedure 1 on votes laid out ``(B, N_out, N_in, D)``: every step is a batched matrix product.
-
-    With the parent capsule before the input capsule, ``s_j = sum_i c_ij u_hat_j|i`` is ``(1, N_in) @ (N_in, D)``
-    and the agreement ``<u_hat_j|i, v_j>`` is ``(N_in, D) @ (D, 1)`` for every (sample, parent): both read the
-    votes in place, with no permute copy of the largest tensor in the network. Couplings are ``(B, N_out, N_in)``.
-    """
-    batch, n_out, n_in, _ = votes.shape
-    inner = votes.detach() if detach_inner else votes
-    b = votes.new_zeros(batch, n_out, n_in)  # routing logits
-    couplings: list[Tensor] = []
-    v = votes.new_empty(0)
-    for it in range(num_iters):
-        last = it == num_iters - 1
-        u = votes if last else inner
-        c = b.softmax(dim=1)  # over the parents
-        couplings.append(c)
-        v = squash(torch.matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
-        if not last:
-            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
-    return (v, couplings) if return_couplings else v
-
-
 def dynamic_routing(
     u_hat: Tensor,
     num_iters: int = 3,
@@ -154,7 +127,7 @@ def dynamic_routing(
         raise InvalidInputError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
     if num_iters < 1:
         raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
-    out = _route(u_hat.transpose(1, 2).contiguous(), num_iters, detach_inner, return_couplings)
+    out = route_by_agreement(u_hat.transpose(1, 2).contiguous(), num_iters, detach_inner, squash, return_couplings)
     if not return_couplings:
         return out
     v, couplings = out
@@ -227,10 +200,13 @@ class PrimaryCaps(nn.Module):
         dim: capsule dimension (8 in the paper).
         kernel_size: conv kernel (9).
         stride: conv stride (2).
+        squash: squash each capsule (the paper); False leaves the convolution's output as it is.
     """
 
-    def __init__(self, in_channels: int, num_types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2):
+    def __init__(self, in_channels: int, num_types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2,
+                 squash: bool = True):
         super().__init__()
+        self.squash = squash
         self.num_types = num_types
         self.dim = dim
         self.kernel_size = kernel_size
@@ -248,11 +224,19 @@ class PrimaryCaps(nn.Module):
         y = self.conv(x)  # (B, types * dim, H', W')
         batch, _, h, w = y.shape
         y = y.view(batch, self.num_types, self.dim, h, w).permute(0, 1, 3, 4, 2)  # (B, types, H', W', dim)
-        return squash(y.reshape(batch, self.num_types * h * w, self.dim))  # (B, N_in, dim)
+        y = y.reshape(batch, self.num_types * h * w, self.dim)  # (B, N_in, dim)
+        return squash(y) if self.squash else y
+
+
+def _identity(s: Tensor) -> Tensor:
+    return s
+
+
+_ACTIVATIONS = {True: squash, False: _identity}  # DigitCaps(squash=...) shadows the function's name
 
 
 class DigitCaps(nn.Module):
-    """Fully connected capsule layer with one ``out_dim x in_dim`` matrix per (input, output) pair.
+    """Fully connected capsule layer: input capsules vote for output capsules, a routing combines the votes.
 
     Args:
         num_in: number of input capsules (1152 for the paper model at 28x28).
@@ -261,6 +245,11 @@ class DigitCaps(nn.Module):
         out_dim: output capsule dimension (16).
         num_iters: routing iterations (3).
         detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
+        routing: a name of the routing registry (:mod:`capsprobe.models.components`): ``dynamic`` (the paper's
+            Procedure 1) or ``none`` (uniform couplings ``1 / N_out``, never updated).
+        transformation: a name of the transformation registry: ``per-pair`` (one ``out_dim x in_dim`` matrix per
+            (input, output) pair, the paper's) or ``shared`` (one matrix per output capsule).
+        squash: squash the output capsules (the paper); False leaves ``s_j`` as it is.
     """
 
     def __init__(
@@ -271,29 +260,32 @@ class DigitCaps(nn.Module):
         out_dim: int = 16,
         num_iters: int = 3,
         detach_inner: bool = False,
+        routing: str = "dynamic",
+        transformation: str = "per-pair",
+        squash: bool = True,
     ):
         super().__init__()
         self.num_in, self.in_dim, self.num_out, self.out_dim = num_in, in_dim, num_out, out_dim
         self.num_iters = num_iters
         self.detach_inner = detach_inner
-        # (N_in, N_out, D_out, D_in); the official code draws these from N(0, 0.01^2)
-        self.weight = nn.Parameter(0.01 * torch.randn(num_in, num_out, out_dim, in_dim))
+        self.routing, self.transformation, self.squash = routing, transformation, squash
+        self._route = get_routing(routing)
+        self._transform = get_transformation(transformation)
+        self._activation = _ACTIVATIONS[bool(squash)]
+        # per-pair: (N_in, N_out, D_out, D_in), the layout of earlier versions (their runs load unchanged);
+        # the official code draws these from N(0, 0.01^2)
+        self.weight = nn.Parameter(0.01 * torch.randn(self._transform.shape(num_in, in_dim, num_out, out_dim)))
 
     def votes(self, u: Tensor) -> Tensor:
-        """``u (B, N_in, D_in)`` -> votes ``(B, N_out, N_in, D_out)``, parent-major, ``u_hat_j|i = W_ij u_i``.
-
-        One batched product over the input capsules, ``(N_in, B, D_in) @ (N_in, D_in, N_out D_out)``, then one
-        copy into the parent-major layout that routing reads in place. (``weight`` keeps its
-        ``(N_in, N_out, D_out, D_in)`` layout, so runs saved by earlier versions load unchanged.)
-        """
+        """``u (B, N_in, D_in)`` -> votes ``(B, N_out, N_in, D_out)``, parent-major, ``u_hat_j|i = W_ij u_i`` (or
+        ``W_j u_i`` for the shared transformation): a few large matrix products and one copy into the layout that
+        routing reads in place."""
         if u.shape[1:] != (self.num_in, self.in_dim):
             raise InvalidInputError(
                 f"expected input capsules (B, {self.num_in}, {self.in_dim}), got {tuple(u.shape)}; "
                 "was the model built for another input size?"
             )
-        w = self.weight.permute(0, 3, 1, 2).reshape(self.num_in, self.in_dim, self.num_out * self.out_dim)
-        u_hat = torch.bmm(u.transpose(0, 1), w.to(u.dtype))  # (N_in, B, N_out * D_out)
-        return u_hat.view(self.num_in, -1, self.num_out, self.out_dim).permute(1, 2, 0, 3).contiguous()
+        return self._transform.votes(u, self.weight)
 
     def predictions(self, u: Tensor) -> Tensor:
         """``u (B, N_in, D_in)`` -> ``u_hat (B, N_in, N_out, D_out)`` (a view of :meth:`votes`)."""
@@ -305,7 +297,7 @@ class DigitCaps(nn.Module):
         if votes.dtype in (torch.float16, torch.bfloat16):
             votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
         with torch.autocast(device_type=u.device.type, enabled=False):
-            return _route(votes, self.num_iters, self.detach_inner)
+            return self._route(votes, self.num_iters, self.detach_inner, self._activation)
 
 
 class CapsuleDecoder(nn.Module):
@@ -358,6 +350,12 @@ class CapsNet(nn.Module):
         detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
         decoder: build the reconstruction decoder.
         decoder_hidden: hidden widths of the decoder.
+        routing: ``dynamic`` (Procedure 1) or ``none`` (uniform couplings); see
+            :mod:`capsprobe.models.components`.
+        transformation: ``per-pair`` (one matrix per input/output capsule pair) or ``shared`` (one per output
+            capsule).
+        squash: squash primary and class capsules (the paper); False leaves both linear.
+        loss: the training loss on the capsule lengths: ``margin`` (eq. 4) or ``ce`` (cross entropy).
         **kwargs: timm's extra keywords (``pretrained_cfg``, ...) are accepted and ignored.
     """
 
@@ -377,6 +375,10 @@ class CapsNet(nn.Module):
         detach_inner: bool = False,
         decoder: bool = True,
         decoder_hidden: Sequence[int] = (512, 1024),
+        routing: str = "dynamic",
+        transformation: str = "per-pair",
+        squash: bool = True,
+        loss: str = "margin",
         **kwargs,
     ):
         super().__init__()
@@ -385,6 +387,10 @@ class CapsNet(nn.Module):
         kwargs.pop("drop_rate", None)
         if kwargs:
             raise TypeError(f"CapsNet got unexpected keyword arguments: {sorted(kwargs)}")
+        if not isinstance(squash, bool):
+            raise InvalidInputError(f"squash must be true or false, got {squash!r}")
+        get_capsule_loss(loss)  # an unknown name fails here, with the known ones
+        self.loss = loss
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = _pair(img_size)
@@ -394,9 +400,10 @@ class CapsNet(nn.Module):
         if min(_conv_out(fh, primary_kernel, primary_stride), _conv_out(fw, primary_kernel, primary_stride)) < 1:
             raise InvalidInputError(f"input {self.img_size} is too small for CapsNet's two 9x9 convolutions")
         self.conv1 = nn.Conv2d(in_chans, conv_channels, conv_kernel, stride=1)
-        self.primary = PrimaryCaps(conv_channels, primary_types, primary_dim, primary_kernel, primary_stride)
+        self.primary = PrimaryCaps(conv_channels, primary_types, primary_dim, primary_kernel, primary_stride, squash)
         self.num_primary = self.primary.num_capsules(fh, fw)
-        self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, capsule_dim, num_iters, detach_inner)
+        self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, capsule_dim, num_iters, detach_inner,
+                                routing, transformation, squash)
         self.decoder = (
             CapsuleDecoder(num_classes, capsule_dim, (in_chans, h, w), decoder_hidden) if decoder else None
         )
@@ -408,6 +415,10 @@ class CapsNet(nn.Module):
     @property
     def num_iters(self) -> int:
         return self.digits.num_iters
+
+    def capsule_loss(self, lengths: Tensor, targets: Tensor) -> Tensor:
+        """The training loss this model was built with (``loss``) on its capsule lengths."""
+        return get_capsule_loss(self.loss)(lengths, targets)
 
     @property
     def can_decode(self) -> bool:

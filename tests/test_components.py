@@ -1,0 +1,178 @@
+"""The ablation's components: routing, transformation, squash, loss and reconstruction weight behind registries, and
+the CNN counterparts (9x9 kernels, average pooling). Each variant is checked against its definition written out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import capsprobe  # noqa: F401  (registers the models)
+from capsprobe.errors import InvalidInputError
+from capsprobe.models import (
+    CapsNet,
+    capsule_lengths,
+    create_model,
+    get_routing,
+    list_capsule_losses,
+    list_routings,
+    list_transformations,
+    margin_loss,
+    register_routing,
+    squash,
+)
+from capsprobe.models.capsnet import DigitCaps, PrimaryCaps
+from capsprobe.models.components import _ROUTINGS, length_cross_entropy, route_by_agreement
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registries_list_the_paper_and_the_ablation_entries():
+    assert list_routings() == ["dynamic", "none"]
+    assert list_transformations() == ["per-pair", "shared"]
+    assert list_capsule_losses() == ["ce", "margin"]
+    with pytest.raises(InvalidInputError, match="unknown routing 'em'; known: dynamic, none"):
+        CapsNet(routing="em")
+    with pytest.raises(InvalidInputError, match="unknown transformation 'conv'; known: per-pair, shared"):
+        CapsNet(transformation="conv")
+    with pytest.raises(InvalidInputError, match="unknown capsule loss 'hinge'; known: ce, margin"):
+        CapsNet(loss="hinge")
+    with pytest.raises(InvalidInputError, match="squash must be true or false"):
+        CapsNet(squash="no")
+
+
+def test_no_routing_is_uniform_couplings_over_parents_never_updated():
+    """``none``: s_j = sum_i u_hat_j|i / N_out, i.e. one iteration of Procedure 1 (zero logits), whatever num_iters;
+    not the mean over inputs (that would be N_in / N_out times smaller)."""
+    torch.manual_seed(0)
+    votes = torch.randn(2, 4, 7, 5, dtype=torch.float64)  # (B, N_out, N_in, D)
+    v = get_routing("none")(votes, 3, False, squash)
+    torch.testing.assert_close(v, squash(votes.sum(2) / 4), rtol=0, atol=1e-14)
+    torch.testing.assert_close(v, route_by_agreement(votes, 1), rtol=0, atol=1e-14)
+    assert not torch.allclose(v, route_by_agreement(votes, 3))  # dynamic routing moves away from uniform
+    assert not torch.allclose(v, squash(votes.mean(2)))
+    layer = DigitCaps(num_in=7, in_dim=3, num_out=4, out_dim=5, num_iters=5, routing="none").double()
+    u = torch.randn(2, 7, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(u), squash(layer.votes(u).sum(2) / 4), rtol=0, atol=1e-14)
+
+
+def test_shared_transformation_is_one_matrix_per_output_capsule():
+    """``shared``: u_hat_j|i = W_j u_i with W (N_out, D_out, D_in): the einsum written out, and two input capsules
+    with equal poses cast equal votes (a per-pair layer would not)."""
+    torch.manual_seed(0)
+    layer = DigitCaps(num_in=6, in_dim=3, num_out=4, out_dim=5, transformation="shared").double()
+    assert tuple(layer.weight.shape) == (4, 5, 3)
+    u = torch.randn(2, 6, 3, dtype=torch.float64)
+    u[:, 1] = u[:, 0]
+    votes = layer.votes(u)  # (B, N_out, N_in, D_out)
+    torch.testing.assert_close(votes, torch.einsum("jdk,bik->bjid", layer.weight, u), rtol=0, atol=1e-14)
+    torch.testing.assert_close(votes[:, :, 0], votes[:, :, 1], rtol=0, atol=0)
+    per_pair = DigitCaps(num_in=6, in_dim=3, num_out=4, out_dim=5).double()
+    assert not torch.allclose(per_pair.votes(u)[:, :, 0], per_pair.votes(u)[:, :, 1])
+    g, = torch.autograd.grad(layer(u).sum(), layer.weight)
+    assert g.abs().max() > 0
+
+
+def test_squash_off_leaves_primary_and_class_capsules_linear():
+    torch.manual_seed(0)
+    primary = PrimaryCaps(4, num_types=2, dim=3, kernel_size=3, stride=1, squash=False)
+    x = torch.randn(2, 4, 5, 5)
+    raw = primary.conv(x).view(2, 2, 3, 3, 3).permute(0, 1, 3, 4, 2).reshape(2, 18, 3)
+    torch.testing.assert_close(primary(x), raw)
+    assert capsule_lengths(primary(10 * x)).max() > 1  # unbounded: no squash
+    layer = DigitCaps(num_in=18, in_dim=3, num_out=4, out_dim=5, routing="none", squash=False)
+    u = torch.randn(2, 18, 3)
+    torch.testing.assert_close(layer(u), layer.votes(u).sum(2) / 4)  # the weighted sum itself
+    torch.testing.assert_close(layer(3 * u), 3 * layer(u))  # linear in its input
+
+
+def test_capsule_losses_and_which_one_training_uses():
+    lengths = torch.tensor([[0.2, 0.7, 0.1], [0.9, 0.3, 0.4]])
+    labels = torch.tensor([1, 0])
+    torch.testing.assert_close(length_cross_entropy(lengths, labels), F.cross_entropy(lengths, labels))
+    two_hot = torch.tensor([[0, 1, 1], [1, 0, 0]])
+    expected = -(0.5 * F.log_softmax(lengths[0], 0)[1] + 0.5 * F.log_softmax(lengths[0], 0)[2]
+                 + F.log_softmax(lengths[1], 0)[0]) / 2
+    torch.testing.assert_close(length_cross_entropy(lengths, two_hot), expected)
+    from capsprobe.models import adapt
+    from capsprobe.tasks import classify_loss
+
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    for loss, fn in (("margin", margin_loss), ("ce", F.cross_entropy)):
+        model = create_model("capsnet_small", loss=loss, conv_channels=8, primary_types=2)
+        got, scores = classify_loss(adapt(model), x, y, None, recon_weight=0.0)
+        torch.testing.assert_close(got, fn(scores, y))
+        with_recon, _ = classify_loss(adapt(model), x, y, None, recon_weight=0.5)
+        assert with_recon > got  # the decoder's squared error is added on top
+
+
+def test_a_new_routing_is_one_function_and_one_registration():
+    @register_routing("max-vote")
+    def max_vote(votes, num_iters, detach_inner, activation):
+        return activation(votes.max(dim=2).values)
+
+    try:
+        model = create_model("capsnet_small", routing="max-vote", conv_channels=8, primary_types=2)
+        x = torch.rand(2, 1, 28, 28)
+        u = model.primary(F.relu(model.conv1(x)))
+        torch.testing.assert_close(model.forward_features(x), squash(model.digits.votes(u).max(dim=2).values))
+    finally:
+        del _ROUTINGS["max-vote"]
+
+
+# parameters of capsnet_small at 1x28x28 (288 primary capsules of 8-D, 10 classes of 16-D): the per-pair matrices hold
+# 288 * 10 * 16 * 8 = 368,640; shared ones 10 * 16 * 8 = 1,280; no other component changes the count
+@pytest.mark.parametrize("options, expected", [
+    ({}, 2_117_072),
+    ({"routing": "none"}, 2_117_072),
+    ({"transformation": "shared"}, 2_117_072 - 368_640 + 1_280),
+    ({"squash": False}, 2_117_072),
+    ({"loss": "ce"}, 2_117_072),
+    ({"decoder": False}, 705_728),
+])
+def test_parameter_count_of_each_capsnet_variant(options, expected):
+    assert _params(create_model("capsnet_small", **options)) == expected
+
+
+def test_every_variant_keeps_the_timm_interface_and_probe_outputs():
+    x = torch.rand(2, 1, 28, 28)
+    for options in ({"routing": "none"}, {"transformation": "shared"}, {"squash": False}, {"loss": "ce"}):
+        model = create_model("capsnet_small", conv_channels=8, primary_types=2, **options).eval()
+        poses = model.forward_features(x)
+        assert poses.shape == (2, 10, 16) and model(x).shape == (2, 10)
+        out = model.probe_outputs(x)
+        assert out.poses.shape == (2, 10, 16) and out.representation.shape == (2, 160)
+        assert model.decode(poses).shape == (2, 1, 28, 28)
+
+
+def _conv_params(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+@pytest.mark.parametrize("kernel, pool", [(5, "max"), (9, "max"), (5, "avg"), (9, "avg")])
+def test_cnn_counterparts_kernel_and_pooling(kernel, pool):
+    """9x9 SAME convolutions keep the map size (so the classifier widths, and only the conv weights, change);
+    average pooling swaps the layer type and nothing else."""
+    model = create_model("baseline_cnn_pool", img_size=40, channels=[64, 64, 32], kernel_size=kernel, pool=pool)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(kernel, kernel)] * 3 and all(c.padding == (kernel // 2,) * 2 for c in convs)
+    pools = [m for m in model.features if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    assert len(pools) == 2 and all(isinstance(p, nn.AvgPool2d if pool == "avg" else nn.MaxPool2d) for p in pools)
+    convs_total = _conv_params(1, 64, kernel) + _conv_params(64, 64, kernel) + _conv_params(64, 32, kernel)
+    fcs = (32 * 10 * 10 * 328 + 328) + (328 * 192 + 192) + (192 * 10 + 10)  # 40 -> 20 -> 10 after two poolings
+    assert _params(model) == convs_total + fcs
+    assert model.forward_features(torch.rand(2, 1, 40, 40)).shape == (2, 32, 10, 10)
+
+
+def test_cnn_pool_options_and_bad_values():
+    default = create_model("baseline_cnn_pool", img_size=40)
+    assert default.pool == "max" and default.kernel_size == 5
+    assert create_model("baseline_cnn", pool=True).pool == "max" and create_model("baseline_cnn").pool == "none"
+    with pytest.raises(InvalidInputError, match="pool must be one of none, max, avg"):
+        create_model("baseline_cnn", pool="median")
+    with pytest.raises(InvalidInputError, match="kernel_size must be an odd positive integer"):
+        create_model("baseline_cnn", kernel_size=4)
