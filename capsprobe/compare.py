@@ -244,14 +244,15 @@ def comparison_tables(
                         row.update(difference=float(seeds_of[a].mean() - seeds_of[b].mean()), ci_low=np.nan,
                                    ci_high=np.nan, p_value=np.nan, test="not testable with 1 seed")
                     diffs.append(row)
-    ablation = _ablation(diffs, reference, identity) if reference is not None else pd.DataFrame()
+    ablation = _ablation(diffs, reference, identity) if reference is not None else None
     differences = _adjust(pd.DataFrame(diffs))
     comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
     excluded_df = pd.DataFrame([{"run": e.get("name"), "model": e.get("model"), "seed": e.get("seed"),
                                  "target_accuracy": e.get("target_accuracy"), "val_accuracy": e.get("val_accuracy"),
                                  "epochs": e.get("epochs")} for e in excluded],
                                columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
-    return {"comparison": comparison, "differences": differences, "excluded": excluded_df, "ablation": ablation}
+    out = {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+    return out if ablation is None else {**out, "ablation": ablation}
 
 
 def _ablation(diffs: list[dict[str, Any]], reference: str, identity: dict[str, str]) -> pd.DataFrame:
