@@ -182,3 +182,15 @@ def test_report_reader_names_the_bad_file(tmp_path):
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(ReportError, match="manifest.json is missing"):
         read_probe_outputs(tmp_path)
+
+
+def test_a_reference_that_is_not_probed_is_refused_before_any_work():
+    import capsprobe
+    from capsprobe.errors import InvalidInputError
+    from capsprobe.models import create_model
+    from capsprobe.probe import run_probe
+
+    split = capsprobe.load_dataset("mnist-sample", limit=8).test
+    model = create_model("capsnet_small", conv_channels=8, primary_types=2)
+    with pytest.raises(InvalidInputError, match="reference 'nope' is none of the models probed"):
+        run_probe([model], split, ["rotate"], reference="nope", progress=False, n_boot=10)
