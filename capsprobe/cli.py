@@ -221,6 +221,9 @@ def perturb(
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
     reference: Optional[str] = typer.Option(None, help="A model (or run label) to set every other model against "
                                             "in ablation.csv (e.g. the full CapsNet of an ablation)."),
+    lie: bool = typer.Option(False, "--lie/--no-lie", help="Also measure Lie derivatives (rotation, translation, "
+                             "scale, shear): LEE, fitted generators, the composition of rotations, per-layer "
+                             "profiles (lie.csv, lie_layers.csv, composition.csv)."),
     force: ReplaceReport = False,
     progress: Progress = True,
 ) -> None:
@@ -236,13 +239,14 @@ def perturb(
     result = run_perturb(
         [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
         data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
-        device=device, seed=seed, n_boot=bootstrap, progress=progress, reference=reference,
+        device=device, seed=seed, n_boot=bootstrap, progress=progress, reference=reference, lie=lie,
     )
     path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))
     t = result.timing
     typer.echo(f"{int(t['images'])} images, {t['total']:.1f} s (transforms {t.get('transform', 0):.1f} s, "
-               f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s)")
+               f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s"
+               + (f", Lie {t['lie']:.1f} s" if "lie" in t else "") + ")")
     typer.echo(f"report: {path}")
 
 

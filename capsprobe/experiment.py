@@ -17,6 +17,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     magnitudes = []              # specs as for `--magnitudes`
     bootstrap = 1000
     reference = "capsnet_small"  # optional: the ablation table sets every other model against this one
+    lie = true                   # optional: also the Lie-derivative probe (capsprobe.lie)
 
     [sizes.quick]
     limit = 10000                # images per split for training (None: all)
@@ -56,7 +57,7 @@ _log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
-_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference"}
+_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train", "reference"}
 _MODEL = {"model", "epochs", "options", "train", "label"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
@@ -96,6 +97,7 @@ class Experiment:
     bootstrap: int
     probe_seed: int
     reference: str | None  # the model (variant) every other is compared against in the ablation table
+    lie: bool  # also the Lie-derivative probe
     split: str
     limit: int | None
     probe_limit: int | None
@@ -212,6 +214,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         probe_seed=int(probe.get("seed", 0)),
         reference=_typed(path, text, spec["reference"], str, "reference", section) if "reference" in spec else
         _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
+        lie=_typed(path, text, probe.get("lie", False), bool, "lie", "probe"),
         split=str(probe.get("split", "test")), limit=limit,
         probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
         models=models,
@@ -322,7 +325,7 @@ def run_experiment(
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
                      limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,
-                     reference=exp.reference)
+                     reference=exp.reference, lie=exp.lie)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
                                      "description": exp.description, "reference": exp.reference}
     write_probe_outputs(result, out, force=force)

@@ -21,6 +21,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "plot_accuracy_curves",
+    "plot_composition",
+    "plot_lie",
+    "plot_lie_layers",
     "plot_image_grid",
     "plot_invariance_vs_equivariance",
     "plot_polar_accuracy",
@@ -267,4 +270,89 @@ def plot_image_grid(
         spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.05 / (height + top + 0.1), va="top")
+    return fig
+
+
+_LIE_METRICS = {"lee_scores": "class-score LEE (mean |ds/dt|)", "lee_representation": "whitened LEE, representation",
+                "elee_representation": "equivariant LEE, representation", "lee_pose": "whitened LEE, true-class pose",
+                "elee_pose": "equivariant LEE, true-class pose"}
+
+
+def plot_lie(lie: pd.DataFrame) -> Figure:
+    """The end-to-end Lie derivatives (``lie.csv``): one panel per measure, a point per generator and run with its
+    95% bootstrap interval (log scale for the LEEs: they span decades; the equivariant LEE is a ratio, 0 = the fitted
+    generator explains the derivative, 1 = no better than none)."""
+    _require(lie, ["run", "generator", "metric", "value", "ci_low", "ci_high"], "plot_lie")
+    shown = [m for m in _LIE_METRICS if m in set(lie["metric"])]
+    runs = list(dict.fromkeys(lie["run"]))
+    gens = list(dict.fromkeys(lie["generator"]))
+    palette = _palette(runs)
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], shown):
+            rows = lie[lie["metric"] == metric]
+            for k, run in enumerate(runs):
+                r = rows[rows["run"] == run].set_index("generator").reindex(gens)
+                x = np.arange(len(gens)) + (k - (len(runs) - 1) / 2) * 0.18
+                err = np.vstack([r["value"] - r["ci_low"], r["ci_high"] - r["value"]]).clip(min=0)
+                ax.errorbar(x, r["value"], yerr=err, fmt="o", ms=4, capsize=2, color=palette[run], label=run)
+            ax.set_xticks(np.arange(len(gens)), gens, rotation=40, ha="right")
+            ax.set_title(_LIE_METRICS[metric], fontsize=8)
+            if metric.startswith("lee") and (rows["value"] > 0).all():
+                ax.set_yscale("log")
+        axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_lie_layers(layers: pd.DataFrame) -> Figure:
+    """Where equivariance is lost (``lie_layers.csv``, one run): per generator (columns), the whitened LEE (top: how
+    far the layer moves, log) and the equivariant LEE (bottom: how much of the move a fitted generator misses) of
+    each layer in depth order, on the layer's top principal axes, with 95% bootstrap intervals."""
+    _require(layers, ["run", "generator", "layer", "depth", "lee", "lee_low", "lee_high", "elee", "elee_low",
+                      "elee_high"], "plot_lie_layers")
+    gens = list(dict.fromkeys(layers["generator"]))
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(2, len(gens), figsize=(2.7 * len(gens) + 0.6, 5.2), squeeze=False, sharex=True)
+        for j, gen in enumerate(gens):
+            rows = layers[layers["generator"] == gen].sort_values("depth")
+            x = np.arange(len(rows))
+            for i, (col, label) in enumerate((("lee", "whitened LEE"), ("elee", "equivariant LEE"))):
+                ax = axes[i][j]
+                err = np.vstack([rows[col] - rows[f"{col}_low"], rows[f"{col}_high"] - rows[col]]).clip(min=0)
+                ax.errorbar(x, rows[col], yerr=err, fmt="o-", ms=4, capsize=2)
+                if col == "lee" and (rows[col] > 0).all():
+                    ax.set_yscale("log")
+                if col == "elee":
+                    ax.set_ylim(0, max(1.05, float(np.nanmax(rows[f"{col}_high"].to_numpy(dtype=float),
+                                                              initial=1.0)) + 0.05))
+                if j == 0:
+                    ax.set_ylabel(label)
+                if i == 0:
+                    ax.set_title(gen, fontsize=9)
+                ax.set_xticks(x, rows["layer"], rotation=55, ha="right", fontsize=7)
+        fig.suptitle(str(layers["run"].iloc[0]), fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def plot_composition(composition: pd.DataFrame) -> Figure:
+    """Do the fitted maps compose like rotations? (``composition.csv``, one run): the composition error
+    ``|M_(a+b) - M_b M_a| / |M_(a+b)|`` on held-out images over the grid of (a, b), one heat map per representation
+    (flattened, and the true-class pose where the model has poses); 0 = a group action."""
+    _require(composition, ["run", "which", "a", "b", "composition_error"], "plot_composition")
+    whiches = list(dict.fromkeys(composition["which"]))
+    vmax = max(float(composition["composition_error"].max()), 1e-6)
+    with sns.axes_style("white"), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(1, len(whiches), figsize=(3.8 * len(whiches), 3.4), squeeze=False)
+        for ax, which in zip(axes[0], whiches):
+            grid = composition[composition["which"] == which].pivot_table(index="a", columns="b",
+                                                                          values="composition_error")
+            sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=vmax, cmap="mako_r", ax=ax, cbar=False,
+                        annot_kws={"fontsize": 7})
+            ax.set_xlabel("b (degrees, applied second)")
+            ax.set_ylabel("a (degrees, applied first)")
+            ax.set_title(which, fontsize=9)
+        fig.suptitle(f"{composition['run'].iloc[0]}: composition error of rotation maps", fontsize=9)
+        fig.tight_layout()
     return fig

@@ -306,6 +306,7 @@ def run_probe(
     n_boot: int = 1000,
     progress: bool = True,
     reference: str | None = None,
+    lie: bool = False,
 ) -> ProbeResult:
     """Evaluate every model on every transformed version of ``split``.
 
@@ -324,6 +325,8 @@ def run_probe(
         n_boot: bootstrap resamples for the 95% intervals.
         progress: show a progress bar.
         reference: a ``model`` name: the ablation table (``ablation.csv``) sets every other model against it.
+        lie: also run the Lie-derivative probe (:mod:`capsprobe.lie`): the ``lie``, ``lie_layers`` and
+            ``composition`` tables.
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
@@ -363,6 +366,7 @@ def run_probe(
     bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not progress, dynamic_ncols=True)
     entries = []
     decode_rows: list[dict[str, Any]] = []
+    lie_parts = []
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
@@ -421,6 +425,13 @@ def run_probe(
             t0 = time.perf_counter()
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
             timer.add("pictures", t0)
+        if lie:
+            from .lie import lie_tables
+
+            t0 = time.perf_counter()
+            lie_parts.append(lie_tables([(ident, adapter)], split, batch_size=min(batch_size, 128), device=dev,
+                                        seed=seed, n_boot=n_boot, progress=bar.set_postfix_str))
+            timer.add("lie", t0)
     bar.close()
     metrics_df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     images_df = (pd.concat(image_frames, ignore_index=True)[IMAGE_COLUMNS] if image_frames
@@ -444,6 +455,9 @@ def run_probe(
               "roc": M.roc_table(images_df, metrics_df, identity)}
     if not selectivity.empty:
         tables["selectivity"] = selectivity
+    for name in ("lie", "lie_layers", "composition"):
+        if lie_parts:
+            tables[name] = pd.concat([part.tables()[name] for part in lie_parts], ignore_index=True)
     t0 = time.perf_counter()
     compared = comparison_tables(pd.concat([metrics_df, _grid_rows(decode_df, metrics_df, len(split))], ignore_index=True),
                                  images_df, entries, identity, n_boot=n_boot, seed=seed, reference=reference)
@@ -460,6 +474,12 @@ def run_probe(
         "bootstrap": n_boot,
         "device": str(dev),
     }
+    if lie:
+        from .lie import COMPOSITION_ANGLES, GENERATORS, LAYER_DIM, LAYER_IMAGES
+
+        manifest["lie"] = {"generators": {g.name: g.unit for g in GENERATORS.values()},
+                           "composition_angles": list(COMPOSITION_ANGLES), "layer_images": min(LAYER_IMAGES, len(split)),
+                           "layer_dim": LAYER_DIM}
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
                        manifest=manifest)
 
@@ -506,6 +526,7 @@ def perturb(
     n_boot: int = 1000,
     progress: bool = True,
     reference: str | None = None,
+    lie: bool = False,
 ) -> ProbeResult:
     """Load runs and data, check that they fit together, and evaluate them as their task says: what
     ``capsprobe perturb`` does (the transformation suite for ``classify`` runs, pairs for ``multimnist``).
@@ -537,6 +558,8 @@ def perturb(
     if len(tasks) > 1:
         raise RunError(f"runs were trained for different tasks ({', '.join(tasks)})")
     task = get_task(tasks[0])
+    if lie and task.name != "classify":
+        raise InvalidInputError(f"the Lie-derivative probe applies to classify runs, not {task.name}")
     shapes = {r.name: (r.input["in_chans"], r.input["img_size"], r.input["num_classes"]) for r in runs}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{n} ({c}x{s}x{s}, {k} classes)" for n, (c, s, k) in shapes.items())
@@ -559,7 +582,7 @@ def perturb(
     splits = load_dataset(dataset, data_root, download, limit=limit)
     images = splits.test if split == "test" else splits.val
     result = task.evaluate(runs, images, chosen, mags, batch_size=batch_size, device=device, seed=seed,
-                           n_boot=n_boot, progress=progress, reference=reference)
+                           n_boot=n_boot, progress=progress, reference=reference, **({"lie": True} if lie else {}))
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
                        "device": str(resolve_device(device)), "versions": library_versions()}

@@ -357,6 +357,100 @@ def _ablation_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     return [line]
 
 
+_LIE_ROWS = {"lee_scores": "class-score LEE", "lee_representation": "whitened LEE (representation)",
+             "elee_representation": "equivariant LEE (representation)", "lee_pose": "whitened LEE (true-class pose)",
+             "elee_pose": "equivariant LEE (true-class pose)"}
+
+
+def _g(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x:.3g}"
+
+
+def lie_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """``lie.csv`` as one row per (generator, measure) and a column per model: ``value [95% interval over images]``
+    for a single run, and with several seeds their mean followed by every seed's value."""
+    lie = tables.get("lie")
+    if lie is None or lie.empty:
+        return None
+    models = list(dict.fromkeys(lie["model"]))
+    rows = []
+    for (gen, unit, metric), group in lie.groupby(["generator", "unit", "metric"], sort=False):
+        row = {"generator": f"{gen} (per {unit})", "measure": _LIE_ROWS.get(metric, metric)}
+        for model in models:
+            runs = group[group["model"] == model]
+            if runs.empty:
+                row[model] = ""
+            elif len(runs) == 1:
+                r = runs.iloc[0]
+                row[model] = f"{_g(r.value)} [{_g(r.ci_low)}, {_g(r.ci_high)}]"
+            else:
+                row[model] = (f"{_g(runs['value'].mean())} (seeds: " + ", ".join(_g(v) for v in runs["value"]) + ")")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _lie_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The Lie derivative read out: rotation and translation LEE per model, the composition error over the rotation
+    grid, and one sentence per model on where its equivariant LEE rises most through the layers."""
+    lie, layers, comp = tables.get("lie"), tables.get("lie_layers"), tables.get("composition")
+    lines = []
+    if lie is not None and not lie.empty:
+        for gen in ("rotate", "translate-x"):
+            for metric in ("lee_representation", "elee_representation"):
+                rows = lie[(lie["generator"] == gen) & (lie["metric"] == metric)]
+                if rows.empty:
+                    continue
+                per = rows.groupby("model", sort=False).agg(v=("value", "mean"), lo=("ci_low", "mean"),
+                                                            hi=("ci_high", "mean"), n=("run", "count"))
+                unit = rows["unit"].iloc[0]
+                listed = "; ".join(f"{m} {_g(r.v)} [{_g(r.lo)}, {_g(r.hi)}]" + (f" (mean of {r.n} seeds)" if r.n > 1
+                                                                               else "") for m, r in per.iterrows())
+                what = ("how far the representation moves per " + unit if metric.startswith("lee") else
+                        "share of the motion a fitted generator misses, 0 = equivariant")
+                lines.append(f"Lie derivative, {gen}: {_LIE_ROWS[metric]} ({what}): {listed}.")
+    if comp is not None and not comp.empty:
+        per = comp[comp["which"] == "representation"].groupby("model", sort=False)["composition_error"].mean()
+        lines.append("Composition of the fitted rotation maps, |M_(a+b) - M_b M_a| / |M_(a+b)| averaged over the (a, b) "
+                     "grid (0 = a group action): " + "; ".join(f"{m} {_g(v)}" for m, v in per.items()) + ".")
+    if layers is not None and not layers.empty:
+        for run, rows in layers[layers["generator"] == "rotate"].groupby("run", sort=False):
+            rows = rows.sort_values("depth")
+            e = rows["elee"].to_numpy(dtype=float)
+            if len(e) < 2 or not np.isfinite(e).all():
+                continue
+            step = np.diff(e)
+            k = int(np.argmax(step))
+            lines.append(f"Layers of {run} (rotation): the equivariant LEE goes from {_g(e[0])} at "
+                         f"{rows['layer'].iloc[0]} to {_g(e[-1])} at the representation; it rises most "
+                         f"({'+' if step[k] >= 0 else ''}{_g(step[k])}) from {rows['layer'].iloc[k]} to "
+                         f"{rows['layer'].iloc[k + 1]}.")
+    return lines
+
+
+def lie_figures(data: "ReportData") -> tuple[dict[str, bytes], dict[str, str]]:
+    """The Lie probe's figures: end-to-end LEE, and per run its layer profile and composition grid."""
+    from . import plots
+
+    figs, captions = {}, {}
+    lie, layers, comp = (data.tables.get(k) for k in ("lie", "lie_layers", "composition"))
+    if lie is not None and not lie.empty:
+        figs["lie.png"] = _png(plots.plot_lie(lie))
+        captions["lie.png"] = ("Lie derivatives at the identity (Gruver et al. 2022), 95% bootstrap intervals over "
+                               "images: class-score LEE, whitened LEE of the representation, and the equivariant LEE "
+                               "(held-out share of the derivative a fitted generator misses).")
+    for run in dict.fromkeys(layers["run"]) if layers is not None and not layers.empty else ():
+        key = f"lie_layers_{run}.png"
+        figs[key] = _png(plots.plot_lie_layers(layers[layers["run"] == run]))
+        captions[key] = (f"{run}: where equivariance is lost. Per layer (top {data.manifest.get('lie', {}).get('layer_dim', 32)} "
+                         "principal axes), the whitened LEE and the equivariant LEE per generator.")
+    for run in dict.fromkeys(comp["run"]) if comp is not None and not comp.empty else ():
+        key = f"composition_{run}.png"
+        figs[key] = _png(plots.plot_composition(comp[comp["run"] == run]))
+        captions[key] = (f"{run}: composition error of the fitted rotation maps over (a, b), held-out images; 0 = the "
+                         "maps compose like rotations.")
+    return figs, captions
+
+
 def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None,
               manifest: dict[str, Any] | None = None) -> list[str]:
     """Sentences written from the numbers: who keeps more accuracy at 45 degrees and by how much, whether the
@@ -469,6 +563,7 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     if recon:
         lines.append("Clean reconstruction error |decode - x|^2 / |x|^2 of the true-class capsule: " + ", ".join(recon)
                      + ".")
+    lines.extend(_lie_lines(tables))
     return lines
 
 
@@ -595,7 +690,13 @@ def suite_section(data: ReportData) -> Section:
                                for r in edge.drop_duplicates(["run", "transform", "magnitude"]).head(8).itertuples())
             notes.append(f"the ridge penalty sat at an end of its grid in {len(edge)} non-identity fitted metric(s) "
                          f"(summary.csv, at_edge): {listed}{' ...' if len(edge) > 8 else ''}")
+    lie_figs, lie_captions = lie_figures(data)
+    figs.update(lie_figs)
+    captions.update(lie_captions)
     extra = []
+    lie = lie_table(data.tables)
+    if lie is not None:
+        extra.append(("Lie derivative (each model: value [95% interval over images], or the mean of its seeds)", lie))
     ablation = ablation_table(data.tables)
     if ablation is not None:
         extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "

@@ -112,11 +112,15 @@ class BaselineCNN(nn.Module):
         convs: list[nn.Module] = []
         width = in_chans
         h, w = self.img_size
+        self.feature_info = []  # timm's: one entry per convolution stage (its ReLU), for per-layer probes
+        reduction = 1
         for i, c in enumerate(channels):
             convs += [nn.Conv2d(width, c, kernel_size, stride=1, padding=kernel_size // 2), nn.ReLU(inplace=True)]
+            self.feature_info.append({"num_chs": c, "reduction": reduction, "module": f"features.{len(convs) - 1}"})
             if pool != "none" and i < len(channels) - 1:  # 2x2 pooling after every conv but the last
                 convs.append(_POOLS[pool](2))
                 h, w = h // 2, w // 2
+                reduction *= 2
             width = c
         self.features = nn.Sequential(*convs)
         fcs: list[nn.Module] = []

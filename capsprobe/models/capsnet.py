@@ -23,6 +23,8 @@ name                layout                                               params 
 
 from __future__ import annotations
 
+import inspect
+
 import math
 from typing import Sequence
 
@@ -270,6 +272,7 @@ class DigitCaps(nn.Module):
         self.detach_inner = detach_inner
         self.routing, self.transformation, self.squash = routing, transformation, squash
         self._route = get_routing(routing)
+        self._records = "record" in inspect.signature(self._route).parameters
         self._transform = get_transformation(transformation)
         self._activation = _ACTIVATIONS[bool(squash)]
         # per-pair: (N_in, N_out, D_out, D_in), the layout of earlier versions (their runs load unchanged);
@@ -293,11 +296,26 @@ class DigitCaps(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """``u (B, N_in, D_in)`` -> ``v (B, N_out, D_out)``. Routing runs in float32 under autocast."""
+        return self._routed(u)[1]
+
+    def iterates(self, u: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``u (B, N_in, D_in)`` -> the votes ``(B, N_out, N_in, D_out)`` and the output capsules after every routing
+        iteration (the last is :meth:`forward`'s output): the layers inside this one, for per-layer measures."""
+        record: list[Tensor] = []
+        votes, _ = self._routed(u, record)
+        return votes, record
+
+    def _routed(self, u: Tensor, record: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         votes = self.votes(u)
         if votes.dtype in (torch.float16, torch.bfloat16):
             votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
         with torch.autocast(device_type=u.device.type, enabled=False):
-            return self._route(votes, self.num_iters, self.detach_inner, self._activation)
+            if record is None or not self._records:
+                v = self._route(votes, self.num_iters, self.detach_inner, self._activation)
+                if record is not None:
+                    record.append(v)  # a routing that cannot record its iterations shows its output alone
+                return votes, v
+            return votes, self._route(votes, self.num_iters, self.detach_inner, self._activation, record=record)
 
 
 class CapsuleDecoder(nn.Module):

@@ -17,9 +17,10 @@ capsule loss        ``margin``: eq. 4 of the paper. ``ce``: cross entropy with t
                     (Gu, Tresp & Hu 2021's replacement of the margin loss).
 ==================  ==============================================================================================
 
-A routing is ``fn(votes, num_iters, detach_inner, activation) -> v`` with votes ``(B, N_out, N_in, D)`` (parent-major,
-as :class:`capsprobe.models.capsnet.DigitCaps` lays them out) and ``v (B, N_out, D)``; ``activation`` is the squash or
-the identity (the squash ablation). A transformation is a pair (weight shape, votes function). A capsule loss is
+A routing is ``fn(votes, num_iters, detach_inner, activation, record=None) -> v`` with votes ``(B, N_out, N_in, D)``
+(parent-major, as :class:`capsprobe.models.capsnet.DigitCaps` lays them out) and ``v (B, N_out, D)``; ``activation`` is
+the squash or the identity (the squash ablation); a ``record`` list, when given, receives the output capsules after
+every iteration (the Lie-derivative profile reads them). A transformation is a pair (weight shape, votes function). A capsule loss is
 ``fn(lengths (B, K), targets (B,) or (B, K)) -> scalar``.
 """
 
@@ -86,7 +87,8 @@ def list_routings() -> list[str]:
 
 def route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool = False,
                        activation: Callable[[Tensor], Tensor] | None = None,
-                       return_couplings: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+                       return_couplings: bool = False,
+                       record: list[Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Procedure 1 on votes laid out ``(B, N_out, N_in, D)``: every step is a batched matrix product.
 
     With the parent capsule before the input capsule, ``s_j = sum_i c_ij u_hat_j|i`` is ``(1, N_in) @ (N_in, D)``
@@ -107,25 +109,32 @@ def route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool = False
         c = b.softmax(dim=1)  # over the parents
         couplings.append(c)
         v = activation(torch.matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
+        if record is not None:
+            record.append(v)
         if not last:
             b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
     return (v, couplings) if return_couplings else v
 
 
 @register_routing("dynamic")
-def _dynamic(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor]) -> Tensor:
-    return route_by_agreement(votes, num_iters, detach_inner, activation)
+def _dynamic(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor],
+             record: list[Tensor] | None = None) -> Tensor:
+    return route_by_agreement(votes, num_iters, detach_inner, activation, record=record)
 
 
 @register_routing("none")
-def _no_routing(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor]) -> Tensor:
+def _no_routing(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor],
+                record: list[Tensor] | None = None) -> Tensor:
     """Uniform couplings ``c_ij = 1 / N_out``, never updated: Procedure 1's first iteration alone (the softmax of zero
     logits), ``s_j = sum_i u_hat_j|i / N_out``, then the activation (``num_iters`` unused).
 
     Not the plain mean over inputs (``c_ij = 1 / N_in``): at the paper's N(0, 0.01^2) initialisation that puts
     ``|s_j|`` near 1e-3, where the squash's gradient (about ``2 |s|``) vanishes, and capsnet_small never left chance
     (9.8% canvas accuracy after 5 epochs, 3 of 3 seeds)."""
-    return activation(votes.sum(dim=2) / votes.shape[1])
+    v = activation(votes.sum(dim=2) / votes.shape[1])
+    if record is not None:
+        record.append(v)
+    return v
 
 
 # --- transformation ---------------------------------------------------------------------------------------------
