@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -60,7 +61,8 @@ def bench_model(
     channels_last: bool = False,
     compile: bool = False,
 ) -> BenchResult:
-    """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``."""
+    """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``; rates are
+    from the median step, so one slow step (another process on the cores) does not move them."""
     from .models import adapt, create_model
     from .runtime import autocast_context, autocast_dtype, resolve_device
     from .train import Objective, compile_objective, train_step
@@ -82,17 +84,8 @@ def bench_model(
     def step():
         train_step(objective, optimizer, scaler, images, labels, dev, dtype)
 
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(dev)
-    step_seconds = (time.perf_counter() - start) / steps
-    train_rate = batch_size / step_seconds
-    conv_share = None
     stack = getattr(model, "convolution_stack", None)
+    conv_step = None
     if callable(stack):
         convs = stack()
         params = [p for p in convs.parameters() if p.requires_grad]
@@ -102,28 +95,39 @@ def bench_model(
                 out = convs(images)
             torch.autograd.grad(out.float().sum(), params)
 
-        for _ in range(warmup):
-            conv_step()
+    def timed(fn) -> float:
         _sync(dev)
         start = time.perf_counter()
-        for _ in range(steps):
-            conv_step()
+        fn()
         _sync(dev)
-        conv_share = (time.perf_counter() - start) / steps / step_seconds
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+        if conv_step is not None:
+            conv_step()
+    # the full step and the convolutions alone alternate, one of each per round, and the medians are compared: a
+    # burst of load from another process then hits both or neither (two separate timing loops gave shares that
+    # varied 0.10-0.38 between runs on a shared 2-core machine)
+    step_times, conv_times = [], []
+    for _ in range(steps):
+        step_times.append(timed(step))
+        if conv_step is not None:
+            conv_times.append(timed(conv_step))
+    step_seconds = statistics.median(step_times)
+    train_rate = batch_size / step_seconds
+    conv_share = statistics.median(conv_times) / step_seconds if conv_times else None
 
     model.eval()
     adapter = adapt(model)
+    def infer():
+        with autocast_context(dev, dtype):
+            adapter.outputs(images)
+
     with torch.inference_mode():
         for _ in range(warmup):
-            with autocast_context(dev, dtype):
-                adapter.outputs(images)
-        _sync(dev)
-        start = time.perf_counter()
-        for _ in range(steps):
-            with autocast_context(dev, dtype):
-                adapter.outputs(images)
-        _sync(dev)
-        eval_rate = steps * batch_size / (time.perf_counter() - start)
+            infer()
+        eval_rate = batch_size / statistics.median(timed(infer) for _ in range(steps))
 
     if dev.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda allocated"

@@ -337,6 +337,13 @@ def end_to_end_rows(ident: dict, generator: Generator, p: LiePass, labels: np.nd
         value, lo, hi = _ratio_row(residual, energy, seed, n_boot)
         rows.append({**base, "metric": f"elee_{which}", "value": value, "ci_low": lo, "ci_high": hi,
                      "n_images": len(held)})
+    # models compared at one size: the 16-D PCA of the clean representation (fitting half), as issue 8's *_pca16
+    fit, _ = M.split_halves(len(p.rep), seed)
+    xs, ds, _ = M.subspace_project(p.rep, p.drep, 16, fit)
+    held, residual, energy = M.generator_terms(xs, ds, seed)
+    value, lo, hi = _ratio_row(residual, energy, seed, n_boot)
+    rows.append({**base, "metric": "elee_representation_pca16", "value": value, "ci_low": lo, "ci_high": hi,
+                 "n_images": len(held)})
     return rows
 
 

@@ -932,14 +932,15 @@ def generator_terms(phi_clean, dphi, seed: int = 0, fit_fraction: float = 0.5, g
 
     Returns:
         ``(held, residual, energy)``: held-out indices, ``|dphi - A phi - b|^2`` and ``|dphi|^2`` per held-out
-        image. ``sum(residual) / sum(energy)`` is 0 when one linear action explains the representation's
+        image, both divided by the representation's mean per-dimension variance. ``sum(residual) / sum(energy)`` is 0 when one linear action explains the representation's
         infinitesimal change (an equivariant representation, Lenc & Vedaldi's criterion in Lie-algebra form) and
         about 1 when the fit does no better than predicting no change. Gruver et al. score non-image outputs for
         invariance only; this is the part their method cannot measure for pose vectors.
     """
     x, d = _pair(phi_clean, dphi, same_width=True)
     fit = linear_fit(x, d, seed, fit_fraction, groups, split=split)
-    return fit.held, fit.residual, (d[fit.held] ** 2).sum(1)
+    s2 = _scale(x) ** 2  # in units of the representation's own spread, so the ratio's floor is scale-free
+    return fit.held, fit.residual / s2, (d[fit.held] ** 2).sum(1) / s2
 
 
 def composition_terms(phi_clean, moved: dict, a: float, b: float, seed: int = 0, fit_fraction: float = 0.5,

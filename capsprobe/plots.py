@@ -274,7 +274,9 @@ def plot_image_grid(
 
 
 _LIE_METRICS = {"lee_scores": "class-score LEE (mean |ds/dt|)", "lee_representation": "whitened LEE, representation",
-                "elee_representation": "equivariant LEE, representation", "lee_pose": "whitened LEE, true-class pose",
+                "elee_representation": "equivariant LEE, representation",
+                "elee_representation_pca16": "equivariant LEE, representation (16-D PCA)",
+                "lee_pose": "whitened LEE, true-class pose",
                 "elee_pose": "equivariant LEE, true-class pose"}
 
 

@@ -358,7 +358,9 @@ def _ablation_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 
 _LIE_ROWS = {"lee_scores": "class-score LEE", "lee_representation": "whitened LEE (representation)",
-             "elee_representation": "equivariant LEE (representation)", "lee_pose": "whitened LEE (true-class pose)",
+             "elee_representation": "equivariant LEE (representation)",
+             "elee_representation_pca16": "equivariant LEE (representation, 16-D PCA)",
+             "lee_pose": "whitened LEE (true-class pose)",
              "elee_pose": "equivariant LEE (true-class pose)"}
 
 
@@ -396,7 +398,7 @@ def _lie_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     lines = []
     if lie is not None and not lie.empty:
         for gen in ("rotate", "translate-x"):
-            for metric in ("lee_representation", "elee_representation"):
+            for metric in ("lee_representation", "elee_representation_pca16", "elee_pose"):
                 rows = lie[(lie["generator"] == gen) & (lie["metric"] == metric)]
                 if rows.empty:
                     continue
