@@ -412,8 +412,8 @@ def _lie_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
                 lines.append(f"Lie derivative, {gen}: {_LIE_ROWS[metric]} ({what}): {listed}.")
     if comp is not None and not comp.empty:
         per = comp[comp["which"] == "representation"].groupby("model", sort=False)["composition_error"].mean()
-        lines.append("Composition of the fitted rotation maps, |M_(a+b) - M_b M_a| / |M_(a+b)| averaged over the (a, b) "
-                     "grid (0 = a group action): " + "; ".join(f"{m} {_g(v)}" for m, v in per.items()) + ".")
+        lines.append("Composition of the fitted rotation maps, |M_(a+b) - M_b M_a| / |M_(a+b)| averaged over the "
+                     "(a, b) grid (0 = a group action): " + "; ".join(f"{m} {_g(v)}" for m, v in per.items()) + ".")
     if layers is not None and not layers.empty:
         for run, rows in layers[layers["generator"] == "rotate"].groupby("run", sort=False):
             rows = rows.sort_values("depth")
@@ -443,8 +443,9 @@ def lie_figures(data: "ReportData") -> tuple[dict[str, bytes], dict[str, str]]:
     for run in dict.fromkeys(layers["run"]) if layers is not None and not layers.empty else ():
         key = f"lie_layers_{run}.png"
         figs[key] = _png(plots.plot_lie_layers(layers[layers["run"] == run]))
-        captions[key] = (f"{run}: where equivariance is lost. Per layer (top {data.manifest.get('lie', {}).get('layer_dim', 32)} "
-                         "principal axes), the whitened LEE and the equivariant LEE per generator.")
+        dim = data.manifest.get("lie", {}).get("layer_dim", 32)
+        captions[key] = (f"{run}: where equivariance is lost. Per layer (top {dim} principal axes), the whitened LEE "
+                         "and the equivariant LEE per generator.")
     for run in dict.fromkeys(comp["run"]) if comp is not None and not comp.empty else ():
         key = f"composition_{run}.png"
         figs[key] = _png(plots.plot_composition(comp[comp["run"] == run]))

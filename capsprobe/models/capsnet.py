@@ -24,7 +24,6 @@ name                layout                                               params 
 from __future__ import annotations
 
 import inspect
-
 import math
 from typing import Sequence
 

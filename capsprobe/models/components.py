@@ -20,8 +20,8 @@ capsule loss        ``margin``: eq. 4 of the paper. ``ce``: cross entropy with t
 A routing is ``fn(votes, num_iters, detach_inner, activation, record=None) -> v`` with votes ``(B, N_out, N_in, D)``
 (parent-major, as :class:`capsprobe.models.capsnet.DigitCaps` lays them out) and ``v (B, N_out, D)``; ``activation`` is
 the squash or the identity (the squash ablation); a ``record`` list, when given, receives the output capsules after
-every iteration (the Lie-derivative profile reads them). A transformation is a pair (weight shape, votes function). A capsule loss is
-``fn(lengths (B, K), targets (B,) or (B, K)) -> scalar``.
+every iteration (the Lie-derivative profile reads them). A transformation is a pair (weight shape, votes function).
+A capsule loss is ``fn(lengths (B, K), targets (B,) or (B, K)) -> scalar``.
 """
 
 from __future__ import annotations
