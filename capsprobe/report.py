@@ -346,7 +346,9 @@ def _ablation_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
         parts.append(f"{r.variant} {_ABLATION_LABELS.get(r.metric, r.metric)} {_condition(r.transform, r.magnitude, ident)} "
                      f"{scale * r.difference:+.{d}f}{unit} [{scale * r.ci_low_adjusted:+.{d}f}, "
                      f"{scale * r.ci_high_adjusted:+.{d}f}]")
-    seeds = int(min(ab["seeds_variant"].min(), ab["seeds_reference"].min()))
+    lo = int(min(ab["seeds_variant"].min(), ab["seeds_reference"].min()))
+    hi = int(max(ab["seeds_variant"].max(), ab["seeds_reference"].max()))
+    seeds = str(lo) if lo == hi else f"{lo}-{hi} matched"  # a variant's runs that missed the target are left out
     families = ", ".join(f"{_ABLATION_LABELS.get(m, m)} {int(n)}" for m, n in
                          ab.groupby("metric", sort=False)["family_size"].max().items())
     line = (f"Ablation, each model minus {ref}, paired over the same digits and transformation draws, seeds resampled; "

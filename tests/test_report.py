@@ -253,3 +253,14 @@ def test_roc_points_are_the_exact_staircase_on_a_fixed_grid():
     for f, t in zip(curve["fpr"], curve["tpr"]):
         assert t == tpr[fpr <= f + 1e-12].max()  # the highest true-positive rate reached at that false-positive rate
     assert curve["tpr"].iloc[-1] == 1.0 and curve["fpr"].iloc[0] == 0.0
+
+
+def test_ablation_line_gives_the_range_of_matched_seeds():
+    from capsprobe.report import _ablation_lines
+
+    row = {"variant": "v", "reference": "r", "transform": "rotate", "magnitude": "45", "metric": "accuracy",
+           "difference": 0.01, "ci_low_adjusted": -0.02, "ci_high_adjusted": 0.04, "family_size": 2,
+           "seeds_reference": 3, "established": False}
+    ab = pd.DataFrame([{**row, "seeds_variant": 3}, {**row, "variant": "w", "seeds_variant": 1}])
+    assert "no difference is established at 1-3 matched seed(s)" in _ablation_lines({"ablation": ab})[0]
+    assert "at 3 seed(s)" in _ablation_lines({"ablation": ab.iloc[:1]})[0]
