@@ -932,9 +932,10 @@ def generator_terms(phi_clean, dphi, seed: int = 0, fit_fraction: float = 0.5, g
 
     Returns:
         ``(held, residual, energy)``: held-out indices, ``|dphi - A phi - b|^2`` and ``|dphi|^2`` per held-out
-        image, both divided by the representation's mean per-dimension variance. ``sum(residual) / sum(energy)`` is 0 when one linear action explains the representation's
-        infinitesimal change (an equivariant representation, Lenc & Vedaldi's criterion in Lie-algebra form) and
-        about 1 when the fit does no better than predicting no change. Gruver et al. score non-image outputs for
+        image, both divided by the representation's mean per-dimension variance. ``sum(residual) / sum(energy)``
+        is 0 when one linear action explains the representation's infinitesimal change (an equivariant
+        representation, Lenc & Vedaldi's criterion in Lie-algebra form) and about 1 when the fit does no better
+        than predicting no change. Gruver et al. score non-image outputs for
         invariance only; this is the part their method cannot measure for pose vectors.
     """
     x, d = _pair(phi_clean, dphi, same_width=True)
