@@ -251,11 +251,10 @@ def lie_pass(adapter: Adapter, split: ImageSplit, generator: Generator | str, ba
                 out["dscores"].append(dual[0].cpu())
                 out["rep"].append(primal[1].cpu())
                 out["drep"].append(dual[1].cpu())
-                k = 2
-                if adapter.has_poses:
+                k = len(primal) - len(names)  # scores, representation and, for a model with poses, the pose
+                if k == 3:
                     out["pose"].append(primal[2].cpu())
                     out["dpose"].append(dual[2].cpu())
-                    k = 3
                 for i, name in enumerate(names):
                     layer_out.setdefault(name, []).append((primal[k + i].cpu().numpy(), dual[k + i].cpu().numpy()))
                 seen += labels.shape[0]
