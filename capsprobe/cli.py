@@ -254,11 +254,13 @@ def perturb(
 @_clean_errors
 def report(
     report_dir: Path = typer.Argument(..., help="A folder written by `capsprobe perturb` (or `run`, `demo`)."),
+    recompare: bool = typer.Option(False, "--recompare", help="First recompute comparison.csv, differences.csv and "
+                                   "ablation.csv from the folder's per-image rows with the current test."),
 ) -> None:
     """Render figures/*.png, report.md and a self-contained report.html from a perturb folder's files alone."""
-    from .report import write_report
+    from .report import recompare as recompute, write_report
 
-    typer.echo(f"report: {write_report(report_dir)}")
+    typer.echo(f"report: {recompute(report_dir) if recompare else write_report(report_dir)}")
 
 
 @app.command()

@@ -5,9 +5,10 @@ A *model* here is a ``model`` name of the tidy tables; its *runs* are its traini
 ``comparison.csv`` — per model x condition x metric, the mean over seeds with a 95% interval that includes
 training variation:
 
-- metrics defined per image (``accuracy``, ``consistency``, ``confidence_drop``, ``true_class_score``): a
-  hierarchical (two-stage) bootstrap, seeds resampled with replacement, then images (the same image resample for
-  every seed: they saw the same digits); Davison & Hinkley (1997), section 3.8;
+- metrics defined per image (``accuracy``, ``consistency``, ``confidence_drop``, ``true_class_score``): the
+  seeds x images variance decomposition of :func:`capsprobe.seedstats.seed_image_mean` (the seed term and the
+  image-sampling term, Searle, Casella & McCulloch 1992), with a Student t reference on Satterthwaite's (1946)
+  degrees of freedom;
 - every other metric (fitted, ratio and AUROC metrics): the mean of the per-seed estimates with a Student t
   interval over seeds (at least 2 seeds; with one seed, the run's own interval over images, flagged).
 
@@ -16,21 +17,22 @@ Columns also list every seed's clean test accuracy, stopping epoch and whether i
 ``differences.csv`` — for every pair of models and every condition x metric, the difference A - B:
 
 - per-image metrics: *paired* over images (both models see the same digits and the same transformation draws),
-  seeds of each model resampled independently (seed k of two architectures shares nothing);
+  seeds independent between the models (seed k of two architectures shares nothing) and sharing one seed variance,
+  by :func:`capsprobe.seedstats.seed_image_difference`: t on Satterthwaite degrees of freedom;
 - other metrics: Welch's t over the per-seed estimates (at least 2 seeds per model).
 
-Each difference has a 95% interval (percentile, or Welch t), a two-sided p-value (from the bootstrap standard error,
-or Welch t), the Holm (1979) adjusted p-value over the conditions of its (pair, metric) family, and the
-Bonferroni-level interval that goes with it (level ``1 - 0.05 / m``; bootstrap: difference -/+ z se).
-A difference is ``established`` only when both models have at least 2 seeds, its adjusted p-value is below 0.05
-and its adjusted interval excludes 0.
+Each difference has a standard error, its degrees of freedom, a 95% t interval, a two-sided p-value, the Holm (1979)
+adjusted p-value over the conditions of its (pair, metric) family, and the Bonferroni-level interval that goes with it
+(level ``1 - 0.05 / m``, the same t reference). Both tests were checked by simulation at 2-10 seeds
+(:mod:`capsprobe.calibration`) and by an A/A experiment (``experiments/null.toml``). A difference is ``established``
+only when both models have at least 2 seeds, its adjusted p-value is below 0.05 and its adjusted interval excludes 0.
 Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
 ``excluded``.
 
 ``ablation.csv`` — with a ``reference`` model (an experiment's ``reference``, e.g. the full CapsNet of an
 ablation), every other model against it, *variant minus reference*, for accuracy (the untransformed condition once,
 and every transformed one), the gain of the fitted map over the identity and the decodability of the magnitude (every
-non-identity condition). The same paired intervals as ``differences.csv``, but Holm's correction and the
+non-identity condition). The same paired tests as ``differences.csv``, but Holm's correction and the
 Bonferroni-level intervals run over one family per metric that holds every variant and condition together: a table of
 many one-component changes does not get a fresh 5% for each.
 """
@@ -43,25 +45,28 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .metrics import LEVEL, percentile_interval
+from .metrics import LEVEL
+from .seedstats import seed_image_difference, seed_image_mean, t_interval
 
-__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PER_IMAGE",
-           "comparison_tables", "holm"]
+__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PAIRED_TEST",
+           "PER_IMAGE", "WELCH_TEST", "comparison_tables", "holm"]
 
+PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
+WELCH_TEST = "Welch t over seeds"
 PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
 COMPARISON_COLUMNS = [
-    "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "interval",
-    "seeds", "clean_accuracies", "stop_epochs", "reached_target",
+    "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "df",
+    "interval", "seeds", "clean_accuracies", "stop_epochs", "reached_target",
 ]
 DIFFERENCE_COLUMNS = [
     "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
-    "ci_high", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a", "seeds_b",
-    "test", "established",
+    "ci_high", "se", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a",
+    "seeds_b", "test", "established",
 ]
 ABLATION_METRICS = ("accuracy", "equivariance_gain", "decodability")
 ABLATION_COLUMNS = [
     "variant", "reference", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
-    "ci_high", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_variant",
+    "ci_high", "se", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_variant",
     "seeds_reference", "test", "established",
 ]
 
@@ -101,47 +106,29 @@ def _per_image(images: pd.DataFrame, metric: str, identity: dict[str, str]) -> p
     return rows.assign(_v=value)
 
 
-def _two_stage(values: np.ndarray, n_boot: int, rng: np.random.Generator, image_idx: np.ndarray) -> np.ndarray:
-    """Bootstrap means of ``values (S, N)``: seeds resampled, then images (``image_idx (n_boot, N)`` shared)."""
-    s = values.shape[0]
-    seed_idx = rng.integers(0, s, (n_boot, s))
-    per_seed = values[:, image_idx].mean(2).T  # (n_boot, S): each seed's mean over the resampled images
-    return np.take_along_axis(per_seed, seed_idx, 1).mean(1)  # mean over the resampled seeds
-
-
 def _t_interval(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     m, s, n = float(np.mean(x)), float(np.std(x, ddof=1)), len(x)
     half = stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n)
     return m - half, m + half
 
 
-def _welch(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, tuple[float, float], float]:
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Welch's (1947) difference of means, its standard error and Satterthwaite degrees of freedom."""
     diff = float(np.mean(a) - np.mean(b))
     va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
     se = float(np.sqrt(va + vb))
     if se == 0:
-        return diff, (diff, diff), (1.0 if diff == 0 else 0.0)
+        return diff, 0.0, float(len(a) + len(b) - 2)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + level / 2, df) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return diff, (diff - half, diff + half), p
+    return diff, se, float(df)
 
 
-def _boot_p(difference: float, boot: np.ndarray) -> float:
-    """Two-sided p-value of ``difference = 0`` from the bootstrap standard error (normal approximation).
-
-    A count of resamples on the far side of 0 cannot go below ``1 / B``, which Holm over 51 conditions multiplies past
-    0.05 for any effect; the standard error has no such floor (Efron & Tibshirani 1993, section 16.4)."""
-    se = float(np.std(boot, ddof=1))
+def _t_test(diff: float, se: float, df: float, level: float = LEVEL) -> tuple[tuple[float, float], float]:
+    """The ``level`` t interval and the two-sided p-value of a difference (a zero ``se``: the point, p 1 or 0)."""
     if se == 0:
-        return 1.0 if difference == 0 else 0.0
-    return float(2 * stats.norm.sf(abs(difference) / se))
-
-
-def _normal_interval(difference: float, boot: np.ndarray, level: float) -> tuple[float, float]:
-    """``difference -/+ z se`` with the bootstrap standard error: stable at the extreme levels Holm asks for."""
-    half = stats.norm.ppf(0.5 + level / 2) * float(np.std(boot, ddof=1))
-    return difference - half, difference + half
+        return (diff, diff), (1.0 if diff == 0 else 0.0)
+    lo, hi = t_interval(diff, se, df, level)
+    return (float(lo), float(hi)), float(2 * stats.t.sf(abs(diff) / se, df))
 
 
 def _seed_info(entries: Sequence[dict[str, Any]], runs: Sequence[str]) -> dict[str, str]:
@@ -161,8 +148,6 @@ def comparison_tables(
     images: pd.DataFrame,
     entries: Sequence[dict[str, Any]],
     identity: dict[str, str],
-    n_boot: int = 1000,
-    seed: int = 0,
     reference: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """``comparison``, ``differences`` and ``excluded`` tables, and ``ablation`` with a ``reference`` (see the module
@@ -183,10 +168,7 @@ def comparison_tables(
     runs_of = {m: list(dict.fromkeys(metrics.loc[metrics["model"] == m, "run"])) for m in models}
     keys = ["transform", "magnitude"]
     conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
-    rng = np.random.default_rng(seed)
     per_image = {name: _per_image(images, name, identity) for name in PER_IMAGE if name in set(metrics["metric"])}
-    n_images = images["image_id"].nunique() if len(images) else 0
-    image_idx = rng.integers(0, max(n_images, 1), (n_boot, n_images)) if n_images else None
 
     def matrix(name: str, model: str, transform: str, magnitude: str) -> np.ndarray | None:
         table = per_image[name]
@@ -194,7 +176,7 @@ def comparison_tables(
         if sel.empty:
             return None
         wide = sel.pivot_table(index="run", columns="image_id", values="_v").reindex(runs_of[model])
-        return None if wide.isna().any().any() else wide.to_numpy(float)
+        return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
 
     comp, diffs = [], []
     for cond in conditions.itertuples(index=False):
@@ -202,7 +184,7 @@ def comparison_tables(
         base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
                 "magnitude_value": cond.magnitude_value}
         for name in dict.fromkeys(rows["metric"]):
-            boots, seeds_of, point = {}, {}, {}
+            mats, seeds_of, point = {}, {}, {}
             for model in models:
                 sel = rows[(rows["metric"] == name) & (rows["model"] == model)].set_index("run").reindex(runs_of[model])
                 sel = sel.dropna(subset=["value"])
@@ -211,18 +193,23 @@ def comparison_tables(
                 values = sel["value"].to_numpy(float)
                 seeds_of[model] = values
                 mat = matrix(name, model, cond.transform, cond.magnitude) if name in per_image else None
-                if mat is not None and image_idx is not None:
-                    boot = _two_stage(mat, n_boot, rng, image_idx)
-                    boots[model] = boot
-                    value, ci, how = float(mat.mean()), percentile_interval(boot), "seeds+images (two-stage bootstrap)"
+                if mat is not None:
+                    mats[model] = mat
+                    est = seed_image_mean(mat)
+                    value, df = float(est.value), float(est.df)
+                    ci = tuple(float(v) for v in est.interval(LEVEL))
+                    how = (f"seeds+images (t, {len(values)} seeds, Satterthwaite df)" if len(values) >= 2 else
+                           "images only (1 seed)")
                 elif len(values) >= 2:
                     value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
+                    df = float(len(values) - 1)
                 else:
                     value, ci, how = float(values[0]), (float(sel["ci_low"].iloc[0]), float(sel["ci_high"].iloc[0])), \
                         "images only (1 seed)"
+                    df = np.nan
                 point[model] = value
                 comp.append({"model": model, **base, "metric": name, "value": value, "ci_low": min(ci[0], value),
-                             "ci_high": max(ci[1], value), "interval": how, "seeds": len(values),
+                             "ci_high": max(ci[1], value), "df": df, "interval": how, "seeds": len(values),
                              **_seed_info(entries, list(sel.index))})
             for i, a in enumerate(models):
                 for b in models[i + 1:]:
@@ -230,19 +217,21 @@ def comparison_tables(
                         continue
                     row = {"model_a": a, "model_b": b, **base, "metric": name, "seeds_a": len(seeds_of[a]),
                            "seeds_b": len(seeds_of[b])}
-                    if a in boots and b in boots:
-                        boot = boots[a] - boots[b]  # the same image resamples: paired over images
-                        diff = point[a] - point[b]
-                        row.update(difference=diff, p_value=_boot_p(diff, boot), test="paired two-stage bootstrap",
-                                   _boot=boot)
-                        row["ci_low"], row["ci_high"] = percentile_interval(boot)
+                    if a in mats and b in mats:  # paired over the same images
+                        est = seed_image_difference(mats[a], mats[b])
+                        diff, se, df = float(est.value), float(est.se), float(est.df)
+                        test = PAIRED_TEST if min(len(seeds_of[a]), len(seeds_of[b])) >= 2 else \
+                            "paired t (a model with 1 seed: seed variance borrowed or none)"
                     elif len(seeds_of[a]) >= 2 and len(seeds_of[b]) >= 2:
-                        diff, ci, p = _welch(seeds_of[a], seeds_of[b])
-                        row.update(difference=diff, ci_low=ci[0], ci_high=ci[1], p_value=p, test="Welch t over seeds",
-                                   _welch=(seeds_of[a], seeds_of[b]))
+                        (diff, se, df), test = _welch(seeds_of[a], seeds_of[b]), WELCH_TEST
                     else:
-                        row.update(difference=float(seeds_of[a].mean() - seeds_of[b].mean()), ci_low=np.nan,
-                                   ci_high=np.nan, p_value=np.nan, test="not testable with 1 seed")
+                        diff, se, df, test = float(seeds_of[a].mean() - seeds_of[b].mean()), np.nan, np.nan, \
+                            "not testable with 1 seed"
+                    if np.isfinite(se):
+                        (lo, hi), p = _t_test(diff, se, df)
+                    else:
+                        lo = hi = p = np.nan
+                    row.update(difference=diff, ci_low=lo, ci_high=hi, se=se, df=df, p_value=p, test=test)
                     diffs.append(row)
     ablation = _ablation(diffs, reference, identity) if reference is not None else None
     differences = _adjust(pd.DataFrame(diffs))
@@ -271,10 +260,6 @@ def _ablation(diffs: list[dict[str, Any]], reference: str, identity: dict[str, s
         if r["model_a"] == reference:  # flip: variant - reference
             row.update(model_a=r["model_b"], model_b=reference, difference=-r["difference"], ci_low=-r["ci_high"],
                        ci_high=-r["ci_low"], seeds_a=r["seeds_b"], seeds_b=r["seeds_a"])
-            if isinstance(r.get("_boot"), np.ndarray):
-                row["_boot"] = -r["_boot"]
-            if isinstance(r.get("_welch"), tuple):
-                row["_welch"] = r["_welch"][::-1]
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=ABLATION_COLUMNS)
@@ -302,12 +287,9 @@ def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "met
         level = 1 - (1 - LEVEL) / max(m, 1)
         for i in idx:
             r = frame.loc[i]
-            if isinstance(r.get("_boot"), np.ndarray):
-                lo, hi = _normal_interval(r["difference"], r["_boot"], level)
-            elif isinstance(r.get("_welch"), tuple):
-                _, (lo, hi), _ = _welch(*r["_welch"], level=level)
-            else:
-                lo = hi = np.nan
+            lo = hi = np.nan
+            if np.isfinite(r["se"]):
+                (lo, hi), _ = _t_test(float(r["difference"]), float(r["se"]), float(r["df"]), level)
             frame.loc[i, "ci_low_adjusted"], frame.loc[i, "ci_high_adjusted"] = lo, hi
     excl = (frame["ci_low_adjusted"] > 0) | (frame["ci_high_adjusted"] < 0)
     # one training seed cannot separate the architectures from the luck of one training run, however small the

@@ -41,6 +41,7 @@ from .transforms import TRANSFORMS, Transform, apply_matrix, magnitude_label, ma
 
 __all__ = [
     "IMAGE_COLUMNS",
+    "decodability_rows",
     "METRIC_COLUMNS",
     "ProbeResult",
     "Subject",
@@ -263,9 +264,10 @@ def _check_pass(subject: str, where: str, result: _Pass) -> None:
                                     "weights may have diverged")
 
 
-def _grid_rows(decode: pd.DataFrame, metrics: pd.DataFrame, n_images: int) -> pd.DataFrame:
+def decodability_rows(decode: pd.DataFrame, metrics: pd.DataFrame, n_images: int) -> pd.DataFrame:
     """Per-transformation figures (decodability) as tidy rows with magnitude ``grid``, so seeds and models compare
-    on them like on any condition."""
+    on them like on any condition. ``decode``: ``run transform decodability[_pose][_low|_high]`` (the probe's rows, or
+    the same columns of ``overview.csv``)."""
     if decode.empty:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     ident = metrics.drop_duplicates("run").set_index("run")[["model", "seed"]]
@@ -459,8 +461,8 @@ def run_probe(
         if lie_parts:
             tables[name] = pd.concat([part.tables()[name] for part in lie_parts], ignore_index=True)
     t0 = time.perf_counter()
-    compared = comparison_tables(pd.concat([metrics_df, _grid_rows(decode_df, metrics_df, len(split))], ignore_index=True),
-                                 images_df, entries, identity, n_boot=n_boot, seed=seed, reference=reference)
+    compared = comparison_tables(pd.concat([metrics_df, decodability_rows(decode_df, metrics_df, len(split))], ignore_index=True),
+                                 images_df, entries, identity, reference=reference)
     tables.update({name: frame for name, frame in compared.items() if not frame.empty})
     timer.add("comparison", t0)
     timing = dict(timer.seconds)
@@ -472,6 +474,7 @@ def run_probe(
         "transforms": {t.name: [magnitude_label(m) for m in grid[t.name]] for t in chosen},
         "seed": seed,
         "bootstrap": n_boot,
+        "reference": reference,
         "device": str(dev),
     }
     if lie:

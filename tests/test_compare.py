@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capsprobe.compare import comparison_tables, holm
+from capsprobe.compare import PAIRED_TEST, comparison_tables, holm
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS
 
 IDENTITY = {"rotate": "0"}
@@ -59,7 +59,7 @@ def test_intervals_include_training_variation():
     """Three seeds of one model that disagree (0.4, 0.6, 0.8 at 45 degrees): the two-stage interval spans the
     seeds, far wider than any one seed's interval over images."""
     m, im, entries = _tables({"a": [0.7, 0.9, 1.1], "b": [0.9, 0.9, 0.9]}, {"a": [0.5, 0.6, 0.7], "b": [0.2, 0.2, 0.3]})
-    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=500)
+    tables = comparison_tables(m, im, entries, IDENTITY)
     comp = tables["comparison"]
     a = _row(comp, model="a", magnitude="45", metric="accuracy")
     assert a["interval"].startswith("seeds+images") and a["seeds"] == 3
@@ -76,9 +76,9 @@ def test_differences_are_paired_over_images_and_corrected():
     """Model a is right on every digit b gets right, and on 5% more: paired over images the difference is tight and
     established; the same numbers treated as unpaired would not be."""
     m, im, entries = _tables({"a": [0.85, 0.85, 0.85], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
-    d = comparison_tables(m, im, entries, IDENTITY, n_boot=500)["differences"]
+    d = comparison_tables(m, im, entries, IDENTITY)["differences"]
     acc = _row(d, magnitude="45", metric="accuracy")
-    assert acc["test"] == "paired two-stage bootstrap" and acc["difference"] == pytest.approx(0.05, abs=0.02)
+    assert acc["test"] == PAIRED_TEST and acc["difference"] == pytest.approx(0.05, abs=0.02)
     assert acc["ci_low_adjusted"] > 0 and acc["established"] and acc["family_size"] == 2
     assert acc["ci_high"] - acc["ci_low"] < 0.05  # unpaired, two accuracies near 0.5 on 400 images: about 0.14
     same = _row(d, magnitude="45", metric="equivariance_gain")
@@ -90,7 +90,7 @@ def test_differences_are_paired_over_images_and_corrected():
 def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():
     m, im, entries = _tables({"a": [0.85], "b": [0.8, 0.8]}, {"a": [0.5], "b": [0.5, 0.6]})
     entries[1]["target_accuracy"], entries[1]["reached_target"] = 0.99, False  # b-seed0 never reached it
-    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=200)
+    tables = comparison_tables(m, im, entries, IDENTITY)
     assert list(tables["excluded"]["run"]) == ["b-seed0"]
     comp, d = tables["comparison"], tables["differences"]
     assert _row(comp, model="b", magnitude="45", metric="accuracy")["seeds"] == 1
@@ -107,7 +107,7 @@ def test_ablation_sets_every_variant_against_the_reference_in_one_family_per_met
     over all variants and conditions of a metric together (a family of 4 accuracy rows, not 2 per pair)."""
     m, im, entries = _tables({"ref": [0.8, 0.8, 0.8], "better": [0.9, 0.9, 0.9], "worse": [0.7, 0.7, 0.7]},
                              {"ref": [0.5, 0.6, 0.7], "better": [0.8, 0.9, 1.0], "worse": [0.5, 0.6, 0.7]})
-    tables = comparison_tables(m, im, entries, IDENTITY, n_boot=500, reference="ref")
+    tables = comparison_tables(m, im, entries, IDENTITY, reference="ref")
     ab, d = tables["ablation"], tables["differences"]
     assert set(ab["variant"]) == {"better", "worse"} and set(ab["reference"]) == {"ref"}
     better = _row(ab, variant="better", magnitude="45", metric="accuracy")
@@ -124,4 +124,4 @@ def test_ablation_sets_every_variant_against_the_reference_in_one_family_per_met
     # wider than the pair's own Holm family in differences.csv, which corrects over fewer conditions
     pair = _row(d, model_a="ref", model_b="better", magnitude="45", metric="accuracy")
     assert better["ci_high_adjusted"] - better["ci_low_adjusted"] > pair["ci_high_adjusted"] - pair["ci_low_adjusted"]
-    assert "ablation" not in comparison_tables(m, im, entries, IDENTITY, n_boot=50)  # no reference, no table
+    assert "ablation" not in comparison_tables(m, im, entries, IDENTITY)  # no reference, no table
