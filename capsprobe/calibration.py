@@ -29,7 +29,7 @@ from scipy.special import expit
 
 from .seedstats import seed_image_difference
 
-__all__ = ["REGIMES", "Regime", "calibration_table", "old_two_stage_test", "power_table", "simulate",
+__all__ = ["REGIMES", "Regime", "calibration_table", "old_two_stage_test", "power_table", "projected_power", "simulate",
            "true_difference"]
 
 
@@ -158,3 +158,22 @@ def power_table(effects: Sequence[float] = (1.0, 2.0, 5.0), seeds: Sequence[int]
                 rows.append({"regime": name, "effect_points": points, "seeds": s, "images": images, "family": family,
                              "power": float(np.mean(p < alpha / family))})
     return pd.DataFrame(rows)
+
+
+def projected_power(difference: float, se: float, se_seeds: float, seeds: int, new_seeds: int, images: int,
+                    family: int = 1, alpha: float = 0.05) -> float:
+    """Power of the calibrated test to establish ``difference`` (taken as the true effect) with ``new_seeds`` per
+    model, from a measurement at ``seeds`` per model whose standard error ``se`` holds ``se_seeds`` from the seeds.
+
+    The seed term scales as ``seeds / new_seeds``, the image term stays; the level is Bonferroni's ``alpha /
+    family`` (Holm's step-down is at least as powerful), the reference t on the Satterthwaite degrees of freedom the
+    new design would have (seed term on ``2 (new_seeds - 1)``), the power from the noncentral t.
+    """
+    seed_var = se_seeds**2 * seeds / new_seeds
+    image_var = max(se**2 - se_seeds**2, 0.0)
+    se_new = np.sqrt(seed_var + image_var)
+    terms = [(seed_var, 2 * (new_seeds - 1)), (image_var, max(images - 1, 1))]
+    df = (seed_var + image_var) ** 2 / sum(v**2 / d for v, d in terms if v > 0)
+    crit = stats.t.ppf(1 - alpha / (2 * family), df)
+    nc = abs(difference) / se_new
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))

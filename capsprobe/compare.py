@@ -21,7 +21,8 @@ Columns also list every seed's clean test accuracy, stopping epoch and whether i
   by :func:`capsprobe.seedstats.seed_image_difference`: t on Satterthwaite degrees of freedom;
 - other metrics: Welch's t over the per-seed estimates (at least 2 seeds per model).
 
-Each difference has a standard error, its degrees of freedom, a 95% t interval, a two-sided p-value, the Holm (1979)
+Each difference has a standard error (``se``; ``se_seeds``: the part of it that the seeds bring), its degrees of
+freedom, a 95% t interval, a two-sided p-value, the Holm (1979)
 adjusted p-value over the conditions of its (pair, metric) family, and the Bonferroni-level interval that goes with it
 (level ``1 - 0.05 / m``, the same t reference). Both tests were checked by simulation at 2-10 seeds
 (:mod:`capsprobe.calibration`) and by an A/A experiment (``experiments/null.toml``). A difference is ``established``
@@ -60,13 +61,13 @@ COMPARISON_COLUMNS = [
 ]
 DIFFERENCE_COLUMNS = [
     "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
-    "ci_high", "se", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a",
-    "seeds_b", "test", "established",
+    "ci_high", "se", "se_seeds", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size",
+    "seeds_a", "seeds_b", "test", "established",
 ]
 ABLATION_METRICS = ("accuracy", "equivariance_gain", "decodability")
 ABLATION_COLUMNS = [
     "variant", "reference", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
-    "ci_high", "se", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_variant",
+    "ci_high", "se", "se_seeds", "df", "p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_variant",
     "seeds_reference", "test", "established",
 ]
 
@@ -220,18 +221,22 @@ def comparison_tables(
                     if a in mats and b in mats:  # paired over the same images
                         est = seed_image_difference(mats[a], mats[b])
                         diff, se, df = float(est.value), float(est.se), float(est.df)
+                        se_seeds = float(np.sqrt(est.seed_var))
                         test = PAIRED_TEST if min(len(seeds_of[a]), len(seeds_of[b])) >= 2 else \
                             "paired t (a model with 1 seed: seed variance borrowed or none)"
                     elif len(seeds_of[a]) >= 2 and len(seeds_of[b]) >= 2:
                         (diff, se, df), test = _welch(seeds_of[a], seeds_of[b]), WELCH_TEST
+                        se_seeds = se
                     else:
                         diff, se, df, test = float(seeds_of[a].mean() - seeds_of[b].mean()), np.nan, np.nan, \
                             "not testable with 1 seed"
+                        se_seeds = np.nan
                     if np.isfinite(se):
                         (lo, hi), p = _t_test(diff, se, df)
                     else:
                         lo = hi = p = np.nan
-                    row.update(difference=diff, ci_low=lo, ci_high=hi, se=se, df=df, p_value=p, test=test)
+                    row.update(difference=diff, ci_low=lo, ci_high=hi, se=se, se_seeds=se_seeds, df=df, p_value=p,
+                               test=test)
                     diffs.append(row)
     ablation = _ablation(diffs, reference, identity) if reference is not None else None
     differences = _adjust(pd.DataFrame(diffs))

@@ -59,7 +59,7 @@ _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train", "reference"}
-_MODEL = {"model", "epochs", "options", "train", "label"}
+_MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
 
@@ -75,6 +75,7 @@ class ModelSpec:
     options: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)  # this model's RunConfig fields over the size's [train]
     label: str | None = None  # the variant's name (run folders, tables); None: the model name
+    seeds: tuple[int, ...] | None = None  # this model's seeds over the size's (an A/A test: disjoint seeds per label)
 
     @property
     def variant(self) -> str:
@@ -103,6 +104,10 @@ class Experiment:
     probe_limit: int | None
     seeds: list[int]
     models: list[ModelSpec]
+
+    def jobs(self) -> list[tuple[ModelSpec, int]]:
+        """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
+        return [(m, s) for m in self.models for s in (m.seeds if m.seeds is not None else self.seeds)]
 
 
 def _line_of(text: str, key: str, section: str | None = None) -> int:
@@ -193,7 +198,8 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         models.append(ModelSpec(_typed(path, text, entry["model"], str, "model", section),
                                 _typed(path, text, entry["epochs"], int, "epochs", section),
                                 dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own,
-                                _typed(path, text, entry["label"], str, "label", section) if "label" in entry else None))
+                                _typed(path, text, entry["label"], str, "label", section) if "label" in entry else None,
+                                _seed_list(path, text, entry["seeds"], section) if "seeds" in entry else None))
     size_train = _typed(path, text, spec.get("train", {}), dict, "train", section)
     _check_keys(path, text, size_train, _TRAIN, f"{section}.train")
     for key, value in size_train.items():
@@ -216,11 +222,21 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
         lie=_typed(path, text, probe.get("lie", False), bool, "lie", "probe"),
         split=str(probe.get("split", "test")), limit=limit,
-        probe_limit=probe_limit, seeds=[int(s) for s in _typed(path, text, spec.get("seeds", [0]), list, "seeds", section)],
+        probe_limit=probe_limit, seeds=list(_seed_list(path, text, spec.get("seeds", [0]), section)),
         models=models,
     )
     _validate(exp, text, section)
     return exp
+
+
+def _seed_list(path: Path, text: str, value: Any, section: str) -> tuple[int, ...]:
+    """A non-empty list of distinct integer seeds."""
+    seeds = _typed(path, text, value, list, "seeds", section)
+    for seed in seeds:
+        _typed(path, text, seed, int, "seeds", section)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise _fail(path, text, "seeds", section, f"'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+    return tuple(seeds)
 
 
 def _check_train_type(path: Path, text: str, defaults: RunConfig, key: str, value: Any, section: str) -> None:
@@ -263,16 +279,15 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
     if exp.reference is not None and exp.reference not in variants:
         raise _fail(path, text, "reference", "probe", f"reference {exp.reference!r} is none of [{section}]'s models "
                     f"({', '.join(variants)})")
-    for spec in exp.models:
-        for seed in exp.seeds:
-            try:
-                RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                          model_kwargs=dict(spec.options), label=spec.label, **{**exp.train, **spec.train})
-            except ConfigError as exc:
-                key = exc.field if exc.field != "model_kwargs" else "options"
-                raise _fail(path, text, key, None, str(exc)) from None
-            except InvalidInputError as exc:
-                raise _fail(path, text, "options", section, str(exc)) from None
+    for spec, seed in exp.jobs():
+        try:
+            RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
+                      model_kwargs=dict(spec.options), label=spec.label, **{**exp.train, **spec.train})
+        except ConfigError as exc:
+            key = exc.field if exc.field != "model_kwargs" else "options"
+            raise _fail(path, text, key, None, str(exc)) from None
+        except InvalidInputError as exc:
+            raise _fail(path, text, "options", section, str(exc)) from None
     try:
         from .tasks import get_task
 
@@ -313,7 +328,7 @@ def run_experiment(
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
     paths = []
-    jobs = [(m, s) for m in exp.models for s in exp.seeds]
+    jobs = exp.jobs()
     for i, (spec, seed) in enumerate(jobs, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
                            device=device, data_root=root, model_kwargs=dict(spec.options), label=spec.label,

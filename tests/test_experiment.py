@@ -46,7 +46,7 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     report = folder / "reports" / path.stem
     exp = load_experiment(path, "tiny")
     assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
-    runs = {f"{m.variant}-seed{s}" for m in exp.models for s in exp.seeds}
+    runs = {f"{m.variant}-seed{s}" for m, s in exp.jobs()}
     assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs  # runs are named one way
     if exp.train.get("task") == "multimnist":
         summary = pd.read_csv(report / "summary.csv")

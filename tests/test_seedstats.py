@@ -115,3 +115,15 @@ def test_power_grows_with_effect_and_seeds():
     table = power_table(effects=(1.0, 5.0), seeds=(3, 10), regimes=("comparable",), reps=300, images=500)
     p = table.set_index(["effect_points", "seeds"])["power"]
     assert p[(5.0, 10)] > p[(1.0, 10)] and p[(5.0, 10)] >= p[(5.0, 3)] and p[(5.0, 10)] > 0.9
+
+
+def test_projected_power_is_alpha_at_no_effect_and_grows_with_seeds():
+    from capsprobe.calibration import projected_power
+
+    assert projected_power(0.0, 0.02, 0.015, 3, 3, 1000) == pytest.approx(0.05, abs=1e-6)
+    assert projected_power(0.0, 0.02, 0.015, 3, 3, 1000, family=10) == pytest.approx(0.005, abs=1e-6)
+    p3, p5, p10 = (projected_power(0.05, 0.02, 0.015, 3, s, 1000, family=6) for s in (3, 5, 10))
+    assert p3 < p5 < p10 < 1
+    # no seed term: more seeds buy nothing but the t reference's degrees of freedom
+    assert projected_power(0.05, 0.02, 0.0, 3, 10, 1000) == pytest.approx(projected_power(0.05, 0.02, 0.0, 3, 3, 1000),
+                                                                          abs=0.01)
