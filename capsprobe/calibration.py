@@ -12,6 +12,7 @@ Three regimes (at ``N = 300`` images, about 85% accuracy) set the seed variance 
 ``no_seed`` (``seed_sd = 0``), ``comparable`` (the seed term of the difference's variance about equals the image
 term) and ``seed_dominant`` (the seed term about 20 times the image term).
 
+``tail_table`` checks the far tail (0.1%, where Holm and the Bonferroni-level intervals decide), and
 ``calibration_table`` compares the calibrated test (:func:`capsprobe.seedstats.seed_image_difference`, t on
 Satterthwaite degrees of freedom) with the old one (two-stage bootstrap over seeds then images, normal reference), and
 ``power_table`` gives the calibrated test's power for effects of a few accuracy points.
@@ -30,7 +31,7 @@ from scipy.special import expit
 from .seedstats import seed_image_difference
 
 __all__ = ["REGIMES", "Regime", "calibration_table", "old_two_stage_test", "power_table", "projected_power", "simulate",
-           "true_difference"]
+           "tail_table", "true_difference"]
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,35 @@ def calibration_table(seeds: Sequence[int] = (2, 3, 5, 10), regimes: Sequence[st
     return pd.DataFrame(rows)
 
 
+def tail_table(seeds: Sequence[int] = (2, 3, 5, 10), regimes: Sequence[str] = tuple(REGIMES), reps: int = 10000,
+               images: int = 200, level: float = 0.001, seed: int = 1) -> pd.DataFrame:
+    """False-positive rate at a far-tail ``level`` (0.1%: Bonferroni's for a family of 50) of the two references:
+    ``tail_fpr`` on the seed level's degrees of freedom (what Holm and the adjusted intervals use) and
+    ``plugin_fpr`` on the Satterthwaite df (what the 95% intervals use), with ``mc_se`` at ``level``."""
+    rows = []
+    for name in regimes:
+        regime = REGIMES[name]
+        null = _effect_for(regime, 0.0)
+        for s in seeds:
+            rng = np.random.default_rng([seed, s, list(REGIMES).index(name)])
+            tail, plug = [], []
+            for chunk in range(0, reps, 2000):
+                a, b = simulate(regime, s, images, min(2000, reps - chunk), rng, null)
+                est = seed_image_difference(a, b)
+                tail.append(est.tail_p_value() < level)
+                plug.append(est.p_value() < level)
+            rows.append({"regime": name, "seeds": s, "images": images, "reps": reps, "level": level,
+                         "tail_fpr": float(np.concatenate(tail).mean()), "plugin_fpr": float(np.concatenate(plug).mean()),
+                         "mc_se": float(np.sqrt(level * (1 - level) / reps))})
+    return pd.DataFrame(rows)
+
+
 def power_table(effects: Sequence[float] = (1.0, 2.0, 5.0), seeds: Sequence[int] = (3, 5, 10),
                 regimes: Sequence[str] = tuple(REGIMES), reps: int = 1000, images: int = 1000, seed: int = 0,
                 alpha: float = 0.05, family: int = 1) -> pd.DataFrame:
     """Power of the calibrated test for accuracy differences of ``effects`` points, at level ``alpha / family``
-    (Bonferroni: the level a difference needs to be established in a family of ``family`` conditions)."""
+    (Bonferroni: the level a difference needs to be established in a family of ``family`` conditions; with
+    ``family > 1`` on the seed level's df, as the corrected levels are tested)."""
     rows = []
     for name in regimes:
         regime = REGIMES[name]
@@ -154,7 +179,8 @@ def power_table(effects: Sequence[float] = (1.0, 2.0, 5.0), seeds: Sequence[int]
             for s in seeds:
                 rng = np.random.default_rng([seed, s, int(10 * points), list(REGIMES).index(name)])
                 a, b = simulate(regime, s, images, reps, rng, effect)
-                p = seed_image_difference(a, b).p_value()
+                est = seed_image_difference(a, b)
+                p = est.p_value() if family == 1 else est.tail_p_value()
                 rows.append({"regime": name, "effect_points": points, "seeds": s, "images": images, "family": family,
                              "power": float(np.mean(p < alpha / family))})
     return pd.DataFrame(rows)
@@ -166,14 +192,18 @@ def projected_power(difference: float, se: float, se_seeds: float, seeds: int, n
     model, from a measurement at ``seeds`` per model whose standard error ``se`` holds ``se_seeds`` from the seeds.
 
     The seed term scales as ``seeds / new_seeds``, the image term stays; the level is Bonferroni's ``alpha /
-    family`` (Holm's step-down is at least as powerful), the reference t on the Satterthwaite degrees of freedom the
-    new design would have (seed term on ``2 (new_seeds - 1)``), the power from the noncentral t.
+    family`` (Holm's step-down is at least as powerful), the reference t on the degrees of freedom the new design
+    would have (``family == 1``: Satterthwaite's, the seed term on ``2 (new_seeds - 1)``; a corrected level: the seed
+    level's own ``2 (new_seeds - 1)``, as :mod:`capsprobe.compare` tests it), the power from the noncentral t.
     """
     seed_var = se_seeds**2 * seeds / new_seeds
     image_var = max(se**2 - se_seeds**2, 0.0)
     se_new = np.sqrt(seed_var + image_var)
     terms = [(seed_var, 2 * (new_seeds - 1)), (image_var, max(images - 1, 1))]
-    df = (seed_var + image_var) ** 2 / sum(v**2 / d for v, d in terms if v > 0)
+    if family == 1:
+        df = (seed_var + image_var) ** 2 / sum(v**2 / d for v, d in terms if v > 0)
+    else:
+        df = 2 * (new_seeds - 1)
     crit = stats.t.ppf(1 - alpha / (2 * family), df)
     nc = abs(difference) / se_new
     return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))

@@ -168,3 +168,24 @@ def test_labels_must_be_distinct_and_the_reference_must_be_a_model(tmp_path):
     path.write_text(path.read_text().replace('label = "no-routing"', 'label = "no routing!"'))
     with pytest.raises(ExperimentError, match="label"):
         load_experiment(path, "tiny")
+
+
+def test_null_experiment_establishes_nothing(tiny_experiment):
+    """The A/A test at its tiny size: one recipe under labels A and B with disjoint seeds (0-1 against 2-3); the
+    calibrated paired test runs on every per-image metric and establishes no difference."""
+    folder, _ = tiny_experiment("null")
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "null.toml", "tiny")
+    assert [(m.variant, s) for m, s in exp.jobs()] == [("A", 0), ("A", 1), ("B", 2), ("B", 3)]
+    diffs = pd.read_csv(folder / "reports" / "null" / "differences.csv", dtype={"magnitude": str})
+    paired = diffs[diffs["metric"].isin(["accuracy", "consistency", "confidence_drop", "true_class_score"])]
+    assert len(paired) and set(paired["test"]) == {"paired seeds x images t (Satterthwaite)"}
+    assert (paired["df"] > 0).all() and (paired["seeds_a"] == 2).all() and (paired["seeds_b"] == 2).all()
+    assert not diffs["established"].any()
+
+
+def test_model_seeds_must_be_distinct_integers(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[data]\ndataset = "mnist-sample"\n[sizes.quick]\n'
+                    'models = [{ model = "baseline_cnn_pool", epochs = 1, seeds = [1, 1] }]\n')
+    with pytest.raises(ExperimentError, match=r"bad.toml:5: 'seeds' must be a non-empty list of distinct integers"):
+        load_experiment(path, "quick")
