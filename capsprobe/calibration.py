@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.special import expit
+from scipy.special import expit, roots_genlaguerre
 
 from .seedstats import seed_image_difference
 
@@ -206,4 +206,9 @@ def projected_power(difference: float, se: float, se_seeds: float, seeds: int, n
         df = 2 * (new_seeds - 1)
     crit = stats.t.ppf(1 - alpha / (2 * family), df)
     nc = abs(difference) / se_new
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # P(|Z + nc| > crit sqrt(W / df)), W ~ chi2(df), by generalised Gauss-Laguerre quadrature over W (scipy's
+    # noncentral t returns NaN for large noncentralities)
+    u, w = roots_genlaguerre(96, df / 2 - 1)
+    w = w / w.sum()
+    scale = crit * np.sqrt(2 * u / df)
+    return float(np.clip((w * (stats.norm.sf(scale - nc) + stats.norm.cdf(-scale - nc))).sum(), 0.0, 1.0))

@@ -1,4 +1,4 @@
-"""Comparisons across seeds: two-stage intervals, paired differences, Holm, runs left out for missing their target."""
+"""Comparisons across seeds: seeds x images intervals, paired differences, Holm, runs left out for missing their target."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_holm_adjusts_step_down():
 
 
 def test_intervals_include_training_variation():
-    """Three seeds of one model that disagree (0.4, 0.6, 0.8 at 45 degrees): the two-stage interval spans the
+    """Three seeds of one model that disagree (0.4, 0.6, 0.8 at 45 degrees): the seeds x images interval spans the
     seeds, far wider than any one seed's interval over images."""
     m, im, entries = _tables({"a": [0.7, 0.9, 1.1], "b": [0.9, 0.9, 0.9]}, {"a": [0.5, 0.6, 0.7], "b": [0.2, 0.2, 0.3]})
     tables = comparison_tables(m, im, entries, IDENTITY)

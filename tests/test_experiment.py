@@ -189,3 +189,29 @@ def test_model_seeds_must_be_distinct_integers(tmp_path):
                     'models = [{ model = "baseline_cnn_pool", epochs = 1, seeds = [1, 1] }]\n')
     with pytest.raises(ExperimentError, match=r"bad.toml:5: 'seeds' must be a non-empty list of distinct integers"):
         load_experiment(path, "quick")
+
+
+def test_recompare_rebuilds_the_comparison_tables_from_the_folder(tiny_experiment, tmp_path):
+    """`capsprobe report --recompare`: the comparison tables come back from the folder's own per-image rows (the same
+    numbers the probe wrote, decodability rows included), an old table is replaced, the rest of the folder is kept."""
+    import shutil
+
+    folder, _ = tiny_experiment("null")
+    report = tmp_path / "null"
+    shutil.copytree(folder / "reports" / "null", report)
+    before = pd.read_csv(report / "differences.csv", dtype={"magnitude": str})
+    assert "decodability" in set(before["metric"])
+    pd.DataFrame({"stale": [1]}).to_csv(report / "differences.csv", index=False)
+    (report / "comparison.csv").unlink()
+    result = runner.invoke(app, ["report", "--recompare", str(report)])
+    assert result.exit_code == 0, result.output
+    after = pd.read_csv(report / "differences.csv", dtype={"magnitude": str})
+    pd.testing.assert_frame_equal(after, before)
+    assert (report / "comparison.csv").is_file() and (report / "results.parquet").is_file()
+    assert "Satterthwaite" in (report / "report.md").read_text()
+
+
+def test_recompare_refuses_a_folder_without_comparisons(tiny_experiment):
+    folder, _ = tiny_experiment("multimnist")
+    result = runner.invoke(app, ["report", "--recompare", str(folder / "reports" / "multimnist")])
+    assert result.exit_code == 1 and "has no comparison tables" in result.output

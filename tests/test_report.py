@@ -51,7 +51,7 @@ def _synthetic(n: int = 30) -> ProbeResult:
     tables = {"overview": overview_table(metrics, images, identity_labels(), n_boot=100),
               "roc": roc_table(images, metrics, identity_labels()),
               "selectivity": selectivity_table(images, identity_labels(), n_boot=100),
-              **comparison_tables(metrics, images, MANIFEST["runs"], identity_labels(), n_boot=100)}
+              **comparison_tables(metrics, images, MANIFEST["runs"], identity_labels())}
     return ProbeResult(metrics, images, {"total": 1.0, "images": float(n)}, tables=tables, manifest=MANIFEST)
 
 
