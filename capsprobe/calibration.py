@@ -206,8 +206,11 @@ def projected_power(difference: float, se: float, se_seeds: float, seeds: int, n
         df = 2 * (new_seeds - 1)
     crit = stats.t.ppf(1 - alpha / (2 * family), df)
     nc = abs(difference) / se_new
-    # P(|Z + nc| > crit sqrt(W / df)), W ~ chi2(df), by generalised Gauss-Laguerre quadrature over W (scipy's
-    # noncentral t returns NaN for large noncentralities)
+    power = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    if np.isfinite(power):
+        return float(np.clip(power, 0.0, 1.0))
+    # scipy's noncentral t gives NaN at large noncentralities: P(|Z + nc| > crit sqrt(W / df)), W ~ chi2(df), by
+    # generalised Gauss-Laguerre quadrature over W (there the power is near 1 and the quadrature exact enough)
     u, w = roots_genlaguerre(96, df / 2 - 1)
     w = w / w.sum()
     scale = crit * np.sqrt(2 * u / df)

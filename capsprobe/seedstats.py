@@ -32,7 +32,7 @@ Two t references, for two kinds of level:
   term (``S - 1`` per model, pooled: ``S_a + S_b - 2``) and the image term (``N - 1``), the seed term taken for this
   at least at the residual's share (a variance component is not negative). With no image term it is the pooled t
   test on the per-seed means. The simulation (:mod:`capsprobe.calibration`) finds it rejecting a true null at
-  4.1-5.3% at the 5% level from 3 seeds on (3.2-6.8% at 2 seeds);
+  4.3-5.3% at the 5% level from 3 seeds on (3.2-6.8% at 2 seeds);
 - the levels of a multiplicity-corrected family (Holm, Bonferroni-level intervals: 0.1% for a family of 50): t on the
   seed level's own ``S_a + S_b - 2`` degrees of freedom (:meth:`SeedImageEstimate.tail_p_value`). The Satterthwaite
   df is estimated from the same seed variance that makes a statistic large when it comes out small, so in the far
@@ -43,7 +43,7 @@ Two t references, for two kinds of level:
 
 Why not the old two-stage bootstrap: resampling 3 seeds with replacement shrinks the seed variance by ``(S - 1) / S``
 and has 10 distinct resamples, and a normal quantile ignores that the seed level has only ``S - 1`` degrees of
-freedom: it rejected a true null 11% of the time at 3 seeds where the seed variance dominates, and 0.7% where there
+freedom: it rejected a true null 10.8% of the time at 3 seeds where the seed variance dominates, and 0.65% where there
 was none.
 
 What it assumes and where it breaks:

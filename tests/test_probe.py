@@ -66,7 +66,7 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
     dec = comp[(comp["metric"] == "decodability") & (comp["transform"] == "rotate")]
     assert len(dec) == 2 and set(dec["interval"]) == {"images only (1 seed)"} and set(dec["magnitude"]) == {"grid"}
     acc = comp[comp["metric"] == "accuracy"]
-    assert set(acc["interval"]) == {"seeds+images (two-stage bootstrap)"} and set(acc["seeds"]) == {1}
+    assert set(acc["interval"]) == {"images only (1 seed)"} and set(acc["seeds"]) == {1}
     diffs = result.tables["differences"]
     assert len(diffs) and not diffs["established"].any()  # one seed each: nothing is established
     sel = result.tables["selectivity"]
