@@ -9,7 +9,8 @@ imported on first use. The Python API in one place: :class:`ModelAdapter` (probe
 from importlib import import_module
 from typing import Any
 
-from . import models  # noqa: F401  (registers the models in timm)
+from . import models  # noqa: F401  (registers the models in timm: see the module docstring)
+from ._version import __version__
 
 __all__ = [
     "CapsprobeError",
@@ -19,22 +20,25 @@ __all__ = [
     "load_dataset",
     "load_run",
     "models",
+    "perturb",
+    "run_experiment",
     "run_probe",
     "write_probe_outputs",
     "write_report",
 ]
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "CapsprobeError": "errors",
     "ModelAdapter": "models",
     "Subject": "probe",
     "load_dataset": "data",
-    "load_run": "runs",
+    "load_run": "training",
+    "perturb": "pipeline",
+    "run_experiment": "pipeline",
     "run_probe": "probe",
     "write_probe_outputs": "report",
-    "write_report": "report",
+    "write_report": "pipeline",
 }
 
 

@@ -4,9 +4,9 @@ Each model is measured in a fresh process (``spawn``), so the peak memory of one
 For models that expose ``convolution_stack()`` (the CapsNets), the convolutions alone are timed forward and
 backward on the same batch, and their time over a whole training step is ``conv_share``: ``1 - conv_share`` is
 what routing, the votes, the decoder, the loss and the optimiser cost on top of the dense work (a roofline in
-time: the step cannot be faster than its convolutions). On CPU the peak is the process's maximum resident set size (torch and Python included, about 0.4 GiB
-before any model); on CUDA it is ``torch.cuda.max_memory_allocated``. Figures depend on the machine: they
-are printed, never asserted.
+time: the step cannot be faster than its convolutions). On CPU the peak is the process's maximum resident set size
+(torch and Python included, about 0.4 GiB before any model); on CUDA it is ``torch.cuda.max_memory_allocated``.
+Figures depend on the machine: they are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from .models import adapt, create_model
+from .runtime import autocast_context, autocast_dtype, resolve_device
+from .training.loop import Objective, compile_objective, train_step
 
 __all__ = ["BenchResult", "bench_model", "run_benchmarks"]
 
@@ -63,9 +67,6 @@ def bench_model(
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``; rates are
     from the median step, so one slow step (another process on the cores) does not move them."""
-    from .models import adapt, create_model
-    from .runtime import autocast_context, autocast_dtype, resolve_device
-    from .train import Objective, compile_objective, train_step
 
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)

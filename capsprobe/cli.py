@@ -13,6 +13,17 @@ from typing import Annotated, Callable, List, Optional
 
 import typer
 
+# the one module-level import of the suite: the --transform help is generated from the registry (kornia loads)
+from .transforms.suite import TRANSFORMS
+
+_TRANSFORM_HELP = ("Transformation (repeatable): " + ", ".join(f"{n} ({t.unit})" if t.unit else n
+                                                             for n, t in TRANSFORMS.items()) + ", or all (the suite).")
+
+
+def _setting(r) -> str:
+    """A bench row's settings: AMP dtype, channels_last, compiled."""
+    return ", ".join([r.amp] + ["channels_last"] * r.channels_last + ["compiled"] * r.compiled)
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -123,8 +134,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
-    from .runs import CONFIG, RunConfig, read_config, read_metrics, run_name
-    from .train import fit, with_overrides
+    from .training.loop import fit, with_overrides
+    from .training.runs import CONFIG, RunConfig, read_config, read_metrics, run_name
 
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other")
@@ -199,7 +210,7 @@ def bench(
     for r in results:
         share = "-" if r.conv_share is None else f"{max(0.0, 1.0 - r.conv_share):.0%}"
         typer.echo(
-            f"| {r.model} | {r.params:,} | {r.device} | {', '.join([r.amp] + ['channels_last'] * r.channels_last + ['compiled'] * r.compiled)} | {r.train_images_per_s:,.0f} | "
+            f"| {r.model} | {r.params:,} | {r.device} | {_setting(r)} | {r.train_images_per_s:,.0f} | "
             f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} | {share} |"
         )
 
@@ -215,7 +226,7 @@ def calibrate(
 ) -> None:
     """Print the paired test's false-positive rate and coverage by simulation (2-10 seeds, three seed-variance
     regimes and unequal seed variances), then its power for accuracy differences of 1, 2 and 5 points."""
-    from .calibration import calibration_table, power_table, tail_table
+    from .metrics.calibration import calibration_table, power_table, tail_table
 
     table = calibration_table(reps=reps, images=images, methods=("calibrated", "old two-stage") if old else
                               ("calibrated",))
@@ -245,8 +256,9 @@ def calibrate(
 @_clean_errors
 def perturb(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories written by `capsprobe train`."),
-    transform: List[str] = typer.Option(["all"], "--transform", "-t", help="Transformation (repeatable): rotate, flip, translate, scale, shear, affine, jigsaw, swap, or all."),
-    magnitudes: Optional[List[str]] = typer.Option(None, "--magnitudes", "-m", help="Magnitudes instead of the default grid: rotate=0,45,90 (or 0,45,90 with one --transform); repeatable."),
+    transform: List[str] = typer.Option(["all"], "--transform", "-t", help=_TRANSFORM_HELP),
+    magnitudes: Optional[List[str]] = typer.Option(None, "--magnitudes", "-m", help=(
+        "Magnitudes instead of the default grid: rotate=0,45,90 (or 0,45,90 with one --transform); repeatable.")),
     dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
     split: str = typer.Option("test", help="test or val."),
@@ -265,7 +277,7 @@ def perturb(
     progress: Progress = True,
 ) -> None:
     """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
-    from .probe import perturb as run_perturb
+    from .pipeline import perturb as run_perturb
     from .report import check_report_target, compact_table, write_probe_outputs
     from .transforms import resolve
 
@@ -295,7 +307,8 @@ def report(
                                    "ablation.csv from the folder's per-image rows with the current test."),
 ) -> None:
     """Render figures/*.png, report.md and a self-contained report.html from a perturb folder's files alone."""
-    from .report import recompare as recompute, write_report
+    from .pipeline import recompare as recompute
+    from .pipeline import write_report
 
     typer.echo(f"report: {recompute(report_dir) if recompare else write_report(report_dir)}")
 
@@ -303,7 +316,8 @@ def report(
 @app.command()
 @_clean_errors
 def demo(
-    size: str = typer.Option("small", help="A size of experiments/demo.toml: tiny (seconds), small (about 5 min on 2 CPU cores), paper (GPU)."),
+    size: str = typer.Option("small", help=(
+        "A size of experiments/demo.toml: tiny (seconds), small (about 5 min on 2 CPU cores), paper (GPU).")),
     device: Device = "auto",
     out: Path = typer.Option(Path("reports/demo"), help="Report folder."),
     runs_dir: RunsDir = None,
@@ -311,7 +325,7 @@ def demo(
     progress: Progress = True,
 ) -> None:
     """The main job in one command: train a CapsNet and a convnet, perturb with the whole suite, report."""
-    from .experiment import run_demo
+    from .pipeline import run_demo
 
     path = run_demo(size=size, out=out, runs_dir=runs_dir, device=device, force=force, progress=progress)
     typer.echo(f"report: {path}")
@@ -330,7 +344,7 @@ def run(
     progress: Progress = True,
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
-    from .experiment import run_experiment
+    from .pipeline import run_experiment
 
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
                           out=out, runs_dir=runs_dir, force=force, progress=progress)

@@ -17,7 +17,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     magnitudes = []              # specs as for `--magnitudes`
     bootstrap = 1000
     reference = "capsnet_small"  # optional: the ablation table sets every other model against this one
-    lie = true                   # optional: also the Lie-derivative probe (capsprobe.lie)
+    lie = true                   # optional: also the Lie-derivative probe (capsprobe.probe.lie)
 
     [sizes.quick]
     limit = 10000                # images per split for training (None: all)
@@ -26,7 +26,8 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
-options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train`` table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
+options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
+table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
 A size may also set ``bootstrap``, ``magnitudes``, ``reference`` and a ``train`` table that overrides ``[train]`` for it.
 
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
@@ -43,15 +44,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._compat import moved
+from .data import UnknownDatasetError, get_spec
 from .errors import InvalidInputError
-from .runs import RunConfig
+from .training.runs import ConfigError, RunConfig, check_plain_name
+from .transforms import parse_magnitude_specs, resolve
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_experiment", "run_demo", "run_experiment"]
+__all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_experiment"]
+
+
+def __getattr__(name: str):
+    """``run_experiment`` and ``run_demo`` moved to :mod:`capsprobe.pipeline` (kept here for one release)."""
+    if name in ("run_experiment", "run_demo"):
+
+        return moved(__name__, name, "capsprobe.pipeline")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _log = logging.getLogger(__name__)
 
@@ -249,9 +261,6 @@ def _check_train_type(path: Path, text: str, defaults: RunConfig, key: str, valu
 def _validate(exp: Experiment, text: str, section: str) -> None:
     """Everything that can be checked before training: names, the data set, the probe's split, transformations
     and magnitudes, and every run's configuration (types, ranges, the model's options)."""
-    from .data import UnknownDatasetError, get_spec
-    from .runs import ConfigError, check_plain_name
-    from .transforms import parse_magnitude_specs, resolve
 
     path = exp.path
     try:
@@ -296,58 +305,6 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         raise _fail(path, text, "task", "train", str(exc)) from None
 
 
-def run_experiment(
-    path: str | Path,
-    size: str = "quick",
-    device: str = "auto",
-    data_root: str | None = None,
-    out: str | Path | None = None,
-    runs_dir: str | Path | None = None,
-    force: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Train (or reuse) every model and seed of the experiment, evaluate them as their task says, write the report.
-
-    The one orchestrator: ``capsprobe run FILE`` and ``capsprobe demo`` (``experiments/demo.toml``) both come here.
-    Runs go to ``<runs_dir>/<model>-seed<N>`` (default ``runs/<name>-<size>``); finished ones are reused, an
-    interrupted one resumes. Every check of the file, the transformations and the report folder comes first.
-
-    Returns:
-        The path of ``report.html``.
-    """
-    from .probe import perturb
-    from .report import check_report_target, write_probe_outputs, write_report
-    from .runs import run_name
-    from .train import fit
-    from .transforms import parse_magnitude_specs, resolve
-
-    exp = load_experiment(path, size)
-    chosen = resolve(exp.transforms)  # bad names fail before any training
-    parse_magnitude_specs(exp.magnitudes, chosen)
-    out = check_report_target(Path(out) if out is not None else Path("reports") / exp.name, force)
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
-    root = data_root or exp.data_root
-    paths = []
-    jobs = exp.jobs()
-    for i, (spec, seed) in enumerate(jobs, 1):
-        config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                           device=device, data_root=root, model_kwargs=dict(spec.options), label=spec.label,
-                           **{**exp.train, **spec.train})
-        run_dir = runs_dir / run_name(spec.variant, seed)
-        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.variant, seed, spec.epochs,
-                  run_dir)
-        paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
-    _log.info("%s: evaluating %d runs", exp.name, len(paths))
-    result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
-                     limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,
-                     reference=exp.reference, lie=exp.lie)
-    result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
-                                     "description": exp.description, "reference": exp.reference}
-    write_probe_outputs(result, out, force=force)
-    _log.info("%s: writing the report in %s", exp.name, out)
-    return write_report(out)
-
-
 def demo_file() -> Path:
     """``experiments/demo.toml`` of the checkout capsprobe runs from (``pip install -e .``).
 
@@ -359,10 +316,3 @@ def demo_file() -> Path:
         raise ExperimentError(f"{path} not found: the demo runs from a capsprobe checkout; give an experiment file to "
                               "run_experiment instead")
     return path
-
-
-def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: str | Path | None = None,
-             device: str = "auto", force: bool = False, progress: bool = True) -> Path:
-    """The main job: ``experiments/demo.toml`` at ``size`` (tiny, small, paper), report in ``out``."""
-    return run_experiment(demo_file(), size, device=device, out=out, runs_dir=runs_dir, force=force,
-                          progress=progress)

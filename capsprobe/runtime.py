@@ -27,6 +27,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from ._version import __version__
 from .errors import CapsprobeError, InvalidInputError, option
 
 __all__ = [
@@ -181,7 +182,6 @@ def write_marker(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` as written by capsprobe (``kind``: ``run`` or ``report``)."""
     import json
 
-    from . import __version__
 
     atomic_write_text(Path(folder) / MARKER, json.dumps({"kind": kind, "capsprobe": __version__}) + "\n")
 

@@ -42,8 +42,8 @@ def _test_datasets():
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, _test_datasets):
     """Three one-epoch runs on 48 images: a tiny CapsNet, resnet18, and a tiny CapsNet on 3x32x32 images."""
-    from capsprobe.runs import RunConfig
-    from capsprobe.train import fit
+    from capsprobe.training.loop import fit
+    from capsprobe.training.runs import RunConfig
 
     root = tmp_path_factory.mktemp("runs")
     caps = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 16, "primary_types": 4}, **TINY_RUN),

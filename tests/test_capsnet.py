@@ -41,7 +41,7 @@ def _reference_routing(u_hat, num_iters):
     """Procedure 1 written with explicit loops over input and output capsules."""
     B, n_in, n_out, D = u_hat.shape
     b = torch.zeros(B, n_in, n_out, dtype=u_hat.dtype)
-    for r in range(num_iters):
+    for _ in range(num_iters):
         c = torch.exp(b) / torch.exp(b).sum(dim=2, keepdim=True)
         v = torch.zeros(B, n_out, D, dtype=u_hat.dtype)
         for j in range(n_out):

@@ -8,7 +8,7 @@ import sys
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
-from capsprobe.runs import load_run
+from capsprobe.training.runs import load_run
 
 runner = CliRunner()
 TINY = ["--model", "capsnet_small", "--limit", "32", "--epochs", "1", "--batch-size", "16", "--no-progress"]
@@ -25,7 +25,8 @@ def test_train_writes_a_loadable_run_and_refuses_to_overwrite(tmp_path):
 
     again = runner.invoke(app, ["train", *TINY, "--out", str(out)])
     assert again.exit_code == 1
-    assert again.output.strip().splitlines() == [f"error: {out} already exists and is not empty; set --resume to continue it or --force to replace it"]
+    assert again.output.strip().splitlines() == [
+        f"error: {out} already exists and is not empty; set --resume to continue it or --force to replace it"]
     assert (out / "model.safetensors").read_bytes() == weights
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capsprobe.compare import PAIRED_TEST, comparison_tables, holm
+from capsprobe.metrics.compare import PAIRED_TEST, comparison_tables, holm
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS
 
 IDENTITY = {"rotate": "0"}

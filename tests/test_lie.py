@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from capsprobe import metrics as M
 from capsprobe.data import ImageSplit
-from capsprobe.lie import (
+from capsprobe.models import ModelAdapter, adapt, create_model
+from capsprobe.probe.lie import (
     GENERATORS,
     generator_matrix,
     layer_taps,
@@ -22,7 +22,6 @@ from capsprobe.lie import (
     lie_tables,
     warp_tangent,
 )
-from capsprobe.models import ModelAdapter, adapt, create_model
 from capsprobe.transforms import apply_matrix, rotate, scale, shear, translate
 
 H = W = 28
@@ -358,7 +357,8 @@ def test_perturb_lie_writes_the_tables_and_the_report_shows_them(tiny_runs, tmp_
     from typer.testing import CliRunner
 
     from capsprobe.cli import app
-    from capsprobe.report import read_probe_outputs, write_report
+    from capsprobe.pipeline import write_report
+    from capsprobe.report import read_probe_outputs
 
     out = tmp_path / "lie"
     result = CliRunner().invoke(app, ["perturb", "-t", "rotate", "-m", "rotate=0,45", str(tiny_runs["caps"]),

@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from capsprobe.data import load_dataset, multimnist
 from capsprobe.models import CapsNet, capsule_lengths, margin_loss, reconstruction_loss
-from capsprobe.multimnist import multimnist_evaluate, top_k_hits as hits
-from capsprobe.probe import perturb
-from capsprobe.report import write_probe_outputs, write_report
-from capsprobe.runs import RunConfig, load_run
+from capsprobe.pipeline import perturb, write_report
+from capsprobe.report import write_probe_outputs
 from capsprobe.tasks import UnknownTaskError
-from capsprobe.train import Objective, fit
+from capsprobe.tasks.multimnist import multimnist_evaluate
+from capsprobe.tasks.multimnist import top_k_hits as hits
+from capsprobe.training.loop import Objective, fit
+from capsprobe.training.runs import RunConfig, load_run
 
 TINY_CAPS = {"conv_channels": 16, "primary_types": 4}
 

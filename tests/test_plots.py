@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from capsprobe import plots
+from capsprobe.report import plots
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_image_grid_shape_and_errors():
 
 
 def test_accuracy_curves_show_every_seed_and_the_mean(metrics):
-    from capsprobe.plots import plot_accuracy_curves
+    from capsprobe.report.plots import plot_accuracy_curves
 
     seeds = pd.concat([metrics.assign(run=metrics["run"] + f"-seed{s}", value=metrics["value"] * (0.9 + 0.05 * s))
                        for s in range(3)], ignore_index=True)  # each model now has three runs

@@ -12,7 +12,7 @@ from capsprobe.cli import app
 from capsprobe.data import load_dataset
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
 from capsprobe.report import read_probe_outputs
-from capsprobe.runs import load_run
+from capsprobe.training.runs import load_run
 from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from capsprobe.cli import app
 from capsprobe.errors import CapsprobeError
-from capsprobe.runs import COMPLETE, MARKER, RunConfig, RunError, load_run
 from capsprobe.runtime import BusyError, folder_lock
-from capsprobe.train import fit
+from capsprobe.training.loop import fit
+from capsprobe.training.runs import COMPLETE, MARKER, RunConfig, RunError, load_run
 
 runner = CliRunner()
 TINY = dict(model="capsnet_small", epochs=1, batch_size=16, limit=32)  # the same run as TINY_ARGS on the CLI
@@ -99,7 +99,7 @@ def test_config_values_are_checked_by_field(field, value):
 def test_diverged_weights_never_reach_a_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    import capsprobe.train as train_mod
+    import capsprobe.training.loop as train_mod
 
     real_step = train_mod.train_step
     steps = []
@@ -287,9 +287,9 @@ def _killed(tmp: Path, module: str, function: str, args: list[str], nth: int = 1
 
 MOMENTS = [
     # (name, module, function patched, nth call, kill after the call returned)
-    ("after the last checkpoint", "train", "save_checkpoint", 1, True),
-    ("between weights and metrics", "train", "save_weights", 1, True),
-    ("before the completion record", "train", "write_completion", 1, False),
+    ("after the last checkpoint", "training.loop", "save_checkpoint", 1, True),
+    ("between weights and metrics", "training.loop", "save_weights", 1, True),
+    ("before the completion record", "training.loop", "write_completion", 1, False),
 ]
 
 
@@ -328,7 +328,7 @@ def test_kill_matrix_report(tmp_path, done):
                                "--no-progress", "--out", str(out)]).exit_code == 0
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0
     before = _snapshot(out)
-    code = _killed(tmp_path, "report", "_png", ["report", str(out)], nth=2)
+    code = _killed(tmp_path, "report.suite", "_png", ["report", str(out)], nth=2)
     assert code == -signal.SIGKILL
     assert _snapshot(out) == before  # the folder is the old report, whole
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0

@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
-from capsprobe.compare import comparison_tables
 from capsprobe.metrics import overview_table, roc_table, selectivity_table
+from capsprobe.metrics.compare import comparison_tables
+from capsprobe.pipeline import write_report
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
-from capsprobe.report import ReportError, headlines, read_probe_outputs, write_probe_outputs, write_report
+from capsprobe.report import ReportError, headlines, read_probe_outputs, write_probe_outputs
 
 runner = CliRunner()
 GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
@@ -169,7 +170,7 @@ def test_report_rebuilds_a_copied_folder_without_runs_or_data(tiny_experiment, t
     import shutil
 
     import capsprobe.data
-    import capsprobe.runs
+    import capsprobe.pipeline
 
     folder, _ = tiny_experiment("demo")
     copy = tmp_path / "elsewhere" / "demo"
@@ -181,8 +182,8 @@ def test_report_rebuilds_a_copied_folder_without_runs_or_data(tiny_experiment, t
     def refuse(*args, **kwargs):
         raise AssertionError("the report must not load runs or data")
 
-    monkeypatch.setattr(capsprobe.runs, "load_run", refuse)
-    monkeypatch.setattr(capsprobe.data, "load_dataset", refuse)
+    monkeypatch.setattr(capsprobe.pipeline, "load_run", refuse)
+    monkeypatch.setattr(capsprobe.pipeline, "load_dataset", refuse)
     monkeypatch.chdir(tmp_path)  # no runs/ here
     result = runner.invoke(app, ["report", str(copy)])
     assert result.exit_code == 0, result.output
@@ -256,7 +257,7 @@ def test_roc_points_are_the_exact_staircase_on_a_fixed_grid():
 
 
 def test_ablation_line_gives_the_range_of_matched_seeds():
-    from capsprobe.report import _ablation_lines
+    from capsprobe.report.suite import _ablation_lines
 
     row = {"variant": "v", "reference": "r", "transform": "rotate", "magnitude": "45", "metric": "accuracy",
            "difference": 0.01, "ci_low_adjusted": -0.02, "ci_high_adjusted": 0.04, "family_size": 2,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from capsprobe.calibration import (REGIMES, calibration_table, power_table, simulate, true_difference)
-from capsprobe.seedstats import seed_image_difference, seed_image_mean
+from capsprobe.metrics.calibration import REGIMES, calibration_table, power_table, simulate, true_difference
+from capsprobe.metrics.stats import seed_image_difference, seed_image_mean
 
 REPS = 2000
 MC_SE = np.sqrt(0.05 * 0.95 / REPS)  # 0.49 points
@@ -118,7 +118,7 @@ def test_power_grows_with_effect_and_seeds():
 
 
 def test_projected_power_is_alpha_at_no_effect_and_grows_with_seeds():
-    from capsprobe.calibration import projected_power
+    from capsprobe.metrics.calibration import projected_power
 
     assert projected_power(0.0, 0.02, 0.015, 3, 3, 1000) == pytest.approx(0.05, abs=1e-6)
     assert projected_power(0.0, 0.02, 0.015, 3, 3, 1000, family=10) == pytest.approx(0.005, abs=1e-6)
@@ -133,7 +133,7 @@ def test_the_corrected_levels_hold_in_the_far_tail():
     """At 0.1% (Bonferroni's level for a family of 50) the seed-df reference that Holm and the adjusted intervals use
     rejects a true null at most at its level (3 Monte-Carlo standard errors), in every regime and at every seed
     count."""
-    from capsprobe.calibration import tail_table
+    from capsprobe.metrics.calibration import tail_table
 
     table = tail_table(regimes=("no_seed", "comparable", "seed_dominant"), reps=6000)
     assert (table["tail_fpr"] <= table["level"] + 3 * table["mc_se"]).all(), table.to_string()

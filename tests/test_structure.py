@@ -169,12 +169,12 @@ def test_cli_turns_only_capsprobe_errors_into_one_line(tmp_path, monkeypatch):
     verbose = runner.invoke(app, ["-v", "report", str(tmp_path / "none")])
     assert verbose.exit_code == 1 and "Traceback" in verbose.output and "ReportError" in verbose.output
 
-    import capsprobe.report
+    import capsprobe.pipeline
 
     def bug(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(capsprobe.report, "write_report", bug)
+    monkeypatch.setattr(capsprobe.pipeline, "write_report", bug)
     crashed = runner.invoke(app, ["report", str(tmp_path)])
     assert isinstance(crashed.exception, KeyError) and not crashed.output.startswith("error:")
     assert issubclass(InvalidInputError, CapsprobeError) and issubclass(InvalidInputError, ValueError)
@@ -184,10 +184,10 @@ def test_seed_conventions_have_one_home():
     assert epoch_seed(2, 3, 1) == (2 * 1_000_003 + 3) * 1_009 + 1
     assert image_seeds(1, torch.tensor([0, 5])).tolist() == [1_000_003, 1_000_008]
     import capsprobe.data
-    import capsprobe.multimnist
-    import capsprobe.train
+    import capsprobe.tasks.multimnist
+    import capsprobe.training.loop
 
-    for module in (capsprobe.data, capsprobe.train, capsprobe.multimnist):
+    for module in (capsprobe.data.batches, capsprobe.training.loop, capsprobe.tasks.multimnist):
         assert "1_000_003" not in Path(module.__file__).read_text()
 
 

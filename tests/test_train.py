@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from capsprobe.data import load_dataset
 from capsprobe.models import adapt
-from capsprobe.runs import RunConfig, RunError, load_checkpoint, load_run
-from capsprobe.train import NonFiniteLossError, RunExistsError, evaluate, fit
+from capsprobe.training.loop import NonFiniteLossError, RunExistsError, evaluate, fit
+from capsprobe.training.runs import RunConfig, RunError, load_checkpoint, load_run
 
 TINY_CAPS = {"conv_channels": 16, "primary_types": 4}
 TINY = RunConfig(model="capsnet_small", epochs=1, batch_size=16, limit=48, model_kwargs=TINY_CAPS)
@@ -62,8 +62,8 @@ _SCRIPT = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from capsprobe.runs import RunConfig
-    from capsprobe.train import fit
+    from capsprobe.training.runs import RunConfig
+    from capsprobe.training.loop import fit
     cfg = RunConfig(model="capsnet_small", epochs=3, batch_size=16, limit=48,
                     model_kwargs={"conv_channels": 16, "primary_types": 4})
     out, mode = sys.argv[1], sys.argv[2]
@@ -182,7 +182,7 @@ def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, capl
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
 def test_target_accuracy_must_be_a_fraction(bad):
-    from capsprobe.runs import ConfigError
+    from capsprobe.training.runs import ConfigError
 
     with pytest.raises(ConfigError, match="target_accuracy"):
         RunConfig(target_accuracy=bad)
@@ -193,7 +193,7 @@ def test_channels_last_trains_the_same_model_and_compile_wraps_the_objective(tmp
     --compile hands the whole objective to torch.compile (stubbed here: compiling takes minutes on 2 cores)."""
     from dataclasses import replace
 
-    import capsprobe.train as train_mod
+    import capsprobe.training.loop as train_mod
 
     base = load_run(fit(TINY, tmp_path / "base", progress=False))
     nhwc = load_run(fit(replace(TINY, channels_last=True), tmp_path / "nhwc", progress=False))

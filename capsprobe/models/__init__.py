@@ -15,14 +15,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from .adapter import Adapter, ModelAdapter, ModelOutputs, adapt, unwrap
 from .baselines import BaselineCNN, adapt_stem, create_convnet
-from .capsnet import (
-    CapsNet,
-    capsule_lengths,
-    dynamic_routing,
-    margin_loss,
-    reconstruction_loss,
-    squash,
-)
+from .capsnet import CapsNet
 from .components import (
     get_capsule_loss,
     get_routing,
@@ -33,6 +26,13 @@ from .components import (
     register_capsule_loss,
     register_routing,
     register_transformation,
+)
+from .layers import (
+    capsule_lengths,
+    dynamic_routing,
+    margin_loss,
+    reconstruction_loss,
+    squash,
 )
 
 __all__ = [

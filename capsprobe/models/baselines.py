@@ -42,11 +42,10 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-import torch
-from torch import Tensor, nn
-
 import timm
+import torch
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from ._cfg import small_image_cfg

@@ -29,29 +29,28 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 from torch import Tensor, nn
 
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
-
-from ._cfg import small_image_cfg
 from ..errors import InvalidInputError
+from ._cfg import small_image_cfg
 from .adapter import ModelOutputs
-from .components import get_capsule_loss, get_routing, get_transformation, route_by_agreement
+from .components import (
+    get_capsule_loss,
+    get_routing,
+    get_transformation,
+)
+from .layers import capsule_lengths, squash
 
 __all__ = [
     "CapsNet",
     "CapsuleDecoder",
     "DigitCaps",
     "PrimaryCaps",
-    "capsule_lengths",
-    "dynamic_routing",
-    "margin_loss",
-    "reconstruction_loss",
-    "squash",
+    "capsnet",
+    "capsnet_small",
+    "default_cfgs",
 ]
-
-_EPS = 1e-8
-
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(value, int):
@@ -64,129 +63,6 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
     return (size - kernel) // stride + 1
-
-
-def capsule_lengths(v: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
-    """Length of capsule vectors, ``sqrt(sum v^2 + eps)``, finite gradient at 0.
-
-    Args:
-        v: capsule vectors, e.g. ``(B, K, D)``.
-        dim: the capsule (vector) axis.
-        eps: added under the square root.
-
-    Returns:
-        ``v`` with ``dim`` reduced, e.g. ``(B, K)``.
-    """
-    return torch.sqrt(v.pow(2).sum(dim) + eps)
-
-
-def squash(s: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
-    """The capsule non-linearity (eq. 1 of the paper), ``s |s|^2 / (1 + |s|^2) / sqrt(|s|^2 + eps)``.
-
-    Short vectors shrink to almost zero length, long ones to just below 1; the direction is kept.
-    The ``eps`` under the square root keeps the value and the gradient finite at the zero vector.
-
-    Args:
-        s: vectors to squash, any shape ``(..., D, ...)``.
-        dim: the vector axis.
-        eps: added under the square root.
-
-    Returns:
-        Tensor of the shape of ``s`` whose vectors have length in [0, 1).
-    """
-    sq = s.pow(2).sum(dim, keepdim=True)
-    return s * (sq / (1.0 + sq)) / torch.sqrt(sq + eps)
-
-
-def dynamic_routing(
-    u_hat: Tensor,
-    num_iters: int = 3,
-    detach_inner: bool = False,
-    return_couplings: bool = False,
-) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Routing by agreement (Procedure 1 of the paper).
-
-    The routing logits ``b`` start at zero for every sample at every call. Each iteration computes the
-    coupling ``c = softmax(b)`` over the *parent* (output) capsules, ``s_j = sum_i c_ij u_hat_j|i``,
-    ``v_j = squash(s_j)`` and, except after the last iteration, ``b_ij += <u_hat_j|i, v_j>``.
-
-    :class:`DigitCaps` produces its votes parent-major and routes them without this function's one
-    transposing copy; the result is the same to rounding (tested against an explicit-loop Procedure 1).
-
-    Args:
-        u_hat: predictions of every input capsule for every output capsule, ``(B, N_in, N_out, D)``.
-        num_iters: number of routing iterations, at least 1; exactly this many are run.
-        detach_inner: if True, the iterations before the last see ``u_hat`` detached, so gradients flow
-            only through the last one (a common speed-up; off in the paper and its official code).
-        return_couplings: also return the coupling coefficients of every iteration.
-
-    Returns:
-        ``v`` of shape ``(B, N_out, D)``; with ``return_couplings`` also a list of ``num_iters``
-        tensors ``c`` of shape ``(B, N_in, N_out)``, one per iteration.
-    """
-    if u_hat.dim() != 4:
-        raise InvalidInputError(f"u_hat must be (B, N_in, N_out, D), got shape {tuple(u_hat.shape)}")
-    if num_iters < 1:
-        raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
-    out = route_by_agreement(u_hat.transpose(1, 2).contiguous(), num_iters, detach_inner, squash, return_couplings)
-    if not return_couplings:
-        return out
-    v, couplings = out
-    return v, [c.transpose(1, 2) for c in couplings]
-
-
-def margin_loss(
-    lengths: Tensor,
-    targets: Tensor,
-    m_pos: float = 0.9,
-    m_neg: float = 0.1,
-    lambda_neg: float = 0.5,
-) -> Tensor:
-    """Margin loss (eq. 4 of the paper), summed over classes and averaged over the batch.
-
-    ``L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2``; no softmax before it.
-
-    Args:
-        lengths: capsule lengths ``(B, K)``.
-        targets: class indices ``(B,)`` or a (multi-)hot target matrix ``(B, K)`` (e.g. two labels
-            for MultiMNIST).
-        m_pos: the upper margin ``m+``.
-        m_neg: the lower margin ``m-``.
-        lambda_neg: down-weighting of absent classes.
-
-    Returns:
-        Scalar loss.
-    """
-    if lengths.dim() != 2:
-        raise InvalidInputError(f"lengths must be (B, K), got shape {tuple(lengths.shape)}")
-    if targets.dim() == 1:
-        t = F.one_hot(targets.long(), lengths.shape[1]).to(lengths.dtype)
-    elif targets.shape == lengths.shape:
-        t = targets.to(lengths.dtype)
-    else:
-        raise InvalidInputError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
-    present = t * F.relu(m_pos - lengths).pow(2)
-    absent = lambda_neg * (1.0 - t) * F.relu(lengths - m_neg).pow(2)
-    return (present + absent).sum(dim=1).mean()
-
-
-def reconstruction_loss(reconstructions: Tensor, images: Tensor, weight: float = 0.0005) -> Tensor:
-    """Weighted sum of squared errors per image, averaged over the batch (the paper's 0.0005 x SSE).
-
-    Args:
-        reconstructions: decoder outputs ``(B, C, H, W)`` in [0, 1].
-        images: targets ``(B, C, H, W)`` in [0, 1].
-        weight: the scale; 0.0005 in the paper.
-
-    Returns:
-        Scalar loss.
-    """
-    if reconstructions.shape != images.shape:
-        raise InvalidInputError(
-            f"reconstructions {tuple(reconstructions.shape)} and images {tuple(images.shape)} differ in shape"
-        )
-    sse = (reconstructions - images).pow(2).flatten(1).sum(dim=1)  # (B,)
-    return weight * sse.mean()
 
 
 class PrimaryCaps(nn.Module):

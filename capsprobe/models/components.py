@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from .layers import margin_loss, route_by_agreement
 
 __all__ = [
     "Transformation",
@@ -83,37 +84,6 @@ def get_routing(name: str) -> Routing:
 
 def list_routings() -> list[str]:
     return sorted(_ROUTINGS)
-
-
-def route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool = False,
-                       activation: Callable[[Tensor], Tensor] | None = None,
-                       return_couplings: bool = False,
-                       record: list[Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Procedure 1 on votes laid out ``(B, N_out, N_in, D)``: every step is a batched matrix product.
-
-    With the parent capsule before the input capsule, ``s_j = sum_i c_ij u_hat_j|i`` is ``(1, N_in) @ (N_in, D)``
-    and the agreement ``<u_hat_j|i, v_j>`` is ``(N_in, D) @ (D, 1)`` for every (sample, parent): both read the
-    votes in place, with no permute copy of the largest tensor in the network. Couplings are ``(B, N_out, N_in)``.
-    """
-    from .capsnet import squash
-
-    activation = squash if activation is None else activation
-    batch, n_out, n_in, _ = votes.shape
-    inner = votes.detach() if detach_inner else votes
-    b = votes.new_zeros(batch, n_out, n_in)  # routing logits
-    couplings: list[Tensor] = []
-    v = votes.new_empty(0)
-    for it in range(num_iters):
-        last = it == num_iters - 1
-        u = votes if last else inner
-        c = b.softmax(dim=1)  # over the parents
-        couplings.append(c)
-        v = activation(torch.matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
-        if record is not None:
-            record.append(v)
-        if not last:
-            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
-    return (v, couplings) if return_couplings else v
 
 
 @register_routing("dynamic")
@@ -217,8 +187,6 @@ def list_capsule_losses() -> list[str]:
 
 @register_capsule_loss("margin")
 def _margin(lengths: Tensor, targets: Tensor) -> Tensor:
-    from .capsnet import margin_loss
-
     return margin_loss(lengths, targets)
 
 

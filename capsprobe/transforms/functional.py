@@ -29,34 +29,27 @@ Convention:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
 
 import torch
 from kornia.geometry.transform import hflip, vflip, warp_affine
 from torch import Tensor
 
-from .errors import InvalidInputError
+from ..data import ink_boxes
+from ..errors import InvalidInputError
 
 __all__ = [
-    "SUITE",
-    "TRANSFORMS",
-    "Transform",
+    "AFFNIST",
+    "FLIPS",
+    "SWAPS",
+    "Seed",
     "Transformed",
-    "UnknownTransformError",
     "affine",
     "affnist",
     "affnist_warp",
     "apply_matrix",
     "flip",
-    "get_transform",
     "jigsaw",
-    "magnitude_label",
-    "magnitude_value",
-    "parse_magnitude",
-    "parse_magnitude_specs",
-    "resolve",
     "rotate",
     "scale",
     "shear",
@@ -65,10 +58,6 @@ __all__ = [
 ]
 
 Seed = int | Tensor
-
-
-class UnknownTransformError(InvalidInputError):
-    """A transformation name that is not in the suite."""
 
 
 @dataclass(frozen=True)
@@ -349,7 +338,6 @@ def affnist_warp(
         The warped images and the parameters drawn: ``angle``, ``shear``, ``scale_x``, ``scale_y``, ``shift_x``,
         ``shift_y``, each ``(B,)``, and ``matrix`` ``(B, 3, 3)`` float64 in pixel coordinates (input -> output).
     """
-    from .data import ink_boxes
 
     _check_images(images)
     b, _, h, w = images.shape
@@ -396,151 +384,3 @@ def affnist(images: Tensor, mode: str, seed: Seed = 0) -> Transformed:
         return Transformed(images.clone(), _eye(images))
     warped, params = affnist_warp(images, seed)
     return Transformed(warped.to(images.dtype), params["matrix"].float().to(images.device))
-
-
-@dataclass(frozen=True)
-class Transform:
-    """A named transformation of the suite with its magnitude grid and range.
-
-    Attributes:
-        name: the suite name.
-        fn: ``fn(images, magnitude, seed) -> Transformed``.
-        grid: default magnitudes.
-        identity: the magnitude that leaves images unchanged.
-        unit: unit of the magnitude.
-        low, high: numeric range (None for categorical magnitudes).
-        choices: allowed categorical magnitudes (None for numeric ones).
-        geometric: returns a matrix.
-        semantic_from: magnitudes whose ``|m|`` reaches this are semantic (rotate), when not None.
-        kind: ``nuisance`` or ``semantic`` for every non-identity magnitude (unless ``semantic_from``).
-    """
-
-    name: str
-    fn: Callable[[Tensor, Any, Seed], Transformed]
-    grid: tuple
-    identity: Any
-    unit: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple | None = None
-    geometric: bool = True
-    integer: bool = False
-    semantic_from: float | None = None
-
-    def kind_at(self, magnitude: Any) -> str:
-        """``nuisance`` or ``semantic`` at ``magnitude`` (rotations become semantic from 90 degrees)."""
-        if self.semantic_from is not None and abs(float(magnitude)) >= self.semantic_from:
-            return "semantic"
-        return self.kind
-
-    def validate(self, magnitude: Any) -> Any:
-        """Return ``magnitude`` in its canonical type, or raise ValueError naming the allowed range."""
-        if self.choices is not None:
-            if magnitude not in self.choices:
-                raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not one of {', '.join(map(str, self.choices))}")
-            return magnitude
-        try:
-            value = float(magnitude)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InvalidInputError(f"{self.name} magnitude {magnitude!r} is not a finite number")
-        if self.integer:
-            if value != int(value):
-                raise InvalidInputError(f"{self.name} magnitude {magnitude!r} must be a whole number")
-            value = int(value)
-        if not (self.low <= value <= self.high):
-            raise InvalidInputError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
-        return value
-
-    def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0) -> Transformed:
-        return self.fn(images, self.validate(magnitude), seed)
-
-
-TRANSFORMS: dict[str, Transform] = {
-    t.name: t
-    for t in (
-        Transform("rotate", rotate, (-180, -135, -90, -45, -30, -15, 0, 15, 30, 45, 90, 135, 180), 0, "degrees",
-                  "nuisance", -180, 180, semantic_from=90),
-        Transform("flip", flip, FLIPS, "none", "direction", "semantic", choices=FLIPS),
-        Transform("translate", translate, (-8, -6, -4, -2, 0, 2, 4, 6, 8), 0, "pixels (x and y)", "nuisance", -8, 8),
-        Transform("scale", scale, (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5), 1.0, "factor", "nuisance", 0.5, 1.5),
-        Transform("shear", shear, (-0.6, -0.4, -0.2, 0, 0.2, 0.4, 0.6), 0, "x per y", "nuisance", -0.6, 0.6),
-        Transform("affine", affine, (0, 0.25, 0.5, 0.75, 1.0), 0, "strength", "nuisance", 0, 1),
-        Transform("jigsaw", jigsaw, (1, 2, 4, 7), 1, "patches per side", "semantic", 1, 28, geometric=False,
-                  integer=True),
-        Transform("swap", swap, SWAPS, "none", "halves", "semantic", choices=SWAPS, geometric=False),
-        Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST),
-    )
-}
-# "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) is asked for by name
-SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
-
-
-def get_transform(name: str) -> Transform:
-    """The suite entry ``name``; raises :class:`UnknownTransformError` listing the valid names."""
-    try:
-        return TRANSFORMS[name]
-    except KeyError:
-        raise UnknownTransformError(
-            f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)}, or all"
-        ) from None
-
-
-def parse_magnitude(transform: Transform, text: str) -> Any:
-    """A magnitude from command-line text, validated (``"45"`` -> 45.0, ``"horizontal"`` stays a string)."""
-    return transform.validate(text if transform.choices is not None else text.strip())
-
-
-def magnitude_label(magnitude: Any) -> str:
-    """A stable text label: ``45``, ``0.5``, ``horizontal``."""
-    if isinstance(magnitude, str):
-        return magnitude
-    value = float(magnitude)
-    return str(int(value)) if value == int(value) else f"{value:g}"
-
-
-def magnitude_value(transform: Transform, magnitude: Any) -> float:
-    """A number to plot a magnitude against (the index in ``choices`` for categorical ones)."""
-    if transform.choices is not None:
-        return float(transform.choices.index(magnitude))
-    return float(magnitude)
-
-
-def resolve(names: Sequence[str]) -> list[Transform]:
-    """Suite entries for ``names``; ``all`` expands to the whole suite; duplicates are dropped."""
-    out: list[Transform] = []
-    for name in names:
-        for t in [TRANSFORMS[n] for n in SUITE] if name == "all" else [get_transform(name)]:
-            if t not in out:
-                out.append(t)
-    if not out:
-        raise UnknownTransformError(f"no transformation given; choose from: {', '.join(TRANSFORMS)}, or all")
-    return out
-
-
-def parse_magnitude_specs(specs: Sequence[str], transforms: Sequence[Transform]) -> dict[str, list[Any]]:
-    """Parse ``--magnitudes`` values: ``rotate=0,45,90`` or, with a single transformation, ``0,45,90``.
-
-    Raises:
-        ValueError: a spec names a transformation not probed, or a magnitude is out of range.
-    """
-    out: dict[str, list[Any]] = {}
-    names = [t.name for t in transforms]
-    for spec in specs:
-        if "=" in spec:
-            name, _, values = spec.partition("=")
-            name = name.strip()
-        elif len(transforms) == 1:
-            name, values = names[0], spec
-        else:
-            raise InvalidInputError(f"magnitudes {spec!r}: name the transformation (e.g. rotate=0,45,90) when probing several")
-        if name not in names:
-            raise InvalidInputError(f"magnitudes {spec!r}: {name!r} is not among the transformations probed ({', '.join(names)})")
-        t = TRANSFORMS[name]
-        items = [v.strip() for v in values.split(",") if v.strip()]
-        if not items:
-            raise InvalidInputError(f"magnitudes {spec!r} lists no magnitude")
-        out[name] = [parse_magnitude(t, v) for v in items]
-    return out

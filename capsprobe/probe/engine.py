@@ -23,142 +23,51 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from tqdm.auto import tqdm
 
-from . import metrics as M
-from .compare import comparison_tables
-from .data import ImageSplit, iterate_batches
-from .errors import InvalidInputError, option
-from .models import Adapter, adapt, unwrap
-from .runtime import autocast_context, autocast_dtype, image_seeds, resolve_device
-from .transforms import TRANSFORMS, Transform, apply_matrix, magnitude_label, magnitude_value, resolve
+from .. import metrics as M
+from ..data import ImageSplit, iterate_batches
+from ..errors import InvalidInputError
+from ..metrics.compare import comparison_tables
+from ..models import Adapter, adapt
+from ..runtime import autocast_context, autocast_dtype, image_seeds, resolve_device
+from ..transforms import (
+    Transform,
+    apply_matrix,
+    magnitude_label,
+    magnitude_value,
+    resolve,
+)
+from .lie import COMPOSITION_ANGLES, GENERATORS, LAYER_DIM, LAYER_IMAGES, lie_tables
+from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
+from .schema import (
+    IMAGE_COLUMNS,
+    METRIC_COLUMNS,
+    ProbeResult,
+    estimate_row,
+    grid_array,
+    identity_labels,
+    metric_row,
+)
+from .subject import as_subject
 
 __all__ = [
-    "IMAGE_COLUMNS",
     "decodability_rows",
-    "METRIC_COLUMNS",
-    "ProbeResult",
-    "Subject",
-    "as_subject",
-    "grid_array",
-    "metric_row",
-    "perturb",
-    "pose_sweep",
-    "reconstruction_examples",
     "run_probe",
     "transform_like",
 ]
 
 _log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = [
-    "model", "run", "seed", "transform", "kind", "magnitude", "magnitude_value",
-    "metric", "value", "ci_low", "ci_high", "n_images", "penalty", "at_edge",
-]
-IMAGE_COLUMNS = [
-    "model", "run", "seed", "transform", "kind", "magnitude", "image_id", "label", "prediction", "true_score",
-    "confidence", "pixel_change",
-]
-
 _SHOWCASE = {"rotate": "45", "flip": "horizontal", "translate": "4", "scale": "0.75", "shear": "0.4",
              "affine": "1", "jigsaw": "4", "swap": "top-bottom", "affnist": "warp"}
-SWEEP_DELTAS = tuple(float(d) for d in np.round(np.arange(-0.25, 0.2501, 0.05), 2))
-
-
-@dataclass
-class ProbeResult:
-    """What a probe (or a task's evaluation) computed: everything a report folder holds.
-
-    Attributes:
-        metrics: tidy metrics with 95% bootstrap intervals (:data:`METRIC_COLUMNS`) -> ``summary.csv``.
-        images: one row per image and condition (:data:`IMAGE_COLUMNS`) -> ``results.parquet``.
-        timing: seconds spent transforming, in forward passes, in the clean pass, in metrics, in all.
-        tables: further tables by name (``overview``, ``roc``) -> ``<name>.csv``.
-        arrays: image grids by name (reconstructions, pose sweeps...) -> ``arrays/<name>.npz`` (see
-            :func:`grid_array`).
-        manifest: what was probed and how (models, data, transformations, seed, versions) -> ``manifest.json``.
-    """
-
-    metrics: pd.DataFrame
-    images: pd.DataFrame
-    timing: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Subject:
-    """A model to probe, with the names that go into the tables.
-
-    Attributes:
-        name: the ``run`` column (unique per probe).
-        model: any model :func:`capsprobe.models.adapt` accepts.
-        model_name: the ``model`` column (default: the class name).
-        seed: the training seed, for the ``seed`` column (None when unknown).
-        info: extra manifest entries (path, data set, test accuracy).
-    """
-
-    name: str
-    model: nn.Module
-    model_name: str = ""
-    seed: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def ident(self) -> dict[str, Any]:
-        """The identifying columns of every row about this subject."""
-        return {"model": self.model_name or type(unwrap(self.model)).__name__, "run": self.name, "seed": self.seed}
-
-    def manifest_entry(self, adapter: Adapter) -> dict[str, Any]:
-        """What the manifest records of this subject: names, what the model can do, where it came from."""
-        ident = self.ident()
-        return {"name": self.name, "model": ident["model"], "seed": self.seed, "poses": adapter.has_poses,
-                "decoder": adapter.can_decode, **self.info}
-
-
-def as_subject(item: Any) -> Subject:
-    """A :class:`Subject` from a loaded run (:class:`capsprobe.runs.Run`), a subject, or a bare module."""
-    if isinstance(item, Subject):
-        return item
-    if isinstance(item, nn.Module):
-        return Subject(name=type(unwrap(item)).__name__, model=item)
-    config = getattr(item, "config", None)
-    if config is not None and isinstance(getattr(item, "model", None), nn.Module):
-        return Subject(name=item.name, model=item.model, model_name=config.variant, seed=config.seed,
-                       info={"path": str(item.path), "dataset": config.dataset,
-                             "test_accuracy": item.metrics.get("test_accuracy"),
-                             "val_accuracy": item.metrics.get("val_accuracy"),
-                             "epochs": item.metrics.get("epochs"), "max_epochs": config.epochs,
-                             "target_accuracy": config.target_accuracy,
-                             "reached_target": item.metrics.get("reached_target")})
-    raise InvalidInputError(f"cannot probe {type(item).__name__}: give a run, a Subject or an nn.Module")
-
-
-def metric_row(base: dict[str, Any], metric: str, value: float, ci: tuple[float, float], n: int,
-               penalty: float = float("nan"), at_edge: bool = False) -> dict[str, Any]:
-    """One tidy metrics row."""
-    return {**base, "metric": metric, "value": value, "ci_low": ci[0], "ci_high": ci[1], "n_images": n,
-            "penalty": penalty, "at_edge": bool(at_edge)}
-
-
-def estimate_row(base: dict[str, Any], metric: str, est: M.Estimate) -> dict[str, Any]:
-    """One tidy metrics row from an :class:`~capsprobe.metrics.Estimate`."""
-    return metric_row(base, metric, est.value, est.ci, est.n, est.penalty, est.at_edge)
-
-
-def grid_array(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str] = (), *, title: str = "",
-               caption: str = "", cell: float = 0.9) -> dict[str, np.ndarray]:
-    """An image grid as the report stores it (``arrays/<name>.npz``, no pickles): ``images (R, N, C, H, W)`` in
-    [0, 1], row and column labels, title, caption and cell size."""
-    return {"images": np.asarray(images, dtype=np.float32), "row_labels": np.array(list(row_labels), dtype=str),
-            "col_labels": np.array(list(col_labels), dtype=str), "title": np.array(title), "caption": np.array(caption),
-            "cell": np.array(float(cell))}
 
 
 class _Timer:
@@ -290,11 +199,6 @@ def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
     return picked if len(set(picked)) >= 2 else []
 
 
-def identity_labels() -> dict[str, str]:
-    """Per registered transformation, the label of its identity magnitude."""
-    return {name: magnitude_label(t.identity) for name, t in TRANSFORMS.items()}
-
-
 def run_probe(
     subjects: Sequence[Any],
     split: ImageSplit,
@@ -313,7 +217,7 @@ def run_probe(
     """Evaluate every model on every transformed version of ``split``.
 
     Args:
-        subjects: loaded runs (:func:`capsprobe.runs.load_run`), :class:`Subject` objects or bare modules, all
+        subjects: loaded runs (:func:`capsprobe.training.runs.load_run`), :class:`Subject` objects or bare modules, all
             for ``split``'s input shape (names must be unique).
         split: the images to probe (uint8 ``(N, C, H, W)`` and labels), usually a test split.
         transforms: suite names (``all`` for the whole suite) or :class:`Transform` objects.
@@ -327,14 +231,13 @@ def run_probe(
         n_boot: bootstrap resamples for the 95% intervals.
         progress: show a progress bar.
         reference: a ``model`` name: the ablation table (``ablation.csv``) sets every other model against it.
-        lie: also run the Lie-derivative probe (:mod:`capsprobe.lie`): the ``lie``, ``lie_layers`` and
+        lie: also run the Lie-derivative probe (:mod:`capsprobe.probe.lie`): the ``lie``, ``lie_layers`` and
             ``composition`` tables.
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
         with a decoder the reconstruction and pose-sweep grids.
     """
-    from tqdm.auto import tqdm
 
     items = [as_subject(s) for s in subjects]
     subject_names = [s.name for s in items]
@@ -428,7 +331,6 @@ def run_probe(
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
             timer.add("pictures", t0)
         if lie:
-            from .lie import lie_tables
 
             t0 = time.perf_counter()
             lie_parts.append(lie_tables([(ident, adapter)], split, batch_size=min(batch_size, 128), device=dev,
@@ -478,7 +380,6 @@ def run_probe(
         "device": str(dev),
     }
     if lie:
-        from .lie import COMPOSITION_ANGLES, GENERATORS, LAYER_DIM, LAYER_IMAGES
 
         manifest["lie"] = {"generators": {g.name: g.unit for g in GENERATORS.values()},
                            "composition_angles": list(COMPOSITION_ANGLES), "layer_images": min(LAYER_IMAGES, len(split)),
@@ -511,153 +412,3 @@ def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Seque
         caption="The paper's Figure 4: each of the 16 dimensions of one digit's capsule moved over [-0.25, 0.25] in "
                 "steps of 0.05 and decoded.")
     return out
-
-
-def perturb(
-    run_dirs: Sequence[str],
-    transforms: Sequence[str] = ("all",),
-    magnitude_specs: Sequence[str] = (),
-    *,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    download: bool = True,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    seed: int = 0,
-    n_boot: int = 1000,
-    progress: bool = True,
-    reference: str | None = None,
-    lie: bool = False,
-) -> ProbeResult:
-    """Load runs and data, check that they fit together, and evaluate them as their task says: what
-    ``capsprobe perturb`` does (the transformation suite for ``classify`` runs, pairs for ``multimnist``).
-
-    Every check (transformation names, magnitude ranges, run directories, input shapes, data set) happens
-    before any computation.
-
-    Returns:
-        The result, its manifest completed with the runs, data, task and library versions.
-
-    Raises:
-        UnknownTransformError, InvalidInputError: bad transformation or magnitude.
-        RunError: a run directory is missing or unreadable, or runs need different input shapes or tasks.
-    """
-    from .data import get_spec, load_dataset
-    from .runs import RunError, library_versions, load_run
-    from .tasks import get_task
-    from .transforms import parse_magnitude_specs
-
-    chosen = resolve(list(transforms))
-    mags = parse_magnitude_specs(list(magnitude_specs), chosen)
-    if not run_dirs:
-        raise RunError("no run directory given")
-    runs = [load_run(d) for d in run_dirs]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise RunError(f"run directories must have different names, got {', '.join(names)}")
-    tasks = sorted({r.config.task for r in runs})
-    if len(tasks) > 1:
-        raise RunError(f"runs were trained for different tasks ({', '.join(tasks)})")
-    task = get_task(tasks[0])
-    if lie and task.name != "classify":
-        raise InvalidInputError(f"the Lie-derivative probe applies to classify runs, not {task.name}")
-    shapes = {r.name: (r.input["in_chans"], r.input["img_size"], r.input["num_classes"]) for r in runs}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{n} ({c}x{s}x{s}, {k} classes)" for n, (c, s, k) in shapes.items())
-        raise RunError(f"runs were trained on incompatible input shapes: {listed}")
-    if dataset is None:
-        trained_on = sorted({r.config.dataset for r in runs})
-        if len(trained_on) > 1:
-            raise RunError(f"runs were trained on different data sets ({', '.join(trained_on)}); choose one with "
-                           f"{option('dataset')}")
-        dataset = trained_on[0]
-        data_root = data_root or runs[0].config.data_root
-    spec = get_spec(dataset)
-    c, s, k = next(iter(shapes.values()))
-    size = task.input_size(spec.img_size)
-    if (spec.in_chans, size, spec.num_classes) != (c, s, k):
-        raise RunError(f"dataset {dataset} gives {spec.in_chans}x{size}x{size} inputs with {spec.num_classes} "
-                       f"classes for task {task.name}, the runs expect {c}x{s}x{s} with {k}")
-    if split not in ("test", "val"):
-        raise InvalidInputError(f"split must be test or val, got {split!r}")
-    splits = load_dataset(dataset, data_root, download, limit=limit)
-    images = splits.test if split == "test" else splits.val
-    result = task.evaluate(runs, images, chosen, mags, batch_size=batch_size, device=device, seed=seed,
-                           n_boot=n_boot, progress=progress, reference=reference, **({"lie": True} if lie else {}))
-    result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
-                       "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
-                       "device": str(resolve_device(device)), "versions": library_versions()}
-    return result
-
-
-def reconstruction_examples(
-    model: Any,
-    split: ImageSplit,
-    conditions: Sequence[tuple[Transform, Any]],
-    n: int = 8,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-) -> tuple[np.ndarray, list[str]]:
-    """Images, transformed images and the model's reconstructions from the transformed images' poses.
-
-    One example per class while there are classes (the first of each in ``split``), ``n`` in all. The
-    decoder is masked by the true label, so the row shows what the true class's pose says about the
-    transformed digit.
-
-    Returns:
-        ``(1 + 2 T, n, C, H, W)`` in [0, 1] (row 0 the clean images, then for each condition the transformed
-        images and their reconstructions) and the ``1 + 2 T`` row labels.
-    """
-    adapter = adapt(as_subject(model).model)
-    if not (adapter.can_decode and adapter.has_poses):
-        raise InvalidInputError(f"{type(adapter.model).__name__} has no poses and decoder to reconstruct from")
-    dev = resolve_device(device)
-    labels = split.labels.numpy()
-    picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:n]
-    picks += [i for i in range(len(labels)) if i not in picks][: n - len(picks)]
-    index = torch.tensor(picks)
-    x = split.subset(index).float_images().to(dev)
-    y = split.labels[index].to(dev)
-    seeds = image_seeds(seed, index)
-    adapter = adapter.to(dev).eval()
-    rows, names = [x.cpu()], ["image"]
-    with torch.inference_mode():
-        for t, m in conditions:
-            moved = t(x, m, seeds).images
-            recon = adapter.decode(adapter.outputs(moved).poses, y)
-            rows += [moved.cpu(), recon.float().cpu()]
-            names += [f"{t.name} {magnitude_label(m)}", "reconstruction"]
-    return torch.stack(rows).clamp(0, 1).numpy(), names
-
-
-def pose_sweep(
-    model: Any,
-    split: ImageSplit,
-    index: int = 0,
-    deltas: Sequence[float] = SWEEP_DELTAS,
-    device: str | torch.device = "auto",
-) -> np.ndarray:
-    """The paper's Figure 4: each pose dimension of a digit's capsule moved by ``deltas`` and decoded.
-
-    Returns:
-        ``(D, len(deltas), C, H, W)`` in [0, 1]: row ``d`` adds each delta to dimension ``d`` of the true
-        class's pose (16 x 11 with the defaults).
-    """
-    adapter = adapt(as_subject(model).model)
-    if not (adapter.can_decode and adapter.has_poses):
-        raise InvalidInputError(f"{type(adapter.model).__name__} has no poses and decoder to sweep")
-    dev = resolve_device(device)
-    adapter = adapter.to(dev).eval()
-    x = split.subset(torch.tensor([index])).float_images().to(dev)
-    label = int(split.labels[index])
-    with torch.inference_mode():
-        poses = adapter.outputs(x).poses  # (1, K, D)
-        dim = poses.shape[-1]
-        steps = torch.tensor(list(deltas), device=dev, dtype=poses.dtype)
-        batch = poses.repeat(dim * len(steps), 1, 1)  # (D * S, K, D)
-        rows = torch.arange(dim, device=dev).repeat_interleave(len(steps))
-        batch[torch.arange(len(batch), device=dev), label, rows] += steps.repeat(dim)
-        images = adapter.decode(batch, torch.full((len(batch),), label, device=dev))
-    return images.float().cpu().reshape(dim, len(steps), *images.shape[1:]).clamp(0, 1).numpy()

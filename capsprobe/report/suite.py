@@ -1,217 +1,34 @@
-"""The only writer of report folders, and the renderer: it reads the folder's files and computes nothing.
-
-``write_probe_outputs`` writes what ``capsprobe perturb`` computed (a :class:`~capsprobe.probe.ProbeResult`),
-as one atomic step::
-
-    results.parquet   one row per image and condition (capsprobe.probe.IMAGE_COLUMNS)
-    summary.csv       tidy metrics with 95% bootstrap intervals (capsprobe.probe.METRIC_COLUMNS)
-    overview.csv      one row per run x transformation (capsprobe.metrics.overview_table)
-    roc.csv           ROC points of every scramble condition (capsprobe.metrics.roc_table)
-    arrays/*.npz      image grids: reconstructions, the pose sweep, MultiMNIST segmentations (no pickles)
-    manifest.json     task, runs, data, transformations, magnitudes, seed, timing, library versions
-
-``write_report`` renders, from those files alone (no run, no data set, no device; a folder copied to another
-machine renders the same)::
-
-    figures/*.png     the task's figures (classify: accuracy curves, invariance vs equivariance, scramble AUROC
-                      and ROC curves, polar rotation accuracy, reconstructions, the paper's Figure 4 pose sweep)
-    report.md         headline sentences, the overview table, the figures
-    report.html       the same, self-contained (figures embedded), readable offline
-
-What the report shows is the task's *section* (:mod:`capsprobe.tasks`); a figure is a ``plot(df) -> Figure``
-of :mod:`capsprobe.plots` plus one entry in :data:`SUITE_FIGURES`.
-"""
+"""The classify task's report section: headlines, tables and figures of the transformation suite, from the
+folder's files alone."""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import CapsprobeError, option
-from .runtime import MARKER, atomic_dir, folder_lock, is_capsprobe_folder, write_marker
+from ..probe.schema import identity_labels
+from .folder import ReportData, ReportError
+from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct
 
 __all__ = [
-    "ReportData",
-    "ReportError",
-    "ReportExistsError",
+    "KEY_CONDITIONS",
+    "METHODS_NOTE",
     "SUITE_FIGURES",
-    "Section",
-    "check_report_target",
-    "compact_table",
-    "grid_figures",
+    "ablation_table",
     "headlines",
-    "read_probe_outputs",
+    "lie_figures",
+    "lie_table",
     "suite_section",
-    "write_probe_outputs",
-    "write_report",
 ]
-
-RESULTS = "results.parquet"
-SUMMARY = "summary.csv"
-MANIFEST = "manifest.json"
-ARRAYS = "arrays"
-FIGURES = "figures"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-
-
-class ReportError(CapsprobeError):
-    """A report folder that is missing a file or holds a malformed one."""
-
-
-class ReportExistsError(ReportError):
-    """The report folder exists and ``force`` was not given."""
-
-
-def check_report_target(out: str | Path, force: bool) -> Path:
-    """Raise :class:`ReportExistsError` when ``out`` holds anything and ``force`` is off."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReportExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise ReportExistsError(f"{out} already exists and is not empty; set {option('force')} to replace it")
-        if not is_capsprobe_folder(out, "report"):
-            raise ReportExistsError(f"{out} was not written by capsprobe; refusing to replace it, even with "
-                                    f"{option('force')}")
-    return out
-
-
-def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
-    """Write everything a probe computed into the report folder ``out`` as one atomic step.
-
-    With ``force`` an existing folder is replaced whole (figures made from an older probe would no longer
-    match its numbers).
-    """
-    from .probe import IMAGE_COLUMNS
-
-    out = Path(out)
-    with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
-        write_marker(tmp, "report")
-        images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
-        images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
-        result.metrics.to_csv(tmp / SUMMARY, index=False)
-        for name, table in result.tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
-        if result.arrays:
-            (tmp / ARRAYS).mkdir()
-            for name, arrays in result.arrays.items():
-                np.savez_compressed(tmp / ARRAYS / f"{name}.npz", **arrays)
-        manifest = {"task": "classify", **result.manifest, "timing": result.timing}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return out
-
-
-@dataclass
-class ReportData:
-    """A report folder's files, read: what every section renders from."""
-
-    folder: Path
-    metrics: pd.DataFrame
-    images: pd.DataFrame
-    manifest: dict[str, Any]
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-
-
-def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
-
-
-def read_probe_outputs(folder: str | Path) -> ReportData:
-    """Read a report folder (metrics, per-image rows, manifest, tables, arrays); errors name the file at fault."""
-    from .probe import IMAGE_COLUMNS, METRIC_COLUMNS
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"report folder {folder} does not exist")
-    for name in (SUMMARY, RESULTS, MANIFEST):
-        if not (folder / name).is_file():
-            raise ReportError(f"{folder / name} is missing: is {folder} a folder written by `capsprobe perturb`?")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{folder / MANIFEST} is malformed: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise ReportError(f"{folder / MANIFEST} is malformed: expected a JSON object")
-
-    def check(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ReportError(f"{path} is malformed: missing columns {', '.join(missing)}")
-
-    metrics = _read_csv(folder / SUMMARY, dtype={"magnitude": str})
-    check(folder / SUMMARY, metrics, METRIC_COLUMNS)
-    try:
-        images = pd.read_parquet(folder / RESULTS)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
-        raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
-    check(folder / RESULTS, images, IMAGE_COLUMNS)
-    tables = {p.stem: _read_csv(p, dtype={"magnitude": str, "matched_magnitude": str}) for p in sorted(folder.glob("*.csv"))
-              if p.name != SUMMARY}
-    arrays = {}
-    for path in sorted((folder / ARRAYS).glob("*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays[path.stem] = {k: data[k] for k in data.files}
-        except Exception as exc:  # noqa: BLE001 - zip and format errors
-            raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
-    return ReportData(folder=folder, metrics=metrics, images=images, manifest=manifest, tables=tables, arrays=arrays)
-
-
-def compact_table(metrics: pd.DataFrame, columns: tuple[str, ...] = ("accuracy", "consistency",
-                                                                    "equivariance_error_pca16")) -> str:
-    """A terminal-width text table: one line per (transformation, magnitude), a column per run and metric."""
-    from .metrics import METRICS
-
-    rows = metrics[metrics["metric"].isin(columns)].copy()
-    if rows.empty:
-        return metrics[["run", "metric", "value", "ci_low", "ci_high"]].to_string(index=False)
-    order = {name: i for i, name in enumerate(dict.fromkeys(rows["transform"]))}
-    rows["_t"] = rows["transform"].map(order)
-    table = rows.pivot_table(index=["_t", "transform", "magnitude_value", "magnitude"], columns=["run", "metric"],
-                             values="value", sort=True)
-    table = table.reindex(columns=[(r, m) for r in dict.fromkeys(rows["run"]) for m in columns if (r, m) in table.columns])
-    table.index = [f"{t} {m}" for _, t, _, m in table.index]
-    table.columns = [f"{r}:{METRICS[m].short or m if m in METRICS else m}" for r, m in table.columns]
-    return table.to_string(float_format=lambda v: f"{v:.3f}")
-
-
-# --- sections: what a task's report shows ---------------------------------------------------------------------
-
-
-@dataclass
-class Section:
-    """What a task puts in its report: headline sentences, one table, figures (PNG bytes by file name)."""
-
-    headlines: list[str]
-    table_title: str
-    table: pd.DataFrame
-    figures: dict[str, bytes] = field(default_factory=dict)
-    captions: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # further (title, table), after the first
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
 
 KEY_CONDITIONS = (("rotate", "45"), ("translate", "4"), ("affine", "1"), ("swap", "top-bottom"), ("swap", "left-right"),
                   ("jigsaw", "4"), ("affnist", "warp"))
 
 
 METHODS_NOTE = (
-    "Methods (capsprobe.seedstats, capsprobe.compare): per-image metrics (accuracy, consistency, confidence drop, "
+    "Methods (capsprobe.metrics.stats, capsprobe.metrics.compare): per-image metrics (accuracy, consistency, confidence drop, "
     "true-class score) are compared paired over the same images and transformation draws, with the seeds x images "
     "variance decomposition of the crossed random-effects model (Searle, Casella & McCulloch 1992): the seed term "
     "from the per-seed means, pooled over the two models, plus the image-sampling term of the per-image differences. "
@@ -298,7 +115,6 @@ def ablation_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     """One row per variant: its seeds, stopping epochs and clean test accuracies, then every (metric, condition) of
     ``ablation.csv`` as ``difference [adjusted interval]`` (variant - reference; accuracy in points), ``*`` where
     established. Variants left out for missing their target accuracy get a row saying so."""
-    from .probe import identity_labels
 
     ab = tables.get("ablation")
     if ab is None or ab.empty:
@@ -349,7 +165,6 @@ def ablation_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
 
 def _ablation_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     """The ablation's verdicts: established differences against the reference, and what is not established."""
-    from .probe import identity_labels
 
     ab = tables.get("ablation")
     if ab is None or ab.empty:
@@ -481,7 +296,6 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     tables = tables or {}
     comp = tables.get("comparison")
     multi = comp is not None and not comp.empty and comp["seeds"].max() >= 2
-    from .probe import identity_labels
 
     ident = identity_labels()
 
@@ -589,68 +403,6 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     return lines
 
 
-def _fmt(overview: pd.DataFrame) -> pd.DataFrame:
-    """Overview columns as ``value [low, high]`` strings, for the Markdown and HTML tables."""
-    from .metrics import METRICS
-
-    shown = overview[["run", "transform"]].copy()
-    columns = [("clean_accuracy", "clean acc"), ("mean_accuracy", "mean acc"), ("worst_accuracy", "worst acc"),
-               ("consistency", "consistency")]
-    columns += [(m.name, f"mean {m.label}") for m in METRICS.values() if m.overview]  # labels from the metric table
-    columns += [(name, METRICS[name].label) for name in ("decodability", "decodability_pose")]
-    columns += [("scramble_auroc", "scramble AUROC (pooled)")]
-    for name, label in columns:
-        if name in overview:
-            shown[label] = [
-                "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-                for v, lo, hi in zip(overview[name], overview[f"{name}_low"], overview[f"{name}_high"])
-            ]
-    return shown
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _has(metric: str, transform: str | None = None) -> Callable[[ReportData], bool]:
-    def check(data: ReportData) -> bool:
-        rows = data.metrics[data.metrics["metric"] == metric]
-        return bool(len(rows if transform is None else rows[rows["transform"] == transform]))
-    return check
-
-
-def _plot(name: str, table: str | None = None) -> Callable[[ReportData], Any]:
-    def draw(data: ReportData):
-        from . import plots
-
-        return getattr(plots, name)(data.metrics if table is None else data.tables[table])
-    return draw
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """One figure of the suite's report: file name, ``draw(data) -> Figure``, when it applies, its caption."""
-
-    name: str
-    draw: Callable[[ReportData], Any]
-    applies: Callable[[ReportData], bool]
-    caption: str
-
-
 SUITE_FIGURES: list[FigureSpec] = [
     FigureSpec("accuracy_curves.png", _plot("plot_accuracy_curves"), _has("accuracy"),
                "Accuracy (top) and consistency with the clean decision (bottom) against magnitude, 95% bootstrap "
@@ -667,21 +419,6 @@ SUITE_FIGURES: list[FigureSpec] = [
     FigureSpec("rotation_polar.png", _plot("plot_polar_accuracy"), _has("accuracy", "rotate"),
                "Accuracy over the rotation angle."),
 ]
-
-
-def grid_figures(arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Every stored image grid (``arrays/*.npz``) drawn with :func:`capsprobe.plots.plot_image_grid`."""
-    from . import plots
-
-    figs, captions = {}, {}
-    for name, grid in arrays.items():
-        key = f"{name}.png"
-        cols = [str(c) for c in grid.get("col_labels", np.array([]))] or None
-        figs[key] = _png(plots.plot_image_grid(grid["images"], row_labels=[str(r) for r in grid["row_labels"]],
-                                               col_labels=cols, title=str(grid.get("title", "")),
-                                               cell=float(grid.get("cell", 0.9))))
-        captions[key] = str(grid.get("caption", name))
-    return figs, captions
 
 
 def suite_section(data: ReportData) -> Section:
@@ -703,7 +440,6 @@ def suite_section(data: ReportData) -> Section:
     if no_decoder:
         notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
     if "at_edge" in data.metrics:
-        from .probe import identity_labels
 
         m = data.metrics
         edge = m[m["at_edge"].eq(True) & (m["magnitude"] != m["transform"].map(identity_labels()))]
@@ -727,160 +463,3 @@ def suite_section(data: ReportData) -> Section:
                       "units; 95% intervals widened for the family of each metric; * established)", ablation))
     return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview",
                    table=_fmt(overview), figures=figs, captions=captions, notes=notes, tables=extra)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.8em;margin:1em 0}th,td{border:1px solid #ddd;padding:.25em .5em;
-text-align:left}th{background:#f4f4f4}figure{margin:1.2em 0}img{max-width:100%;height:auto}
-figcaption{font-size:.85em;color:#555}.meta{font-size:.85em;color:#555}li{margin:.3em 0}
-"""
-
-
-def _html(title: str, lines: list[str], tables: list[tuple[str, pd.DataFrame]], figs: dict[str, bytes],
-          captions: dict[str, str], manifest: dict[str, Any], notes: list[str]) -> str:
-    import base64
-    import html
-
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
-    parts.append("<h2>Headlines</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in lines) + "</ul>")
-    for table_title, table in tables:
-        parts.append(f"<h2>{html.escape(table_title)}</h2>" + table.to_html(index=False, border=0, escape=True))
-    parts.append("<h2>Figures</h2>")
-    for name, data in figs.items():
-        b64 = base64.b64encode(data).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>")
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _meta_line(manifest: dict[str, Any]) -> str:
-    runs = ", ".join(f"{r['name']} ({r['model']}, seed {r['seed']})" for r in manifest.get("runs", []))
-    v = manifest.get("versions", {})
-    return (f"{manifest.get('images', '?')} {manifest.get('dataset', '?')} {manifest.get('split', 'test')} images; "
-            f"runs: {runs}; transformation seed {manifest.get('seed', '?')}, {manifest.get('bootstrap', '?')} bootstrap "
-            f"resamples; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}.")
-
-
-def write_report(folder: str | Path) -> Path:
-    """Render ``figures/``, ``report.md`` and ``report.html`` from the files of a perturb folder.
-
-    Reads files only (no run, no data set, no device), so a report folder copied elsewhere renders the same.
-
-    Raises:
-        ReportError: a file perturb writes is missing or malformed (the message names it).
-        BusyError: another capsprobe command is writing the folder.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"report folder {folder} does not exist")
-    with folder_lock(folder):
-        return _write_report(folder)
-
-
-def _write_report(folder: Path) -> Path:
-    from .tasks import UnknownTaskError, get_task
-
-    data = read_probe_outputs(folder)
-    try:
-        task = get_task(str(data.manifest.get("task", "classify")))
-    except UnknownTaskError as exc:
-        raise ReportError(f"{folder / MANIFEST}: {exc}") from None
-    section = task.section(data)
-    title = f"capsprobe report: {folder.name}"
-    md = [f"# {title}", "", _meta_line(data.manifest), "", "## Headlines", ""] + [f"- {s}" for s in section.headlines]
-    md += ["", f"## {section.table_title}", "", _markdown_table(section.table), ""]
-    for title, table in section.tables:
-        md += [f"## {title}", "", _markdown_table(table), ""]
-    md += ["## Figures", ""]
-    for name in section.figures:
-        caption = section.captions.get(name, name)
-        md += [f"![{caption}]({FIGURES}/{name})", "", f"*{caption}*", ""]
-    if section.notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
-    page = _html(title, section.headlines, [(section.table_title, section.table), *section.tables], section.figures,
-                 section.captions, data.manifest, section.notes)
-    # the whole folder is rebuilt beside itself (the probe's files linked, not copied) and swapped in: a kill or a
-    # full disk leaves the old report whole, never new figures beside an old report.html
-    rendered = {FIGURES, REPORT_MD, REPORT_HTML}
-    with atomic_dir(folder) as tmp:
-        for path in folder.iterdir():
-            if path.name not in rendered and not path.name.endswith(".tmp"):
-                _link_tree(path, tmp / path.name)
-        (tmp / FIGURES).mkdir()
-        for name, png in section.figures.items():
-            (tmp / FIGURES / name).write_bytes(png)
-        (tmp / REPORT_MD).write_text("\n".join(md) + "\n")
-        (tmp / REPORT_HTML).write_bytes(page.encode())
-        if not (tmp / MARKER).exists():
-            write_marker(tmp, "report")
-    return folder / REPORT_HTML
-
-
-COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation")
-
-
-def recompare(folder: str | Path) -> Path:
-    """Recompute a report folder's comparison tables (``comparison``, ``differences``, ``excluded``, ``ablation``)
-    from its own files with the current method (:mod:`capsprobe.compare`), then render the report.
-
-    Reads ``summary.csv``, ``results.parquet``, ``overview.csv`` (decodability per run) and ``manifest.json`` (the
-    runs, the ablation's reference); nothing is retrained or re-probed. The folder is rebuilt beside itself and
-    swapped in, so an interruption leaves the old tables whole.
-
-    Raises:
-        ReportError: a file is missing or malformed, or the folder's task has no comparison tables.
-        BusyError: another capsprobe command is writing the folder.
-    """
-    from .compare import comparison_tables
-    from .probe import decodability_rows, identity_labels
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"report folder {folder} does not exist")
-    with folder_lock(folder):
-        data = read_probe_outputs(folder)
-        if str(data.manifest.get("task", "classify")) != "classify":
-            raise ReportError(f"{folder}: task {data.manifest.get('task')!r} has no comparison tables to recompute")
-        runs = data.manifest.get("runs")
-        if not isinstance(runs, list):
-            raise ReportError(f"{folder / MANIFEST} is malformed: no list of runs")
-        overview = data.tables.get("overview")
-        grid = pd.DataFrame()
-        if overview is not None and "decodability" in overview:
-            cols = [c for c in overview.columns if c.startswith("decodability") and c != "decodability_magnitudes"]
-            grid = decodability_rows(overview[["run", "transform", *cols]], data.metrics,
-                                     int(data.manifest.get("images", 0)))
-        reference = data.manifest.get("reference") or (data.manifest.get("experiment") or {}).get("reference")
-        metrics = pd.concat([data.metrics, grid], ignore_index=True) if len(grid) else data.metrics
-        tables = comparison_tables(metrics, data.images, runs, identity_labels(), reference=reference)
-        with atomic_dir(folder) as tmp:
-            for path in folder.iterdir():
-                if path.name.endswith(".tmp") or path.name in {f"{t}.csv" for t in COMPARISON_TABLES}:
-                    continue
-                _link_tree(path, tmp / path.name)
-            for name, frame in tables.items():
-                if not frame.empty:
-                    frame.to_csv(tmp / f"{name}.csv", index=False)
-        return _write_report(folder)
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` (a file, or a folder's files) at ``dst``; copy where links are not possible."""
-    import shutil
-
-    if src.is_dir():
-        dst.mkdir()
-        for child in src.iterdir():
-            _link_tree(child, dst / child.name)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -1,0 +1,312 @@
+"""Comparisons that separate models from noise: seeds, paired differences, multiplicity control.
+
+A *model* here is a ``model`` name of the tidy tables; its *runs* are its training seeds. Two tables:
+
+``comparison.csv`` — per model x condition x metric, the mean over seeds with a 95% interval that includes
+training variation:
+
+- metrics defined per image (``accuracy``, ``consistency``, ``confidence_drop``, ``true_class_score``): the
+  seeds x images variance decomposition of :func:`capsprobe.metrics.stats.seed_image_mean` (the seed term and the
+  image-sampling term, Searle, Casella & McCulloch 1992), with a Student t reference on Satterthwaite's (1946)
+  degrees of freedom;
+- every other metric (fitted, ratio and AUROC metrics): the mean of the per-seed estimates with a Student t
+  interval over seeds (at least 2 seeds; with one seed, the run's own interval over images, flagged).
+
+Columns also list every seed's clean test accuracy, stopping epoch and whether it reached its target accuracy.
+
+``differences.csv`` — for every pair of models and every condition x metric, the difference A - B:
+
+- per-image metrics: *paired* over images (both models see the same digits and the same transformation draws),
+  seeds independent between the models (seed k of two architectures shares nothing) and sharing one seed variance,
+  by :func:`capsprobe.metrics.stats.seed_image_difference`: t on Satterthwaite degrees of freedom;
+- other metrics: Welch's t over the per-seed estimates (at least 2 seeds per model).
+
+Each difference has a standard error (``se``; ``se_seeds``: the part of it that the seeds bring), a 95% t interval
+and a two-sided p-value on ``df`` degrees of freedom, the Holm (1979) adjusted p-value over the conditions of its
+(pair, metric) family, and the Bonferroni-level interval that goes with it (level ``1 - 0.05 / m``), both on
+``df_adjusted`` degrees of freedom. For the paired per-image rows ``df`` is Satterthwaite's (calibrated at the 5%
+level) and ``df_adjusted`` the seed level's own ``S_a + S_b - 2``: at the far-tail levels of a corrected family the
+Satterthwaite df is liberal (it grows exactly when the seed variance is underestimated: about 2x the nominal rate at
+0.1% in the simulation), the seed df is valid for any split between seed and image variance; for Welch rows both are
+Welch's. Both tests were checked by simulation at 2-10 seeds
+(:mod:`capsprobe.metrics.calibration`) and by an A/A experiment (``experiments/null.toml``). A difference is ``established``
+only when both models have at least 2 seeds, its adjusted p-value is below 0.05 and its adjusted interval excludes 0.
+Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
+``excluded``.
+
+``ablation.csv`` — with a ``reference`` model (an experiment's ``reference``, e.g. the full CapsNet of an
+ablation), every other model against it, *variant minus reference*, for accuracy (the untransformed condition once,
+and every transformed one), the gain of the fitted map over the identity and the decodability of the magnitude (every
+non-identity condition). The same paired tests as ``differences.csv``, but Holm's correction and the
+Bonferroni-level intervals run over one family per metric that holds every variant and condition together: a table of
+many one-component changes does not get a fresh 5% for each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .functional import LEVEL
+from .stats import seed_image_difference, seed_image_mean, t_interval
+
+__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PAIRED_TEST",
+           "PER_IMAGE", "WELCH_TEST", "comparison_tables", "holm"]
+
+PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
+WELCH_TEST = "Welch t over seeds"
+PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
+COMPARISON_COLUMNS = [
+    "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "df",
+    "interval", "seeds", "clean_accuracies", "stop_epochs", "reached_target",
+]
+DIFFERENCE_COLUMNS = [
+    "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
+    "ci_high", "se", "se_seeds", "df", "p_value", "df_adjusted", "p_holm", "ci_low_adjusted", "ci_high_adjusted",
+    "family_size", "seeds_a", "seeds_b", "test", "established",
+]
+ABLATION_METRICS = ("accuracy", "equivariance_gain", "decodability")
+ABLATION_COLUMNS = [
+    "variant", "reference", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
+    "ci_high", "se", "se_seeds", "df", "p_value", "df_adjusted", "p_holm", "ci_low_adjusted", "ci_high_adjusted",
+    "family_size", "seeds_variant", "seeds_reference", "test", "established",
+]
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaNs left out of the family and kept as NaN)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _per_image(images: pd.DataFrame, metric: str, identity: dict[str, str]) -> pd.DataFrame:
+    """Per-image values ``(run, transform, magnitude) x image_id`` of a per-image metric."""
+    rows = images
+    if metric == "accuracy":
+        value = (rows["prediction"] == rows["label"]).astype(float)
+    elif metric == "true_class_score":
+        value = rows["true_score"].astype(float)
+    else:
+        ident = rows[rows["magnitude"] == rows["transform"].map(identity)]
+        key = ["run", "transform", "image_id"]
+        base = rows[key].merge(ident[key + ["prediction", "confidence"]], on=key, how="left")
+        if metric == "consistency":
+            value = (rows["prediction"].to_numpy() == base["prediction"].to_numpy()).astype(float)
+        else:  # confidence_drop
+            value = base["confidence"].to_numpy() - rows["confidence"].to_numpy()
+        value = pd.Series(value, index=rows.index)
+    return rows.assign(_v=value)
+
+
+def _t_interval(x: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    m, s, n = float(np.mean(x)), float(np.std(x, ddof=1)), len(x)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n)
+    return m - half, m + half
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Welch's (1947) difference of means, its standard error and Satterthwaite degrees of freedom."""
+    diff = float(np.mean(a) - np.mean(b))
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, 0.0, float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, se, float(df)
+
+
+def _t_test(diff: float, se: float, df: float, level: float = LEVEL) -> tuple[tuple[float, float], float]:
+    """The ``level`` t interval and the two-sided p-value of a difference (a zero ``se``: the point, p 1 or 0)."""
+    if se == 0:
+        return (diff, diff), (1.0 if diff == 0 else 0.0)
+    lo, hi = t_interval(diff, se, df, level)
+    return (float(lo), float(hi)), float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def _seed_info(entries: Sequence[dict[str, Any]], runs: Sequence[str]) -> dict[str, str]:
+    by = {e.get("name"): e for e in entries}
+
+    def fmt(key: str, spec: str) -> str:
+        vals = [by.get(r, {}).get(key) for r in runs]
+        return "/".join("-" if v is None else format(v, spec) if not isinstance(v, bool) else str(v).lower()
+                        for v in vals)
+
+    return {"clean_accuracies": fmt("test_accuracy", ".4f"), "stop_epochs": fmt("epochs", "d"),
+            "reached_target": fmt("reached_target", "")}
+
+
+def comparison_tables(
+    metrics: pd.DataFrame,
+    images: pd.DataFrame,
+    entries: Sequence[dict[str, Any]],
+    identity: dict[str, str],
+    reference: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """``comparison``, ``differences`` and ``excluded`` tables, and ``ablation`` with a ``reference`` (see the module
+    docstring).
+
+    Args:
+        metrics: tidy metrics of every run (``summary.csv``).
+        images: per-image rows (``results.parquet``).
+        entries: the manifest's run entries (name, model, seed, test accuracy, epochs, target reached).
+        identity: per transformation, the label of its identity magnitude.
+        reference: the model every other is set against in the ablation table (None: no ablation table).
+    """
+    excluded = [e for e in entries if e.get("target_accuracy") is not None and e.get("reached_target") is False]
+    out_runs = {e["name"] for e in excluded}
+    metrics = metrics[~metrics["run"].isin(out_runs)]
+    images = images[~images["run"].isin(out_runs)]
+    models = list(dict.fromkeys(metrics["model"]))
+    runs_of = {m: list(dict.fromkeys(metrics.loc[metrics["model"] == m, "run"])) for m in models}
+    keys = ["transform", "magnitude"]
+    conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
+    per_image = {name: _per_image(images, name, identity) for name in PER_IMAGE if name in set(metrics["metric"])}
+
+    def matrix(name: str, model: str, transform: str, magnitude: str) -> np.ndarray | None:
+        table = per_image[name]
+        sel = table[(table["model"] == model) & (table["transform"] == transform) & (table["magnitude"] == magnitude)]
+        if sel.empty:
+            return None
+        wide = sel.pivot_table(index="run", columns="image_id", values="_v").reindex(runs_of[model])
+        return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
+
+    comp, diffs = [], []
+    for cond in conditions.itertuples(index=False):
+        rows = metrics[(metrics["transform"] == cond.transform) & (metrics["magnitude"] == cond.magnitude)]
+        base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
+                "magnitude_value": cond.magnitude_value}
+        for name in dict.fromkeys(rows["metric"]):
+            mats, seeds_of, point = {}, {}, {}
+            for model in models:
+                sel = rows[(rows["metric"] == name) & (rows["model"] == model)].set_index("run").reindex(runs_of[model])
+                sel = sel.dropna(subset=["value"])
+                if sel.empty:
+                    continue
+                values = sel["value"].to_numpy(float)
+                seeds_of[model] = values
+                mat = matrix(name, model, cond.transform, cond.magnitude) if name in per_image else None
+                if mat is not None:
+                    mats[model] = mat
+                    est = seed_image_mean(mat)
+                    value, df = float(est.value), float(est.df)
+                    ci = tuple(float(v) for v in est.interval(LEVEL))
+                    how = (f"seeds+images (t, {len(values)} seeds, Satterthwaite df)" if len(values) >= 2 else
+                           "images only (1 seed)")
+                elif len(values) >= 2:
+                    value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
+                    df = float(len(values) - 1)
+                else:
+                    value, ci, how = float(values[0]), (float(sel["ci_low"].iloc[0]), float(sel["ci_high"].iloc[0])), \
+                        "images only (1 seed)"
+                    df = np.nan
+                point[model] = value
+                comp.append({"model": model, **base, "metric": name, "value": value, "ci_low": min(ci[0], value),
+                             "ci_high": max(ci[1], value), "df": df, "interval": how, "seeds": len(values),
+                             **_seed_info(entries, list(sel.index))})
+            for i, a in enumerate(models):
+                for b in models[i + 1:]:
+                    if a not in seeds_of or b not in seeds_of:
+                        continue
+                    row = {"model_a": a, "model_b": b, **base, "metric": name, "seeds_a": len(seeds_of[a]),
+                           "seeds_b": len(seeds_of[b])}
+                    if a in mats and b in mats:  # paired over the same images
+                        est = seed_image_difference(mats[a], mats[b])
+                        diff, se, df = float(est.value), float(est.se), float(est.df)
+                        se_seeds, df_adjusted = float(np.sqrt(est.seed_var)), float(est.seed_df)
+                        test = PAIRED_TEST if min(len(seeds_of[a]), len(seeds_of[b])) >= 2 else \
+                            "paired t (a model with 1 seed: seed variance borrowed or none)"
+                    elif len(seeds_of[a]) >= 2 and len(seeds_of[b]) >= 2:
+                        (diff, se, df), test = _welch(seeds_of[a], seeds_of[b]), WELCH_TEST
+                        se_seeds, df_adjusted = se, df
+                    else:
+                        diff, se, df, test = float(seeds_of[a].mean() - seeds_of[b].mean()), np.nan, np.nan, \
+                            "not testable with 1 seed"
+                        se_seeds = df_adjusted = np.nan
+                    if np.isfinite(se):
+                        (lo, hi), p = _t_test(diff, se, df)
+                    else:
+                        lo = hi = p = np.nan
+                    row.update(difference=diff, ci_low=lo, ci_high=hi, se=se, se_seeds=se_seeds, df=df, p_value=p,
+                               df_adjusted=df_adjusted, test=test)
+                    diffs.append(row)
+    ablation = _ablation(diffs, reference, identity) if reference is not None else None
+    differences = _adjust(pd.DataFrame(diffs))
+    comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
+    excluded_df = pd.DataFrame([{"run": e.get("name"), "model": e.get("model"), "seed": e.get("seed"),
+                                 "target_accuracy": e.get("target_accuracy"), "val_accuracy": e.get("val_accuracy"),
+                                 "epochs": e.get("epochs")} for e in excluded],
+                               columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
+    out = {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+    return out if ablation is None else {**out, "ablation": ablation}
+
+
+def _ablation(diffs: list[dict[str, Any]], reference: str, identity: dict[str, str]) -> pd.DataFrame:
+    """Every model against ``reference``, oriented variant - reference, one Holm family per metric."""
+    rows, clean_transform = [], None
+    for r in diffs:
+        if r["metric"] not in ABLATION_METRICS or reference not in (r["model_a"], r["model_b"]):
+            continue
+        if r["magnitude"] == identity.get(r["transform"]):
+            if r["metric"] != "accuracy":
+                continue  # no change to explain or decode
+            clean_transform = clean_transform or r["transform"]
+            if r["transform"] != clean_transform:
+                continue  # the untransformed digits once, not once per transformation
+        row = dict(r)
+        if r["model_a"] == reference:  # flip: variant - reference
+            row.update(model_a=r["model_b"], model_b=reference, difference=-r["difference"], ci_low=-r["ci_high"],
+                       ci_high=-r["ci_low"], seeds_a=r["seeds_b"], seeds_b=r["seeds_a"])
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=ABLATION_COLUMNS)
+    frame = _adjust(pd.DataFrame(rows), by=["metric"])
+    frame = frame.rename(columns={"model_a": "variant", "model_b": "reference", "seeds_a": "seeds_variant",
+                                  "seeds_b": "seeds_reference"})
+    return frame[ABLATION_COLUMNS]
+
+
+def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "metric")) -> pd.DataFrame:
+    """Holm over the conditions of each (pair, metric) family (or the families ``by`` names), and the
+    Bonferroni-level interval beside it."""
+    if frame.empty:
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
+    frame = frame.copy()
+    frame["p_holm"] = np.nan
+    # the family's p-values on the degrees of freedom of the corrected levels (the seed level's own, for paired
+    # per-image rows: the Satterthwaite df that is calibrated at 5% is liberal at the levels Holm asks for)
+    tail_p = frame.apply(lambda r: _t_test(float(r["difference"]), float(r["se"]), float(r["df_adjusted"]))[1]
+                         if np.isfinite(r["se"]) else np.nan, axis=1)
+    frame["ci_low_adjusted"], frame["ci_high_adjusted"] = np.nan, np.nan
+    frame["family_size"] = 0
+    family = frame[list(by)].astype(str).agg("\x1f".join, axis=1)  # one key per family, whatever len(by)
+    for idx in family.groupby(family, sort=False).groups.values():
+        sub = frame.loc[idx]
+        m = int(sub["p_value"].notna().sum())
+        frame.loc[idx, "p_holm"] = holm(tail_p.loc[idx].to_numpy())
+        frame.loc[idx, "family_size"] = m
+        level = 1 - (1 - LEVEL) / max(m, 1)
+        for i in idx:
+            r = frame.loc[i]
+            lo = hi = np.nan
+            if np.isfinite(r["se"]):
+                (lo, hi), _ = _t_test(float(r["difference"]), float(r["se"]), float(r["df_adjusted"]), level)
+            frame.loc[i, "ci_low_adjusted"], frame.loc[i, "ci_high_adjusted"] = lo, hi
+    excl = (frame["ci_low_adjusted"] > 0) | (frame["ci_high_adjusted"] < 0)
+    # one training seed cannot separate the architectures from the luck of one training run, however small the
+    # paired interval over images: never established
+    enough = (frame["seeds_a"] >= 2) & (frame["seeds_b"] >= 2)
+    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & excl & enough
+    return frame[DIFFERENCE_COLUMNS]

@@ -1,0 +1,208 @@
+"""A report folder on disk: writing a probe's outputs to it atomically, reading them back, and the compact table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CapsprobeError, option
+from ..metrics import METRICS
+from ..probe.schema import (
+    ARRAYS,
+    IMAGE_COLUMNS,
+    MANIFEST,
+    METRIC_COLUMNS,
+    RESULTS,
+    SUMMARY,
+)
+from ..runtime import atomic_dir, folder_lock, is_capsprobe_folder, write_marker
+
+__all__ = [
+    "slim_images",
+    "ReportData",
+    "ReportError",
+    "ReportExistsError",
+    "check_report_target",
+    "compact_table",
+    "read_probe_outputs",
+    "write_probe_outputs",
+]
+
+
+
+class ReportError(CapsprobeError):
+    """A report folder that is missing a file or holds a malformed one."""
+
+
+class ReportExistsError(ReportError):
+    """The report folder exists and ``force`` was not given."""
+
+
+def check_report_target(out: str | Path, force: bool) -> Path:
+    """Raise :class:`ReportExistsError` when ``out`` holds anything and ``force`` is off."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ReportExistsError(f"{out} already exists and is not empty; set {option('force')} to replace it")
+        if not is_capsprobe_folder(out, "report"):
+            raise ReportExistsError(f"{out} was not written by capsprobe; refusing to replace it, even with "
+                                    f"{option('force')}")
+    return out
+
+
+def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
+    """Write everything a probe computed into the report folder ``out`` as one atomic step.
+
+    With ``force`` an existing folder is replaced whole (figures made from an older probe would no longer
+    match its numbers).
+    """
+
+    out = Path(out)
+    with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
+        write_marker(tmp, "report")
+        images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
+        slim_images(images).to_parquet(tmp / RESULTS, index=False, compression="zstd", compression_level=9)
+        result.metrics.to_csv(tmp / SUMMARY, index=False)
+        for name, table in result.tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
+        if result.arrays:
+            (tmp / ARRAYS).mkdir()
+            for name, arrays in result.arrays.items():
+                np.savez_compressed(tmp / ARRAYS / f"{name}.npz", **{k: _stored(k, v) for k, v in arrays.items()})
+        manifest = {"task": "classify", **result.manifest, "timing": result.timing}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return out
+
+
+# the per-image table on disk: labels and predictions in 16 bits, scores and pixel changes in float32 (the summary's
+# metrics were computed before, in float64), strings dictionary-encoded; read back as int64 / float64 / str
+_SLIM = {"seed": "int32", "image_id": "int32", "label": "int16", "prediction": "int16", "true_score": "float32",
+         "confidence": "float32", "pixel_change": "float32"}
+_STRINGS = ("model", "run", "transform", "kind", "magnitude")
+
+
+def slim_images(images: pd.DataFrame) -> pd.DataFrame:
+    """The per-image table in the dtypes ``results.parquet`` stores (a third of the bytes of the int64/float64
+    frame); :func:`read_probe_outputs` widens it back."""
+    out = images.copy()
+    for col, dtype in _SLIM.items():
+        if col in out and len(out):
+            out[col] = out[col].astype(dtype)
+    for col in _STRINGS:
+        if col in out and len(out):
+            out[col] = out[col].astype(str).astype("category")
+    return out
+
+
+def _widen(images: pd.DataFrame) -> pd.DataFrame:
+    for col in _STRINGS:
+        if col in images:
+            images[col] = images[col].astype(str)
+    for col, dtype in _SLIM.items():
+        if col in images:
+            images[col] = images[col].astype("float64" if dtype.startswith("float") else "int64")
+    return images
+
+
+def _stored(key: str, value: np.ndarray) -> np.ndarray:
+    """An image grid's pixels in 8 bits (the depth of the PNG they are drawn into); labels and sizes as they are."""
+    if key == "images" and value.dtype.kind == "f":
+        return np.round(np.clip(value, 0.0, 1.0) * 255).astype(np.uint8)
+    return value
+
+
+def _loaded(key: str, value: np.ndarray) -> np.ndarray:
+    if key == "images" and value.dtype == np.uint8:
+        return value.astype(np.float32) / 255
+    return value
+
+
+@dataclass
+class ReportData:
+    """A report folder's files, read: what every section renders from."""
+
+    folder: Path
+    metrics: pd.DataFrame
+    images: pd.DataFrame
+    manifest: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
+
+
+def read_probe_outputs(folder: str | Path) -> ReportData:
+    """Read a report folder (metrics, per-image rows, manifest, tables, arrays); errors name the file at fault.
+
+    The per-image table (``results.parquet``) is optional: rendering never reads it, only recomputing the comparisons
+    does (:func:`capsprobe.report.recompare_report`), and the committed example reports leave it out (bulk a reader
+    does not need). Without it, ``images`` is an empty frame with the columns of ``IMAGE_COLUMNS``.
+    """
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"report folder {folder} does not exist")
+    for name in (SUMMARY, MANIFEST):
+        if not (folder / name).is_file():
+            raise ReportError(f"{folder / name} is missing: is {folder} a folder written by `capsprobe perturb`?")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{folder / MANIFEST} is malformed: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ReportError(f"{folder / MANIFEST} is malformed: expected a JSON object")
+
+    def check(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ReportError(f"{path} is malformed: missing columns {', '.join(missing)}")
+
+    metrics = _read_csv(folder / SUMMARY, dtype={"magnitude": str})
+    check(folder / SUMMARY, metrics, METRIC_COLUMNS)
+    if (folder / RESULTS).is_file():
+        try:
+            images = _widen(pd.read_parquet(folder / RESULTS))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+            raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
+        check(folder / RESULTS, images, IMAGE_COLUMNS)
+    else:
+        images = pd.DataFrame(columns=IMAGE_COLUMNS)
+    tables = {p.stem: _read_csv(p, dtype={"magnitude": str, "matched_magnitude": str}) for p in sorted(folder.glob("*.csv"))
+              if p.name != SUMMARY}
+    arrays = {}
+    for path in sorted((folder / ARRAYS).glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays[path.stem] = {k: _loaded(k, data[k]) for k in data.files}
+        except Exception as exc:  # noqa: BLE001 - zip and format errors
+            raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
+    return ReportData(folder=folder, metrics=metrics, images=images, manifest=manifest, tables=tables, arrays=arrays)
+
+
+def compact_table(metrics: pd.DataFrame, columns: tuple[str, ...] = ("accuracy", "consistency",
+                                                                    "equivariance_error_pca16")) -> str:
+    """A terminal-width text table: one line per (transformation, magnitude), a column per run and metric."""
+
+    rows = metrics[metrics["metric"].isin(columns)].copy()
+    if rows.empty:
+        return metrics[["run", "metric", "value", "ci_low", "ci_high"]].to_string(index=False)
+    order = {name: i for i, name in enumerate(dict.fromkeys(rows["transform"]))}
+    rows["_t"] = rows["transform"].map(order)
+    table = rows.pivot_table(index=["_t", "transform", "magnitude_value", "magnitude"], columns=["run", "metric"],
+                             values="value", sort=True)
+    table = table.reindex(columns=[(r, m) for r in dict.fromkeys(rows["run"]) for m in columns if (r, m) in table.columns])
+    table.index = [f"{t} {m}" for _, t, _, m in table.index]
+    table.columns = [f"{r}:{METRICS[m].short or m if m in METRICS else m}" for r, m in table.columns]
+    return table.to_string(float_format=lambda v: f"{v:.3f}")

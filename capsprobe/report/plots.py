@@ -1,0 +1,360 @@
+"""Figures: ``plot_*(frame) -> matplotlib Figure``, drawn with seaborn; no computation, no file IO.
+
+Each function takes a tidy frame (or an image array for the capsule pictures), checks the columns it
+needs (a missing one is a ``ValueError`` naming it), and returns the figure; :mod:`capsprobe.report`
+saves it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files or HTML here, never windows
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "plot_accuracy_curves",
+    "plot_composition",
+    "plot_lie",
+    "plot_lie_layers",
+    "plot_image_grid",
+    "plot_invariance_vs_equivariance",
+    "plot_polar_accuracy",
+    "plot_roc_curves",
+    "plot_scramble_auroc",
+]
+
+_THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.85}
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{where} needs columns {', '.join(columns)}; missing: {', '.join(missing)}")
+    if frame.empty:
+        raise ValueError(f"{where} got an empty frame")
+
+
+def _palette(runs: Sequence[str]) -> dict[str, tuple]:
+    colours = sns.color_palette("colorblind", max(len(runs), 1))
+    return dict(zip(runs, colours))
+
+
+def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("accuracy", "consistency")) -> Figure:
+    """Accuracy and consistency against magnitude: a row per metric, a column per transformation, a colour per
+    model. A model with one run gets its 95% interval over images as a band; a model with several training seeds
+    gets one thin line per seed and its mean over seeds in bold, so the seed spread is visible.
+
+    Args:
+        metrics: tidy metrics with ``run transform magnitude magnitude_value metric value ci_low ci_high`` (and
+            ``model``; without it every run is its own model).
+        metric_names: the metrics to draw, one row each.
+    """
+    _require(metrics, ["run", "transform", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high"],
+             "plot_accuracy_curves")
+    data = metrics[metrics["metric"].isin(metric_names)]
+    if data.empty:
+        raise ValueError(f"plot_accuracy_curves: no rows for metrics {', '.join(metric_names)}")
+    if "model" not in data:
+        data = data.assign(model=data["run"])
+    transforms = list(dict.fromkeys(data["transform"]))
+    models = list(dict.fromkeys(data["model"]))
+    runs_of = {m: list(dict.fromkeys(data.loc[data["model"] == m, "run"])) for m in models}
+    colours = _palette(models)
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(len(metric_names), len(transforms), figsize=(2.6 * len(transforms), 2.5 * len(metric_names)),
+                                 squeeze=False, sharey="row")
+        for i, metric in enumerate(metric_names):
+            for j, name in enumerate(transforms):
+                ax = axes[i, j]
+                panel = data[(data["metric"] == metric) & (data["transform"] == name)].sort_values("magnitude_value")
+                for model in models:
+                    rows = panel[panel["model"] == model]
+                    if rows.empty:
+                        continue
+                    runs = runs_of[model]
+                    label = model if len(runs) == 1 else f"{model} ({len(runs)} seeds, mean bold)"
+                    if len(runs) == 1:
+                        x = rows["magnitude_value"].to_numpy()
+                        ax.plot(x, rows["value"], marker="o", ms=3, lw=1.5, color=colours[model], label=label)
+                        ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colours[model], alpha=0.2, lw=0)
+                        continue
+                    for run in runs:
+                        one = rows[rows["run"] == run]
+                        ax.plot(one["magnitude_value"], one["value"], lw=0.8, alpha=0.55, color=colours[model])
+                    mean = rows.groupby("magnitude_value", sort=True)["value"].mean()
+                    ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, lw=2, color=colours[model], label=label)
+                ticks = panel.drop_duplicates("magnitude_value")
+                if pd.to_numeric(ticks["magnitude"], errors="coerce").isna().any():  # categorical: name the ticks
+                    ax.set_xticks(ticks["magnitude_value"], ticks["magnitude"], rotation=30, ha="right")
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_title(name if i == 0 else "")
+                ax.set_xlabel("magnitude" if i == len(metric_names) - 1 else "")
+                ax.set_ylabel(metric if j == 0 else "")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=max(len(models), 1), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def plot_invariance_vs_equivariance(metrics: pd.DataFrame, equivariance: str = "equivariance_gain") -> Figure:
+    """Whitened invariance error against the gain of the fitted linear map over the identity, one point per run x
+    transformation x non-identity magnitude.
+
+    Left: the representation barely moves (invariant); right and high: it moves, and one linear map explains the
+    move (equivariant); right and low: it moves in a way no linear map predicts. Identity conditions (no move at all)
+    are left out.
+    """
+    _require(metrics, ["run", "transform", "magnitude", "metric", "value"], "plot_invariance_vs_equivariance")
+    wide = metrics[metrics["metric"].isin(["invariance_error", equivariance])].pivot_table(
+        index=["run", "transform", "magnitude"], columns="metric", values="value").reset_index()
+    if "invariance_error" not in wide or equivariance not in wide:
+        raise ValueError(f"plot_invariance_vs_equivariance needs metrics invariance_error and {equivariance}")
+    wide = wide[wide["invariance_error"] > 1e-9]
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, ax = plt.subplots(figsize=(6.5, 4.8))
+        sns.scatterplot(data=wide, x="invariance_error", y=equivariance, hue="run", style="transform", s=45, ax=ax,
+                        palette=_palette(list(dict.fromkeys(wide["run"]))))
+        ax.set_xlabel("whitened invariance error, full-D  (log; 2 = as far as an unrelated clean image)")
+        ax.set_ylabel(f"{equivariance.replace('_', ' ')}  (1 = the map explains the change)")
+        # whitened moves span decades (2 = as far as an unrelated clean image): a log axis; a badly fitted held-out
+        # half can give a very negative gain: keep the informative range in view
+        ax.set_xscale("log")
+        y_min = -0.5
+        ax.set_ylim(max(y_min, min(wide[equivariance].min() - 0.05, 0.0)), 1.02)
+        outside = int((wide[equivariance] < y_min).sum())
+        if outside:
+            ax.set_title(f"{outside} point(s) below the axes (gain < {y_min:g})", fontsize=8)
+        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_scramble_auroc(metrics: pd.DataFrame) -> Figure:
+    """Scramble-detection AUROC per semantic condition and run, with 95% intervals; 0.5 (blind) marked."""
+    _require(metrics, ["run", "transform", "magnitude", "metric", "value", "ci_low", "ci_high"], "plot_scramble_auroc")
+    data = metrics[metrics["metric"] == "scramble_auroc"].copy()
+    if data.empty:
+        raise ValueError("plot_scramble_auroc: no scramble_auroc rows (probe a semantic transformation)")
+    data["condition"] = data["transform"] + " " + data["magnitude"].astype(str)
+    runs = list(dict.fromkeys(data["run"]))
+    conditions = list(dict.fromkeys(data["condition"]))
+    colours = _palette(runs)
+    width = 0.8 / len(runs)
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(conditions) * max(len(runs), 1) + 1.5), 3.8))
+        for k, run in enumerate(runs):
+            rows = data[data["run"] == run].set_index("condition").reindex(conditions)
+            x = np.arange(len(conditions)) + (k - (len(runs) - 1) / 2) * width
+            err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]])
+            ax.bar(x, rows["value"], width=width, color=colours[run], label=run, yerr=err, capsize=2)
+        ax.axhline(0.5, color="0.3", ls="--", lw=1)
+        ax.set_xticks(np.arange(len(conditions)), conditions, rotation=35, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("AUROC  (0.5 = blind to the scramble)")
+        ax.legend(frameon=False, fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(roc: pd.DataFrame) -> Figure:
+    """ROC curves of clean against scrambled confidence: a panel per condition, a colour per run.
+
+    Args:
+        roc: ``run condition fpr tpr`` rows (one curve per run and condition, points in order).
+    """
+    _require(roc, ["run", "condition", "fpr", "tpr"], "plot_roc_curves")
+    conditions = list(dict.fromkeys(roc["condition"]))
+    runs = list(dict.fromkeys(roc["run"]))
+    colours = _palette(runs)
+    cols = min(4, len(conditions))
+    rows_n = int(np.ceil(len(conditions) / cols))
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(rows_n, cols, figsize=(2.8 * cols, 2.7 * rows_n), squeeze=False)
+        for ax, cond in zip(axes.flat, conditions):
+            for run in runs:
+                curve = roc[(roc["condition"] == cond) & (roc["run"] == run)]
+                if not curve.empty:
+                    ax.plot(curve["fpr"], curve["tpr"], color=colours[run], lw=1.5, label=run)
+            ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
+            ax.set_title(cond)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+        for ax in list(axes.flat)[len(conditions):]:
+            ax.set_visible(False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=max(len(runs), 1), frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig
+
+
+def plot_polar_accuracy(metrics: pd.DataFrame, transform: str = "rotate") -> Figure:
+    """Accuracy over the rotation angle on polar axes, a closed curve per run."""
+    _require(metrics, ["run", "transform", "magnitude_value", "metric", "value"], "plot_polar_accuracy")
+    data = metrics[(metrics["metric"] == "accuracy") & (metrics["transform"] == transform)]
+    if data.empty:
+        raise ValueError(f"plot_polar_accuracy: no accuracy rows for {transform}")
+    runs = list(dict.fromkeys(data["run"]))
+    colours = _palette(runs)
+    with sns.axes_style("white"), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig = plt.figure(figsize=(5, 5))
+        ax = fig.add_subplot(projection="polar")
+        for run in runs:
+            rows = data[data["run"] == run].sort_values("magnitude_value")
+            theta = np.deg2rad(rows["magnitude_value"].to_numpy())
+            r = rows["value"].to_numpy()
+            if len(theta) and np.isclose(theta[0] % (2 * np.pi), theta[-1] % (2 * np.pi)):
+                theta, r = theta[:-1], r[:-1]  # -180 and 180 are one angle
+            ax.plot(np.r_[theta, theta[:1]], np.r_[r, r[:1]], marker="o", ms=3, color=colours[run], label=run)
+        ax.set_ylim(0, 1)
+        ax.set_theta_zero_location("N")
+        ax.set_title("accuracy against rotation (degrees, counter-clockwise)", pad=18)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.18), ncol=max(len(runs), 1), frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(
+    images: np.ndarray,
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    title: str = "",
+    cell: float = 0.55,
+) -> Figure:
+    """A grid of images with row and column labels.
+
+    Args:
+        images: ``(R, K, C, H, W)`` in [0, 1] (C = 1 grey, 3 colour).
+        row_labels: ``R`` labels (left).
+        col_labels: ``K`` labels (top).
+        title: figure title.
+        cell: inches per image.
+    """
+    arr = np.asarray(images)
+    if arr.ndim != 5 or arr.shape[2] not in (1, 3):
+        raise ValueError(f"plot_image_grid needs images (R, K, C, H, W) with C 1 or 3, got shape {arr.shape}")
+    rows, cols = arr.shape[:2]
+    if row_labels and len(row_labels) != rows or col_labels and len(col_labels) != cols:
+        raise ValueError(f"plot_image_grid: {len(row_labels)} row / {len(col_labels)} column labels for a {rows}x{cols} grid")
+    c, h, w = arr.shape[2:]
+    pad = max(1, h // 14)
+    # one mosaic with thin white gutters: square cells, aligned rows, one imshow
+    mosaic = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad, 3))
+    for i in range(rows):
+        for j in range(cols):
+            img = np.clip(arr[i, j], 0, 1)
+            mosaic[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = (
+                np.repeat(img, 3, axis=0) if c == 1 else img).transpose(1, 2, 0)
+    left = 1.3 if row_labels else 0.1
+    top = (0.3 if col_labels else 0.05) + (0.35 if title else 0)
+    width, height = cell * cols, cell * rows
+    fig = plt.figure(figsize=(width + left + 0.1, height + top + 0.1))
+    ax = fig.add_axes((left / (width + left + 0.1), 0.1 / (height + top + 0.1),
+                       width / (width + left + 0.1), height / (height + top + 0.1)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([i * (h + pad) + h / 2 for i in range(rows)], list(row_labels) if row_labels else [""] * rows,
+                  fontsize=7)
+    ax.set_xticks([j * (w + pad) + w / 2 for j in range(cols)], list(col_labels) if col_labels else [""] * cols,
+                  fontsize=7)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 / (height + top + 0.1), va="top")
+    return fig
+
+
+_LIE_METRICS = {"lee_scores": "class-score LEE (mean |ds/dt|)", "lee_representation": "whitened LEE, representation",
+                "elee_representation": "equivariant LEE, representation",
+                "elee_representation_pca16": "equivariant LEE, representation (16-D PCA)",
+                "lee_pose": "whitened LEE, true-class pose",
+                "elee_pose": "equivariant LEE, true-class pose"}
+
+
+def plot_lie(lie: pd.DataFrame) -> Figure:
+    """The end-to-end Lie derivatives (``lie.csv``): one panel per measure, a point per generator and run with its
+    95% bootstrap interval (log scale for the LEEs: they span decades; the equivariant LEE is a ratio, 0 = the fitted
+    generator explains the derivative, 1 = no better than none)."""
+    _require(lie, ["run", "generator", "metric", "value", "ci_low", "ci_high"], "plot_lie")
+    shown = [m for m in _LIE_METRICS if m in set(lie["metric"])]
+    runs = list(dict.fromkeys(lie["run"]))
+    gens = list(dict.fromkeys(lie["generator"]))
+    palette = _palette(runs)
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], shown):
+            rows = lie[lie["metric"] == metric]
+            for k, run in enumerate(runs):
+                r = rows[rows["run"] == run].set_index("generator").reindex(gens)
+                x = np.arange(len(gens)) + (k - (len(runs) - 1) / 2) * 0.18
+                err = np.vstack([r["value"] - r["ci_low"], r["ci_high"] - r["value"]]).clip(min=0)
+                ax.errorbar(x, r["value"], yerr=err, fmt="o", ms=4, capsize=2, color=palette[run], label=run)
+            ax.set_xticks(np.arange(len(gens)), gens, rotation=40, ha="right")
+            ax.set_title(_LIE_METRICS[metric], fontsize=8)
+            if metric.startswith("lee") and (rows["value"] > 0).all():
+                ax.set_yscale("log")
+        axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_lie_layers(layers: pd.DataFrame) -> Figure:
+    """Where equivariance is lost (``lie_layers.csv``, one run): per generator (columns), the whitened LEE (top: how
+    far the layer moves, log) and the equivariant LEE (bottom: how much of the move a fitted generator misses) of
+    each layer in depth order, on the layer's top principal axes, with 95% bootstrap intervals."""
+    _require(layers, ["run", "generator", "layer", "depth", "lee", "lee_low", "lee_high", "elee", "elee_low",
+                      "elee_high"], "plot_lie_layers")
+    gens = list(dict.fromkeys(layers["generator"]))
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(2, len(gens), figsize=(2.7 * len(gens) + 0.6, 5.2), squeeze=False, sharex=True)
+        for j, gen in enumerate(gens):
+            rows = layers[layers["generator"] == gen].sort_values("depth")
+            x = np.arange(len(rows))
+            for i, (col, label) in enumerate((("lee", "whitened LEE"), ("elee", "equivariant LEE"))):
+                ax = axes[i][j]
+                err = np.vstack([rows[col] - rows[f"{col}_low"], rows[f"{col}_high"] - rows[col]]).clip(min=0)
+                ax.errorbar(x, rows[col], yerr=err, fmt="o-", ms=4, capsize=2)
+                if col == "lee" and (rows[col] > 0).all():
+                    ax.set_yscale("log")
+                if col == "elee":
+                    ax.set_ylim(0, max(1.05, float(np.nanmax(rows[f"{col}_high"].to_numpy(dtype=float),
+                                                              initial=1.0)) + 0.05))
+                if j == 0:
+                    ax.set_ylabel(label)
+                if i == 0:
+                    ax.set_title(gen, fontsize=9)
+                ax.set_xticks(x, rows["layer"], rotation=55, ha="right", fontsize=7)
+        fig.suptitle(str(layers["run"].iloc[0]), fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def plot_composition(composition: pd.DataFrame) -> Figure:
+    """Do the fitted maps compose like rotations? (``composition.csv``, one run): the composition error
+    ``|M_(a+b) - M_b M_a| / |M_(a+b)|`` on held-out images over the grid of (a, b), one heat map per representation
+    (flattened, and the true-class pose where the model has poses); 0 = a group action."""
+    _require(composition, ["run", "which", "a", "b", "composition_error"], "plot_composition")
+    whiches = list(dict.fromkeys(composition["which"]))
+    vmax = max(float(composition["composition_error"].max()), 1e-6)
+    with sns.axes_style("white"), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(1, len(whiches), figsize=(3.8 * len(whiches), 3.4), squeeze=False)
+        for ax, which in zip(axes[0], whiches):
+            grid = composition[composition["which"] == which].pivot_table(index="a", columns="b",
+                                                                          values="composition_error")
+            sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=vmax, cmap="mako_r", ax=ax, cbar=False,
+                        annot_kws={"fontsize": 7})
+            ax.set_xlabel("b (degrees, applied second)")
+            ax.set_ylabel("a (degrees, applied first)")
+            ax.set_title(which, fontsize=9)
+        fig.suptitle(f"{composition['run'].iloc[0]}: composition error of rotation maps", fontsize=9)
+        fig.tight_layout()
+    return fig

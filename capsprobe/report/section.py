@@ -1,0 +1,114 @@
+"""What a task's report section is built from: :class:`Section`, figure specifications, PNG and markdown helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import METRICS
+from .folder import ReportData
+
+__all__ = [
+    "FigureSpec",
+    "Section",
+    "grid_figures",
+    "pct",
+]
+
+# --- sections: what a task's report shows ---------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    """What a task puts in its report: headline sentences, one table, figures (PNG bytes by file name)."""
+
+    headlines: list[str]
+    table_title: str
+    table: pd.DataFrame
+    figures: dict[str, bytes] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # further (title, table), after the first
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _fmt(overview: pd.DataFrame) -> pd.DataFrame:
+    """Overview columns as ``value [low, high]`` strings, for the Markdown and HTML tables."""
+
+    shown = overview[["run", "transform"]].copy()
+    columns = [("clean_accuracy", "clean acc"), ("mean_accuracy", "mean acc"), ("worst_accuracy", "worst acc"),
+               ("consistency", "consistency")]
+    columns += [(m.name, f"mean {m.label}") for m in METRICS.values() if m.overview]  # labels from the metric table
+    columns += [(name, METRICS[name].label) for name in ("decodability", "decodability_pose")]
+    columns += [("scramble_auroc", "scramble AUROC (pooled)")]
+    for name, label in columns:
+        if name in overview:
+            shown[label] = [
+                "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                for v, lo, hi in zip(overview[name], overview[f"{name}_low"], overview[f"{name}_high"])
+            ]
+    return shown
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _has(metric: str, transform: str | None = None) -> Callable[[ReportData], bool]:
+    def check(data: ReportData) -> bool:
+        rows = data.metrics[data.metrics["metric"] == metric]
+        return bool(len(rows if transform is None else rows[rows["transform"] == transform]))
+    return check
+
+
+def _plot(name: str, table: str | None = None) -> Callable[[ReportData], Any]:
+    def draw(data: ReportData):
+        from . import plots
+
+        return getattr(plots, name)(data.metrics if table is None else data.tables[table])
+    return draw
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of the suite's report: file name, ``draw(data) -> Figure``, when it applies, its caption."""
+
+    name: str
+    draw: Callable[[ReportData], Any]
+    applies: Callable[[ReportData], bool]
+    caption: str
+
+
+def grid_figures(arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every stored image grid (``arrays/*.npz``) drawn with :func:`capsprobe.report.plots.plot_image_grid`."""
+    from . import plots
+
+    figs, captions = {}, {}
+    for name, grid in arrays.items():
+        key = f"{name}.png"
+        cols = [str(c) for c in grid.get("col_labels", np.array([]))] or None
+        figs[key] = _png(plots.plot_image_grid(grid["images"], row_labels=[str(r) for r in grid["row_labels"]],
+                                               col_labels=cols, title=str(grid.get("title", "")),
+                                               cell=float(grid.get("cell", 0.9))))
+        captions[key] = str(grid.get("caption", name))
+    return figs, captions

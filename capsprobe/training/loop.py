@@ -1,0 +1,488 @@
+"""fit(): the training loop, with AMP on CUDA, atomic checkpoints, exact resume and DistributedDataParallel.
+
+Objectives: CapsNet, the margin loss plus ``recon_weight`` x the decoder's sum of squared errors (decoder
+masked by the true label); convnets, cross entropy. Optimiser: Adam with an exponential learning-rate decay
+(``lr * lr_decay ** epoch``), as in the paper's official code.
+
+Determinism: the initial weights come from ``seed``; every epoch reseeds the data order, the shift
+augmentation and dropout from ``(seed, epoch, rank)``. Resuming from the checkpoint of epoch ``e`` therefore
+replays epochs ``e+1, ...`` exactly as an uninterrupted run would (on CPU; CUDA kernels may not be
+bitwise reproducible).
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel (gloo
+on CPU, nccl on CUDA), every rank trains on its shard of each epoch, statistics are all-reduced, and only
+rank 0 writes files; the result is an ordinary run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSplit, get_spec, load_dataset
+from ..errors import CapsprobeError, option
+from ..models import adapt, unwrap
+from ..runtime import (
+    atomic_write_text,
+    autocast_context,
+    autocast_dtype,
+    epoch_seed,
+    folder_lock,
+    is_capsprobe_folder,
+    replace_dir,
+    resolve_device,
+    write_marker,
+)
+from ..tasks import get_task
+from .runs import (
+    CHECKPOINT,
+    COMPLETE,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    WEIGHTS,
+    RunConfig,
+    RunError,
+    build_model,
+    completion_problem,
+    library_versions,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    save_weights,
+    write_completion,
+    write_history,
+)
+
+__all__ = [
+    "NonFiniteLossError",
+    "Objective",
+    "RunExistsError",
+    "compile_objective",
+    "evaluate",
+    "fit",
+    "train_step",
+]
+
+_log = logging.getLogger(__name__)
+
+# keys that may change when a run is resumed: they do not change what is computed
+_RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download", "channels_last", "compile", "label"}
+
+
+class RunExistsError(RunError):
+    """The output folder already holds a run, and neither resume nor force was asked for."""
+
+
+class NonFiniteLossError(CapsprobeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class Objective(nn.Module):
+    """``forward(images, labels, parts=None) -> (loss, scores)`` for any model and task; the unit DDP wraps.
+
+    The loss is the task's (:mod:`capsprobe.tasks`), which asks the model's adapter what it can do: a model with
+    poses gets the margin loss plus the masked reconstruction, any other cross entropy.
+
+    Args:
+        model: the model.
+        recon_weight: weight of the reconstruction loss for a model with a decoder (0 disables it).
+        task: a registered task name.
+        channels_last: put the model's 4-D weights and every batch in the NHWC memory format (the values are
+            the same to rounding; convolutions on CUDA tensor cores run faster in it).
+    """
+
+    def __init__(self, model: nn.Module, recon_weight: float = 0.0005, task: str = "classify",
+                 channels_last: bool = False):
+        super().__init__()
+        self.adapter = adapt(model)
+        self.recon_weight = recon_weight
+        self.task = get_task(task)
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor, labels: Tensor, parts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.task.loss(self.adapter, images, labels, parts, self.recon_weight)
+
+
+def compile_objective(objective: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(objective)`` when ``enabled`` (the compiled module shares the objective's parameters)."""
+    return torch.compile(objective) if enabled else objective
+
+
+def train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    labels: Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    parts: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step (autocast forward, scaled backward, step); returns ``(loss, scores)``."""
+    with autocast_context(device, dtype):
+        loss, scores = objective(images, labels, parts)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, scores
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: ImageSplit,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    recon_weight: float = 0.0005,
+    task: str = "classify",
+) -> dict[str, float]:
+    """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation; MultiMNIST: a
+    fixed draw of pairs, accuracy as the task's ``hits``)."""
+    device = torch.device(device)
+    objective = Objective(unwrap(model), recon_weight, task)
+    task_ = objective.task
+    was_training = objective.training
+    objective.eval()
+    dtype = autocast_dtype(device, amp)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels, parts in task_.batches(split, batch_size, device, train=False):
+        with autocast_context(device, dtype):
+            loss, scores = objective(images, labels, parts)
+        loss_sum += loss.double() * labels.shape[0]
+        correct += task_.hits(scores, labels).sum()
+        seen += labels.shape[0]
+    objective.train(was_training)
+    n = max(seen, 1)
+    return {"accuracy": correct.item() / n, "loss": loss_sum.item() / n}
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owned: bool = False  # True when fit() created the process group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_spec: str) -> _Dist:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    owned = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owned = True
+    return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
+
+
+def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> tuple[Path, bool]:
+    """Check the output folder (the caller holds its lock). Returns the folder to write into (``out``, or for
+    ``force`` a fresh sibling that replaces ``out`` only once the new run is whole) and whether a checkpoint is there
+    to resume from."""
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a folder")
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and (resume or force) and not is_capsprobe_folder(out, "run"):
+        raise RunExistsError(f"{out} is not a capsprobe run directory (not written by capsprobe); refusing to write "
+                             f"into it or replace it, even with {option('force')}")
+    if occupied and resume:
+        if (out / CONFIG).is_file():
+            stored, _ = read_config(out)
+            diff = {
+                k
+                for k, v in config.to_dict().items()
+                if k not in _RESUMABLE_CHANGES and stored.to_dict().get(k) != v
+            }
+            if diff:
+                raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
+        return out, (out / CHECKPOINT).is_file()
+    if occupied and not force:
+        raise RunExistsError(f"{out} already exists and is not empty; set {option('resume')} to continue it or "
+                             f"{option('force')} to replace it")
+    work = out.parent / f".{out.name}.new" if occupied else out
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, False
+
+
+def fit(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Train ``config`` into the run directory ``out`` and return its path.
+
+    Args:
+        config: what to train.
+        out: run directory; must be absent or empty unless ``resume`` or ``force``.
+        resume: continue from the last complete epoch saved in ``out/checkpoint`` (fresh start when there is
+            none yet); the stored config must match except for ``epochs`` and the device.
+        force: replace a finished or partial run in ``out``.
+        progress: show a progress bar (rank 0).
+        on_batch: called as ``on_batch(epoch, batch_index)`` after every optimiser step.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        RunExistsError: ``out`` holds a run and neither ``resume`` nor ``force`` is set.
+        NonFiniteLossError: the loss became NaN or infinite; the last good checkpoint is kept.
+        RunError, UnknownModelError, UnknownDatasetError, DatasetUnavailableError: bad input.
+    """
+    ctx = _init_distributed(config.device)
+    try:
+        with ExitStack() as stack:
+            return _fit(config, Path(out), resume, force, progress, on_batch, ctx, stack)
+    finally:
+        if ctx.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _broadcast_error(ctx: _Dist, error: BaseException | None) -> None:
+    """Raise on every rank when rank 0 failed a check (so no rank waits forever)."""
+    if ctx.world_size == 1:
+        if error is not None:
+            raise error
+        return
+    message = [f"{type(error).__name__}: {error}" if error is not None else None]
+    dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise RunError(f"rank 0 stopped: {message[0]}")
+
+
+def _fit(
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    on_batch: Callable[[int, int], None] | None,
+    ctx: _Dist,
+    stack: ExitStack,
+) -> Path:
+
+    device = resolve_device(config.device, ctx.local_rank)
+    dtype = autocast_dtype(device, config.amp)
+    spec = get_spec(config.dataset)
+    task = get_task(config.task)
+    size = task.input_size(spec.img_size)
+    input_spec = {"in_chans": spec.in_chans, "img_size": size, "num_classes": spec.num_classes}
+    torch.manual_seed(config.seed)
+    model = build_model(config, input_spec).to(device)  # an unknown model fails here, before any data is read
+    splits = load_dataset(
+        config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0, limit=config.limit
+    )
+    # only now, with model and data known to be fine, is the output folder locked and checked (rank 0 writes)
+    has_checkpoint, work = False, out
+    error: BaseException | None = None
+    if ctx.main:
+        try:
+            stack.enter_context(folder_lock(out))
+            work, has_checkpoint = _prepare_run_dir(config, out, resume, force)
+        except CapsprobeError as exc:
+            error = exc
+    _broadcast_error(ctx, error)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, history = 0, []
+    if resume and ctx.world_size > 1:
+        has_checkpoint = bool(_broadcast_value(ctx, has_checkpoint))
+    if has_checkpoint:
+        ckpt = load_checkpoint(out)
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        start_epoch, history = ckpt.epoch, ckpt.history
+        reached = _reached(config, history)
+        if start_epoch > config.epochs and not reached:
+            raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
+                           f"{option('epochs')} to at least {start_epoch}")
+        # rank 0 judges completeness before anyone writes, and every rank follows its verdict
+        done = ctx.main and (start_epoch == config.epochs or reached) and completion_problem(out, config) is None
+        if ctx.world_size > 1:
+            done = bool(_broadcast_value(ctx, done))
+        if done:
+            _log.info("%s is already complete (%d epochs)", out, start_epoch)
+            return out
+        _log.info("resuming %s after epoch %d", out, start_epoch)
+    if ctx.main:
+        # from here until the completion record is written again, the run is (and says it is) incomplete
+        (work / COMPLETE).unlink(missing_ok=True)
+        write_marker(work, "run")
+        atomic_write_text(
+            work / CONFIG,
+            _json({"config": config.to_dict(), "input": input_spec, "seed": config.seed, "versions": library_versions(),
+                   "world_size": ctx.world_size}),
+        )
+
+    objective: nn.Module = compile_objective(
+        Objective(model, config.recon_weight, config.task, channels_last=config.channels_last), config.compile
+    )
+    if ctx.world_size > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    per_rank = math.ceil(len(splits.train) / ctx.world_size)
+    num_batches = math.ceil(per_rank / config.batch_size)
+
+    for epoch in range(start_epoch, config.epochs):
+        if _reached(config, history):  # matched training: stop at the first epoch that reaches the target
+            break
+        torch.manual_seed(epoch_seed(config.seed, epoch, ctx.rank))
+        lr = config.lr * config.lr_decay**epoch
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        objective.train()
+        stats = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, images, non-finite
+        bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.main),
+                   leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        batches = task.batches(splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
+                               max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size)
+        for i, (images, labels, parts) in enumerate(batches):
+            loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype, parts)
+            batch = labels.shape[0]
+            stats[0] += loss.detach().double() * batch
+            stats[1] += task.hits(scores.detach(), labels).sum()
+            stats[2] += batch
+            stats[3] += (~torch.isfinite(loss.detach())).double()
+            if on_batch is not None:
+                on_batch(epoch, i)
+            if i % 10 == 0 or i == num_batches - 1:
+                s = stats.tolist()  # one host sync every 10 steps
+                _check_finite(s[3], epoch, i, out)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}", img_s=f"{s[2] * ctx.world_size / elapsed:.0f}")
+            bar.update(1)
+        bar.close()
+        if ctx.world_size > 1:
+            dist.all_reduce(stats)
+        seconds = time.perf_counter() - start
+        loss_sum, correct, seen, bad = stats.tolist()
+        _check_finite(bad, epoch, num_batches - 1, out)
+        val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight,
+                       config.task)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+        history.append(row)
+        _log.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  %.0f img/s",
+            epoch + 1, config.epochs, row["train_loss"], row["train_accuracy"], row["val_accuracy"], row["images_per_s"],
+        )
+        if ctx.main:
+            _check_weights(model, epoch, work)  # a diverged step never reaches a checkpoint
+            save_checkpoint(work, model, optimizer, epoch + 1, history)
+            write_history(work / HISTORY, history)
+
+    test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight,
+                    config.task)
+    trained = len(history)
+    reached = _reached(config, history)
+    if ctx.main:
+        _check_weights(model, trained - 1, work)
+        # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
+        save_weights(model, work / WEIGHTS)
+        write_history(work / HISTORY, history)
+        metrics = {
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "val_accuracy": history[-1]["val_accuracy"] if history else None,
+            "epochs": trained,
+            "max_epochs": config.epochs,
+            "target_accuracy": config.target_accuracy,
+            "reached_target": reached if config.target_accuracy is not None else None,
+            "train_seconds": sum(r["seconds"] for r in history),
+            "train_images_per_s": (sum(r["images_per_s"] * r["seconds"] for r in history) / max(sum(r["seconds"] for r in history), 1e-9)),
+            "test_images": len(splits.test),
+            "device": str(device),
+            "world_size": ctx.world_size,
+        }
+        atomic_write_text(work / METRICS, _json(metrics))
+        write_completion(work, trained, reached if config.target_accuracy is not None else None)
+        if work != out:
+            replace_dir(work, out)  # --force: the old run goes only now that the new one is whole
+        _log.info("test accuracy %.4f on %d images; run saved to %s", test["accuracy"], len(splits.test), out)
+    if ctx.world_size > 1:
+        dist.barrier()
+    return out
+
+
+def _reached(config: RunConfig, history: list[dict]) -> bool:
+    """The run has a target accuracy and its last validated epoch reached it."""
+    return (config.target_accuracy is not None and bool(history)
+            and float(history[-1]["val_accuracy"]) >= config.target_accuracy)
+
+
+def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteLossError(
+            f"weights are not finite after epoch {epoch + 1} (the last step diverged); nothing of it was saved: the "
+            f"last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
+        )
+
+
+def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite loss in epoch {epoch + 1} (by batch {batch + 1}); training stopped and nothing was "
+            f"saved after epoch {epoch}: the last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
+        )
+
+
+def _broadcast_value(ctx: _Dist, value: Any) -> Any:
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    """``config`` with the non-None ``changes`` applied."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,457 @@
+"""The run directory: configuration, weights, history and checkpoints, written atomically.
+
+A run directory holds::
+
+    config.json          {"config": RunConfig, "input": {in_chans, img_size, num_classes}, "versions": {...}}
+    model.safetensors    final weights (safetensors: nothing is ever unpickled)
+    history.csv          one row per finished epoch
+    metrics.json         final validation and test figures
+    checkpoint/state.safetensors   weights + optimiser state + epoch + history, for ``--resume``
+
+Every file is written to a temporary name in the same folder and renamed over the target, so an
+interrupted command never leaves a half-written file: a reader sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import kornia
+import numpy
+import timm
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .._version import __version__
+from ..errors import CapsprobeError, InvalidInputError, option
+from ..models import check_model_kwargs, create_model, unwrap
+from ..runtime import MARKER, atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "COMPLETE",
+    "MARKER",
+    "Checkpoint",
+    "ConfigError",
+    "Run",
+    "RunConfig",
+    "RunError",
+    "library_versions",
+    "check_plain_name",
+    "completion_problem",
+    "load_checkpoint",
+    "load_run",
+    "read_config",
+    "run_name",
+    "read_metrics",
+    "save_checkpoint",
+    "save_weights",
+    "write_completion",
+    "write_history",
+]
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+CHECKPOINT = Path("checkpoint") / "state.safetensors"
+COMPLETE = "complete.json"  # written last: the run is whole
+
+
+class RunError(CapsprobeError):
+    """A run directory that is missing, incomplete or unreadable."""
+
+
+class ConfigError(InvalidInputError):
+    """A configuration value of the wrong type or out of range; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field} {message}")
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_plain_name(name: Any, what: str) -> str:
+    """``name`` when it is a plain file name (letters, digits, ``_ . + -``; no separator, no ``..``), else
+    :class:`ConfigError` naming ``what``."""
+    if not isinstance(name, str) or not _PLAIN.fullmatch(name) or ".." in name:
+        raise ConfigError(what, f"must be a plain name (letters, digits, _ . + -; no / or ..), got {name!r}")
+    return name
+
+
+def _check_number(name: str, value: Any, kind: type, low: float | None = None, *, above: bool = False,
+                  below: float | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok_type = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+    if not ok_type:
+        raise ConfigError(name, f"must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(name, f"must be finite, got {value!r}")
+    if low is not None and (value <= low if above else value < low):
+        raise ConfigError(name, f"must be {'>' if above else '>='} {low:g}, got {value!r}")
+    if below is not None and value >= below:
+        raise ConfigError(name, f"must be < {below:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (frozen; stored in ``config.json``)."""
+
+    model: str = "capsnet"  # capsnet, capsnet_small, baseline_cnn or any timm convnet
+    dataset: str = "mnist-sample"  # see `capsprobe list`
+    epochs: int = 10  # with target_accuracy: the most epochs
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam, as in the paper's official code
+    lr_decay: float = 0.96  # exponential decay of the learning rate per epoch
+    weight_decay: float = 0.0
+    seed: int = 0  # weights, data order, augmentation and dropout
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:1, ...
+    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 + loss scaling); off on CPU
+    max_shift: int = 2  # the paper's augmentation: random integer shift up to this many px (0 = off)
+    recon_weight: float = 0.0005  # CapsNet: weight of the reconstruction loss (sum of squared errors)
+    val_fraction: float = 0.1  # held out from the training data for validation
+    limit: int | None = None  # keep at most this many images per split (quick runs, tests)
+    data_root: str | None = None  # torchvision data folder; None = capsprobe's cache folder
+    download: bool = True  # let torchvision download a missing data set
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
+    task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
+    target_accuracy: float | None = None  # stop after the first epoch whose validation accuracy reaches this
+    channels_last: bool = False  # NHWC weights and inputs for the convolutions (faster on CUDA tensor cores)
+    compile: bool = False  # torch.compile the training objective (model and loss); minutes of compilation first
+    label: str | None = None  # the variant's name in run folders and tables (an ablation's "no-routing"); None: model
+
+    @property
+    def variant(self) -> str:
+        """What tables call this run's model: its ``label``, else the model name."""
+        return self.label or self.model
+
+    def __post_init__(self):
+        """Every field checked for type and range (a config is data: from the CLI, an experiment file or a run's
+        config.json); model options pass the model family's allowlist."""
+
+        check_plain_name(self.model, "model")
+        if self.label is not None:
+            check_plain_name(self.label, "label")
+        for name in ("dataset", "task", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        for name in ("amp", "download", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _check_number("epochs", self.epochs, int, 1)
+        _check_number("batch_size", self.batch_size, int, 1)
+        _check_number("seed", self.seed, int)
+        _check_number("max_shift", self.max_shift, int, 0)
+        _check_number("limit", self.limit, int, 1, optional=True)
+        _check_number("lr", self.lr, float, 0, above=True)
+        _check_number("lr_decay", self.lr_decay, float, 0, above=True)
+        _check_number("weight_decay", self.weight_decay, float, 0)
+        _check_number("recon_weight", self.recon_weight, float, 0)
+        _check_number("val_fraction", self.val_fraction, float, 0, above=True, below=1)
+        _check_number("target_accuracy", self.target_accuracy, float, 0, above=True, optional=True)
+        if self.target_accuracy is not None and self.target_accuracy > 1:
+            raise ConfigError("target_accuracy", f"must be at most 1 (a fraction), got {self.target_accuracy!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError("data_root", f"must be a path, got {self.data_root!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError("model_kwargs", f"must be a table of options, got {self.model_kwargs!r}")
+        check_model_kwargs(self.model, self.model_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunError(f"config has unknown keys {unknown}")
+        return cls(**data)
+
+
+def run_name(model: str, seed: int, dataset: str | None = None) -> str:
+    """The one way runs are named: ``<model>[-<dataset>]-seed<N>`` (experiments leave the data set out: their folder
+    names it)."""
+    return f"{model}-" + (f"{dataset}-" if dataset else "") + f"seed{int(seed)}"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape a result."""
+
+
+    return {
+        "capsprobe": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "kornia": kornia.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+# --- weights and history --------------------------------------------------------------------------------------
+
+
+def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, seen = {}, set()
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()  # safetensors refuses tensors that share memory (tied weights)
+        seen.add(ptr)
+        out[key] = t
+    return out
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """Save the model's state dict (unwrapped from DDP) as safetensors, atomically."""
+    return atomic_write_bytes(path, st_save(_tensors_for_saving(unwrap(model).state_dict())))
+
+
+def write_history(path: str | Path, history: list[dict[str, Any]]) -> Path:
+    """Write one CSV row per epoch, atomically."""
+    buf = io.StringIO()
+    if history:
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    return atomic_write_text(path, buf.getvalue())
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint restores: finished epochs, their history, and the state dicts."""
+
+    epoch: int
+    history: list[dict[str, Any]]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights, optimiser state, epoch and history as one safetensors file (one atomic rename).
+
+    Keeping all of it in one file means a kill at any moment leaves either the previous checkpoint or
+    this one, never weights of one epoch beside the history of another.
+    """
+    tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    metadata = {
+        "epoch": str(epoch),
+        "history": json.dumps(history),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+        "extra": json.dumps(extra or {}),
+    }
+    return atomic_write_bytes(Path(run_dir) / CHECKPOINT, st_save(_tensors_for_saving(tensors), metadata=metadata))
+
+
+def load_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """Read ``checkpoint/state.safetensors`` of a run directory."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"no checkpoint to resume from: {path} is missing")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then JSON header
+        meta = json.loads(data[8 : 8 + header_len])["__metadata__"]
+    except Exception as exc:  # noqa: BLE001 - any parse failure is an unreadable checkpoint
+        raise RunError(f"checkpoint {path} is unreadable: {exc}") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in json.loads(meta["optim_scalars"]).items():
+        state.setdefault(int(idx), {}).update(values)
+    return Checkpoint(
+        epoch=int(meta["epoch"]),
+        history=json.loads(meta["history"]),
+        model_state=model_state,
+        optimizer_state={"state": state, "param_groups": json.loads(meta["param_groups"])},
+        extra=json.loads(meta["extra"]),
+    )
+
+
+# --- reading a run --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A loaded run: the model in eval mode, its config and what training recorded."""
+
+    path: Path
+    model: nn.Module
+    config: RunConfig
+    input: dict[str, Any]
+    history: list[dict[str, str]]
+    metrics: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RunError(f"{path} is missing: is {path.parent} a capsprobe run directory?")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is unreadable: {exc}") from None
+
+
+def read_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The run's :class:`RunConfig` and its input description ``{in_chans, img_size, num_classes}``.
+
+    Raises:
+        RunError: the file is missing or malformed, or a value is of the wrong type or out of range (the message
+            names the file and the field).
+    """
+    path = Path(run_dir) / CONFIG
+    data = _read_json(path)
+    try:
+        config, input_spec = RunConfig.from_dict(data["config"]), dict(data["input"])
+    except InvalidInputError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{path} is malformed: {exc}") from None
+    for key in ("in_chans", "img_size", "num_classes"):
+        value = input_spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RunError(f"{path}: input {key} must be a positive integer, got {value!r}")
+    return config, input_spec
+
+
+def build_model(config: RunConfig, input_spec: dict[str, Any]) -> nn.Module:
+    """The randomly initialised model a run trains."""
+    return create_model(
+        config.model,
+        in_chans=input_spec["in_chans"],
+        num_classes=input_spec["num_classes"],
+        img_size=input_spec["img_size"],
+        **config.model_kwargs,
+    )
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` (test accuracy, throughput...)."""
+    return _read_json(Path(run_dir) / METRICS)
+
+
+def write_completion(run_dir: str | Path, epochs: int, reached: bool | None = None) -> Path:
+    """Write ``complete.json`` last: the epochs trained, the SHA-256 of the weights it vouches for, and for a run
+    with a target accuracy whether it reached it."""
+    path = Path(run_dir)
+    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
+    record = {"epochs": int(epochs), "weights_sha256": digest}
+    if reached is not None:
+        record["reached_target"] = bool(reached)
+    return atomic_write_text(path / COMPLETE, json.dumps(record) + "\n")
+
+
+def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | None = None) -> str | None:
+    """Why the run in ``run_dir`` is not complete and consistent, or None when it is.
+
+    Complete means: the completion record exists, its epochs are the config's (with a target accuracy: the epoch
+    that reached it, or the most epochs), ``model.safetensors`` is the file it vouches for, ``metrics.json`` exists
+    and ``history.csv`` has one row per epoch.
+    """
+    path = Path(run_dir)
+    if not (path / COMPLETE).is_file():
+        return "its completion record is missing"
+    try:
+        record = json.loads((path / COMPLETE).read_text())
+        epochs, digest = int(record["epochs"]), str(record["weights_sha256"])
+        reached = bool(record.get("reached_target", False))
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE} is unreadable"
+    stopped_early = config.target_accuracy is not None and reached and epochs <= config.epochs
+    if epochs != config.epochs and not stopped_early:
+        return f"trained {epochs} of {config.epochs} epochs"
+    if weights is None:
+        if not (path / WEIGHTS).is_file():
+            return f"{WEIGHTS} is missing"
+        weights = (path / WEIGHTS).read_bytes()
+    if hashlib.sha256(weights).hexdigest() != digest:
+        return f"{WEIGHTS} does not match its completion record"
+    if not (path / METRICS).is_file():
+        return f"{METRICS} is missing"
+    rows = 0
+    if (path / HISTORY).is_file():
+        with open(path / HISTORY, newline="") as fh:
+            rows = len(list(csv.DictReader(fh)))
+    if rows != epochs:
+        return f"{HISTORY} has {rows} rows for {epochs} epochs"
+    return None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild a trained model from its run directory alone (config.json + model.safetensors).
+
+    Only a run committed as a whole is loaded: see :func:`completion_problem`.
+
+    Raises:
+        RunError: the folder is missing a file, a file is unreadable, or the run is incomplete or its parts
+            disagree (the message says which, and how to finish it).
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunError(f"run directory {path} does not exist")
+    config, input_spec = read_config(path)
+    weights = path / WEIGHTS
+    data = weights.read_bytes() if weights.is_file() else None
+    problem = completion_problem(path, config, data)
+    if problem is not None:
+        raise RunError(f"{path} is incomplete ({problem}): finish it with {option('resume')} (it rebuilds what is "
+                       f"missing from the checkpoint), or start over with {option('force')}")
+    try:
+        state = st_load(data)
+    except Exception as exc:  # noqa: BLE001
+        raise RunError(f"{weights} is unreadable: {exc}") from None
+    model = build_model(config, input_spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunError(f"{weights} does not fit model {config.model}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    history: list[dict[str, str]] = []
+    if (path / HISTORY).is_file():
+        with open(path / HISTORY, newline="") as fh:
+            history = list(csv.DictReader(fh))
+    metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
+    return Run(path=path, model=model, config=config, input=input_spec, history=history, metrics=metrics)

@@ -1,0 +1,63 @@
+"""The transformation suite: kornia-backed image operations (:mod:`.functional`) and the registry (:mod:`.suite`)."""
+
+from __future__ import annotations
+
+from .functional import (  # noqa: F401
+    AFFNIST,
+    FLIPS,
+    SWAPS,
+    Seed,
+    Transformed,
+    affine,
+    affnist,
+    affnist_warp,
+    apply_matrix,
+    flip,
+    jigsaw,
+    rotate,
+    scale,
+    shear,
+    swap,
+    translate,
+)
+from .suite import (  # noqa: F401
+    SUITE,
+    TRANSFORMS,
+    Transform,
+    UnknownTransformError,
+    get_transform,
+    magnitude_label,
+    magnitude_value,
+    parse_magnitude,
+    parse_magnitude_specs,
+    resolve,
+)
+
+__all__ = [
+    "AFFNIST",
+    "FLIPS",
+    "SUITE",
+    "SWAPS",
+    "Seed",
+    "TRANSFORMS",
+    "Transform",
+    "Transformed",
+    "UnknownTransformError",
+    "affine",
+    "affnist",
+    "affnist_warp",
+    "apply_matrix",
+    "flip",
+    "get_transform",
+    "jigsaw",
+    "magnitude_label",
+    "magnitude_value",
+    "parse_magnitude",
+    "parse_magnitude_specs",
+    "resolve",
+    "rotate",
+    "scale",
+    "shear",
+    "swap",
+    "translate",
+]

@@ -1,0 +1,136 @@
+"""The package's shape: no import cycle, the layer contracts of pyproject.toml kept, a light package face, the old
+import paths aliased for one release, and a repository that does not grow by megabytes per report."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import grimp
+import pytest
+
+import capsprobe
+from capsprobe._compat import MOVED_MODULES
+
+ROOT = Path(capsprobe.__file__).resolve().parent.parent
+
+
+def _graph():
+    return grimp.build_graph("capsprobe", include_external_packages=False, cache_dir=None)
+
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), over every import, local ones included."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(graph.modules):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    assert _cycles(graph) == []
+    # the finder finds one when there is one
+    graph.add_import(importer="capsprobe.errors", imported="capsprobe.cli")
+    assert any("capsprobe.errors" in c and "capsprobe.cli" in c for c in _cycles(graph))
+
+
+def test_the_layer_contracts_are_kept():
+    """import-linter reads the contracts of pyproject.toml; an arrow back up the pipeline breaks one."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "0 broken" in done.stdout
+
+
+def test_importing_the_package_face_stays_light():
+    """``import capsprobe`` registers the timm models (torch and timm load) but not matplotlib, seaborn, sklearn,
+    kornia or pandas; ``capsprobe.errors`` loads no torch when imported from a fresh interpreter."""
+    code = ("import sys, capsprobe, timm; timm.create_model('capsnet_small', conv_channels=8, primary_types=2); "
+            "print(sorted(m for m in ('matplotlib', 'seaborn', 'sklearn', 'kornia', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_MODULES))
+def test_old_import_paths_warn_and_are_the_new_modules(old):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(MOVED_MODULES[old])
+    assert any(issubclass(w.category, DeprecationWarning) and MOVED_MODULES[old] in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("module, name", [("capsprobe.probe", "perturb"), ("capsprobe.report", "write_report"),
+                                          ("capsprobe.report", "recompare"), ("capsprobe.experiment", "run_demo"),
+                                          ("capsprobe.experiment", "run_experiment")])
+def test_names_that_moved_to_the_pipeline_still_resolve(module, name):
+    import capsprobe.pipeline
+
+    with pytest.warns(DeprecationWarning, match=f"capsprobe.pipeline.{name}"):
+        got = getattr(importlib.import_module(module), name)
+    assert got is getattr(capsprobe.pipeline, name)
+
+
+def test_the_public_api_resolves():
+    import capsprobe.pipeline
+
+    for name in capsprobe.__all__:
+        assert getattr(capsprobe, name) is not None, name
+    assert capsprobe.write_report is capsprobe.pipeline.write_report
+
+
+# --- repository weight ------------------------------------------------------------------------------------------
+
+MAX_REPORTS = 20 * 2**20
+MAX_FILE = 2 * 2**20
+
+
+def _tracked() -> list[Path]:
+    done = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [ROOT / p for p in done.stdout.split("\0") if p and (ROOT / p).is_file()]
+
+
+def test_the_repository_stays_small():
+    """What a reader needs is committed (report.md, figures, CSV tables, manifest, the slim per-image table);
+    report.html is rebuilt by ``capsprobe report`` and is not tracked."""
+    files = _tracked()
+    big = [(str(p.relative_to(ROOT)), p.stat().st_size) for p in files if p.stat().st_size > MAX_FILE]
+    assert big == []
+    reports = sum(p.stat().st_size for p in files if p.relative_to(ROOT).parts[0] == "reports")
+    assert reports <= MAX_REPORTS, f"reports/ holds {reports / 2**20:.1f} MB of tracked files"
+    assert not [p for p in files if p.name == "report.html"]
