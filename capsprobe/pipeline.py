@@ -29,7 +29,7 @@ from .report import (
 )
 from .report import render as _render
 from .runtime import resolve_device
-from .tasks import UnknownTaskError, get_task
+from .tasks import ProbeOptions, UnknownTaskError, get_task
 from .training import RunConfig, fit
 from .training.runs import RunError, library_versions, load_run, run_name
 from .transforms import parse_magnitude_specs, resolve
@@ -105,8 +105,9 @@ def perturb(
         raise InvalidInputError(f"split must be test or val, got {split!r}")
     splits = load_dataset(dataset, data_root, download, limit=limit)
     images = splits.test if split == "test" else splits.val
-    result = task.evaluate(runs, images, chosen, mags, batch_size=batch_size, device=device, seed=seed,
-                           n_boot=n_boot, progress=progress, reference=reference, **({"lie": True} if lie else {}))
+    options = ProbeOptions(batch_size=batch_size, device=device, seed=seed, n_boot=n_boot, progress=progress,
+                           reference=reference, lie=lie)
+    result = task.evaluate(runs, images, chosen, mags, options)
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
                        "device": str(resolve_device(device)), "versions": library_versions()}

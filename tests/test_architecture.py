@@ -134,3 +134,52 @@ def test_the_repository_stays_small():
     reports = sum(p.stat().st_size for p in files if p.relative_to(ROOT).parts[0] == "reports")
     assert reports <= MAX_REPORTS, f"reports/ holds {reports / 2**20:.1f} MB of tracked files"
     assert not [p for p in files if p.name == "report.html"]
+
+
+def test_image_grids_are_stored_in_8_bits_and_read_back(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from capsprobe.probe import METRIC_COLUMNS, ProbeResult, grid_array
+    from capsprobe.report import read_probe_outputs, write_probe_outputs
+
+    rng = np.random.default_rng(0)
+    pixels = rng.random((2, 3, 1, 4, 4)).astype(np.float32)
+    pixels[0, 0, 0, 0, 0], pixels[0, 0, 0, 0, 1] = 1.0, 0.0  # a lit pixel and a dark one survive exactly
+    result = ProbeResult(metrics=pd.DataFrame(columns=METRIC_COLUMNS), images=pd.DataFrame(),
+                         arrays={"grid": grid_array(pixels, ["a", "b"])})
+    out = write_probe_outputs(result, tmp_path / "rep")
+    with np.load(out / "arrays" / "grid.npz", allow_pickle=False) as stored:
+        assert stored["images"].dtype == np.uint8
+    back = read_probe_outputs(out).arrays["grid"]["images"]
+    assert back.dtype == np.float32 and np.abs(back - pixels).max() <= 0.5 / 255 + 1e-7
+    assert back[0, 0, 0, 0, 0] == 1.0 and back[0, 0, 0, 0, 1] == 0.0
+
+
+@pytest.mark.slow
+def test_a_committed_report_rebuilds_from_its_tracked_files(tmp_path):
+    """The tracked files of reports/demo (no report.html, no results.parquet) render the committed report.md again;
+    recomputing the comparisons, which needs the per-image table, says so in one line."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    src = ROOT / "reports" / "demo"
+    files = [p for p in _tracked() if src in p.parents]
+    if not files:
+        pytest.skip("reports/demo is not tracked here")
+    dst = tmp_path / "demo"
+    for p in files:
+        (dst / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dst / p.relative_to(src))
+    shutil.rmtree(dst / "figures")
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", str(dst)])
+    assert done.exit_code == 0, done.output
+    assert (dst / "report.md").read_text() == (src / "report.md").read_text()
+    assert sorted(p.name for p in (dst / "figures").iterdir()) == sorted(p.name for p in (src / "figures").iterdir())
+    again = runner.invoke(app, ["report", "--recompare", str(dst)])
+    assert again.exit_code == 1 and "results.parquet is missing" in again.output
+    assert len(again.output.strip().splitlines()) == 1

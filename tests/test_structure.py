@@ -17,6 +17,7 @@ from capsprobe.data import load_dataset
 from capsprobe.errors import CapsprobeError, InvalidInputError
 from capsprobe.models import ModelAdapter, adapt
 from capsprobe.probe import Subject, run_probe
+from capsprobe.probe.lie import layer_taps
 from capsprobe.runtime import atomic_dir, epoch_seed, image_seeds
 from capsprobe.tasks import TASKS, UnknownTaskError, get_task
 
@@ -121,10 +122,16 @@ def test_capabilities_are_asked_of_the_model():
     assert (caps.has_poses, caps.can_decode) == (True, True)
     assert (conv.has_poses, conv.can_decode) == (False, False)
     assert (nodec.has_poses, nodec.can_decode) == (True, False)
-    # no layer above the models checks a model's type or name, or branches on a task name
-    for name in ("probe.py", "train.py", "report.py", "experiment.py", "bench.py"):
-        text = (PACKAGE / name).read_text()
-        assert not re.search(r"isinstance\([^)]*CapsNet|startswith\(\"capsnet|is_capsnet|task ==", text), name
+    # no layer above the models checks a model's type or name, or branches on a task name (the Lie probe reads a
+    # model's probe_taps / feature_info); the guard looks at every module of those layers
+    above = [p for d in ("probe", "report", "tasks", "training", "metrics", "transforms") for p in (PACKAGE / d).glob("*.py")]
+    above += [PACKAGE / n for n in ("pipeline.py", "experiment.py", "bench.py", "cli.py")]
+    assert len(above) > 25
+    for path in above:
+        text = path.read_text()
+        assert not re.search(r"isinstance\([^)]*CapsNet|startswith\(\"capsnet|is_capsnet|task ==|import CapsNet", text), path
+    assert [name for name, _, _ in layer_taps(caps.model)] == ["conv1", "primary", "digits"]
+    assert [e["module"] for e in caps.model.feature_info] == ["conv1", "primary", "digits"]
 
 
 def test_a_registered_metric_is_computed_by_the_probe(split, monkeypatch):

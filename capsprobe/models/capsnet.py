@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -302,6 +302,13 @@ class CapsNet(nn.Module):
         )
         # timm attributes
         self.num_features = self.head_hidden_size = num_classes * capsule_dim
+        # timm's feature_info: the layers a per-layer probe reads (conv1 after its ReLU, the primary capsules, the
+        # class capsules); probe_taps says how each is read
+        self.feature_info = [
+            {"num_chs": conv_channels, "reduction": 1, "module": "conv1"},
+            {"num_chs": primary_types * primary_dim, "reduction": primary_stride, "module": "primary"},
+            {"num_chs": num_classes * capsule_dim, "reduction": primary_stride, "module": "digits"},
+        ]
 
     has_poses = True  # the probe's capability flags (capsprobe.models.adapter)
 
@@ -317,6 +324,20 @@ class CapsNet(nn.Module):
     def can_decode(self) -> bool:
         """True when the model has its reconstruction decoder."""
         return self.decoder is not None
+
+    def probe_taps(self) -> list[tuple[str, nn.Module, Callable[[Tensor, tuple, nn.Module], dict[str, Tensor]]]]:
+        """The per-layer probe's taps, ``(name, module, tap)`` for a forward hook, for each ``feature_info`` entry:
+        ``conv1`` after its ReLU, ``primary`` (the primary capsules), and from the class-capsule layer's input
+        ``votes`` (``u_hat``) and ``routing 1`` ... ``routing n`` (the class capsules after each iteration,
+        :meth:`DigitCaps.iterates`)."""
+
+        def routing(out, inputs, module):
+            votes, iterates = module.iterates(inputs[0])
+            return {"votes": votes, **{f"routing {i + 1}": v for i, v in enumerate(iterates)}}
+
+        return [("conv1", self.conv1, lambda out, inputs, module: {"conv1": torch.relu(out)}),
+                ("primary", self.primary, lambda out, inputs, module: {"primary": out}),
+                ("digits", self.digits, routing)]
 
     def probe_outputs(self, x: Tensor) -> "ModelOutputs":
         """What the probe asks of a model: lengths as scores, flattened poses as representation, the poses."""

@@ -66,8 +66,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_SHOWCASE = {"rotate": "45", "flip": "horizontal", "translate": "4", "scale": "0.75", "shear": "0.4",
-             "affine": "1", "jigsaw": "4", "swap": "top-bottom", "affnist": "warp"}
 
 
 class _Timer:
@@ -395,7 +393,7 @@ def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Seque
     conditions = []
     for t in chosen:
         labels = {magnitude_label(m): m for m in grid[t.name] if m != t.identity}
-        wanted = _SHOWCASE.get(t.name)
+        wanted = magnitude_label(t.showcase) if t.showcase is not None else None
         pick = labels.get(wanted) if wanted in labels else (list(labels.values())[-1] if labels else None)
         if pick is not None:
             conditions.append((t, pick))

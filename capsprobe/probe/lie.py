@@ -35,7 +35,6 @@ from .. import metrics as M
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..models.adapter import Adapter, unwrap
-from ..models.capsnet import CapsNet
 from ..transforms import get_transform
 
 __all__ = [
@@ -161,21 +160,14 @@ Tap = Callable[[Tensor, tuple, Any], dict[str, Tensor]]  # (module output, modul
 def layer_taps(model: nn.Module) -> list[tuple[str, nn.Module, Tap]]:
     """The layers a per-layer profile reads, in depth order, as ``(name, module, tap)`` for a forward hook.
 
-    CapsNet: ``conv1`` (after its ReLU), ``primary`` (the primary capsules), ``votes`` (``u_hat``) and ``routing 1``
-    ... ``routing n`` (the class capsules after each iteration), the last two read from the class-capsule layer's
-    input by :meth:`~capsprobe.models.capsnet.DigitCaps.iterates`. Convnets: the modules of timm's
-    ``feature_info`` (stem and each stage; the paper CNN's convolution stages). Others: none (the probe's
-    representation alone)."""
+    A model that publishes ``probe_taps()`` (CapsNet: ``conv1`` after its ReLU, the primary capsules, the votes and
+    the class capsules after each routing iteration) is read through it. Otherwise the modules of timm's
+    ``feature_info`` (stem and each stage; the paper CNN's convolution stages), each output as it is. Others: none
+    (the probe's representation alone)."""
     m = unwrap(model)
-
-    if isinstance(m, CapsNet):
-        def routing(out, inputs, module):
-            votes, iterates = module.iterates(inputs[0])
-            return {"votes": votes, **{f"routing {i + 1}": v for i, v in enumerate(iterates)}}
-
-        return [("conv1", m.conv1, lambda out, inputs, module: {"conv1": torch.relu(out)}),
-                ("primary", m.primary, lambda out, inputs, module: {"primary": out}),
-                ("digits", m.digits, routing)]
+    own = getattr(m, "probe_taps", None)
+    if callable(own):
+        return list(own())
     info = getattr(m, "feature_info", None)
     entries = info if isinstance(info, list) else getattr(info, "info", None)
     taps = []

@@ -23,7 +23,6 @@ from ..probe.schema import (
 from ..runtime import atomic_dir, folder_lock, is_capsprobe_folder, write_marker
 
 __all__ = [
-    "slim_images",
     "ReportData",
     "ReportError",
     "ReportExistsError",
@@ -68,7 +67,7 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
     with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
         write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
-        slim_images(images).to_parquet(tmp / RESULTS, index=False, compression="zstd", compression_level=9)
+        images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
         result.metrics.to_csv(tmp / SUMMARY, index=False)
         for name, table in result.tables.items():
             table.to_csv(tmp / f"{name}.csv", index=False)
@@ -79,36 +78,6 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
         manifest = {"task": "classify", **result.manifest, "timing": result.timing}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return out
-
-
-# the per-image table on disk: labels and predictions in 16 bits, scores and pixel changes in float32 (the summary's
-# metrics were computed before, in float64), strings dictionary-encoded; read back as int64 / float64 / str
-_SLIM = {"seed": "int32", "image_id": "int32", "label": "int16", "prediction": "int16", "true_score": "float32",
-         "confidence": "float32", "pixel_change": "float32"}
-_STRINGS = ("model", "run", "transform", "kind", "magnitude")
-
-
-def slim_images(images: pd.DataFrame) -> pd.DataFrame:
-    """The per-image table in the dtypes ``results.parquet`` stores (a third of the bytes of the int64/float64
-    frame); :func:`read_probe_outputs` widens it back."""
-    out = images.copy()
-    for col, dtype in _SLIM.items():
-        if col in out and len(out):
-            out[col] = out[col].astype(dtype)
-    for col in _STRINGS:
-        if col in out and len(out):
-            out[col] = out[col].astype(str).astype("category")
-    return out
-
-
-def _widen(images: pd.DataFrame) -> pd.DataFrame:
-    for col in _STRINGS:
-        if col in images:
-            images[col] = images[col].astype(str)
-    for col, dtype in _SLIM.items():
-        if col in images:
-            images[col] = images[col].astype("float64" if dtype.startswith("float") else "int64")
-    return images
 
 
 def _stored(key: str, value: np.ndarray) -> np.ndarray:
@@ -173,7 +142,7 @@ def read_probe_outputs(folder: str | Path) -> ReportData:
     check(folder / SUMMARY, metrics, METRIC_COLUMNS)
     if (folder / RESULTS).is_file():
         try:
-            images = _widen(pd.read_parquet(folder / RESULTS))
+            images = pd.read_parquet(folder / RESULTS)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
             raise ReportError(f"{folder / RESULTS} is malformed: {str(exc).splitlines()[0]}") from None
         check(folder / RESULTS, images, IMAGE_COLUMNS)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..probe.schema import identity_labels
+from ..transforms import TRANSFORMS, headline_conditions
 from .folder import ReportData, ReportError
 from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct
 
@@ -23,8 +24,7 @@ __all__ = [
     "suite_section",
 ]
 
-KEY_CONDITIONS = (("rotate", "45"), ("translate", "4"), ("affine", "1"), ("swap", "top-bottom"), ("swap", "left-right"),
-                  ("jigsaw", "4"), ("affnist", "warp"))
+KEY_CONDITIONS = headline_conditions()  # the built-in suite's; the headlines ask the registry at render time
 
 
 METHODS_NOTE = (
@@ -83,7 +83,7 @@ def _difference_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     lines = []
     for (a, b), rows in acc.groupby(["model_a", "model_b"], sort=False):
         parts = []
-        for transform, magnitude in (("rotate", "0"), *KEY_CONDITIONS):
+        for transform, magnitude in (("rotate", "0"), *headline_conditions()):
             sel = rows[(rows["transform"] == transform) & (rows["magnitude"] == magnitude)]
             if sel.empty:
                 continue
@@ -324,7 +324,7 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     if sel is not None and not sel.empty:
         parts = []
         for (transform, magnitude), rows in sel.groupby(["transform", "magnitude"], sort=False):
-            if transform not in ("jigsaw", "swap"):
+            if transform not in TRANSFORMS or not TRANSFORMS[transform].scramble:
                 continue
             matched = ", ".join(dict.fromkeys(f"{r.matched_transform} {r.matched_magnitude}"
                                               for r in rows.itertuples(index=False)))

@@ -1,10 +1,15 @@
 """Tasks: what a run learns, how it is scored, and what its report folder shows (see :mod:`.base`).
 
-Importing the package registers the built-in tasks, ``classify`` and ``multimnist``."""
+Importing the package registers the built-in tasks, ``classify`` and ``multimnist``, in that order (the order
+:func:`get_task` lists them in).
+"""
+# isort: skip_file
 
-from . import multimnist  # noqa: E402  registers the multimnist task
-from .base import TASKS, Batches, Task, UnknownTaskError, get_task, register_task
-from .classify import classify_batches, classify_loss, top1_hits
+from .base import (TASKS, Batches, BatchesFn, EvaluateFn, LossFn, ProbeOptions, Task, UnknownTaskError, get_task,
+                   register_task)
+from .classify import classify_batches, classify_evaluate, classify_loss, top1_hits
+from . import multimnist  # registers the multimnist task
 
-__all__ = ["TASKS", "Batches", "Task", "UnknownTaskError", "classify_batches", "classify_loss", "get_task",
-           "multimnist", "register_task", "top1_hits"]
+__all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "ProbeOptions", "Task", "UnknownTaskError",
+           "classify_batches", "classify_evaluate", "classify_loss", "get_task", "multimnist", "register_task",
+           "top1_hits"]

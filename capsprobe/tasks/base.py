@@ -17,16 +17,20 @@ A new task is one module defining these and one :func:`register_task` call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+import torch
 from torch import Tensor
 
+from ..data import ImageSplit
 from ..errors import InvalidInputError
+from ..models import Adapter
+from ..probe import ProbeResult
+from ..report import ReportData, Section
+from ..transforms import Transform
 
-if TYPE_CHECKING:
-    from ..models import Adapter
-
-__all__ = ["TASKS", "Task", "UnknownTaskError", "get_task", "register_task"]
+__all__ = ["TASKS", "BatchesFn", "EvaluateFn", "LossFn", "ProbeOptions", "Task", "UnknownTaskError", "get_task",
+           "register_task"]
 
 Batches = Iterator[tuple[Tensor, Tensor, "Tensor | None"]]
 
@@ -36,17 +40,52 @@ class UnknownTaskError(InvalidInputError):
 
 
 @dataclass(frozen=True)
+class ProbeOptions:
+    """How ``capsprobe perturb`` evaluates, whatever the task: what a task's ``evaluate`` receives."""
+
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+    n_boot: int = 1000
+    progress: bool = True
+    reference: str | None = None  # the model the comparisons are taken against (classify)
+    lie: bool = False  # also the Lie-derivative probe (classify)
+
+
+class BatchesFn(Protocol):
+    """``(images, labels, parts)`` batches of one split, shuffled and augmented when ``train``."""
+
+    def __call__(self, split: ImageSplit, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
+                 epoch: int = 0, max_shift: int = 0, rank: int = 0, world_size: int = 1) -> Batches: ...
+
+
+class LossFn(Protocol):
+    """``(loss, scores)`` of a model on one batch."""
+
+    def __call__(self, adapter: Adapter, images: Tensor, labels: Tensor, parts: Tensor | None,
+                 recon_weight: float) -> tuple[Tensor, Tensor]: ...
+
+
+class EvaluateFn(Protocol):
+    """What ``capsprobe perturb`` computes for the report folder. ``transforms`` and ``magnitudes`` are the suite's
+    (a task that is its own test, such as MultiMNIST, receives and ignores them)."""
+
+    def __call__(self, subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
+                 magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult: ...
+
+
+@dataclass(frozen=True)
 class Task:
     """One task: see the module docstring for what each field does."""
 
     name: str
     description: str
     input_size: Callable[[int], int]
-    batches: Callable[..., Batches]
-    loss: Callable[["Adapter", Tensor, Tensor, "Tensor | None", float], tuple[Tensor, Tensor]]
+    batches: BatchesFn
+    loss: LossFn
     hits: Callable[[Tensor, Tensor], Tensor]
-    evaluate: Callable[..., Any]
-    section: Callable[[Any], Any]
+    evaluate: EvaluateFn
+    section: Callable[[ReportData], Section]
 
 
 TASKS: dict[str, Task] = {}

@@ -3,6 +3,8 @@ transformation suite (:func:`capsprobe.probe.run_probe`) and reported by :func:`
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -10,11 +12,12 @@ from torch import Tensor
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..models import Adapter, capsule_loss_of, reconstruction_loss
-from ..probe import run_probe
+from ..probe import ProbeResult, run_probe
 from ..report import suite_section
-from .base import Batches, Task, register_task
+from ..transforms import Transform
+from .base import Batches, ProbeOptions, Task, register_task
 
-__all__ = ["classify_batches", "classify_loss", "top1_hits"]
+__all__ = ["classify_batches", "classify_evaluate", "classify_loss", "top1_hits"]
 
 
 def classify_batches(split: "ImageSplit", batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
@@ -47,6 +50,14 @@ def top1_hits(scores: Tensor, labels: Tensor) -> Tensor:
     return (scores.argmax(1) == labels).long()
 
 
+def classify_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
+                      magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
+    """The transformation suite over the subjects (:func:`capsprobe.probe.run_probe`)."""
+    return run_probe(subjects, split, transforms, magnitudes, batch_size=options.batch_size, device=options.device,
+                     seed=options.seed, n_boot=options.n_boot, progress=options.progress,
+                     reference=options.reference, lie=options.lie)
+
+
 register_task(Task(
     name="classify",
     description="one label per image; probed with the transformation suite",
@@ -54,7 +65,7 @@ register_task(Task(
     batches=classify_batches,
     loss=classify_loss,
     hits=top1_hits,
-    evaluate=run_probe,
+    evaluate=classify_evaluate,
     section=suite_section,
 ))
 

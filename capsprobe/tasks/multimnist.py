@@ -22,7 +22,7 @@ from ..models import adapt, capsule_loss_of, reconstruction_loss
 from ..probe import METRIC_COLUMNS, ProbeResult, as_subject, grid_array, metric_row
 from ..report import Section, grid_figures, pct
 from ..runtime import epoch_seed, resolve_device
-from .base import Batches, Task, register_task
+from .base import Batches, ProbeOptions, Task, register_task
 
 if TYPE_CHECKING:
     from ..data import ImageSplit
@@ -74,8 +74,6 @@ def top_k_hits(scores: Tensor, labels: Tensor) -> Tensor:
 def multimnist_evaluate(
     subjects: Sequence[Any],
     split: "ImageSplit",
-    transforms: Sequence[Any] = (),
-    magnitudes: Mapping[str, Sequence[Any]] | None = None,
     *,
     batch_size: int = 256,
     device: str = "auto",
@@ -83,15 +81,14 @@ def multimnist_evaluate(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
-    reference: str | None = None,  # no comparison tables for MultiMNIST: accepted for the common signature
     show: int = 8,
 ):
     """Top-2 accuracy and per-digit reconstruction error of each subject on one pair per image of ``split``.
 
     ``accuracy``: the two longest capsules are the two digits. ``recon_error``: per digit, the squared error of
     the reconstruction from that digit's own capsule (the other masked) against the digit alone, divided by the
-    digit's squared norm. Both with 95% bootstrap intervals over pairs. ``transforms`` and ``magnitudes`` are not
-    used (MultiMNIST is its own test).
+    digit's squared norm. Both with 95% bootstrap intervals over pairs. MultiMNIST is its own test: the task's
+    ``evaluate`` (:func:`_evaluate`) drops the suite's transformations.
 
     Returns:
         A :class:`~capsprobe.probe.ProbeResult`: tidy metric rows (transform ``multimnist``) and, per subject, the
@@ -155,6 +152,12 @@ def multimnist_section(data) -> Any:
     return Section(headlines=lines, table_title="Metrics", table=table, figures=figs, captions=captions)
 
 
+def _evaluate(subjects: Sequence[Any], split: "ImageSplit", transforms: Sequence[Any],
+              magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
+    return multimnist_evaluate(subjects, split, batch_size=options.batch_size, device=options.device,
+                               seed=options.seed, n_boot=options.n_boot, progress=options.progress)
+
+
 register_task(Task(
     name="multimnist",
     description="two overlapping digits per 36x36 image (paper section 6): top-2 accuracy, segmentation",
@@ -162,7 +165,7 @@ register_task(Task(
     batches=multimnist_batches,
     loss=multimnist_loss,
     hits=top_k_hits,
-    evaluate=multimnist_evaluate,
+    evaluate=_evaluate,
     section=multimnist_section,
 ))
 

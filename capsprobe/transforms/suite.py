@@ -27,6 +27,8 @@ from .functional import (
 )
 
 __all__ = [
+    "headline_conditions",
+    "register_transform",
     "SUITE",
     "TRANSFORMS",
     "Transform",
@@ -58,6 +60,12 @@ class Transform:
         geometric: returns a matrix.
         semantic_from: magnitudes whose ``|m|`` reaches this are semantic (rotate), when not None.
         kind: ``nuisance`` or ``semantic`` for every non-identity magnitude (unless ``semantic_from``).
+        showcase: the magnitude the report's reconstruction grid shows (None: the grid's last).
+        headline: the magnitudes whose model comparison the report's headlines state.
+        scramble: a part-scrambling ("Picasso") edit, whose detection the report sets against a nuisance.
+
+    Adding a transformation is one :func:`register_transform` call: the probe, the report's headlines and
+    showcase, and the CLI's help read these fields.
     """
 
     name: str
@@ -72,6 +80,9 @@ class Transform:
     geometric: bool = True
     integer: bool = False
     semantic_from: float | None = None
+    showcase: Any = None
+    headline: tuple = ()
+    scramble: bool = False
 
     def kind_at(self, magnitude: Any) -> str:
         """``nuisance`` or ``semantic`` at ``magnitude`` (rotations become semantic from 90 degrees)."""
@@ -107,20 +118,40 @@ TRANSFORMS: dict[str, Transform] = {
     t.name: t
     for t in (
         Transform("rotate", rotate, (-180, -135, -90, -45, -30, -15, 0, 15, 30, 45, 90, 135, 180), 0, "degrees",
-                  "nuisance", -180, 180, semantic_from=90),
-        Transform("flip", flip, FLIPS, "none", "direction", "semantic", choices=FLIPS),
-        Transform("translate", translate, (-8, -6, -4, -2, 0, 2, 4, 6, 8), 0, "pixels (x and y)", "nuisance", -8, 8),
-        Transform("scale", scale, (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5), 1.0, "factor", "nuisance", 0.5, 1.5),
-        Transform("shear", shear, (-0.6, -0.4, -0.2, 0, 0.2, 0.4, 0.6), 0, "x per y", "nuisance", -0.6, 0.6),
-        Transform("affine", affine, (0, 0.25, 0.5, 0.75, 1.0), 0, "strength", "nuisance", 0, 1),
+                  "nuisance", -180, 180, semantic_from=90,
+                  showcase=45, headline=(45,)),
+        Transform("flip", flip, FLIPS, "none", "direction", "semantic", choices=FLIPS, showcase="horizontal"),
+        Transform("translate", translate, (-8, -6, -4, -2, 0, 2, 4, 6, 8), 0, "pixels (x and y)", "nuisance", -8, 8,
+                  showcase=4, headline=(4,)),
+        Transform("scale", scale, (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5), 1.0, "factor", "nuisance", 0.5, 1.5,
+                  showcase=0.75),
+        Transform("shear", shear, (-0.6, -0.4, -0.2, 0, 0.2, 0.4, 0.6), 0, "x per y", "nuisance", -0.6, 0.6,
+                  showcase=0.4),
+        Transform("affine", affine, (0, 0.25, 0.5, 0.75, 1.0), 0, "strength", "nuisance", 0, 1, showcase=1.0,
+                  headline=(1.0,)),
         Transform("jigsaw", jigsaw, (1, 2, 4, 7), 1, "patches per side", "semantic", 1, 28, geometric=False,
-                  integer=True),
-        Transform("swap", swap, SWAPS, "none", "halves", "semantic", choices=SWAPS, geometric=False),
-        Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST),
+                  integer=True, showcase=4, headline=(4,), scramble=True),
+        Transform("swap", swap, SWAPS, "none", "halves", "semantic", choices=SWAPS, geometric=False,
+                  showcase="top-bottom", headline=("top-bottom", "left-right"), scramble=True),
+        Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST,
+                  showcase="warp", headline=("warp",)),
     )
 }
 # "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) is asked for by name
 SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
+
+
+def register_transform(transform: Transform) -> Transform:
+    """Add ``transform`` to the registry (by name; asked for by name, or in ``SUITE`` for ``all``)."""
+    if transform.identity not in transform.grid:
+        raise ValueError(f"{transform.name}: the identity {transform.identity!r} must be in the grid")
+    TRANSFORMS[transform.name] = transform
+    return transform
+
+
+def headline_conditions() -> tuple[tuple[str, str], ...]:
+    """(transformation, magnitude label) pairs the report's headlines compare models at, in registry order."""
+    return tuple((name, magnitude_label(m)) for name, t in TRANSFORMS.items() for m in t.headline)
 
 
 def get_transform(name: str) -> Transform:
