@@ -1,10 +1,11 @@
 # capsprobe: `make demo` runs the main job on the embedded MNIST sample, `make test` runs the tests.
+# `make lint`: ruff, mypy and the import-linter layer contracts; `make test-fast`: the tests that train nothing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capsprobe-installed
 
-.PHONY: install test demo train bench gpu-pack clean
+.PHONY: install test test-fast lint demo train bench gpu-pack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# no training, no end-to-end run: under 90 s on 2 cores
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not trains"
+
+lint: $(STAMP)
+	$(BIN)/ruff check capsprobe tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # train a CapsNet and resnet18, perturb with the whole suite, write reports/demo (the committed example)
 demo: $(STAMP)

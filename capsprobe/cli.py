@@ -87,7 +87,7 @@ def _model_options(items: List[str]) -> dict:
     try:
         import tomllib
     except ImportError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]
 
     out = {}
     for item in items:

@@ -3,7 +3,9 @@ once per test session and shared (read-only) by every test that needs them."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,31 @@ def tiny_experiment(tmp_path_factory):
         return done[name]
 
     return run
+
+
+# --- tiers: `make test-fast` leaves out every test that trains a model -------------------------------------------
+
+_TRAINING_FIXTURES = {"tiny_runs", "tiny_experiment"}
+_TRAINS = re.compile(r"\bfit\(|\[\"(train|run|demo)\"|run_experiment\(|run_demo\(|_killed\(")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``trains`` the tests that train: those using a training fixture (directly or through another fixture)
+    and those whose own code calls the trainer, the experiment runner or the train/run/demo commands."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            source = ""
+        defs = getattr(item, "_fixtureinfo", None)
+        closure_sources = []
+        if defs is not None:
+            for name in fixtures:
+                for fixdef in defs.name2fixturedefs.get(name, ()):
+                    try:
+                        closure_sources.append(inspect.getsource(fixdef.func))
+                    except (OSError, TypeError):
+                        pass
+        if fixtures & _TRAINING_FIXTURES or _TRAINS.search(source) or any(_TRAINS.search(s) for s in closure_sources):
+            item.add_marker(pytest.mark.trains)

@@ -45,7 +45,8 @@ def iterate_batches(
         resident = device.type == "cuda"
     order = None
     if world_size > 1 or shuffle:
-        sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        sampler: DistributedSampler = DistributedSampler(range(len(split)),  # type: ignore[arg-type]  # any sized
+                                                        num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), dtype=torch.long)
     n = len(order) if order is not None else len(split)

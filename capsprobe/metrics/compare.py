@@ -76,9 +76,9 @@ ABLATION_COLUMNS = [
 ]
 
 
-def holm(p: Sequence[float]) -> np.ndarray:
+def holm(values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaNs left out of the family and kept as NaN)."""
-    p = np.asarray(p, dtype=float)
+    p = np.asarray(values, dtype=float)
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
     m = len(ok)

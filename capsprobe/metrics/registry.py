@@ -209,7 +209,7 @@ def _gain(which: str) -> Callable[[Condition, int, int], Estimate]:
     def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
         f = c.fit(which, seed)
         value = gain_value(f.residual, f.change)
-        if value == 0.0 and f.change.sum() <= FLOOR:
+        if value == 0.0 and f.change is not None and f.change.sum() <= FLOOR:
             return Estimate(0.0, (0.0, 0.0), len(f.residual), penalty=f.penalty, at_edge=f.at_edge)
         lo, hi = bootstrap_ratio_ci(f.residual, f.change, n_boot, seed)
         return Estimate(value, (1 - hi, 1 - lo), len(f.residual), penalty=f.penalty, at_edge=f.at_edge)
@@ -219,12 +219,14 @@ def _gain(which: str) -> Callable[[Condition, int, int], Estimate]:
 def _label_r2(c: Condition, seed: int, n_boot: int) -> Estimate:
     f = c.fit("full", seed)
     lo, hi = bootstrap_ratio_ci(f.label, f.total, n_boot, seed)
+    assert f.label is not None  # a full fit has its label term
     return Estimate(float(1 - ratio(f.label, f.total)), (1 - hi, 1 - lo), len(f.label))
 
 
 def _recon(terms: str) -> Callable[[Condition, int, int], Estimate]:
     def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
-        return _ratio_estimate(*getattr(c, terms), seed, n_boot)
+        num, den = getattr(c, terms)
+        return _ratio_estimate(num, den, seed, n_boot)
     return fn
 
 

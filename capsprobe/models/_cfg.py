@@ -20,3 +20,13 @@ def small_image_cfg(**kwargs) -> dict:
         "license": "mit",
         **kwargs,
     }
+
+
+def cfg_of(variant: str) -> dict:
+    """The registered pretrained config of ``variant`` as a dict (timm's ``pretrained_cfg`` / ``default_cfg``)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(variant)
+    if cfg is None:
+        raise KeyError(f"{variant} has no registered config")
+    return cfg.to_dict()

@@ -52,7 +52,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = model._orig_mod  # type: ignore[assignment]  # a compiled module's original
         elif isinstance(model, Adapter):
             model = model.model
         else:
@@ -86,7 +86,7 @@ class Adapter(nn.Module):
         """Pre-softmax class scores ``(B, K)`` alone (cross-entropy training), None where the model has none."""
         return self.outputs(x).logits
 
-    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+    def decode(self, poses: Tensor | None, labels: Tensor | None = None) -> Tensor:
         """Images ``(B, C, H, W)`` from poses ``(B, K, D)``, all capsules but ``labels`` masked."""
         raise InvalidInputError(f"{type(unwrap(self)).__name__} has no decoder")
 
@@ -100,21 +100,21 @@ class _NativeAdapter(Adapter):
         self.can_decode = callable(getattr(model, "decode", None)) and bool(getattr(model, "can_decode", True))
 
     def outputs(self, x: Tensor) -> ModelOutputs:
-        return self.model.probe_outputs(x)
+        return self.model.probe_outputs(x)  # type: ignore[operator]
 
-    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
-        if not self.can_decode:
+    def decode(self, poses: Tensor | None, labels: Tensor | None = None) -> Tensor:
+        if not self.can_decode or poses is None:
             return super().decode(poses, labels)
-        return self.model.decode(poses, labels)
+        return self.model.decode(poses, labels)  # type: ignore[operator]
 
 
 class _TimmAdapter(Adapter):
     """A timm-style classifier: softmax scores, pre-logit features as the representation."""
 
     def outputs(self, x: Tensor) -> ModelOutputs:
-        features = self.model.forward_features(x)
-        pre = self.model.forward_head(features, pre_logits=True)  # (B, F)
-        logits = self.model.forward_head(features).float()  # (B, K); the head is cheap beside the features
+        features = self.model.forward_features(x)  # type: ignore[operator]
+        pre = self.model.forward_head(features, pre_logits=True)  # type: ignore[operator]  # B, F
+        logits = self.model.forward_head(features).float()  # type: ignore[operator]  # (B, K); the head is cheap beside the features
         return ModelOutputs(scores=torch.softmax(logits, dim=-1), representation=pre.flatten(1).float(), logits=logits)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -157,8 +157,8 @@ class ModelAdapter(Adapter):
     def logits(self, x: Tensor) -> Tensor | None:
         return self.model(x).float() if self._scores is None else None
 
-    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self._decode is None:
+    def decode(self, poses: Tensor | None, labels: Tensor | None = None) -> Tensor:
+        if self._decode is None or poses is None:
             return super().decode(poses, labels)
         return self._decode(self.model, poses, labels)
 

@@ -44,11 +44,11 @@ from typing import Sequence
 
 import timm
 import torch
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import small_image_cfg
+from ._cfg import cfg_of, small_image_cfg
 
 __all__ = ["STEMS", "BaselineCNN", "adapt_stem", "create_convnet"]
 
@@ -62,7 +62,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-_POOLS = {"none": None, "max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+_POOLS: dict[str, type[nn.Module] | None] = {"none": None, "max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class BaselineCNN(nn.Module):
@@ -116,8 +116,9 @@ class BaselineCNN(nn.Module):
         for i, c in enumerate(channels):
             convs += [nn.Conv2d(width, c, kernel_size, stride=1, padding=kernel_size // 2), nn.ReLU(inplace=True)]
             self.feature_info.append({"num_chs": c, "reduction": reduction, "module": f"features.{len(convs) - 1}"})
-            if pool != "none" and i < len(channels) - 1:  # 2x2 pooling after every conv but the last
-                convs.append(_POOLS[pool](2))
+            layer = _POOLS[pool]
+            if layer is not None and i < len(channels) - 1:  # 2x2 pooling after every conv but the last
+                convs.append(layer(2))
                 h, w = h // 2, w // 2
                 reduction *= 2
             width = c
@@ -167,7 +168,7 @@ def baseline_cnn(pretrained: bool = False, **kwargs) -> BaselineCNN:
     if pretrained:
         raise RuntimeError("no pretrained weights exist for baseline_cnn; train one with `capsprobe train`")
     model = BaselineCNN(**kwargs)
-    model.pretrained_cfg = model.default_cfg = get_pretrained_cfg("baseline_cnn").to_dict()
+    model.pretrained_cfg = model.default_cfg = cfg_of("baseline_cnn")  # type: ignore[assignment]
     return model
 
 
@@ -195,10 +196,10 @@ def adapt_stem(model: nn.Module, in_chans: int, stem: str = "small") -> str:
     if stem == "imagenet":
         return "unchanged"
     if isinstance(model, ResNet):
-        width = model.bn1.num_features
-        model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+        width: int = model.bn1.num_features  # type: ignore[assignment]  # a BatchNorm2d's channel count
+        model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)  # type: ignore[assignment]
         if stem == "cifar":
-            model.maxpool = nn.Identity()
+            model.maxpool = nn.Identity()  # type: ignore[assignment]
             return "resnet: 3x3 stride-1 stem conv, no max-pool"
         return "resnet: 3x3 stride-1 stem conv, then the max-pool"
     if isinstance(model, (EfficientNet, MobileNetV3)):
@@ -230,7 +231,7 @@ def create_convnet(
     """
     model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
     change = adapt_stem(model, in_chans, stem)
-    model.capsprobe_stem = change
+    model.capsprobe_stem = change  # type: ignore[assignment]  # a plain attribute on the timm model
     # a forward on a dummy input catches a model that cannot take this size, at build time
     with torch.no_grad():
         was_training = model.training
@@ -254,5 +255,5 @@ def baseline_cnn_pool(pretrained: bool = False, **kwargs) -> BaselineCNN:
     if pretrained:
         raise RuntimeError("no pretrained weights exist for baseline_cnn_pool; train one with `capsprobe train`")
     model = BaselineCNN(**{"pool": "max", **kwargs})
-    model.pretrained_cfg = model.default_cfg = get_pretrained_cfg("baseline_cnn_pool").to_dict()
+    model.pretrained_cfg = model.default_cfg = cfg_of("baseline_cnn_pool")  # type: ignore[assignment]
     return model

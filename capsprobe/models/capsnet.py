@@ -29,11 +29,11 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import small_image_cfg
+from ._cfg import cfg_of, small_image_cfg
 from .adapter import ModelOutputs
 from .components import (
     get_capsule_loss,
@@ -190,7 +190,8 @@ class DigitCaps(nn.Module):
                 if record is not None:
                     record.append(v)  # a routing that cannot record its iterations shows its output alone
                 return votes, v
-            return votes, self._route(votes, self.num_iters, self.detach_inner, self._activation, record=record)
+            return votes, self._route(votes, self.num_iters, self.detach_inner, self._activation,
+                                      record=record)  # type: ignore[call-arg]  # checked: self._records
 
 
 class CapsuleDecoder(nn.Module):
@@ -421,7 +422,7 @@ def _create(variant: str, pretrained: bool, **kwargs) -> CapsNet:
     kwargs.pop("pretrained_cfg_overlay", None)
     kwargs.pop("cache_dir", None)
     model = CapsNet(**kwargs)
-    model.pretrained_cfg = model.default_cfg = get_pretrained_cfg(variant).to_dict()
+    model.pretrained_cfg = model.default_cfg = cfg_of(variant)  # type: ignore[assignment]
     return model
 
 

@@ -89,7 +89,9 @@ def list_routings() -> list[str]:
 @register_routing("dynamic")
 def _dynamic(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor],
              record: list[Tensor] | None = None) -> Tensor:
-    return route_by_agreement(votes, num_iters, detach_inner, activation, record=record)
+    out = route_by_agreement(votes, num_iters, detach_inner, activation, record=record)
+    assert isinstance(out, Tensor)  # couplings are asked for only by dynamic_routing
+    return out
 
 
 @register_routing("none")

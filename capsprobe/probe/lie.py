@@ -157,6 +157,13 @@ def warp_tangent(images: Tensor, generator: Generator | str) -> Tensor:
 Tap = Callable[[Tensor, tuple, Any], dict[str, Tensor]]  # (module output, module inputs, module) -> named tensors
 
 
+def _output_tap(name: str) -> Tap:
+    """A tap that reads a module's output as it is, under ``name``."""
+    def tap(out: Tensor, inputs: tuple, module: Any) -> dict[str, Tensor]:
+        return {name: out.clone()}
+    return tap
+
+
 def layer_taps(model: nn.Module) -> list[tuple[str, nn.Module, Tap]]:
     """The layers a per-layer profile reads, in depth order, as ``(name, module, tap)`` for a forward hook.
 
@@ -170,12 +177,12 @@ def layer_taps(model: nn.Module) -> list[tuple[str, nn.Module, Tap]]:
         return list(own())
     info = getattr(m, "feature_info", None)
     entries = info if isinstance(info, list) else getattr(info, "info", None)
-    taps = []
+    taps: list[tuple[str, nn.Module, Tap]] = []
     modules = dict(m.named_modules())
     for entry in entries or []:
         name = entry.get("module") if isinstance(entry, dict) else None
-        if name in modules:
-            taps.append((name, modules[name], lambda out, inputs, module, name=name: {name: out.clone()}))
+        if isinstance(name, str) and name in modules:
+            taps.append((name, modules[name], _output_tap(name)))
     return taps
 
 
@@ -237,7 +244,7 @@ def lie_pass(adapter: Adapter, split: ImageSplit, generator: Generator | str, ba
                     return (o.scores.float(), o.representation.float(), *extra,
                             *(captured[n].flatten(1)[:keep].float() for n in names))
 
-                primal, dual = jvp(f, (x,), (tangent,))
+                primal, dual = jvp(f, (x,), (tangent,))  # type: ignore[misc]  # f returns a tuple
                 captured.clear()
                 out["scores"].append(primal[0].cpu())
                 out["dscores"].append(dual[0].cpu())
@@ -316,7 +323,7 @@ def end_to_end_rows(ident: dict, generator: Generator, p: LiePass, labels: np.nd
     lo, hi = M.bootstrap_mean_ci(per_image, n_boot, seed)
     rows.append({**base, "metric": "lee_scores", "value": float(per_image.mean()), "ci_low": lo, "ci_high": hi,
                  "n_images": len(per_image)})
-    sets = [("representation", p.rep, p.drep, None)]
+    sets: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]] = [("representation", p.rep, p.drep, None)]
     if p.pose is not None:
         sets.append(("pose", p.pose, p.dpose, labels))
     for which, phi, dphi, groups in sets:

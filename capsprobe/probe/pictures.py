@@ -88,6 +88,7 @@ def pose_sweep(
     label = int(split.labels[index])
     with torch.inference_mode():
         poses = adapter.outputs(x).poses  # (1, K, D)
+        assert poses is not None  # asked of models with poses only
         dim = poses.shape[-1]
         steps = torch.tensor(list(deltas), device=dev, dtype=poses.dtype)
         batch = poses.repeat(dim * len(steps), 1, 1)  # (D * S, K, D)

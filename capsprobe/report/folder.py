@@ -74,7 +74,8 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
         if result.arrays:
             (tmp / ARRAYS).mkdir()
             for name, arrays in result.arrays.items():
-                np.savez_compressed(tmp / ARRAYS / f"{name}.npz", **{k: _stored(k, v) for k, v in arrays.items()})
+                stored = {k: _stored(k, v) for k, v in arrays.items()}
+                np.savez_compressed(tmp / ARRAYS / f"{name}.npz", **stored)  # type: ignore[arg-type]
         manifest = {"task": "classify", **result.manifest, "timing": result.timing}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return out

@@ -215,7 +215,7 @@ def plot_polar_accuracy(metrics: pd.DataFrame, transform: str = "rotate") -> Fig
                 theta, r = theta[:-1], r[:-1]  # -180 and 180 are one angle
             ax.plot(np.r_[theta, theta[:1]], np.r_[r, r[:1]], marker="o", ms=3, color=colours[run], label=run)
         ax.set_ylim(0, 1)
-        ax.set_theta_zero_location("N")
+        ax.set_theta_zero_location("N")  # type: ignore[attr-defined]  # a polar Axes
         ax.set_title("accuracy against rotation (degrees, counter-clockwise)", pad=18)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.18), ncol=max(len(runs), 1), frameon=False)
         fig.tight_layout()

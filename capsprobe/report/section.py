@@ -106,7 +106,7 @@ def grid_figures(arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, by
     figs, captions = {}, {}
     for name, grid in arrays.items():
         key = f"{name}.png"
-        cols = [str(c) for c in grid.get("col_labels", np.array([]))] or None
+        cols = [str(c) for c in grid.get("col_labels", np.array([]))]
         figs[key] = _png(plots.plot_image_grid(grid["images"], row_labels=[str(r) for r in grid["row_labels"]],
                                                col_labels=cols, title=str(grid.get("title", "")),
                                                cell=float(grid.get("cell", 0.9))))

@@ -268,19 +268,22 @@ def lie_figures(data: "ReportData") -> tuple[dict[str, bytes], dict[str, str]]:
     from . import plots
 
     figs, captions = {}, {}
+    none = pd.DataFrame()
     lie, layers, comp = (data.tables.get(k) for k in ("lie", "lie_layers", "composition"))
+    layers = none if layers is None else layers
+    comp = none if comp is None else comp
     if lie is not None and not lie.empty:
         figs["lie.png"] = _png(plots.plot_lie(lie))
         captions["lie.png"] = ("Lie derivatives at the identity (Gruver et al. 2022), 95% bootstrap intervals over "
                                "images: class-score LEE, whitened LEE of the representation, and the equivariant LEE "
                                "(held-out share of the derivative a fitted generator misses).")
-    for run in dict.fromkeys(layers["run"]) if layers is not None and not layers.empty else ():
+    for run in dict.fromkeys(layers["run"]) if not layers.empty else ():
         key = f"lie_layers_{run}.png"
         figs[key] = _png(plots.plot_lie_layers(layers[layers["run"] == run]))
         dim = data.manifest.get("lie", {}).get("layer_dim", 32)
         captions[key] = (f"{run}: where equivariance is lost. Per layer (top {dim} principal axes), the whitened LEE "
                          "and the equivariant LEE per generator.")
-    for run in dict.fromkeys(comp["run"]) if comp is not None and not comp.empty else ():
+    for run in dict.fromkeys(comp["run"]) if not comp.empty else ():
         key = f"composition_{run}.png"
         figs[key] = _png(plots.plot_composition(comp[comp["run"] == run]))
         captions[key] = (f"{run}: composition error of the fitted rotation maps over (a, b), held-out images; 0 = the "
@@ -294,8 +297,8 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
     intervals overlap, flip consistency, scramble detection, and which representation moves more predictably."""
     lines: list[str] = _seed_lines(metrics, (manifest or {}).get("runs", []), tables or {})
     tables = tables or {}
-    comp = tables.get("comparison")
-    multi = comp is not None and not comp.empty and comp["seeds"].max() >= 2
+    comp = tables.get("comparison", pd.DataFrame())
+    multi = not comp.empty and comp["seeds"].max() >= 2
 
     ident = identity_labels()
 

@@ -105,7 +105,9 @@ def multimnist_evaluate(
         entries.append(subject.manifest_entry(adapter))
         if not (adapter.has_poses and adapter.can_decode):
             raise InvalidInputError(f"{subject.name}: MultiMNIST evaluation needs class-capsule poses and a decoder")
-        correct, errors, overlays = [], [], []
+        correct: list[Tensor] = []
+        errors: list[Tensor] = []
+        overlays: list[Tensor] = []
         with torch.inference_mode():
             for start in range(0, len(pairs.labels), batch_size):
                 sl = slice(start, start + batch_size)
@@ -121,12 +123,12 @@ def multimnist_evaluate(
                     painted = torch.cat([torch.maximum(0.5 * grey, red), torch.maximum(0.5 * grey, green), 0.5 * grey], 1)
                     overlays.append(torch.stack([grey.expand(-1, 3, -1, -1), painted], 1).cpu())
         hit = torch.cat(correct).numpy().astype(float)
-        err = torch.cat(errors).numpy().ravel()
+        per_digit = torch.cat(errors).numpy().ravel()
         base = {**subject.ident(), "transform": "multimnist", "kind": "semantic", "magnitude": "pairs",
                 "magnitude_value": 0.0}
         frames.append(pd.DataFrame([
             metric_row(base, "accuracy", float(hit.mean()), M.bootstrap_mean_ci(hit, n_boot, seed), len(hit)),
-            metric_row(base, "recon_error", float(err.mean()), M.bootstrap_mean_ci(err, n_boot, seed), len(hit)),
+            metric_row(base, "recon_error", float(per_digit.mean()), M.bootstrap_mean_ci(per_digit, n_boot, seed), len(hit)),
         ], columns=METRIC_COLUMNS))
         shown = torch.cat(overlays)[:show].clamp(0, 1).numpy().transpose(1, 0, 2, 3, 4)  # (2, show, 3, H, W)
         arrays[f"segmentation-{subject.name}"] = grid_array(

@@ -123,7 +123,7 @@ class Objective(nn.Module):
 
 def compile_objective(objective: nn.Module, enabled: bool) -> nn.Module:
     """``torch.compile(objective)`` when ``enabled`` (the compiled module shares the objective's parameters)."""
-    return torch.compile(objective) if enabled else objective
+    return torch.compile(objective) if enabled else objective  # type: ignore[return-value]
 
 
 def train_step(

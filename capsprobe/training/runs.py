@@ -440,7 +440,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise RunError(f"{path} is incomplete ({problem}): finish it with {option('resume')} (it rebuilds what is "
                        f"missing from the checkpoint), or start over with {option('force')}")
     try:
-        state = st_load(data)
+        state = st_load(data)  # type: ignore[arg-type]  # None was refused above
     except Exception as exc:  # noqa: BLE001
         raise RunError(f"{weights} is unreadable: {exc}") from None
     model = build_model(config, input_spec)

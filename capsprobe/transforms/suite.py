@@ -106,6 +106,7 @@ class Transform:
             if value != int(value):
                 raise InvalidInputError(f"{self.name} magnitude {magnitude!r} must be a whole number")
             value = int(value)
+        assert self.low is not None and self.high is not None  # numeric magnitudes have a range
         if not (self.low <= value <= self.high):
             raise InvalidInputError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
         return value
