@@ -17,7 +17,7 @@ from capsprobe.models import (
     get_routing,
     list_capsule_losses,
     list_routings,
-    list_transformations,
+    list_vote_maps,
     margin_loss,
     register_routing,
     squash,
@@ -32,7 +32,7 @@ def _params(model: nn.Module) -> int:
 
 def test_registries_list_the_paper_and_the_ablation_entries():
     assert list_routings() == ["dynamic", "none"]
-    assert list_transformations() == ["per-pair", "shared"]
+    assert list_vote_maps() == ["per-pair", "shared"]
     assert list_capsule_losses() == ["ce", "margin"]
     with pytest.raises(InvalidInputError, match="unknown routing 'em'; known: dynamic, none"):
         CapsNet(routing="em")

@@ -38,7 +38,7 @@ from .adapter import ModelOutputs
 from .components import (
     get_capsule_loss,
     get_routing,
-    get_transformation,
+    get_vote_map,
 )
 from .layers import capsule_lengths, squash
 
@@ -148,7 +148,7 @@ class DigitCaps(nn.Module):
         self.routing, self.transformation, self.squash = routing, transformation, squash
         self._route = get_routing(routing)
         self._records = "record" in inspect.signature(self._route).parameters
-        self._transform = get_transformation(transformation)
+        self._transform = get_vote_map(transformation)
         self._activation = _ACTIVATIONS[bool(squash)]
         # per-pair: (N_in, N_out, D_out, D_in), the layout of earlier versions (their runs load unchanged);
         # the official code draws these from N(0, 0.01^2)

@@ -38,22 +38,23 @@ from .layers import margin_loss, route_by_agreement
 
 __all__ = [
     "Transformation",
+    "VoteMap",
     "get_capsule_loss",
     "get_routing",
-    "get_transformation",
+    "get_vote_map",
     "length_cross_entropy",
     "list_capsule_losses",
     "list_routings",
-    "list_transformations",
+    "list_vote_maps",
     "register_capsule_loss",
     "register_routing",
-    "register_transformation",
+    "register_vote_map",
 ]
 
 Routing = Callable[[Tensor, int, bool, Callable[[Tensor], Tensor]], Tensor]
 
 _ROUTINGS: dict[str, Routing] = {}
-_TRANSFORMATIONS: dict[str, "Transformation"] = {}
+_VOTE_MAPS: dict[str, "VoteMap"] = {}
 _LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
 
 
@@ -109,11 +110,11 @@ def _no_routing(votes: Tensor, num_iters: int, detach_inner: bool, activation: C
     return v
 
 
-# --- transformation ---------------------------------------------------------------------------------------------
+# --- vote maps (the ablation's "transformation": how an input capsule votes for a class capsule) -----------------
 
 
 @dataclass(frozen=True)
-class Transformation:
+class VoteMap:
     """How input capsules vote for output capsules.
 
     Attributes:
@@ -127,18 +128,18 @@ class Transformation:
     votes: Callable[[Tensor, Tensor], Tensor]
 
 
-def register_transformation(transformation: Transformation) -> Transformation:
-    _TRANSFORMATIONS[transformation.name] = transformation
+def register_vote_map(transformation: VoteMap) -> VoteMap:
+    _VOTE_MAPS[transformation.name] = transformation
     return transformation
 
 
-def get_transformation(name: str) -> Transformation:
+def get_vote_map(name: str) -> VoteMap:
     """The transformation registered as ``name`` (``per-pair``, ``shared``, ...)."""
-    return _lookup(_TRANSFORMATIONS, "transformation", name)
+    return _lookup(_VOTE_MAPS, "transformation", name)
 
 
-def list_transformations() -> list[str]:
-    return sorted(_TRANSFORMATIONS)
+def list_vote_maps() -> list[str]:
+    return sorted(_VOTE_MAPS)
 
 
 def _per_pair_votes(u: Tensor, weight: Tensor) -> Tensor:
@@ -159,9 +160,9 @@ def _shared_votes(u: Tensor, weight: Tensor) -> Tensor:
     return u_hat.view(batch, n_in, n_out, d_out).permute(0, 2, 1, 3).contiguous()
 
 
-register_transformation(Transformation("per-pair", lambda n_in, d_in, n_out, d_out: (n_in, n_out, d_out, d_in),
+register_vote_map(VoteMap("per-pair", lambda n_in, d_in, n_out, d_out: (n_in, n_out, d_out, d_in),
                                        _per_pair_votes))
-register_transformation(Transformation("shared", lambda n_in, d_in, n_out, d_out: (n_out, d_out, d_in),
+register_vote_map(VoteMap("shared", lambda n_in, d_in, n_out, d_out: (n_out, d_out, d_in),
                                        _shared_votes))
 
 
@@ -204,3 +205,11 @@ def length_cross_entropy(lengths: Tensor, targets: Tensor) -> Tensor:
         raise InvalidInputError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
     t = targets.to(lengths.dtype)
     return F.cross_entropy(lengths, t / t.sum(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+# the 0.1 names of the vote-map registry (a "Transformation" there meant the capsule vote map, not an image
+# perturbation): kept for one release
+Transformation = VoteMap
+register_transformation = register_vote_map
+get_transformation = get_vote_map
+list_transformations = list_vote_maps
