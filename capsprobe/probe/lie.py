@@ -35,7 +35,7 @@ from .. import metrics as M
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..models.adapter import Adapter, unwrap
-from ..transforms import get_transform
+from ..transforms import get_transform, rotation_matrix, shear_matrix
 
 __all__ = [
     "COMPOSITION_ANGLES",
@@ -77,24 +77,12 @@ def _eye2(t: Tensor) -> Tensor:
     return torch.eye(2, dtype=t.dtype, device=t.device)
 
 
-def _rotation(t: Tensor) -> Tensor:
-    a = t * (math.pi / 180)
-    c, s = torch.cos(a), torch.sin(a)
-    # y points down: counter-clockwise on screen is x' = c x + s y, y' = -s x + c y (as transforms.rotate)
-    return torch.stack([torch.stack([c, s]), torch.stack([-s, c])])
-
-
-def _shear(t: Tensor) -> Tensor:
-    one, zero = torch.ones_like(t), torch.zeros_like(t)
-    return torch.stack([torch.stack([one, t]), torch.stack([zero, one])])
-
-
 GENERATORS: dict[str, Generator] = {g.name: g for g in (
-    Generator("rotate", "degree", _rotation),
+    Generator("rotate", "degree", rotation_matrix),
     Generator("translate-x", "pixel", _eye2, lambda t: torch.stack([t, torch.zeros_like(t)])),
     Generator("translate-y", "pixel", _eye2, lambda t: torch.stack([torch.zeros_like(t), t])),
     Generator("scale", "log factor", lambda t: torch.exp(t) * _eye2(t)),
-    Generator("shear", "shear k", _shear),
+    Generator("shear", "shear k", shear_matrix),
 )}
 
 

@@ -15,8 +15,10 @@ from .functional import (  # noqa: F401
     flip,
     jigsaw,
     rotate,
+    rotation_matrix,
     scale,
     shear,
+    shear_matrix,
     swap,
     translate,
 )
@@ -60,8 +62,10 @@ __all__ = [
     "register_transform",
     "resolve",
     "rotate",
+    "rotation_matrix",
     "scale",
     "shear",
+    "shear_matrix",
     "swap",
     "translate",
 ]

@@ -39,6 +39,8 @@ from ..data import ink_boxes
 from ..errors import InvalidInputError
 
 __all__ = [
+    "rotation_matrix",
+    "shear_matrix",
     "AFFNIST",
     "FLIPS",
     "SWAPS",
@@ -114,19 +116,32 @@ def _snap(values: Tensor) -> Tensor:
     return torch.where((values - rounded).abs() < 1e-9, rounded, values)
 
 
-def _rotation(angles_deg: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``(B, 2, 2)`` rotations, counter-clockwise on screen by ``angles_deg (B,)``."""
-    t = torch.deg2rad(angles_deg.double())
-    c, s = _snap(torch.cos(t)), _snap(torch.sin(t))
+def rotation_matrix(angles_deg: Tensor, snap: bool = False) -> Tensor:
+    """``(..., 2, 2)`` rotations, counter-clockwise on screen by ``angles_deg (...)``: the one home of the suite's
+    rotation convention (the Lie generators differentiate it). ``snap`` rounds cos and sin at multiples of 90
+    degrees to exact 0 and +-1 (the suite's warps); without it the matrix is differentiable in the angle."""
+    t = torch.deg2rad(angles_deg)
+    c, s = torch.cos(t), torch.sin(t)
+    if snap:
+        c, s = _snap(c), _snap(s)
     # y points down: counter-clockwise on screen is x' = c x + s y, y' = -s x + c y
-    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2).to(dtype)  # (B, 2, 2)
+    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
+
+
+def shear_matrix(k: Tensor) -> Tensor:
+    """``(..., 2, 2)`` horizontal shears ``x' = x + k y`` for ``k (...)`` (differentiable in ``k``)."""
+    one, zero = torch.ones_like(k), torch.zeros_like(k)
+    return torch.stack([torch.stack([one, k], -1), torch.stack([zero, one], -1)], -2)
+
+
+def _rotation(angles_deg: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(B, 2, 2)`` rotations by ``angles_deg (B,)``, computed in float64 and snapped."""
+    return rotation_matrix(angles_deg.double(), snap=True).to(dtype)
 
 
 def _shear(k: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``(B, 2, 2)`` horizontal shears ``x' = x + k y`` for ``k (B,)``."""
-    lin = torch.eye(2, dtype=dtype, device=k.device).repeat(k.shape[0], 1, 1)
-    lin[:, 0, 1] = k.to(dtype)
-    return lin
+    """``(B, 2, 2)`` horizontal shears for ``k (B,)``."""
+    return shear_matrix(k.to(dtype))
 
 
 def _geometric(images: Tensor, matrix: Tensor) -> Transformed:
