@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
 import typer
+
+from .errors import CapsprobeError, render
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 # the one module-level import of the suite: the --transform help is generated from the registry (kornia loads)
 from .transforms.suite import TRANSFORMS
@@ -58,14 +66,10 @@ def _clean_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import CapsprobeError, render
-
         try:
             return fn(*args, **kwargs)
         except (CapsprobeError, OSError) as exc:  # OSError: a full disk, a read-only folder, a vanished file
             if _VERBOSE["on"]:
-                import traceback
-
                 traceback.print_exc()
             text = render(getattr(exc, "template", str(exc)), _flag).strip()
             message = text.splitlines()[0] if text else type(exc).__name__
@@ -84,11 +88,6 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 def _model_options(items: List[str]) -> dict:
     """``KEY=VALUE`` strings -> options; a value is read as TOML (``false``, ``9``, ``[64, 64, 32]``), else kept as
     the bare string (``routing=none``)."""
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -134,8 +133,14 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
-    from .training.loop import fit, with_overrides
-    from .training.runs import CONFIG, RunConfig, read_config, read_metrics, run_name
+    from .training.loop import fit, with_overrides  # lazy: the command's own layer loads on use
+    from .training.runs import (  # lazy: the command's own layer loads on use
+        CONFIG,
+        RunConfig,
+        read_config,
+        read_metrics,
+        run_name,
+    )
 
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other")
@@ -167,10 +172,10 @@ def list_(
     timm_models: bool = typer.Option(False, "--timm", help="Also list every timm model name."),
 ) -> None:
     """List models and data sets."""
-    import timm
+    import timm  # lazy: the command's own layer loads on use
 
-    from .data import list_datasets
-    from .models import native_models
+    from .data import list_datasets  # lazy: the command's own layer loads on use
+    from .models import native_models  # lazy: the command's own layer loads on use
 
     typer.echo("models (capsprobe):")
     for name in native_models():
@@ -198,7 +203,7 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the training objective (slow to start)."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
-    from .bench import DEFAULT_MODELS, run_benchmarks
+    from .bench import DEFAULT_MODELS, run_benchmarks  # lazy: the command's own layer loads on use
 
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
                              device=device, amp=amp, channels_last=channels_last, compile=compile)
@@ -226,7 +231,11 @@ def calibrate(
 ) -> None:
     """Print the paired test's false-positive rate and coverage by simulation (2-10 seeds, three seed-variance
     regimes and unequal seed variances), then its power for accuracy differences of 1, 2 and 5 points."""
-    from .metrics.calibration import calibration_table, power_table, tail_table
+    from .metrics.calibration import (  # lazy: the command's own layer loads on use
+        calibration_table,
+        power_table,
+        tail_table,
+    )
 
     table = calibration_table(reps=reps, images=images, methods=("calibrated", "old two-stage") if old else
                               ("calibrated",))
@@ -277,9 +286,13 @@ def perturb(
     progress: Progress = True,
 ) -> None:
     """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
-    from .pipeline import perturb as run_perturb
-    from .report import check_report_target, compact_table, write_probe_outputs
-    from .transforms import resolve
+    from .pipeline import perturb as run_perturb  # lazy: the command's own layer loads on use
+    from .report import (  # lazy: the command's own layer loads on use
+        check_report_target,
+        compact_table,
+        write_probe_outputs,
+    )
+    from .transforms import resolve  # lazy: the command's own layer loads on use
 
     resolve(transform)  # unknown names fail before anything is loaded
     if out is None:
@@ -307,8 +320,8 @@ def report(
                                    "ablation.csv from the folder's per-image rows with the current test."),
 ) -> None:
     """Render figures/*.png, report.md and a self-contained report.html from a perturb folder's files alone."""
-    from .pipeline import recompare as recompute
-    from .pipeline import write_report
+    from .pipeline import recompare as recompute  # lazy: the command's own layer loads on use
+    from .pipeline import write_report  # lazy: the command's own layer loads on use
 
     typer.echo(f"report: {recompute(report_dir) if recompare else write_report(report_dir)}")
 
@@ -325,7 +338,7 @@ def demo(
     progress: Progress = True,
 ) -> None:
     """The main job in one command: train a CapsNet and a convnet, perturb with the whole suite, report."""
-    from .pipeline import run_demo
+    from .pipeline import run_demo  # lazy: the command's own layer loads on use
 
     path = run_demo(size=size, out=out, runs_dir=runs_dir, device=device, force=force, progress=progress)
     typer.echo(f"report: {path}")
@@ -344,7 +357,7 @@ def run(
     progress: Progress = True,
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
-    from .pipeline import run_experiment
+    from .pipeline import run_experiment  # lazy: the command's own layer loads on use
 
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
                           out=out, runs_dir=runs_dir, force=force, progress=progress)

@@ -47,6 +47,7 @@ from typing import Any
 from ._compat import moved
 from .data import UnknownDatasetError, get_spec
 from .errors import InvalidInputError
+from .tasks import get_task
 from .training.runs import ConfigError, RunConfig, check_plain_name
 from .transforms import parse_magnitude_specs, resolve
 
@@ -298,8 +299,6 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         except InvalidInputError as exc:
             raise _fail(path, text, "options", section, str(exc)) from None
     try:
-        from .tasks import get_task
-
         get_task(exp.train.get("task", "classify"))
     except InvalidInputError as exc:
         raise _fail(path, text, "task", "train", str(exc)) from None

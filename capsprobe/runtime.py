@@ -17,6 +17,7 @@ One home for the conventions that training, the probe and the benchmark share:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -180,8 +181,6 @@ class BusyError(CapsprobeError):
 
 def write_marker(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` as written by capsprobe (``kind``: ``run`` or ``report``)."""
-    import json
-
 
     atomic_write_text(Path(folder) / MARKER, json.dumps({"kind": kind, "capsprobe": __version__}) + "\n")
 
@@ -189,8 +188,6 @@ def write_marker(folder: str | Path, kind: str) -> None:
 def is_capsprobe_folder(folder: str | Path, kind: str) -> bool:
     """True when ``folder`` holds capsprobe's marker of ``kind``, or (written before markers existed) the JSON file a
     run (``config.json``) or a report (``manifest.json``) holds, with capsprobe's version in it."""
-    import json
-
     folder = Path(folder)
     try:
         if (folder / MARKER).is_file():
@@ -235,7 +232,7 @@ def folder_lock(out: str | Path) -> Iterator[Path]:
     Raises:
         BusyError: another process holds the lock; nothing is waited for.
     """
-    import fcntl
+    import fcntl  # lazy: POSIX only, asked for when a folder is locked
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,7 @@ def _mnist_sample(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
 
 def _torchvision(kind: str) -> Loader:
     def load(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # lazy: torchvision loads for its own data sets only
 
         def build(train: bool):
             if kind == "mnist":

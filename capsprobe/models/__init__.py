@@ -7,6 +7,7 @@ Importing this package registers ``capsnet*`` and ``baseline_cnn`` in timm, so a
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Sequence
 
 import timm
@@ -90,8 +91,6 @@ _NOT_OPTIONS = {"self", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
 def _native_options(name: str) -> tuple[str, ...]:
-    import inspect
-
     cls = CapsNet if name.startswith("capsnet") else BaselineCNN
     return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in _NOT_OPTIONS)
 

@@ -24,7 +24,10 @@ of :mod:`capsprobe.report.plots` plus one entry in :data:`SUITE_FIGURES`.
 
 from __future__ import annotations
 
+import base64
+import html
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,9 +58,6 @@ figcaption{font-size:.85em;color:#555}.meta{font-size:.85em;color:#555}li{margin
 
 def _html(title: str, lines: list[str], tables: list[tuple[str, pd.DataFrame]], figs: dict[str, bytes],
           captions: dict[str, str], manifest: dict[str, Any], notes: list[str]) -> str:
-    import base64
-    import html
-
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
@@ -188,8 +188,6 @@ def recompare_report(folder: str | Path, section_for: SectionFor) -> Path:
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link ``src`` (a file, or a folder's files) at ``dst``; copy where links are not possible."""
-    import shutil
-
     if src.is_dir():
         dst.mkdir()
         for child in src.iterdir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,9 +65,7 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only when a figure is drawn
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -83,7 +82,7 @@ def _has(metric: str, transform: str | None = None) -> Callable[[ReportData], bo
 
 def _plot(name: str, table: str | None = None) -> Callable[[ReportData], Any]:
     def draw(data: ReportData):
-        from . import plots
+        from . import plots  # lazy: plots imports matplotlib and seaborn
 
         return getattr(plots, name)(data.metrics if table is None else data.tables[table])
     return draw
@@ -101,7 +100,7 @@ class FigureSpec:
 
 def grid_figures(arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, bytes], dict[str, str]]:
     """Every stored image grid (``arrays/*.npz``) drawn with :func:`capsprobe.report.plots.plot_image_grid`."""
-    from . import plots
+    from . import plots  # lazy: plots imports matplotlib and seaborn
 
     figs, captions = {}, {}
     for name, grid in arrays.items():

@@ -265,7 +265,7 @@ def _lie_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 def lie_figures(data: "ReportData") -> tuple[dict[str, bytes], dict[str, str]]:
     """The Lie probe's figures: end-to-end LEE, and per run its layer profile and composition grid."""
-    from . import plots
+    from . import plots  # lazy: plots imports matplotlib and seaborn
 
     figs, captions = {}, {}
     none = pd.DataFrame()

@@ -8,7 +8,7 @@ are the two digits) and the per-digit reconstruction error, with the paper's red
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -16,17 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import metrics as M
-from ..data import multimnist
+from ..data import ImageSplit, multimnist
 from ..errors import InvalidInputError
-from ..models import adapt, capsule_loss_of, reconstruction_loss
+from ..models import Adapter, adapt, capsule_loss_of, reconstruction_loss
 from ..probe import METRIC_COLUMNS, ProbeResult, as_subject, grid_array, metric_row
 from ..report import Section, grid_figures, pct
 from ..runtime import epoch_seed, resolve_device
 from .base import Batches, ProbeOptions, Task, register_task
-
-if TYPE_CHECKING:
-    from ..data import ImageSplit
-    from ..models import Adapter
 
 __all__ = ["multimnist_batches", "multimnist_evaluate", "multimnist_loss", "top_k_hits"]
 
