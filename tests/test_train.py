@@ -101,10 +101,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     out = fit(TINY, tmp_path / "run", progress=False)
     before = (out / "checkpoint" / "state.safetensors").read_bytes()
     weights = (out / "model.safetensors").read_bytes()
-    import capsprobe.models as models_mod
+    import capsprobe.tasks.classify as classify_mod
 
-    real = models_mod.capsule_loss_of  # the classify task's loss asks capsprobe.models for it at every step
-    monkeypatch.setattr(models_mod, "capsule_loss_of",
+    real = classify_mod.capsule_loss_of  # the classify task's loss asks for it at every step
+    monkeypatch.setattr(classify_mod, "capsule_loss_of",
                         lambda model: (lambda *a, **k: real(model)(*a, **k) * float("nan")))
     with pytest.raises(NonFiniteLossError, match="non-finite loss in epoch 2"):
         fit(RunConfig(**{**TINY.to_dict(), "epochs": 2}), out, resume=True, progress=False)
