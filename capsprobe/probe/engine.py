@@ -45,7 +45,7 @@ from ..transforms import (
     magnitude_value,
     resolve,
 )
-from .lie import COMPOSITION_ANGLES, GENERATORS, LAYER_DIM, LAYER_IMAGES, lie_tables
+from .lie import lie_manifest, lie_tables
 from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
 from .schema import (
     IMAGE_COLUMNS,
@@ -56,7 +56,7 @@ from .schema import (
     identity_labels,
     metric_row,
 )
-from .subject import as_subject
+from .subject import Subject, as_subject
 
 __all__ = [
     "decodability_rows",
@@ -197,6 +197,74 @@ def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
     return picked if len(set(picked)) >= 2 else []
 
 
+def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], split: ImageSplit, clean: _Pass,
+                     clean_recon: Any, t: Transform, magnitudes: Sequence[Any], seed: int, n_boot: int,
+                     batch_size: int, dev: torch.device, dtype: Any, timer: _Timer, bar: Any
+                     ) -> tuple[list[dict[str, Any]], list[pd.DataFrame], dict[str, Any] | None]:
+    """One transformation of one subject over its magnitudes: the metric rows of every condition, the per-image
+    rows, and the decodability row (None when fewer than two magnitudes can be decoded)."""
+    labels = split.labels.numpy()
+    metric_rows: list[dict[str, Any]] = []
+    image_frames: list[pd.DataFrame] = []
+    decoded: dict[str, Any] | None = None
+    decodable = _decodable(t, magnitudes)
+    reps, poses = [], []
+    for m in magnitudes:
+        bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
+        moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward")
+        _check_pass(subject.name, f"{t.name} {magnitude_label(m)}", moved)
+        base = {**ident, "transform": t.name, "kind": t.kind_at(m), "magnitude": magnitude_label(m),
+                "magnitude_value": magnitude_value(t, m)}
+        t0 = time.perf_counter()
+        condition = M.Condition(
+            labels=labels, clean_scores=clean.scores, scores=moved.scores, clean_rep=clean.rep, rep=moved.rep,
+            clean_pose=clean.pose_true, pose=moved.pose_true, recon_terms=moved.recon_terms,
+            fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
+            semantic=t.kind_at(m) == "semantic" and m != t.identity)
+        for name, est in M.condition_metrics(condition, seed, n_boot).items():
+            metric_rows.append(estimate_row(base, name, est))
+        timer.add("metrics", t0)
+        if m in decodable:
+            reps.append(moved.rep)
+            poses.append(moved.pose_true)
+        image_frames.append(pd.DataFrame({
+            **{k: v for k, v in base.items() if k != "magnitude_value"},
+            "image_id": np.arange(len(labels)),
+            "label": labels,
+            "prediction": moved.scores.argmax(1),
+            "true_score": moved.scores[np.arange(len(labels)), labels],
+            "confidence": moved.scores.max(1),
+            "pixel_change": moved.pixel_change,
+        }))
+        bar.update(1)
+    if decodable:
+        t0 = time.perf_counter()
+        values = [magnitude_value(t, m) for m in decodable]
+        row = {"run": subject.name, "transform": t.name, "decodability_magnitudes": len(values)}
+        ests = {"decodability": M.decodability_estimate(clean.rep, reps, values, seed, n_boot)}
+        if clean.pose_true is not None:
+            ests["decodability_pose"] = M.decodability_estimate(clean.pose_true, poses, values, seed, n_boot)
+        for name, est in ests.items():
+            row.update({name: est.value, f"{name}_low": est.ci[0], f"{name}_high": est.ci[1]})
+        decoded = row
+        timer.add("metrics", t0)
+    return metric_rows, image_frames, decoded
+
+
+def _selectivity_rows(metrics_df: pd.DataFrame, selectivity: pd.DataFrame) -> pd.DataFrame:
+    """``scramble_selectivity`` metric rows from the selectivity table, with each condition's identity columns."""
+    keys = ["run", "transform", "magnitude"]
+    bases = metrics_df.drop_duplicates(keys).set_index(keys)
+    extra = []
+    for r in selectivity.itertuples(index=False):
+        b = bases.loc[(r.run, r.transform, r.magnitude)]
+        base = {"model": b["model"], "run": r.run, "seed": b["seed"], "transform": r.transform, "kind": b["kind"],
+                "magnitude": r.magnitude, "magnitude_value": b["magnitude_value"]}
+        extra.append(metric_row(base, "scramble_selectivity", r.selectivity, (r.selectivity_low,
+                                                                               r.selectivity_high), r.n_images))
+    return pd.DataFrame(extra, columns=METRIC_COLUMNS)
+
+
 def run_probe(
     subjects: Sequence[Any],
     split: ImageSplit,
@@ -260,7 +328,6 @@ def run_probe(
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
     timer = _Timer(dev)
-    labels = split.labels.numpy()
     metric_rows: list[dict[str, Any]] = []
     image_frames: list[pd.DataFrame] = []
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -283,53 +350,17 @@ def run_probe(
         entries.append(entry)
         bar.update(1)
         for t in chosen:
-            decodable = _decodable(t, grid[t.name])
-            reps, poses = [], []
-            for m in grid[t.name]:
-                bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
-                moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward")
-                _check_pass(subject.name, f"{t.name} {magnitude_label(m)}", moved)
-                base = {**ident, "transform": t.name, "kind": t.kind_at(m), "magnitude": magnitude_label(m),
-                        "magnitude_value": magnitude_value(t, m)}
-                t0 = time.perf_counter()
-                condition = M.Condition(
-                    labels=labels, clean_scores=clean.scores, scores=moved.scores, clean_rep=clean.rep, rep=moved.rep,
-                    clean_pose=clean.pose_true, pose=moved.pose_true, recon_terms=moved.recon_terms,
-                    fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
-                    semantic=t.kind_at(m) == "semantic" and m != t.identity)
-                for name, est in M.condition_metrics(condition, seed, n_boot).items():
-                    metric_rows.append(estimate_row(base, name, est))
-                timer.add("metrics", t0)
-                if m in decodable:
-                    reps.append(moved.rep)
-                    poses.append(moved.pose_true)
-                image_frames.append(pd.DataFrame({
-                    **{k: v for k, v in base.items() if k != "magnitude_value"},
-                    "image_id": np.arange(len(labels)),
-                    "label": labels,
-                    "prediction": moved.scores.argmax(1),
-                    "true_score": moved.scores[np.arange(len(labels)), labels],
-                    "confidence": moved.scores.max(1),
-                    "pixel_change": moved.pixel_change,
-                }))
-                bar.update(1)
-            if decodable:
-                t0 = time.perf_counter()
-                values = [magnitude_value(t, m) for m in decodable]
-                row = {"run": subject.name, "transform": t.name, "decodability_magnitudes": len(values)}
-                ests = {"decodability": M.decodability_estimate(clean.rep, reps, values, seed, n_boot)}
-                if clean.pose_true is not None:
-                    ests["decodability_pose"] = M.decodability_estimate(clean.pose_true, poses, values, seed, n_boot)
-                for name, est in ests.items():
-                    row.update({name: est.value, f"{name}_low": est.ci[0], f"{name}_high": est.ci[1]})
-                decode_rows.append(row)
-                timer.add("metrics", t0)
+            rows, frames, decoded = _probe_transform(adapter, subject, ident, split, clean, clean_recon, t, grid[t.name],
+                                                     seed, n_boot, batch_size, dev, dtype, timer, bar)
+            metric_rows += rows
+            image_frames += frames
+            if decoded is not None:
+                decode_rows.append(decoded)
         if adapter.can_decode and adapter.has_poses:
             t0 = time.perf_counter()
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
             timer.add("pictures", t0)
         if lie:
-
             t0 = time.perf_counter()
             lie_parts.append(lie_tables([(ident, adapter)], split, batch_size=min(batch_size, 128), device=dev,
                                         seed=seed, n_boot=n_boot, progress=bar.set_postfix_str))
@@ -341,16 +372,7 @@ def run_probe(
     identity = identity_labels()
     selectivity = M.selectivity_table(images_df, identity, n_boot=n_boot, seed=seed)
     if not selectivity.empty:
-        keys = ["run", "transform", "magnitude"]
-        bases = metrics_df.drop_duplicates(keys).set_index(keys)
-        extra = []
-        for r in selectivity.itertuples(index=False):
-            b = bases.loc[(r.run, r.transform, r.magnitude)]
-            base = {"model": b["model"], "run": r.run, "seed": b["seed"], "transform": r.transform, "kind": b["kind"],
-                    "magnitude": r.magnitude, "magnitude_value": b["magnitude_value"]}
-            extra.append(metric_row(base, "scramble_selectivity", r.selectivity, (r.selectivity_low,
-                                                                                   r.selectivity_high), r.n_images))
-        metrics_df = pd.concat([metrics_df, pd.DataFrame(extra, columns=METRIC_COLUMNS)], ignore_index=True)
+        metrics_df = pd.concat([metrics_df, _selectivity_rows(metrics_df, selectivity)], ignore_index=True)
     decode_df = pd.DataFrame(decode_rows)
     tables = {"overview": M.overview_table(metrics_df, images_df, identity, n_boot=n_boot, seed=seed,
                                            extra=decode_df),
@@ -378,10 +400,7 @@ def run_probe(
         "device": str(dev),
     }
     if lie:
-
-        manifest["lie"] = {"generators": {g.name: g.unit for g in GENERATORS.values()},
-                           "composition_angles": list(COMPOSITION_ANGLES), "layer_images": min(LAYER_IMAGES, len(split)),
-                           "layer_dim": LAYER_DIM}
+        manifest["lie"] = lie_manifest(len(split))
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
                        manifest=manifest)
 

@@ -38,6 +38,7 @@ from ..models.adapter import Adapter, unwrap
 from ..transforms import get_transform, rotation_matrix, shear_matrix
 
 __all__ = [
+    "lie_manifest",
     "COMPOSITION_ANGLES",
     "GENERATORS",
     "Generator",
@@ -413,3 +414,10 @@ def lie_tables(subjects: Sequence[tuple[dict, Adapter]], split: ImageSplit,
     return LieResult(lie=pd.DataFrame(lie_rows, columns=LIE_COLUMNS),
                      layers=pd.DataFrame(layer_out, columns=LAYER_COLUMNS),
                      composition=pd.DataFrame(comp_rows, columns=COMPOSITION_COLUMNS))
+
+
+def lie_manifest(n_images: int) -> dict[str, Any]:
+    """What a report folder's manifest records of the Lie probe: generators and units, composition angles, the
+    images and principal axes of the per-layer profile."""
+    return {"generators": {g.name: g.unit for g in GENERATORS.values()}, "composition_angles": list(COMPOSITION_ANGLES),
+            "layer_images": min(LAYER_IMAGES, n_images), "layer_dim": LAYER_DIM}
