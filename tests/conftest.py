@@ -87,7 +87,7 @@ def tiny_experiment(tmp_path_factory):
 # --- tiers: `make test-fast` leaves out every test that trains a model -------------------------------------------
 
 _TRAINING_FIXTURES = {"tiny_runs", "tiny_experiment"}
-_TRAINS = re.compile(r"\bfit\(|\[\"(train|run|demo)\"|run_experiment\(|run_demo\(|_killed\(")
+_TRAINS = re.compile(r"\bfit\(|\[\"(train|run|demo|bench)\"|run_experiment\(|run_demo\(|_killed\(|_run_script\(")
 
 
 def pytest_collection_modifyitems(config, items):
