@@ -18,12 +18,14 @@ from .datasets import (  # noqa: F401
     load_dataset,
     register_dataset,
 )
+from . import viewpoints  # noqa: F401  # registers smallnorb* and *-viewpoint
 from .multidigit import (  # noqa: F401
     MultiDigits,
     multimnist,
 )
 from .ops import (  # noqa: F401
     box_overlap,
+    crop_images,
     ink_boxes,
     place_on_canvas,
     random_shifts,
@@ -39,6 +41,7 @@ __all__ = [
     "Splits",
     "UnknownDatasetError",
     "box_overlap",
+    "crop_images",
     "default_data_root",
     "get_spec",
     "ink_boxes",

@@ -10,7 +10,7 @@ from torch.utils.data import DistributedSampler
 
 from ..runtime import epoch_seed
 from .datasets import ImageSplit
-from .ops import random_shifts, shift_images
+from .ops import crop_images, random_crops, random_shifts, shift_images
 
 __all__ = [
     "iterate_batches",
@@ -39,8 +39,13 @@ def iterate_batches(
     and moves the epoch's order and shifts there once, so a batch is gathered, converted and shifted on the
     device with no host work; otherwise each batch is copied from host memory (pinned for CUDA). Both give the
     same batches: the shifts of an epoch are drawn in one call, which yields the numbers per-batch draws did.
+
+    A split with ``crop`` (smallNORB's 32 of 48) gives, when ``shuffle``, a random ``crop x crop`` window of every
+    image (seeded by ``(seed, epoch, rank)``), otherwise the centre window.
     """
     device = torch.device(device)
+    if split.crop is not None and not shuffle:
+        split = split.centre_cropped()  # evaluation of a split trained on random crops
     if resident is None:
         resident = device.type == "cuda"
     order = None
@@ -53,14 +58,21 @@ def iterate_batches(
     shifts = None
     if max_shift > 0:
         shifts = random_shifts(n, max_shift, torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)))
+    corners = None
+    if split.crop is not None:  # training on random crops (smallNORB), one corner per image, seeded like the shifts
+        corners = random_crops(n, split.images.shape[2:], split.crop,
+                               torch.Generator().manual_seed(epoch_seed(seed, epoch, rank) + 1))
     pin = device.type == "cuda" and not resident
     if resident:
         split = split.to(device)
         order = order.to(device) if order is not None else None
         shifts = shifts.to(device) if shifts is not None else None
+        corners = corners.to(device) if corners is not None else None
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
         images, labels = split.images[idx], split.labels[idx]
+        if corners is not None:
+            images = crop_images(images, corners[start : start + batch_size], split.crop)  # type: ignore[arg-type]
         if pin:
             images, labels = images.pin_memory(), labels.pin_memory()
         images = images.to(device, non_blocking=pin).float().div_(255)

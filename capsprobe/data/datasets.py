@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -58,23 +58,53 @@ class DatasetUnavailableError(CapsprobeError):
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """One split: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``."""
+    """One split: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``.
+
+    Optional, for the novel-viewpoint protocol (:mod:`capsprobe.data.viewpoints`):
+
+    - ``poses``: float32 ``(N, P)`` pose labels (smallNORB: instance, elevation, azimuth, lighting; the in-plane
+      analogue: angle in degrees and scale);
+    - ``familiar``: bool ``(N,)``, the image's viewpoint lies in the familiar (training) range;
+    - ``crop``: the side of the random square crop that training batches take (smallNORB: 32 of 48); evaluation
+      splits are centre-cropped when the data set is loaded (:meth:`centre_cropped`).
+    """
 
     images: Tensor
     labels: Tensor
+    poses: Tensor | None = None
+    familiar: Tensor | None = None
+    crop: int | None = None
 
     def __post_init__(self):
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
             raise InvalidInputError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise InvalidInputError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+        n = self.images.shape[0]
+        if self.labels.shape != (n,):
+            raise InvalidInputError(f"labels must be ({n},), got {tuple(self.labels.shape)}")
+        if self.poses is not None and (self.poses.dim() != 2 or self.poses.shape[0] != n):
+            raise InvalidInputError(f"poses must be ({n}, P), got {tuple(self.poses.shape)}")
+        if self.familiar is not None and (self.familiar.shape != (n,) or self.familiar.dtype != torch.bool):
+            raise InvalidInputError(f"familiar must be bool ({n},), got {self.familiar.dtype} {tuple(self.familiar.shape)}")
+        if self.crop is not None and not 1 <= self.crop <= min(self.images.shape[2:]):
+            raise InvalidInputError(f"crop {self.crop} does not fit {tuple(self.images.shape[2:])} images")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: Tensor | np.ndarray) -> "ImageSplit":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSplit(self.images[index], self.labels[index])
+        return ImageSplit(self.images[index], self.labels[index],
+                          None if self.poses is None else self.poses[index],
+                          None if self.familiar is None else self.familiar[index], self.crop)
+
+    def centre_cropped(self) -> "ImageSplit":
+        """The ``crop x crop`` centre of every image (the test-time view of a split trained on random crops)."""
+        if self.crop is None:
+            return self
+        h, w = self.images.shape[2:]
+        top, left = (h - self.crop) // 2, (w - self.crop) // 2
+        return replace(self, images=self.images[:, :, top:top + self.crop, left:left + self.crop].contiguous(),
+                       crop=None)
 
     def float_images(self) -> Tensor:
         """Images as float32 in [0, 1], ``(N, C, H, W)``."""
@@ -87,7 +117,7 @@ class ImageSplit:
             return self
         cache = self.__dict__.setdefault("_on_device", {})  # frozen dataclass: a private cache, not a field
         if device not in cache:
-            cache[device] = ImageSplit(self.images.to(device), self.labels.to(device))
+            cache[device] = replace(self, images=self.images.to(device), labels=self.labels.to(device))
         return cache[device]
 
 
@@ -189,7 +219,8 @@ def load_dataset(
     train, val = train_full.subset(tr), train_full.subset(va)
     if limit is not None:
         train, val, test = (_limit(s, limit, split_seed) for s in (train, val, test))
-    return Splits(spec, train, val, test)
+    # a data set trained on random crops (smallNORB) is validated and tested on the centre crop
+    return Splits(spec, train, val.centre_cropped(), test.centre_cropped())
 
 
 def _limit(split: ImageSplit, n: int, seed: int) -> ImageSplit:

@@ -10,6 +10,8 @@ from ..errors import InvalidInputError
 
 __all__ = [
     "box_overlap",
+    "crop_images",
+    "random_crops",
     "ink_boxes",
     "place_on_canvas",
     "random_shifts",
@@ -17,6 +19,29 @@ __all__ = [
 ]
 
 # --- batches and augmentation ------------------------------------------------------------------------------
+
+
+def random_crops(n: int, size: tuple[int, int] | torch.Size, crop: int, generator: torch.Generator) -> Tensor:
+    """Top-left corners ``(n, 2)`` (row, column) of uniformly random ``crop x crop`` windows of ``size`` images."""
+    h, w = int(size[0]), int(size[1])
+    if not 1 <= crop <= min(h, w):
+        raise InvalidInputError(f"crop {crop} does not fit {h}x{w} images")
+    rows = torch.randint(0, h - crop + 1, (n,), generator=generator)
+    cols = torch.randint(0, w - crop + 1, (n,), generator=generator)
+    return torch.stack([rows, cols], 1)
+
+
+def crop_images(images: Tensor, corners: Tensor, crop: int) -> Tensor:
+    """The ``crop x crop`` window of every image at its own top-left corner ``corners[b] = (row, column)``."""
+    if images.dim() != 4 or corners.shape != (images.shape[0], 2):
+        raise InvalidInputError(f"expected images (B, C, H, W) and corners (B, 2), got {tuple(images.shape)}, "
+                                f"{tuple(corners.shape)}")
+    offsets = torch.arange(crop, device=images.device)
+    rows = (corners[:, 0:1].to(images.device) + offsets).view(-1, 1, crop, 1)  # (B, 1, crop, 1)
+    cols = (corners[:, 1:2].to(images.device) + offsets).view(-1, 1, 1, crop)  # (B, 1, 1, crop)
+    batch = torch.arange(images.shape[0], device=images.device).view(-1, 1, 1, 1)
+    chans = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return images[batch, chans, rows, cols]
 
 
 def shift_images(images: Tensor, shifts: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from ..errors import InvalidInputError
 from .adapter import Adapter, ModelAdapter, ModelOutputs, adapt, unwrap
 from .baselines import BaselineCNN, adapt_stem, create_convnet
 from .capsnet import CapsNet
+from .emcaps import EMCapsNet
 from .components import (
     get_capsule_loss,
     get_routing,
@@ -31,8 +32,10 @@ from .components import (
 from .layers import (
     capsule_lengths,
     dynamic_routing,
+    em_routing,
     margin_loss,
     reconstruction_loss,
+    spread_loss,
     squash,
 )
 
@@ -40,6 +43,7 @@ __all__ = [
     "Adapter",
     "BaselineCNN",
     "CapsNet",
+    "EMCapsNet",
     "ModelAdapter",
     "ModelOutputs",
     "UnknownModelError",
@@ -51,6 +55,7 @@ __all__ = [
     "create_model",
     "create_convnet",
     "dynamic_routing",
+    "em_routing",
     "get_capsule_loss",
     "get_routing",
     "get_vote_map",
@@ -63,6 +68,7 @@ __all__ = [
     "register_capsule_loss",
     "register_routing",
     "register_vote_map",
+    "spread_loss",
     "squash",
     "unwrap",
 ]
@@ -80,8 +86,14 @@ def capsule_loss_of(model: nn.Module):
 
 
 def native_models() -> list[str]:
-    """Names capsprobe registers in timm: every ``capsnet*`` variant and ``baseline_cnn``."""
-    return sorted(timm.list_models(module="capsnet") + timm.list_models(module="baselines"))
+    """Names capsprobe registers in timm: every ``capsnet*`` variant (dynamic routing and EM) and ``baseline_cnn*``."""
+    return sorted(_family())
+
+
+def _family() -> dict[str, type]:
+    """Each native model name and the class its options are the constructor arguments of."""
+    classes = {"capsnet": CapsNet, "emcaps": EMCapsNet, "baselines": BaselineCNN}
+    return {name: cls for module, cls in classes.items() for name in timm.list_models(module=module)}
 
 
 # options a timm convnet takes from a config (create_convnet's own, and timm's regularisation rates); nothing that
@@ -91,7 +103,7 @@ _NOT_OPTIONS = {"self", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
 def _native_options(name: str) -> tuple[str, ...]:
-    cls = CapsNet if name.startswith("capsnet") else BaselineCNN
+    cls = _family()[name]
     return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in _NOT_OPTIONS)
 
 

@@ -1,6 +1,6 @@
 """Tasks: what a run learns, how it is scored, and what its report folder shows (see :mod:`.base`).
 
-Importing the package registers the built-in tasks, ``classify`` and ``multimnist``, in that order (the order
+Importing the package registers the built-in tasks, ``classify``, ``multimnist`` and ``viewpoint``, in that order (the order
 :func:`get_task` lists them in).
 """
 # isort: skip_file
@@ -9,7 +9,8 @@ from .base import (TASKS, Batches, BatchesFn, EvaluateFn, LossFn, ProbeOptions, 
                    register_task)
 from .classify import classify_batches, classify_evaluate, classify_loss, top1_hits
 from . import multimnist  # registers the multimnist task
+from . import viewpoint  # registers the viewpoint task
 
 __all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "ProbeOptions", "Task", "UnknownTaskError",
            "classify_batches", "classify_evaluate", "classify_loss", "get_task", "multimnist", "register_task",
-           "top1_hits"]
+           "top1_hits", "viewpoint"]

@@ -1,5 +1,8 @@
 """fit(): the training loop, with AMP on CUDA, atomic checkpoints, exact resume and DistributedDataParallel.
 
+A model with ``set_epoch(epoch)`` is told the (0-based) epoch before each one (EMCapsNet raises its spread loss
+margin by it), so a resumed run sets the schedule exactly as an uninterrupted one.
+
 Objectives: CapsNet, the margin loss plus ``recon_weight`` x the decoder's sum of squared errors (decoder
 masked by the true label); convnets, cross entropy. Optimiser: Adam with an exponential learning-rate decay
 (``lr * lr_decay ** epoch``), as in the paper's official code.
@@ -368,6 +371,9 @@ def _fit(
         lr = config.lr * config.lr_decay**epoch
         for group in optimizer.param_groups:
             group["lr"] = lr
+        set_epoch = getattr(model, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)  # a model with an epoch schedule (EMCapsNet's spread loss margin)
         objective.train()
         stats = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, images, non-finite
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.main),

@@ -1,0 +1,182 @@
+"""The ``viewpoint`` task: the novel-viewpoint protocol of Hinton, Sabour & Frosst (2018, section 5.1).
+
+Train on images at familiar viewpoints only, stop every model at the same accuracy on a *familiar* validation split
+(``target_accuracy``; the validation split is carved from the training images, so it never sees a novel viewpoint
+or a test image), then score the test images at familiar and at novel viewpoints (``ImageSplit.familiar``, from the
+data set's pose labels: :mod:`capsprobe.data.viewpoints`). Training and the loss are ``classify``'s.
+
+What ``capsprobe perturb`` writes for it: per-image rows under the conditions ``viewpoint / familiar`` and
+``viewpoint / novel``, so the calibrated comparisons of :mod:`capsprobe.metrics.compare` give every model's
+accuracy with an interval over seeds and images and every pair's paired difference with its Holm-adjusted test;
+``viewpoint.csv`` lists the familiar and novel test error of every run (seed). The report states errors,
+``1 - accuracy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import metrics as M
+from ..data import ImageSplit, iterate_batches
+from ..errors import InvalidInputError
+from ..metrics.compare import comparison_tables
+from ..models import adapt
+from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, as_subject, metric_row
+from ..report import Section
+from ..runtime import autocast_context, autocast_dtype, resolve_device
+from ..transforms import Transform
+from .base import ProbeOptions, Task, register_task
+from .classify import classify_batches, classify_loss, top1_hits
+
+__all__ = ["CONDITIONS", "viewpoint_evaluate", "viewpoint_section"]
+
+TRANSFORM = "viewpoint"
+CONDITIONS = ("familiar", "novel")
+
+
+def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
+                       magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
+    """Familiar and novel test accuracy of every subject on ``split`` (which must carry ``familiar`` flags).
+
+    The suite's ``transforms`` and ``magnitudes`` are not used: the viewpoints are the test.
+
+    Raises:
+        InvalidInputError: the split has no familiar/novel flags, or one of the two parts is empty.
+    """
+    if split.familiar is None:
+        raise InvalidInputError("this data set has no familiar and novel viewpoints: the viewpoint task needs one of "
+                                "smallnorb-azimuth, smallnorb-elevation or a *-viewpoint data set")
+    familiar = split.familiar.cpu().numpy()
+    if familiar.all() or not familiar.any():
+        raise InvalidInputError(f"the split has {int(familiar.sum())} familiar and {int((~familiar).sum())} novel "
+                                "images: the viewpoint test needs both")
+    dev = resolve_device(options.device)
+    dtype = autocast_dtype(dev, True)
+    frames, metric_rows, entries = [], [], []
+    for item in subjects:
+        subject = as_subject(item)
+        adapter = adapt(subject.model).to(dev).eval()
+        entries.append(subject.manifest_entry(adapter))
+        scores = []
+        with torch.inference_mode():
+            for images, _ in iterate_batches(split, options.batch_size, device=dev):
+                with autocast_context(dev, dtype):
+                    scores.append(adapter.outputs(images).scores.float().cpu())
+        s = torch.cat(scores)
+        if not torch.isfinite(s).all():
+            raise InvalidInputError(f"{subject.name}: non-finite class scores on the viewpoint test")
+        labels = split.labels.cpu()
+        pred = s.argmax(1)
+        ident = subject.ident()
+        frame = pd.DataFrame({
+            **ident, "transform": TRANSFORM, "kind": TRANSFORM,
+            "magnitude": np.where(familiar, "familiar", "novel"), "image_id": np.arange(len(split)),
+            "label": labels.numpy(), "prediction": pred.numpy(),
+            "true_score": s.gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
+            "confidence": s.max(1).values.numpy(), "pixel_change": 0.0,
+        })
+        frames.append(frame[IMAGE_COLUMNS])
+        hits = (pred == labels).numpy().astype(float)
+        for value, name in enumerate(CONDITIONS):
+            part = hits[familiar] if name == "familiar" else hits[~familiar]
+            base = {**ident, "transform": TRANSFORM, "kind": TRANSFORM, "magnitude": name,
+                    "magnitude_value": float(value)}
+            metric_rows.append(metric_row(base, "accuracy", float(part.mean()),
+                                          M.bootstrap_mean_ci(part, options.n_boot, options.seed), len(part)))
+    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
+    images = pd.concat(frames, ignore_index=True)
+    tables = {name: frame for name, frame in comparison_tables(metrics, images, entries, {TRANSFORM: "familiar"}).items()
+              if not frame.empty}
+    tables["viewpoint"] = _per_seed(metrics, entries)
+    manifest = {"runs": entries, "images": len(split), "familiar_images": int(familiar.sum()),
+                "novel_images": int((~familiar).sum()), "transforms": {TRANSFORM: list(CONDITIONS)}}
+    return ProbeResult(metrics=metrics, images=images, tables=tables, manifest=manifest)
+
+
+def _per_seed(metrics: pd.DataFrame, entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: familiar and novel test error, the familiar validation accuracy it stopped at, its epochs."""
+    rows = []
+    by = {e.get("name"): e for e in entries}
+    for run, part in metrics[metrics["metric"] == "accuracy"].groupby("run", sort=False):
+        acc = part.set_index("magnitude")["value"]
+        e = by.get(run, {})
+        rows.append({"run": run, "model": part["model"].iloc[0], "seed": part["seed"].iloc[0],
+                     "familiar_error": 1 - float(acc["familiar"]), "novel_error": 1 - float(acc["novel"]),
+                     "val_accuracy": e.get("val_accuracy"), "epochs": e.get("epochs"),
+                     "target_accuracy": e.get("target_accuracy"), "reached_target": e.get("reached_target")})
+    return pd.DataFrame(rows)
+
+
+def _err(value: float, low: float, high: float) -> str:
+    return f"{100 * (1 - value):.2f}% [{100 * (1 - high):.2f}, {100 * (1 - low):.2f}]"
+
+
+def viewpoint_section(data) -> Section:
+    """Familiar and novel error per model (intervals over seeds and images), each pair's paired difference of novel
+    and of familiar error with its Holm-adjusted verdict, and every run's errors."""
+    comparison = data.tables.get("comparison")
+    differences = data.tables.get("differences")
+    per_seed = data.tables.get("viewpoint")
+    if comparison is None:
+        comparison = pd.DataFrame(columns=["model", "magnitude", "value", "ci_low", "ci_high", "seeds", "interval"])
+    acc = comparison[(comparison["transform"] == TRANSFORM) & (comparison["metric"] == "accuracy")] \
+        if len(comparison) else comparison
+    rows, lines = [], []
+    for model, part in acc.groupby("model", sort=False):
+        r = part.set_index("magnitude")
+        row = {"model": model, "seeds": int(r["seeds"].iloc[0])}
+        for cond in CONDITIONS:
+            if cond in r.index:
+                row[f"{cond} error % [95% CI]"] = _err(r.loc[cond, "value"], r.loc[cond, "ci_low"], r.loc[cond, "ci_high"])
+        rows.append(row)
+        if "novel" in r.index and "familiar" in r.index:
+            lines.append(f"{model} ({row['seeds']} seeds): familiar test error {row['familiar error % [95% CI]']}, "
+                         f"novel {row['novel error % [95% CI]']}.")
+    diff_rows = []
+    if differences is not None and len(differences):
+        d = differences[(differences["transform"] == TRANSFORM) & (differences["metric"] == "accuracy")]
+        for r in d.itertuples(index=False):
+            # accuracy a - b is error b - a: state error a - b
+            lo, hi = -r.ci_high_adjusted, -r.ci_low_adjusted
+            verdict = "established" if bool(r.established) else "not established"
+            diff_rows.append({"pair": f"{r.model_a} - {r.model_b}", "viewpoints": r.magnitude,
+                              "error difference (points)": round(-100 * r.difference, 2),
+                              "Bonferroni-level CI": f"[{100 * lo:.2f}, {100 * hi:.2f}]",
+                              "p (Holm)": round(float(r.p_holm), 4), "verdict": verdict})
+            if r.magnitude == "novel":
+                lines.append(f"Novel-viewpoint error, {r.model_a} - {r.model_b}: {-100 * r.difference:+.2f} points "
+                             f"[{100 * lo:.2f}, {100 * hi:.2f}], Holm p = {float(r.p_holm):.3g}: {verdict}.")
+    notes = ["Protocol (Hinton, Sabour & Frosst 2018, section 5.1): trained on familiar viewpoints only, each run stopped "
+             "at the first epoch whose accuracy on a familiar validation split (held out from the training images) "
+             "reaches the target; errors are 1 - accuracy on the test images at familiar and at novel viewpoints. "
+             "Intervals: seeds x images (Satterthwaite t); differences paired over images, Holm-adjusted over the two "
+             "conditions, with Bonferroni-level intervals (capsprobe.metrics.compare)."]
+    if data.manifest.get("familiar_images") is not None:
+        notes.append(f"Test images: {data.manifest['familiar_images']} at familiar, {data.manifest['novel_images']} at "
+                     f"novel viewpoints ({data.manifest.get('dataset', '')}).")
+    tables = []
+    if diff_rows:
+        tables.append(("Paired differences of error (A - B)", pd.DataFrame(diff_rows)))
+    if per_seed is not None:
+        shown = per_seed.copy()
+        for col in ("familiar_error", "novel_error"):
+            shown[col] = (100 * shown[col]).round(2)
+        tables.append(("Every run (errors in %)", shown))
+    return Section(headlines=lines, table_title="Familiar and novel test error", table=pd.DataFrame(rows),
+                   notes=notes, tables=tables)
+
+
+register_task(Task(
+    name="viewpoint",
+    description="novel viewpoints (Hinton et al. 2018): trained on familiar poses, tested on familiar and novel",
+    input_size=lambda size: size,
+    batches=classify_batches,
+    loss=classify_loss,
+    hits=top1_hits,
+    evaluate=viewpoint_evaluate,
+    section=viewpoint_section,
+))

@@ -1,0 +1,186 @@
+"""The novel-viewpoint protocol: the smallNORB reader on tiny files written byte for byte, the registered splits, the
+in-plane analogue, random crops, and the viewpoint task's evaluation and report section."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import capsprobe  # noqa: F401
+from capsprobe.data import DatasetUnavailableError, ImageSplit, iterate_batches, load_dataset
+from capsprobe.data.ops import crop_images, random_crops
+from capsprobe.data.viewpoints import (
+    AZIMUTH_FAMILIAR,
+    NORB_FILES,
+    NorbFormatError,
+    read_norb,
+    rotate_scale,
+    write_norb,
+)
+from capsprobe.probe import Subject
+from capsprobe.tasks import ProbeOptions, get_task
+
+
+def _header(magic: int, dims: list[int]) -> bytes:
+    """The specification, written out by hand: int32 magic, int32 ndim, max(3, ndim) int32 dimensions."""
+    padded = dims + [1] * max(0, 3 - len(dims))
+    return struct.pack("<ii", magic, len(dims)) + struct.pack(f"<{len(padded)}i", *padded)
+
+
+def test_reader_parses_files_written_by_hand(tmp_path):
+    dat = np.arange(2 * 2 * 4 * 4, dtype=np.uint8).reshape(2, 2, 4, 4)
+    (tmp_path / "a.mat").write_bytes(_header(0x1E3D4C55, [2, 2, 4, 4]) + dat.tobytes())
+    assert (read_norb(tmp_path / "a.mat") == dat).all()
+    cat = np.array([3, 1], dtype="<i4")
+    (tmp_path / "c.mat").write_bytes(_header(0x1E3D4C54, [2]) + cat.tobytes())  # 1-D: two padding dims
+    assert read_norb(tmp_path / "c.mat").tolist() == [3, 1]
+    (tmp_path / "c.mat.gz").write_bytes(gzip.compress(_header(0x1E3D4C54, [2]) + cat.tobytes()))
+    assert read_norb(tmp_path / "c.mat.gz").tolist() == [3, 1]
+
+
+def test_writer_matches_the_specification_byte_for_byte(tmp_path):
+    info = np.array([[1, 2, 34, 5], [0, 8, 0, 0]], dtype=np.int32)
+    write_norb(tmp_path / "i.mat", info)
+    assert (tmp_path / "i.mat").read_bytes() == _header(0x1E3D4C54, [2, 4]) + info.astype("<i4").tobytes()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("payload,match", [
+    (struct.pack("<ii", 0x1E3D4C56, 1) + struct.pack("<3i", 1, 1, 1) + b"\0", "magic"),
+    (_header(0x1E3D4C55, [2, 3]) + b"\0" * 5, "says 6"),
+    (b"\x55\x4c", "too short"),
+    (struct.pack("<ii", 0x1E3D4C55, 4) + struct.pack("<3i", 1, 1, 1), "truncated"),
+])
+def test_reader_refuses_malformed_files(tmp_path, payload, match):
+    (tmp_path / "bad.mat").write_bytes(payload)
+    with pytest.raises(NorbFormatError, match=match):
+        read_norb(tmp_path / "bad.mat")
+
+
+def _fake_norb(root, n=36, side=12):
+    """Tiny smallNORB files: every image's pixel values encode its index, azimuths cycle through 0..34."""
+    folder = root / "smallnorb"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, stem in NORB_FILES.items():
+        dat = rng.integers(0, 256, (n, 2, side, side), dtype=np.uint8)
+        cat = (np.arange(n) % 5).astype(np.int32)
+        info = np.stack([np.arange(n) % 10, np.arange(n) % 9, (2 * np.arange(n)) % 36, np.arange(n) % 6], 1).astype(np.int32)
+        write_norb(folder / f"{stem}-dat.mat", dat)
+        write_norb(folder / f"{stem}-cat.mat.gz", cat)  # gzipped, as downloaded
+        write_norb(folder / f"{stem}-info.mat", info)
+    return folder
+
+
+def test_smallnorb_splits_downsample_crop_and_flag_viewpoints(tmp_path):
+    _fake_norb(tmp_path)
+    splits = load_dataset("smallnorb-azimuth", tmp_path, download=False, val_fraction=0.2)
+    train = splits.train
+    assert train.images.shape[2:] == (6, 6) and train.crop == 4  # 12 -> 6 (2x2 means), crops of 2/3
+    assert splits.test.images.shape[2:] == (4, 4) and splits.test.crop is None  # centre crop at test
+    assert splits.val.images.shape[2:] == (4, 4)
+    familiar = torch.tensor(AZIMUTH_FAMILIAR)
+    for part in (train, splits.val):
+        assert part.familiar.all() and torch.isin(part.poses[:, 2].long(), familiar).all()
+    test = splits.test
+    assert test.familiar.any() and (~test.familiar).any()
+    assert (test.familiar == torch.isin(test.poses[:, 2].long(), familiar)).all()
+    assert len(test) == 36  # every test image, familiar or novel
+    # the downsampling: the first image's first 2x2 block is the mean of the left image's block
+    raw = read_norb(tmp_path / "smallnorb" / f"{NORB_FILES['test']}-dat.mat")
+    full = load_dataset("smallnorb", tmp_path, download=False).test
+    block = raw[:, 0, 4:6, 4:6].reshape(len(raw), -1).astype(float).mean(1)  # centre crop starts at pixel 1 of 6
+    assert np.abs(full.images[:, 0, 1, 1].numpy() - np.round(block)).max() <= 1  # round-half-even vs. torch.round
+    elevation = load_dataset("smallnorb-elevation", tmp_path, download=False).test
+    assert (elevation.familiar == (elevation.poses[:, 1] <= 2)).all()
+
+
+def test_smallnorb_missing_files_are_a_clear_error(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="smallnorb.*download is off"):
+        load_dataset("smallnorb", tmp_path, download=False)
+
+
+def test_random_crops_take_the_window_at_each_corner():
+    images = torch.arange(2 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    corners = torch.tensor([[0, 2], [1, 0]])
+    out = crop_images(images, corners, 3)
+    assert torch.equal(out[0, 0], images[0, 0, 0:3, 2:5]) and torch.equal(out[1, 0], images[1, 0, 1:4, 0:3])
+    c = random_crops(500, (6, 6), 4, torch.Generator().manual_seed(0))
+    assert c.min() == 0 and c.max() == 2  # every corner that fits, and none that does not
+
+
+def test_training_batches_are_random_crops_and_evaluation_the_centre():
+    images = torch.randint(0, 255, (8, 1, 6, 6), dtype=torch.uint8)
+    split = ImageSplit(images, torch.arange(8), crop=4)
+    (train, _), = list(iterate_batches(split, 8, shuffle=True, seed=1))
+    (again, _), = list(iterate_batches(split, 8, shuffle=True, seed=1))
+    assert train.shape == (8, 1, 4, 4) and torch.equal(train, again)
+    (evaluation, labels), = list(iterate_batches(split, 8))
+    assert torch.equal(evaluation, images[:, :, 1:5, 1:5].float() / 255)
+
+
+def test_rotation_turns_counter_clockwise_and_scale_enlarges():
+    x = torch.zeros(1, 1, 9, 9, dtype=torch.uint8)
+    x[0, 0, 4, 7] = 255  # right of the centre
+    up = rotate_scale(x, torch.tensor([90.0]), torch.tensor([1.0]))
+    assert (up[0, 0] > 100).nonzero().tolist() == [[1, 4]]  # above the centre
+    down = rotate_scale(x, torch.tensor([-90.0]), torch.tensor([1.0]))
+    assert (down[0, 0] > 100).nonzero().tolist() == [[7, 4]]
+    y = torch.zeros(1, 1, 9, 9, dtype=torch.uint8)
+    y[0, 0, 4, 6] = 255  # 2 px right
+    big = rotate_scale(y, torch.tensor([0.0]), torch.tensor([1.5]))
+    assert big[0, 0, 4].argmax().item() == 7  # 3 px right
+
+
+def test_inplane_analogue_poses_and_flags():
+    splits = load_dataset("mnist-sample-viewpoint")
+    for part in (splits.train, splits.val):
+        assert part.familiar.all() and (part.poses[:, 0].abs() <= 30).all()
+        assert ((part.poses[:, 1] >= 0.9) & (part.poses[:, 1] <= 1.1)).all()
+    test = splits.test
+    angle = test.poses[:, 0].abs()
+    assert (test.familiar == (angle <= 30)).all() and test.familiar.float().mean() == 0.5
+    assert angle[~test.familiar].max() > 150  # novel reaches far beyond the familiar range
+    again = load_dataset("mnist-sample-viewpoint")
+    assert torch.equal(again.test.images, test.images)  # the poses are drawn once, with a fixed seed
+
+
+class _Oracle(torch.nn.Module):
+    """Right on familiar images, wrong on novel ones (reads the flag planted in the corner pixel)."""
+
+    def forward_features(self, x):
+        return x
+
+    def forward_head(self, x, pre_logits=False):
+        if pre_logits:
+            return x.flatten(1)
+        label = (x[:, 0, 0, 1] * 255).round().long()
+        novel = x[:, 0, 0, 0] > 0.5
+        guess = torch.where(novel, (label + 1) % 3, label)
+        return torch.nn.functional.one_hot(guess, 3).float() * 5
+
+
+def test_viewpoint_evaluation_scores_familiar_and_novel_separately():
+    n = 40
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    labels = torch.arange(n) % 3
+    familiar = torch.arange(n) < 30
+    images[:, 0, 0, 1] = labels.to(torch.uint8)
+    images[~familiar, 0, 0, 0] = 255
+    split = ImageSplit(images, labels, familiar=familiar)
+    task = get_task("viewpoint")
+    subjects = [Subject(f"oracle-seed{s}", _Oracle(), "oracle", seed=s) for s in range(2)]
+    result = task.evaluate(subjects, split, [], {}, ProbeOptions(n_boot=50, progress=False, device="cpu"))
+    acc = result.metrics.set_index(["run", "magnitude"])["value"]
+    assert acc[("oracle-seed0", "familiar")] == 1.0 and acc[("oracle-seed0", "novel")] == 0.0
+    per_seed = result.tables["viewpoint"]
+    assert per_seed["familiar_error"].tolist() == [0.0, 0.0] and per_seed["novel_error"].tolist() == [1.0, 1.0]
+    assert result.manifest["familiar_images"] == 30 and result.manifest["novel_images"] == 10
+    comparison = result.tables["comparison"]
+    assert set(comparison["magnitude"]) == {"familiar", "novel"}
+    with pytest.raises(Exception, match="no familiar and novel"):
+        task.evaluate(subjects, ImageSplit(images, labels), [], {}, ProbeOptions(progress=False, device="cpu"))
