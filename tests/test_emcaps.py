@@ -16,7 +16,7 @@ from capsprobe.models.emcaps import receptive_field_centres
 from capsprobe.models.layers import em_inverse_temperatures
 
 
-def reference_em(votes, acts, beta_u, beta_a, iters, final_lambda=0.01, var_floor=1e-4, eps=1e-8, cost_scale=1.0):
+def reference_em(votes, acts, beta_u, beta_a, iters, final_lambda=0.01, var_floor=1e-3, eps=1e-8, cost_scale=1.0):
     """Procedure 1 of the paper written plainly, loop by loop, with the Gaussian density itself (no log domain)."""
     n_in, n_out, dim = votes.shape
     R = [[1.0 / n_out] * n_out for _ in range(n_in)]

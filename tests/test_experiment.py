@@ -16,7 +16,8 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 
 def test_there_are_experiment_files():
-    assert {p.stem for p in EXPERIMENTS} >= {"ablation", "affnist", "demo", "multimnist", "robustness"}
+    assert {p.stem for p in EXPERIMENTS} >= {"ablation", "affnist", "demo", "multimnist", "robustness",
+                                             "viewpoint"}
 
 
 def _sizes(path: Path) -> list[str]:
@@ -52,6 +53,12 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
         summary = pd.read_csv(report / "summary.csv")
         assert set(summary["metric"]) == {"accuracy", "recon_error"}
         assert (report / "figures" / "segmentation-capsnet_small-seed0.png").is_file()
+    elif exp.train.get("task") == "viewpoint":
+        per_seed = pd.read_csv(report / "viewpoint.csv")
+        assert set(per_seed["run"]) == runs and per_seed["novel_error"].between(0, 1).all()
+        summary = pd.read_csv(report / "summary.csv")
+        assert set(summary["magnitude"]) == {"familiar", "novel"} and set(summary["metric"]) == {"accuracy"}
+        assert "Familiar and novel test error" in (report / "report.md").read_text()
     else:
         assert set(pd.read_csv(report / "overview.csv")["run"]) == runs
 

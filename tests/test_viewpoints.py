@@ -66,7 +66,7 @@ def _fake_norb(root, n=36, side=12):
     folder = root / "smallnorb"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for split, stem in NORB_FILES.items():
+    for stem in NORB_FILES.values():
         dat = rng.integers(0, 256, (n, 2, side, side), dtype=np.uint8)
         cat = (np.arange(n) % 5).astype(np.int32)
         info = np.stack([np.arange(n) % 10, np.arange(n) % 9, (2 * np.arange(n)) % 36, np.arange(n) % 6], 1).astype(np.int32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import viewpoints  # noqa: F401  # registers smallnorb* and *-viewpoint
 from .batches import (  # noqa: F401
     iterate_batches,
 )
@@ -18,7 +19,6 @@ from .datasets import (  # noqa: F401
     load_dataset,
     register_dataset,
 )
-from . import viewpoints  # noqa: F401  # registers smallnorb* and *-viewpoint
 from .multidigit import (  # noqa: F401
     MultiDigits,
     multimnist,

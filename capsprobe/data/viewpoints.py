@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError, option
-from .datasets import DatasetSpec, DatasetUnavailableError, ImageSplit, Loader, _REGISTRY, register_dataset
+from .datasets import _REGISTRY, DatasetSpec, DatasetUnavailableError, ImageSplit, Loader, register_dataset
 
 __all__ = [
     "AZIMUTH_FAMILIAR",
@@ -64,7 +64,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-NORB_MAGIC = {0x1E3D4C55: np.dtype("<u1"), 0x1E3D4C54: np.dtype("<i4")}  # uint8 matrix, int32 matrix
+NORB_MAGIC: dict[int, np.dtype] = {0x1E3D4C55: np.dtype("<u1"), 0x1E3D4C54: np.dtype("<i4")}  # uint8 matrix, int32 matrix
 NORB_FILES = {
     "train": "smallnorb-5x46789x9x18x6x2x96x96-training",
     "test": "smallnorb-5x01235x9x18x6x2x96x96-testing",

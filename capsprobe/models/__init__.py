@@ -17,7 +17,6 @@ from ..errors import InvalidInputError
 from .adapter import Adapter, ModelAdapter, ModelOutputs, adapt, unwrap
 from .baselines import BaselineCNN, adapt_stem, create_convnet
 from .capsnet import CapsNet
-from .emcaps import EMCapsNet
 from .components import (
     get_capsule_loss,
     get_routing,
@@ -29,6 +28,7 @@ from .components import (
     register_routing,
     register_vote_map,
 )
+from .emcaps import EMCapsNet
 from .layers import (
     capsule_lengths,
     dynamic_routing,
@@ -90,7 +90,7 @@ def native_models() -> list[str]:
     return sorted(_family())
 
 
-def _family() -> dict[str, type]:
+def _family() -> dict[str, type[nn.Module]]:
     """Each native model name and the class its options are the constructor arguments of."""
     classes = {"capsnet": CapsNet, "emcaps": EMCapsNet, "baselines": BaselineCNN}
     return {name: cls for module, cls in classes.items() for name in timm.list_models(module=module)}
@@ -103,8 +103,8 @@ _NOT_OPTIONS = {"self", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
 def _native_options(name: str) -> tuple[str, ...]:
-    cls = _family()[name]
-    return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in _NOT_OPTIONS)
+    init = _family()[name].__dict__["__init__"]  # the family's own constructor
+    return tuple(p for p in inspect.signature(init).parameters if p not in _NOT_OPTIONS)
 
 
 def check_model_kwargs(name: str, kwargs: dict) -> None:

@@ -4,9 +4,8 @@ Sabour, Frosst & Hinton (2017): the margin loss (eq. 4) and the reconstruction l
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +200,7 @@ def em_routing(
     beta_a: Tensor,
     num_iters: int = 3,
     final_lambda: float = 0.01,
-    var_floor: float = 1e-4,
+    var_floor: float = 1e-3,
     eps: float = 1e-8,
     cost_scale: float = 1.0,
     record: list[Tensor] | None = None,
@@ -241,10 +240,9 @@ def em_routing(
         final_lambda: the inverse temperature the schedule approaches.
         var_floor: added to every variance.
         eps: added to the routed mass before dividing by it.
-        cost_scale: multiplies every cost (1: the paper). The capsule layers pass Gritzman's (2019) normalisation of
-            the information a parent receives, ``100 N_out / N_in``: without it a class capsule, which hears from
-            every position, has costs tens of times a ConvCaps parent's, and at ``lambda = 0.01`` one schedule cannot
-            suit both (the activations of the class capsules barely separate and training stalls).
+        cost_scale: multiplies every cost (1: the paper). Gritzman (2019) scales it by ``100 N_out / N_in``, the
+            information a parent receives (a class capsule hears from every position); the capsule layers do when
+            built with ``normalise_cost=True`` (:class:`capsprobe.models.emcaps.EMCapsNet`).
         record: when a list, receives the routing assignments ``R (B, N_in, N_out)`` in use at each iteration's
             M-step (the first is the uniform start).
 
@@ -265,9 +263,8 @@ def em_routing(
 
 
 def em_route_parent_major(votes: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor, num_iters: int = 3,
-                          final_lambda: float = 0.01, var_floor: float = 1e-4, eps: float = 1e-8,
-                          cost_scale: float = 1.0, record: list[Tensor] | None = None,
-                          standardise: bool = False) -> tuple[Tensor, Tensor]:
+                          final_lambda: float = 0.01, var_floor: float = 1e-3, eps: float = 1e-8,
+                          cost_scale: float = 1.0, record: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """:func:`em_routing` on votes laid out ``(B, N_out, N_in, P)`` (what the capsule layers make); assignments
     ``R`` are ``(B, N_out, N_in)``."""
     batch, n_out, n_in, dim = votes.shape
@@ -291,8 +288,6 @@ def em_route_parent_major(votes: Tensor, activations: Tensor, beta_u: Tensor, be
         var = (second - mu.pow(2) * (2 - coeff.sum(-1))).clamp(min=0) + var_floor  # sum_i c (V - mu)^2
         log_sigma = 0.5 * var.log()
         cost = cost_scale * ((beta_u.unsqueeze(-1) + log_sigma) * mass.unsqueeze(-1)).sum(-1)  # (B, N_out)
-        if standardise:  # relative costs across the parents (Zhang & Yu's implementation)
-            cost = (cost - cost.mean(1, keepdim=True)) / (cost.std(1, keepdim=True, unbiased=False) + 1e-6)
         logit = lam * (beta_a - cost)
         a_out = torch.sigmoid(logit)
         if t == len(lambdas) - 1:

@@ -112,7 +112,9 @@ def _per_seed(metrics: pd.DataFrame, entries: Sequence[dict[str, Any]]) -> pd.Da
 
 
 def _err(value: float, low: float, high: float) -> str:
-    return f"{100 * (1 - value):.2f}% [{100 * (1 - high):.2f}, {100 * (1 - low):.2f}]"
+    """An accuracy and its interval as an error in %, the interval clipped to [0, 100]."""
+    lo, hi = max(0.0, 1 - high), min(1.0, 1 - low)
+    return f"{100 * (1 - value):.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
 
 
 def viewpoint_section(data) -> Section:
@@ -134,7 +136,8 @@ def viewpoint_section(data) -> Section:
                 row[f"{cond} error % [95% CI]"] = _err(r.loc[cond, "value"], r.loc[cond, "ci_low"], r.loc[cond, "ci_high"])
         rows.append(row)
         if "novel" in r.index and "familiar" in r.index:
-            lines.append(f"{model} ({row['seeds']} seeds): familiar test error {row['familiar error % [95% CI]']}, "
+            seeds = f"{row['seeds']} seed{'s' if row['seeds'] != 1 else ''}"
+            lines.append(f"{model} ({seeds}): familiar test error {row['familiar error % [95% CI]']}, "
                          f"novel {row['novel error % [95% CI]']}.")
     diff_rows = []
     if differences is not None and len(differences):
