@@ -222,3 +222,33 @@ def test_input_checks():
         EMCapsNet(img_size=12)
     with pytest.raises(InvalidInputError, match="built for inputs"):
         _tiny()(torch.rand(1, 1, 28, 28))
+
+
+def test_training_sets_the_margin_every_epoch_and_a_resumed_run_too(tmp_path, monkeypatch):
+    from capsprobe.training import RunConfig, fit
+
+    seen: list[int] = []
+    original = EMCapsNet.set_epoch
+
+    def record(self, epoch):
+        seen.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(EMCapsNet, "set_epoch", record)
+    options = dict(conv_channels=4, primary_types=2, caps1_types=2, caps2_types=2)
+    cfg = RunConfig(model="capsnet_em_small", dataset="mnist-sample", epochs=2, batch_size=16, limit=32,
+                    model_kwargs=options, max_shift=0)
+    out = fit(cfg, tmp_path / "run", progress=False)
+    assert seen == [0, 1]
+    seen.clear()
+    fit(RunConfig(**{**cfg.to_dict(), "epochs": 3}), out, resume=True, progress=False)
+    assert seen == [2]  # the resumed epoch gets its own margin, 0.4, as in an uninterrupted run
+
+
+def test_model_options_are_checked_against_the_em_constructor():
+    from capsprobe.models import check_model_kwargs
+
+    check_model_kwargs("capsnet_em_small", {"var_floor": 1e-3, "coordinate_addition": False})
+    with pytest.raises(InvalidInputError, match="takes no option 'primary_dim'.*caps1_types"):
+        check_model_kwargs("capsnet_em", {"primary_dim": 8})
+    check_model_kwargs("capsnet_small", {"primary_dim": 8})  # the dynamic-routing family keeps its own

@@ -53,25 +53,14 @@ from torch import Tensor, nn
 from ..errors import InvalidInputError
 from ._cfg import cfg_of, small_image_cfg
 from .adapter import ModelOutputs
+from .capsnet import _conv_out as _out  # the side of an unpadded convolution's output
+from .capsnet import _pair
 from .layers import em_route_parent_major, spread_loss
 
 __all__ = ["ClassCapsules", "ConvCaps", "EMCapsNet", "PrimaryMatCaps", "capsnet_em", "capsnet_em_small",
            "receptive_field_centres"]
 
 POSE = 16  # a 4x4 pose matrix, flattened row-major
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
-    if len(value) != 2:
-        raise InvalidInputError(f"expected an int or a pair (H, W), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def _out(size: int, kernel: int, stride: int) -> int:
-    return (size - kernel) // stride + 1
 
 
 def receptive_field_centres(size: int, layers: Sequence[tuple[int, int]]) -> Tensor:

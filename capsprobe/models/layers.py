@@ -228,9 +228,10 @@ def em_routing(
 
     Speed: every sum over the children is a batched matrix product over the votes laid out parent-major (the
     variance as ``sum_i c_ij V_ij^2 - mu_j^2``, clamped at 0; the E-step's squared distance expanded the same way), so
-    no iteration makes a temporary of the votes' size and autograd keeps only the votes and their squares: 4-6x
-    faster than the plain elementwise form on CPU, equal to it in float64 to about 1e-12 (tested against a plain
-    loop-by-loop reference).
+    no iteration makes a temporary of the votes' size and autograd keeps only the votes and their squares: a training
+    step of ``capsnet_em_small`` ran 3.7x faster on 2 CPU cores than with the plain elementwise form (30 against 8
+    images/s at batch 128), and the result equals a plain loop-by-loop reference of the procedure to 1.4e-15 in
+    float64 (``tests/test_emcaps.py``).
 
     Args:
         votes: ``V (B, N_in, N_out, P)``, e.g. ``P = 16`` flattened 4x4 pose matrices.
