@@ -252,3 +252,19 @@ def test_model_options_are_checked_against_the_em_constructor():
     with pytest.raises(InvalidInputError, match="takes no option 'primary_dim'.*caps1_types"):
         check_model_kwargs("capsnet_em", {"primary_dim": 8})
     check_model_kwargs("capsnet_small", {"primary_dim": 8})  # the dynamic-routing family keeps its own
+
+
+def test_the_transformation_suite_probes_an_em_model_and_its_poses():
+    from capsprobe.data import load_dataset
+    from capsprobe.probe import Subject, run_probe
+
+    torch.manual_seed(0)
+    model = EMCapsNet(num_classes=10, img_size=28, conv_channels=8, primary_types=4, caps1_types=4, caps2_types=4)
+    split = load_dataset("mnist-sample", limit=24).test
+    result = run_probe([Subject("em", model, "capsnet_em")], split, ["rotate", "flip"], {"rotate": [0, 90]},
+                       n_boot=20, progress=False, device="cpu", lie=True)
+    metrics = set(result.metrics["metric"])
+    assert {"accuracy", "equivariance_error"} <= metrics  # the pose metrics: the probe read the 4x4 poses
+    assert result.manifest["runs"][0]["poses"] and not result.manifest["runs"][0]["decoder"]
+    layers = set(result.tables["lie_layers"]["layer"])
+    assert {"conv1", "primary", "caps1", "caps2", "classes"} <= layers
