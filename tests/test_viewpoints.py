@@ -184,3 +184,33 @@ def test_viewpoint_evaluation_scores_familiar_and_novel_separately():
     assert set(comparison["magnitude"]) == {"familiar", "novel"}
     with pytest.raises(Exception, match="no familiar and novel"):
         task.evaluate(subjects, ImageSplit(images, labels), [], {}, ProbeOptions(progress=False, device="cpu"))
+
+
+def test_missing_files_are_downloaded_when_allowed(tmp_path, monkeypatch):
+    """No network: urlopen is replaced by one that serves tiny files; they land gzipped, whole, under smallnorb/."""
+    import io
+
+    import capsprobe.data.viewpoints as vp
+
+    source = _fake_norb(tmp_path / "source")
+    asked = []
+
+    class _Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(url, timeout):
+        asked.append(url)
+        name = url.rsplit("/", 1)[1].removesuffix(".gz")
+        path = next(p for p in (source / name, source / f"{name}.gz") if p.is_file())
+        raw = path.read_bytes()
+        return _Response(raw if path.suffix == ".gz" else gzip.compress(raw))
+
+    monkeypatch.setattr(vp.urllib.request, "urlopen", urlopen)
+    splits = load_dataset("smallnorb", tmp_path / "root", download=True)
+    assert len(asked) == 6 and all(u.startswith(vp.NORB_URL) and u.endswith(".mat.gz") for u in asked)
+    assert len(splits.test) == 36
+    assert sorted(p.suffix for p in (tmp_path / "root" / "smallnorb").iterdir()) == [".gz"] * 6  # no .part left
