@@ -214,3 +214,12 @@ def test_missing_files_are_downloaded_when_allowed(tmp_path, monkeypatch):
     assert len(asked) == 6 and all(u.startswith(vp.NORB_URL) and u.endswith(".mat.gz") for u in asked)
     assert len(splits.test) == 36
     assert sorted(p.suffix for p in (tmp_path / "root" / "smallnorb").iterdir()) == [".gz"] * 6  # no .part left
+
+
+def test_error_by_pose_reads_degrees_from_each_data_set():
+    from capsprobe.tasks.viewpoint import _pose_axes
+
+    norb = _pose_axes(np.array([[3, 0, 34, 5], [1, 8, 2, 0]], dtype=np.float32))
+    assert norb["elevation"].tolist() == [30, 70] and norb["azimuth"].tolist() == [340, 20]
+    inplane = _pose_axes(np.array([[-29.0, 1.0], [14.9, 0.9], [179.9, 1.1], [-45.0, 1.0]], dtype=np.float32))
+    assert inplane["rotation"].tolist() == [22.5, 7.5, 172.5, 52.5]  # bin centres of the angle's size

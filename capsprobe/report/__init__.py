@@ -20,6 +20,7 @@ from .render import (  # noqa: F401
 from .section import (  # noqa: F401
     FigureSpec,
     Section,
+    figure_png,
     grid_figures,
     pct,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ablation_table",
     "check_report_target",
     "compact_table",
+    "figure_png",
     "grid_figures",
     "headlines",
     "lie_figures",

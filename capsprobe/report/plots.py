@@ -29,6 +29,7 @@ __all__ = [
     "plot_polar_accuracy",
     "plot_roc_curves",
     "plot_scramble_auroc",
+    "plot_viewpoint_error",
 ]
 
 _THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.85}
@@ -358,3 +359,30 @@ def plot_composition(composition: pd.DataFrame) -> Figure:
         fig.suptitle(f"{composition['run'].iloc[0]}: composition error of rotation maps", fontsize=9)
         fig.tight_layout()
     return fig
+
+
+def plot_viewpoint_error(poses: pd.DataFrame) -> Figure:
+    """Test error against the viewpoint (one panel per pose axis), per model: the mean over its runs, the band their
+    range; familiar viewpoints shaded. ``poses``: the viewpoint task's ``viewpoint_poses`` table."""
+    _require(poses, ["model", "run", "axis", "value", "familiar", "error"], "plot_viewpoint_error")
+    axes_names = list(dict.fromkeys(poses["axis"]))
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(1, len(axes_names), figsize=(5.2 * len(axes_names), 3.4), squeeze=False)
+        palette = _palette(list(dict.fromkeys(poses["model"])))
+        for ax, name in zip(axes[0], axes_names):
+            part = poses[poses["axis"] == name]
+            for value, fam in part.drop_duplicates("value")[["value", "familiar"]].itertuples(index=False):
+                if fam:
+                    ax.axvspan(value - 0.5 * _step(part), value + 0.5 * _step(part), color="0.9", lw=0)
+            sns.lineplot(data=part, x="value", y="error", hue="model", palette=palette, marker="o",
+                         errorbar=("pi", 100), ax=ax)
+            ax.set_xlabel(f"{name} (degrees)")
+            ax.set_ylabel("test error")
+            ax.set_ylim(0, min(1.0, float(part["error"].max()) * 1.1 + 0.02))
+        fig.tight_layout()
+    return fig
+
+
+def _step(part: pd.DataFrame) -> float:
+    values = np.sort(part["value"].unique())
+    return float(np.min(np.diff(values))) if len(values) > 1 else 1.0

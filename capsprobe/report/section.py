@@ -15,6 +15,7 @@ from .folder import ReportData
 __all__ = [
     "FigureSpec",
     "Section",
+    "figure_png",
     "grid_figures",
     "pct",
 ]
@@ -71,6 +72,11 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as the PNG bytes a :class:`Section` carries (the figure is closed)."""
+    return _png(fig)
 
 
 def _has(metric: str, transform: str | None = None) -> Callable[[ReportData], bool]:

@@ -26,7 +26,7 @@ from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..models import adapt
 from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, as_subject, metric_row
-from ..report import Section
+from ..report import Section, figure_png
 from ..runtime import autocast_context, autocast_dtype, resolve_device
 from ..transforms import Transform
 from .base import ProbeOptions, Task, register_task
@@ -92,6 +92,8 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
     tables = {name: frame for name, frame in comparison_tables(metrics, images, entries, {TRANSFORM: "familiar"}).items()
               if not frame.empty}
     tables["viewpoint"] = _per_seed(metrics, entries)
+    if split.poses is not None:
+        tables["viewpoint_poses"] = _by_pose(images, split.poses.cpu().numpy(), familiar)
     manifest = {"runs": entries, "images": len(split), "familiar_images": int(familiar.sum()),
                 "novel_images": int((~familiar).sum()), "transforms": {TRANSFORM: list(CONDITIONS)}}
     return ProbeResult(metrics=metrics, images=images, tables=tables, manifest=manifest)
@@ -109,6 +111,31 @@ def _per_seed(metrics: pd.DataFrame, entries: Sequence[dict[str, Any]]) -> pd.Da
                      "val_accuracy": e.get("val_accuracy"), "epochs": e.get("epochs"),
                      "target_accuracy": e.get("target_accuracy"), "reached_target": e.get("reached_target")})
     return pd.DataFrame(rows)
+
+
+def _pose_axes(poses: np.ndarray) -> dict[str, np.ndarray]:
+    """The pose axes an error curve is drawn over, in degrees: smallNORB's (instance, elevation, azimuth, lighting)
+    gives elevation (30 + 5 e) and azimuth (10 a); the in-plane analogue's (angle, scale) the angle's size in 15-degree
+    bins (their centres)."""
+    if poses.shape[1] == 4:
+        return {"elevation": 30 + 5 * poses[:, 1], "azimuth": 10 * poses[:, 2]}
+    if poses.shape[1] == 2:
+        return {"rotation": np.minimum(np.abs(poses[:, 0]) // 15, 11) * 15 + 7.5}
+    return {}
+
+
+def _by_pose(images: pd.DataFrame, poses: np.ndarray, familiar: np.ndarray) -> pd.DataFrame:
+    """Per run, pose axis and pose value: the test error and how many images it is over."""
+    frames = []
+    hit = (images["prediction"] == images["label"]).to_numpy()
+    ids = images["image_id"].to_numpy()
+    for axis, values in _pose_axes(poses).items():
+        frame = pd.DataFrame({"run": images["run"], "model": images["model"], "seed": images["seed"], "axis": axis,
+                              "value": values[ids], "familiar": familiar[ids], "error": 1.0 - hit})
+        grouped = frame.groupby(["run", "model", "seed", "axis", "value"], sort=False, dropna=False)
+        frames.append(grouped.agg(familiar=("familiar", "mean"), error=("error", "mean"), n_images=("error", "size"))
+                      .reset_index())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _err(value: float, low: float, high: float) -> str:
@@ -169,8 +196,17 @@ def viewpoint_section(data) -> Section:
         for col in ("familiar_error", "novel_error"):
             shown[col] = (100 * shown[col]).round(2)
         tables.append(("Every run (errors in %)", shown))
+    figures, captions = {}, {}
+    poses = data.tables.get("viewpoint_poses")
+    if poses is not None and len(poses):
+        from ..report import plots  # lazy: matplotlib and seaborn load when a figure is drawn
+
+        shown = poses.assign(familiar=poses["familiar"] >= 0.5)
+        figures["viewpoint_error.png"] = figure_png(plots.plot_viewpoint_error(shown))
+        captions["viewpoint_error.png"] = ("Test error against the viewpoint, per model: the mean over its runs, the "
+                                           "band the range of its runs; grey: familiar (training) viewpoints.")
     return Section(headlines=lines, table_title="Familiar and novel test error", table=pd.DataFrame(rows),
-                   notes=notes, tables=tables)
+                   figures=figures, captions=captions, notes=notes, tables=tables)
 
 
 register_task(Task(
