@@ -53,14 +53,20 @@ def test_unknown_stem_is_refused():
 @pytest.mark.parametrize("name", native_models() + ["resnet18"])
 def test_every_model_has_the_same_face(name):
     model = create_model(name, in_chans=1, num_classes=10, img_size=28).eval()
+    x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        out = adapt(model).outputs(torch.rand(3, 1, 28, 28))
+        out = adapt(model).outputs(x)
     assert out.scores.shape == (3, 10) and out.scores.dtype == torch.float32
     assert out.representation.dim() == 2 and out.representation.shape[0] == 3
     if name.startswith("capsnet"):
         assert out.poses.shape == (3, 10, 16)
         torch.testing.assert_close(out.representation, out.poses.flatten(1))
-        torch.testing.assert_close(out.scores, out.poses.norm(dim=-1), atol=1e-4, rtol=0)
+        if name.startswith("capsnet_em"):  # the scores are the activations EM routing gives beside the poses
+            with torch.no_grad():
+                torch.testing.assert_close(out.scores, model(x))
+            assert ((out.scores > 0) & (out.scores < 1)).all()
+        else:  # the scores are the poses' lengths
+            torch.testing.assert_close(out.scores, out.poses.norm(dim=-1), atol=1e-4, rtol=0)
     else:
         assert out.poses is None
         torch.testing.assert_close(out.scores.sum(1), torch.ones(3))

@@ -185,6 +185,14 @@ def viewpoint_section(data) -> Section:
              "reaches the target; errors are 1 - accuracy on the test images at familiar and at novel viewpoints. "
              "Intervals: seeds x images (Satterthwaite t); differences paired over images, Holm-adjusted over the two "
              "conditions, with Bonferroni-level intervals (capsprobe.metrics.compare)."]
+    excluded = data.tables.get("excluded")
+    if excluded is not None and len(excluded):
+        per = per_seed.set_index("run") if per_seed is not None else pd.DataFrame()
+        for r in excluded.itertuples(index=False):
+            val = per["val_accuracy"].get(r.run) if "val_accuracy" in per else None
+            notes.append(f"{r.run} did not reach the {100 * float(r.target_accuracy):.1f}% familiar validation target "
+                         f"in {r.epochs} epochs (it stopped at {100 * float(val if val is not None else np.nan):.2f}%): "
+                         "left out of the intervals and comparisons above; its errors are in the table of every run.")
     if data.manifest.get("familiar_images") is not None:
         notes.append(f"Test images: {data.manifest['familiar_images']} at familiar, {data.manifest['novel_images']} at "
                      f"novel viewpoints ({data.manifest.get('dataset', '')}).")
@@ -195,6 +203,7 @@ def viewpoint_section(data) -> Section:
         shown = per_seed.copy()
         for col in ("familiar_error", "novel_error"):
             shown[col] = (100 * shown[col]).round(2)
+        shown["val_accuracy"] = pd.to_numeric(shown["val_accuracy"], errors="coerce").round(4)
         tables.append(("Every run (errors in %)", shown))
     figures, captions = {}, {}
     poses = data.tables.get("viewpoint_poses")
