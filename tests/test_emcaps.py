@@ -268,3 +268,15 @@ def test_the_transformation_suite_probes_an_em_model_and_its_poses():
     assert result.manifest["runs"][0]["poses"] and not result.manifest["runs"][0]["decoder"]
     layers = set(result.tables["lie_layers"]["layer"])
     assert {"conv1", "primary", "caps1", "caps2", "classes"} <= layers
+
+
+@pytest.mark.parametrize("name", ["capsnet_em", "capsnet_em_small"])
+@pytest.mark.parametrize("chw", [(1, 28, 28), (1, 32, 32), (2, 32, 32), (1, 40, 36)])
+def test_shapes_and_config_through_timm(name, chw):
+    c, h, w = chw
+    model = timm.create_model(name, in_chans=c, num_classes=5, img_size=(h, w)).eval()
+    assert model.pretrained_cfg["architecture"] == name and model.pretrained_cfg["input_size"] == (1, 32, 32)
+    with torch.no_grad():
+        x = torch.rand(2, c, h, w)
+        assert model(x).shape == (2, 5) and model.forward_features(x).shape == (2, 5, 16)
+    assert timm.list_models("capsnet_em*") == ["capsnet_em", "capsnet_em_small"]
