@@ -43,7 +43,7 @@ small model's "68K" is 67,154 here, so the count is read as the same architectur
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -253,7 +253,7 @@ class EMCapsNet(nn.Module):
         cols = receptive_field_centres(self.img_size[1], self.layers) / self.img_size[1]
         self.conv1 = nn.Conv2d(in_chans, conv_channels, 5, stride=2)
         self.primary = PrimaryMatCaps(conv_channels, primary_types)
-        routing = dict(num_iters=num_iters, final_lambda=final_lambda, var_floor=var_floor,
+        routing: dict[str, Any] = dict(num_iters=num_iters, final_lambda=final_lambda, var_floor=var_floor,
                        normalise_cost=normalise_cost, init_std=init_std)
         self.caps1 = ConvCaps(primary_types, caps1_types, 3, 2, **routing)
         self.caps2 = ConvCaps(caps1_types, caps2_types, 3, 1, **routing)
