@@ -103,7 +103,8 @@ def _model_options(items: List[str]) -> dict:
 @app.command()
 @_clean_errors
 def train(
-    model: Optional[str] = typer.Option(None, help="capsnet, capsnet_small, baseline_cnn or any timm convnet [capsnet]."),
+    model: Optional[str] = typer.Option(None, help="capsnet, capsnet_small, capsnet_em, capsnet_em_small, "
+                                        "baseline_cnn or any timm convnet [capsnet]."),
     dataset: Optional[str] = typer.Option(None, help="Data set, see `capsprobe list` [mnist-sample]."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (with --target-accuracy: the most) [10]."),
     target_accuracy: Optional[float] = typer.Option(
@@ -125,6 +126,8 @@ def train(
     recon_weight: Optional[float] = typer.Option(None, min=0.0, help="CapsNet reconstruction loss weight, 0 = off "
                                                  "[0.0005]."),
     label: Optional[str] = typer.Option(None, help="The variant's name in run folders and tables [the model name]."),
+    task: Optional[str] = typer.Option(None, help="What the run learns: classify, multimnist or viewpoint (novel "
+                                       "viewpoints; a smallnorb-* or *-viewpoint data set) [classify]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download missing data [on]."),
     out: Optional[Path] = typer.Option(None, help="Run directory [runs/<model>-<dataset>]."),
@@ -159,7 +162,7 @@ def train(
         seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
         target_accuracy=target_accuracy, channels_last=channels_last, compile=compile, recon_weight=recon_weight,
-        label=label,
+        label=label, task=task,
     )
     config = with_overrides(config, model_kwargs=kwargs)
     path = fit(config, out, resume=resume, force=force, progress=progress)
@@ -306,9 +309,10 @@ def perturb(
     path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))
     t = result.timing
-    typer.echo(f"{int(t['images'])} images, {t['total']:.1f} s (transforms {t.get('transform', 0):.1f} s, "
-               f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s"
-               + (f", Lie {t['lie']:.1f} s" if "lie" in t else "") + ")")
+    if "images" in t and "total" in t:  # a task's own evaluation (MultiMNIST) may time nothing
+        typer.echo(f"{int(t['images'])} images, {t['total']:.1f} s (transforms {t.get('transform', 0):.1f} s, "
+                   f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s"
+                   + (f", Lie {t['lie']:.1f} s" if "lie" in t else "") + ")")
     typer.echo(f"report: {path}")
 
 

@@ -223,3 +223,29 @@ def test_error_by_pose_reads_degrees_from_each_data_set():
     assert norb["elevation"].tolist() == [30, 70] and norb["azimuth"].tolist() == [340, 20]
     inplane = _pose_axes(np.array([[-29.0, 1.0], [14.9, 0.9], [179.9, 1.1], [-45.0, 1.0]], dtype=np.float32))
     assert inplane["rotation"].tolist() == [22.5, 7.5, 172.5, 52.5]  # bin centres of the angle's size
+
+
+def test_cli_trains_and_perturbs_a_viewpoint_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    tiny = ["-o", "conv_channels=8", "-o", "primary_types=4", "-o", "caps1_types=4", "-o", "caps2_types=4"]
+    result = runner.invoke(app, ["train", "--model", "capsnet_em_small", "--dataset", "mnist-sample-viewpoint",
+                                 "--task", "viewpoint", "--limit", "32", "--epochs", "1", "--batch-size", "16",
+                                 "--device", "cpu", "--no-progress", *tiny])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "capsnet_em_small-mnist-sample-viewpoint-seed0"
+    result = runner.invoke(app, ["perturb", str(run), "--limit", "32", "--device", "cpu", "--no-progress",
+                                 "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert "32 images" in result.output and "viewpoint" in result.output
+    report = tmp_path / "reports" / run.name
+    assert (report / "viewpoint.csv").is_file() and (report / "summary.csv").is_file()
+    result = runner.invoke(app, ["report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "Familiar and novel test error" in (report / "report.md").read_text()
+    bad = runner.invoke(app, ["train", "--task", "nonsense", "--limit", "8", "--epochs", "1", "--no-progress"])
+    assert bad.exit_code != 0 and "unknown task 'nonsense'" in bad.output

@@ -14,6 +14,7 @@ accuracy with an interval over seeds and images and every pair's paired differen
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,16 +58,20 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
     dev = resolve_device(options.device)
     dtype = autocast_dtype(dev, True)
     frames, metric_rows, entries = [], [], []
+    start = time.perf_counter()
+    forward = 0.0
     for item in subjects:
         subject = as_subject(item)
         adapter = adapt(subject.model).to(dev).eval()
         entries.append(subject.manifest_entry(adapter))
         scores = []
+        t0 = time.perf_counter()
         with torch.inference_mode():
             for images, _ in iterate_batches(split, options.batch_size, device=dev):
                 with autocast_context(dev, dtype):
                     scores.append(adapter.outputs(images).scores.float().cpu())
         s = torch.cat(scores)
+        forward += time.perf_counter() - t0
         if not torch.isfinite(s).all():
             raise InvalidInputError(f"{subject.name}: non-finite class scores on the viewpoint test")
         labels = split.labels.cpu()
@@ -96,7 +101,9 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
         tables["viewpoint_poses"] = _by_pose(images, split.poses.cpu().numpy(), familiar)
     manifest = {"runs": entries, "images": len(split), "familiar_images": int(familiar.sum()),
                 "novel_images": int((~familiar).sum()), "transforms": {TRANSFORM: list(CONDITIONS)}}
-    return ProbeResult(metrics=metrics, images=images, tables=tables, manifest=manifest)
+    timing = {"forward": forward, "metrics": time.perf_counter() - start - forward,
+              "total": time.perf_counter() - start, "images": float(len(split))}
+    return ProbeResult(metrics=metrics, images=images, timing=timing, tables=tables, manifest=manifest)
 
 
 def _per_seed(metrics: pd.DataFrame, entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
