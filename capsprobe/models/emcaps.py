@@ -301,9 +301,7 @@ class EMCapsNet(nn.Module):
 
     def class_capsules(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Images ``(B, C, H, W)`` -> class poses ``(B, K, 16)`` and activations ``(B, K)``."""
-        self._check(x)
-        p = self.primary(F.relu(self.conv1(x)))
-        return self.classes(*self.caps2(*self.caps1(*p)))
+        return self.capsule_maps(x)["classes"]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images -> class poses ``(B, K, 16)`` (the activations: :meth:`class_capsules`)."""
