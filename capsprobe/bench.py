@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .models import adapt, create_model
-from .runtime import autocast_context, autocast_dtype, resolve_device
+from .runtime import autocast_context, autocast_dtype, resolve_device, tune_cpu_allocator
 from .training.loop import Objective, compile_objective, train_step
 
 __all__ = ["BenchResult", "bench_model", "run_benchmarks"]
@@ -152,6 +152,7 @@ def bench_model(
 
 
 def _bench_in_child(kwargs: dict) -> dict:
+    tune_cpu_allocator()  # as the command line does, so the figures are what `capsprobe train` gets
     return asdict(bench_model(**kwargs))
 
 

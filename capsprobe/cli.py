@@ -15,6 +15,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from .errors import CapsprobeError, render
+from .runtime import tune_cpu_allocator
 
 try:
     import tomllib
@@ -82,6 +83,7 @@ def _clean_errors(fn: Callable) -> Callable:
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages; show the traceback of an error.")) -> None:
     _VERBOSE["on"] = verbose
+    tune_cpu_allocator()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
 
 
@@ -109,6 +111,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (with --target-accuracy: the most) [10]."),
     target_accuracy: Optional[float] = typer.Option(
         None, help="Stop after the first epoch whose validation accuracy reaches this fraction (matched training)."),
+    val_every: Optional[int] = typer.Option(
+        None, min=1, help="With --target-accuracy: also validate every N steps and stop at the first that reaches it."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (per process) [128]."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate [1e-3]."),
     lr_decay: Optional[float] = typer.Option(None, min=0.0, help="Learning-rate decay per epoch [0.96]."),
@@ -161,7 +165,7 @@ def train(
         base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
         seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
-        target_accuracy=target_accuracy, channels_last=channels_last, compile=compile, recon_weight=recon_weight,
+        target_accuracy=target_accuracy, val_every=val_every, channels_last=channels_last, compile=compile, recon_weight=recon_weight,
         label=label, task=task,
     )
     config = with_overrides(config, model_kwargs=kwargs)

@@ -11,6 +11,9 @@ One home for the conventions that training, the probe and the benchmark share:
   new one is there. A reader sees the old version or the new one, never a mixture.
 - **Ownership**: every folder capsprobe writes (a run, a report) holds a marker file ``.capsprobe``; only such a
   folder is ever replaced.
+- **Allocator**: the CLI and the benchmark keep freed memory in glibc's heap rather than handing each large block
+  back to the kernel (:func:`tune_cpu_allocator`): a CPU training step otherwise spends much of its time
+  page-faulting fresh blocks of the size of the routing's vote tensors.
 - **One writer**: a command that writes a folder holds an advisory lock (``.<name>.lock`` beside it) for as long as
   it writes; a second writer is refused at once. Holding the lock, it removes what killed writers left behind.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -45,8 +49,42 @@ __all__ = [
     "is_capsprobe_folder",
     "replace_dir",
     "resolve_device",
+    "tune_cpu_allocator",
     "write_marker",
 ]
+
+
+# --- the CPU allocator ------------------------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+_TRIM_THRESHOLD = 2**30
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc keep freed blocks for reuse: blocks up to 32 MiB come from the heap (not one fresh ``mmap`` each),
+    and the heap is trimmed only above 1 GiB free. A routed capsule layer's training step allocates and frees
+    tensors of tens of MiB dozens of times; served by ``mmap`` each one is page-faulted in anew. On 2 CPU cores this
+    made a training step of the viewpoint experiment's EM model (batch 32) 1.12x faster (113 to 127 images/s;
+    with :func:`~capsprobe.models.layers.thin_matmul`, 156 images/s).
+
+    Process-wide, so only the command line and the benchmark call it, never an import. Set
+    ``CAPSPROBE_MALLOC_TUNE=0`` to leave the allocator alone.
+
+    Returns:
+        Whether the setting was applied (glibc only; elsewhere a no-op).
+    """
+    if os.environ.get("CAPSPROBE_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
 
 
 # --- devices and precision --------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ the CNN counterparts (9x9 kernels, average pooling). Each variant is checked aga
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,46 @@ def test_cnn_pool_options_and_bad_values():
         create_model("baseline_cnn", pool="median")
     with pytest.raises(InvalidInputError, match="kernel_size must be an odd positive integer"):
         create_model("baseline_cnn", kernel_size=4)
+
+
+@pytest.mark.parametrize("shapes", [((3, 5, 1, 7), (3, 5, 7, 4)),   # the weighted sum: a row vector times votes
+                                    ((3, 5, 7, 4), (3, 5, 4, 1)),   # the agreement: votes times a column
+                                    ((2, 1, 1, 7), (4, 7, 1)),      # broadcast batch axes
+                                    ((6, 1), (1, 3))])              # an outer product in the forward too
+def test_thin_matmul_values_gradients_and_forward_mode_match_matmul(shapes):
+    """The routing's products with a hand-written backward: every gradient and the jvp (the Lie derivatives run
+    through it) agree with autograd's matmul, in float64, including broadcast batch axes summed back down."""
+    from torch.func import jvp
+
+    from capsprobe.models.layers import thin_matmul
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shapes[0], generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(*shapes[1], generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(thin_matmul, (x, y), check_forward_ad=True, check_backward_ad=True)
+    out, ref = thin_matmul(x, y), torch.matmul(x, y)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    gx, gy = torch.autograd.grad((out * w).sum(), (x, y))
+    rx, ry = torch.autograd.grad((ref * w).sum(), (x, y))
+    assert gx.shape == x.shape and gy.shape == y.shape
+    torch.testing.assert_close(gx, rx, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gy, ry, rtol=0, atol=1e-12)
+    dx, dy = torch.randn_like(x), torch.randn_like(y)
+    _, t = jvp(thin_matmul, (x.detach(), y.detach()), (dx, dy))
+    _, r = jvp(torch.matmul, (x.detach(), y.detach()), (dx, dy))
+    torch.testing.assert_close(t, r, rtol=0, atol=1e-12)
+
+
+def test_cpu_allocator_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    """The CLI's mallopt call is accepted by glibc (both parameters in range, so mallopt returns 1), is harmless
+    to repeat, and the environment switch leaves the allocator alone."""
+    import sys
+
+    from capsprobe.runtime import tune_cpu_allocator
+
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert tune_cpu_allocator() is True
+        assert tune_cpu_allocator() is True
+    monkeypatch.setenv("CAPSPROBE_MALLOC_TUNE", "0")
+    assert tune_cpu_allocator() is False

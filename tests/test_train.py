@@ -180,6 +180,35 @@ def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, capl
     assert len(load_run(fit(more, tmp_path / "never", resume=True, progress=False)).history) == 3
 
 
+def test_val_every_stops_within_the_epoch_and_otherwise_changes_nothing(tmp_path):
+    """Mid-epoch validation: a run that reaches the target stops at that step (recorded, complete, not retrained on
+    resume); a run that never reaches it trains bit for bit as without the extra validations (the model goes back
+    to train mode and the data order's RNG is untouched)."""
+    from dataclasses import replace
+
+    from capsprobe.training.runs import ConfigError, completion_problem
+
+    reach = replace(TINY, epochs=3, target_accuracy=1e-6, val_every=1)
+    out = fit(reach, tmp_path / "reach", progress=False)
+    run = load_run(out)
+    assert len(run.history) == 1 and int(run.history[0]["steps"]) == 1 and run.metrics["steps"] == 1
+    assert run.metrics["reached_target"] is True and completion_problem(out, reach) is None
+    assert fit(reach, out, resume=True, progress=False) and len(load_run(out).history) == 1
+
+    never = replace(TINY, epochs=2, target_accuracy=1.0)  # never reached: every mid-epoch check fails
+    plain = load_file(str(fit(never, tmp_path / "plain", progress=False) / "model.safetensors"))
+    checked_run = fit(replace(never, val_every=1), tmp_path / "checked", progress=False)
+    checked = load_file(str(checked_run / "model.safetensors"))
+    assert plain.keys() == checked.keys() and all(torch.equal(plain[k], checked[k]) for k in plain)
+    steps = [int(r["steps"]) for r in load_run(checked_run).history]
+    assert len(steps) == 2 and steps[0] == steps[1] > 1  # whole epochs
+
+    with pytest.raises(ConfigError, match="val_every"):
+        RunConfig(val_every=5)  # nothing to stop at
+    with pytest.raises(ConfigError, match="val_every"):
+        RunConfig(target_accuracy=0.9, val_every=0)
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
 def test_target_accuracy_must_be_a_fraction(bad):
     from capsprobe.training.runs import ConfigError

@@ -24,9 +24,65 @@ __all__ = [
     "spread_loss",
     "reconstruction_loss",
     "squash",
+    "thin_matmul",
 ]
 
 _EPS = 1e-8
+
+
+def _contract(x: Tensor, y: Tensor) -> Tensor:
+    """``x @ y``, as a broadcast product when the contracted axis has length 1 (an outer product): CPU ``bmm``
+    is about 6x slower on that shape than the elementwise product."""
+    if x.shape[-1] == 1:
+        return x * y
+    return torch.matmul(x, y)
+
+
+class _ThinMatmul(torch.autograd.Function):
+    """``torch.matmul`` for the routing's matrix-vector products (one side has a length-1 axis), with a backward
+    that forms the outer products elementwise (see :func:`_contract`) and a forward-mode rule, so
+    :func:`torch.func.jvp` (the Lie derivatives) goes through it."""
+
+    @staticmethod
+    def forward(x: Tensor, y: Tensor) -> Tensor:
+        return torch.matmul(x, y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, y = inputs
+        ctx.save_for_backward(x, y)
+        ctx.save_for_forward(x, y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, y = ctx.saved_tensors
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = _sum_to(_contract(grad, y.transpose(-1, -2)), x.shape)
+        if ctx.needs_input_grad[1]:
+            gy = _sum_to(_contract(x.transpose(-1, -2), grad), y.shape)
+        return gx, gy
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor | None, dy: Tensor | None) -> Tensor:
+        x, y = ctx.saved_tensors
+        out = torch.matmul(dx, y) if dx is not None else None
+        if dy is not None:
+            term = torch.matmul(x, dy)
+            out = term if out is None else out + term
+        assert out is not None
+        return out
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum the broadcast batch axes of ``t`` back down to ``shape``."""
+    return t if t.shape == shape else t.sum_to_size(shape)
+
+
+def thin_matmul(x: Tensor, y: Tensor) -> Tensor:
+    """``x @ y`` for the routing's matrix-vector products: same values as :func:`torch.matmul`, a faster
+    backward on CPU (a training step of a routed capsule layer spends most of its time in those outer products)."""
+    return _ThinMatmul.apply(x, y)
 
 
 def capsule_lengths(v: Tensor, dim: int = -1, eps: float = _EPS) -> Tensor:
@@ -173,11 +229,11 @@ def route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool = False
         u = votes if last else inner
         c = b.softmax(dim=1)  # over the parents
         couplings.append(c)
-        v = activation(torch.matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
+        v = activation(thin_matmul(c.unsqueeze(2), u).squeeze(2))  # (B, N_out, D)
         if record is not None:
             record.append(v)
         if not last:
-            b = b + torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
+            b = b + thin_matmul(u, v.unsqueeze(-1)).squeeze(-1)  # agreement (B, N_out, N_in)
     return (v, couplings) if return_couplings else v
 
 
@@ -284,8 +340,8 @@ def em_route_parent_major(votes: Tensor, activations: Tensor, beta_u: Tensor, be
         weighted = r * a_in  # R'_ij (B, N_out, N_in)
         mass = weighted.sum(2)  # (B, N_out)
         coeff = (weighted / (mass.unsqueeze(2) + eps)).unsqueeze(2)  # (B, N_out, 1, N_in)
-        mu = torch.matmul(coeff, votes).squeeze(2)  # (B, N_out, P)
-        second = torch.matmul(coeff, squares).squeeze(2)
+        mu = thin_matmul(coeff, votes).squeeze(2)  # (B, N_out, P)
+        second = thin_matmul(coeff, squares).squeeze(2)
         var = (second - mu.pow(2) * (2 - coeff.sum(-1))).clamp(min=0) + var_floor  # sum_i c (V - mu)^2
         log_sigma = 0.5 * var.log()
         cost = cost_scale * ((beta_u.unsqueeze(-1) + log_sigma) * mass.unsqueeze(-1)).sum(-1)  # (B, N_out)
@@ -295,7 +351,7 @@ def em_route_parent_major(votes: Tensor, activations: Tensor, beta_u: Tensor, be
             break
         # E-step, in the log domain: sum_h (V - mu)^2 / (2 var) = V^2 . 1 / (2 var) - V . mu / var + const
         inv = 0.5 / var  # (B, N_out, P)
-        dist = (torch.matmul(squares, inv.unsqueeze(-1)) - torch.matmul(votes, (2 * mu * inv).unsqueeze(-1))
+        dist = (thin_matmul(squares, inv.unsqueeze(-1)) - thin_matmul(votes, (2 * mu * inv).unsqueeze(-1))
                 ).squeeze(-1) + (mu.pow(2) * inv).sum(-1, keepdim=True)  # (B, N_out, N_in)
         log_p = -dist - log_sigma.sum(-1, keepdim=True) - 0.5 * dim * math.log(2 * math.pi)
         r = torch.softmax(F.logsigmoid(logit).unsqueeze(-1) + log_p, dim=1)  # over the parents

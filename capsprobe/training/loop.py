@@ -381,6 +381,8 @@ def _fit(
         start = time.perf_counter()
         batches = task.batches(splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
                                max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size)
+        val: dict[str, float] | None = None
+        steps = num_batches
         for i, (images, labels, parts) in enumerate(batches):
             loss, scores = train_step(objective, optimizer, scaler, images, labels, device, dtype, parts)
             batch = labels.shape[0]
@@ -396,16 +398,28 @@ def _fit(
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}", img_s=f"{s[2] * ctx.world_size / elapsed:.0f}")
             bar.update(1)
+            if config.val_every is not None and (i + 1) % config.val_every == 0 and i < num_batches - 1:
+                # matched training within an epoch: a model that passes the target in its first epoch stops near
+                # it, not a whole epoch beyond. Every rank validates the same weights on the whole split, so all
+                # agree; the global RNG is set aside, so the rest of the epoch draws what it would have drawn.
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    mid = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp,
+                                   config.recon_weight, config.task)
+                if config.target_accuracy is not None and mid["accuracy"] >= config.target_accuracy:
+                    val, steps = mid, i + 1
+                    break
         bar.close()
         if ctx.world_size > 1:
             dist.all_reduce(stats)
         seconds = time.perf_counter() - start
         loss_sum, correct, seen, bad = stats.tolist()
-        _check_finite(bad, epoch, num_batches - 1, out)
-        val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight,
-                       config.task)
+        _check_finite(bad, epoch, steps - 1, out)
+        if val is None:
+            val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight,
+                           config.task)
         row = {
             "epoch": epoch + 1,
+            "steps": steps,  # of the epoch's num_batches: fewer when a mid-epoch validation reached the target
             "lr": lr,
             "train_loss": loss_sum / seen,
             "train_accuracy": correct / seen,
@@ -439,6 +453,7 @@ def _fit(
             "val_accuracy": history[-1]["val_accuracy"] if history else None,
             "epochs": trained,
             "max_epochs": config.epochs,
+            "steps": sum(int(r.get("steps", num_batches)) for r in history),
             "target_accuracy": config.target_accuracy,
             "reached_target": reached if config.target_accuracy is not None else None,
             "train_seconds": sum(r["seconds"] for r in history),

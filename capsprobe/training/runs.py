@@ -129,6 +129,7 @@ class RunConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_iters": 1}
     task: str = "classify"  # classify, or multimnist: two overlapping digits per 36x36 image (paper section 6)
     target_accuracy: float | None = None  # stop after the first epoch whose validation accuracy reaches this
+    val_every: int | None = None  # with target_accuracy: also validate every this many steps, and stop there
     channels_last: bool = False  # NHWC weights and inputs for the convolutions (faster on CUDA tensor cores)
     compile: bool = False  # torch.compile the training objective (model and loss); minutes of compilation first
     label: str | None = None  # the variant's name in run folders and tables (an ablation's "no-routing"); None: model
@@ -164,6 +165,9 @@ class RunConfig:
         _check_number("target_accuracy", self.target_accuracy, float, 0, above=True, optional=True)
         if self.target_accuracy is not None and self.target_accuracy > 1:
             raise ConfigError("target_accuracy", f"must be at most 1 (a fraction), got {self.target_accuracy!r}")
+        _check_number("val_every", self.val_every, int, 1, optional=True)
+        if self.val_every is not None and self.target_accuracy is None:
+            raise ConfigError("val_every", "validates to stop at target_accuracy, which is not set")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError("data_root", f"must be a path, got {self.data_root!r}")
         if not isinstance(self.model_kwargs, dict):
@@ -223,10 +227,12 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
 
 
 def write_history(path: str | Path, history: list[dict[str, Any]]) -> Path:
-    """Write one CSV row per epoch, atomically."""
+    """Write one CSV row per epoch, atomically; the columns are every row's keys in first-seen order (a run resumed
+    under a newer capsprobe gains columns its older rows leave blank)."""
     buf = io.StringIO()
     if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(k for row in history for k in row))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
     return atomic_write_text(path, buf.getvalue())
