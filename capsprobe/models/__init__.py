@@ -28,7 +28,9 @@ from .components import (
     register_routing,
     register_vote_map,
 )
+from .efficient_capsnet import EfficientCapsNet
 from .emcaps import EMCapsNet
+from .heads import BackboneHeadNet, head_costs
 from .layers import (
     capsule_lengths,
     dynamic_routing,
@@ -41,9 +43,11 @@ from .layers import (
 
 __all__ = [
     "Adapter",
+    "BackboneHeadNet",
     "BaselineCNN",
     "CapsNet",
     "EMCapsNet",
+    "EfficientCapsNet",
     "ModelAdapter",
     "ModelOutputs",
     "UnknownModelError",
@@ -59,6 +63,7 @@ __all__ = [
     "get_capsule_loss",
     "get_routing",
     "get_vote_map",
+    "head_costs",
     "list_capsule_losses",
     "list_routings",
     "list_vote_maps",
@@ -86,20 +91,22 @@ def capsule_loss_of(model: nn.Module):
 
 
 def native_models() -> list[str]:
-    """Names capsprobe registers in timm: every ``capsnet*`` variant (dynamic routing and EM) and ``baseline_cnn*``."""
+    """Names capsprobe registers in timm: every ``capsnet*`` variant (dynamic routing and EM), ``efficient_capsnet``,
+    the ``backbone_head_*`` heads and ``baseline_cnn*``."""
     return sorted(_family())
 
 
 def _family() -> dict[str, type[nn.Module]]:
     """Each native model name and the class its options are the constructor arguments of."""
-    classes = {"capsnet": CapsNet, "emcaps": EMCapsNet, "baselines": BaselineCNN}
+    classes = {"capsnet": CapsNet, "emcaps": EMCapsNet, "efficient_capsnet": EfficientCapsNet,
+               "heads": BackboneHeadNet, "baselines": BaselineCNN}
     return {name: cls for module, cls in classes.items() for name in timm.list_models(module=module)}
 
 
 # options a timm convnet takes from a config (create_convnet's own, and timm's regularisation rates); nothing that
 # loads files (checkpoint_path, pretrained, pretrained_cfg*, cache_dir...) is ever taken from a config
 _CONVNET_OPTIONS = ("stem", "drop_rate", "drop_path_rate")
-_NOT_OPTIONS = {"self", "num_classes", "in_chans", "img_size", "kwargs"}
+_NOT_OPTIONS = {"self", "head", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
 def _native_options(name: str) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ __all__ = [
     "CapsNet",
     "CapsuleDecoder",
     "DigitCaps",
+    "LengthCapsules",
     "PrimaryCaps",
     "capsnet",
     "capsnet_small",
@@ -123,7 +124,8 @@ class DigitCaps(nn.Module):
         num_iters: routing iterations (3).
         detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
         routing: a name of the routing registry (:mod:`capsprobe.models.components`): ``dynamic`` (the paper's
-            Procedure 1) or ``none`` (uniform couplings ``1 / N_out``, never updated).
+            Procedure 1), ``none`` (uniform couplings ``1 / N_out``, never updated) or ``attention``
+            (Efficient-CapsNet's self-attention routing, one pass).
         transformation: a name of the transformation registry: ``per-pair`` (one ``out_dim x in_dim`` matrix per
             (input, output) pair, the paper's) or ``shared`` (one matrix per output capsule).
         squash: squash the output capsules (the paper); False leaves ``s_j`` as it is.
@@ -226,7 +228,81 @@ class CapsuleDecoder(nn.Module):
         return self.net(masked_poses.flatten(1)).view(-1, *self.out_shape)
 
 
-class CapsNet(nn.Module):
+class LengthCapsules:
+    """What every capsule network whose class scores are its class capsules' lengths shares (the CapsNet of Sabour et
+    al. and Efficient-CapsNet): the probe face, the timm head, and the masked decoder.
+
+    A subclass (an ``nn.Module``) defines ``forward_features(x) -> poses (B, K, D)`` and the attributes ``loss`` (a
+    capsule loss name), ``decoder`` (a :class:`CapsuleDecoder` or None) and ``digits`` (the class-capsule layer).
+    """
+
+    has_poses = True  # the probe's capability flags (capsprobe.models.adapter)
+    loss: str
+    decoder: "CapsuleDecoder | None"
+    digits: nn.Module
+    forward_features: Callable[[Tensor], Tensor]
+
+    def capsule_loss(self, lengths: Tensor, targets: Tensor) -> Tensor:
+        """The training loss this model was built with (``loss``) on its capsule lengths."""
+        return get_capsule_loss(self.loss)(lengths, targets)
+
+    @property
+    def can_decode(self) -> bool:
+        """True when the model has its reconstruction decoder."""
+        return self.decoder is not None
+
+    def probe_outputs(self, x: Tensor) -> "ModelOutputs":
+        """What the probe asks of a model: lengths as scores, flattened poses as representation, the poses."""
+        poses = self.forward_features(x).float()  # (B, K, 16)
+        return ModelOutputs(scores=capsule_lengths(poses), representation=poses.flatten(1), poses=poses)
+
+    def forward_head(self, poses: Tensor, pre_logits: bool = False) -> Tensor:
+        """Poses ``(B, K, D)`` -> lengths ``(B, K)``; with ``pre_logits`` the flattened poses ``(B, K*D)``."""
+        if pre_logits:
+            return poses.flatten(1)
+        return capsule_lengths(poses)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` -> class-capsule lengths ``(B, K)`` (class scores in [0, 1))."""
+        return self.forward_head(self.forward_features(x))  # type: ignore[misc]
+
+    def mask(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Zero every pose but the selected ones.
+
+        Args:
+            poses: ``(B, K, D)``.
+            labels: class indices ``(B,)`` or a (multi-)hot mask ``(B, K)``; None selects the longest
+                capsule (the prediction).
+
+        Returns:
+            Masked poses ``(B, K, D)``.
+        """
+        if labels is None:
+            labels = capsule_lengths(poses).argmax(dim=1)
+        if labels.dim() == 1:
+            m = F.one_hot(labels.long(), poses.shape[1]).to(poses.dtype)
+        else:
+            m = labels.to(poses.dtype)
+        return poses * m.unsqueeze(-1)
+
+    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Reconstruct images from poses ``(B, K, D)``, masked by ``labels`` or else by the prediction.
+
+        Returns:
+            Images ``(B, C, H, W)`` in [0, 1].
+        """
+        if self.decoder is None:
+            raise RuntimeError(f"this {type(self).__name__} was built with decoder=False")
+        return self.decoder(self.mask(poses, labels))
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        raise NotImplementedError(f"{type(self).__name__}'s classes are its capsules: build a new model with num_classes")
+
+    def get_classifier(self) -> nn.Module:
+        return self.digits
+
+
+class CapsNet(LengthCapsules, nn.Module):
     """The CapsNet of Sabour et al. (2017) with dynamic routing.
 
     Args:
@@ -244,8 +320,8 @@ class CapsNet(nn.Module):
         detach_inner: detach ``u_hat`` in the inner routing iterations (off in the paper).
         decoder: build the reconstruction decoder.
         decoder_hidden: hidden widths of the decoder.
-        routing: ``dynamic`` (Procedure 1) or ``none`` (uniform couplings); see
-            :mod:`capsprobe.models.components`.
+        routing: ``dynamic`` (Procedure 1), ``none`` (uniform couplings) or ``attention`` (Efficient-CapsNet's
+            self-attention routing); see :mod:`capsprobe.models.components`.
         transformation: ``per-pair`` (one matrix per input/output capsule pair) or ``shared`` (one per output
             capsule).
         squash: squash primary and class capsules (the paper); False leaves both linear.
@@ -311,20 +387,9 @@ class CapsNet(nn.Module):
             {"num_chs": num_classes * capsule_dim, "reduction": primary_stride, "module": "digits"},
         ]
 
-    has_poses = True  # the probe's capability flags (capsprobe.models.adapter)
-
     @property
     def num_iters(self) -> int:
         return self.digits.num_iters
-
-    def capsule_loss(self, lengths: Tensor, targets: Tensor) -> Tensor:
-        """The training loss this model was built with (``loss``) on its capsule lengths."""
-        return get_capsule_loss(self.loss)(lengths, targets)
-
-    @property
-    def can_decode(self) -> bool:
-        """True when the model has its reconstruction decoder."""
-        return self.decoder is not None
 
     def probe_taps(self) -> list[tuple[str, nn.Module, Callable[[Tensor, tuple, nn.Module], dict[str, Tensor]]]]:
         """The per-layer probe's taps, ``(name, module, tap)`` for a forward hook, for each ``feature_info`` entry:
@@ -339,11 +404,6 @@ class CapsNet(nn.Module):
         return [("conv1", self.conv1, lambda out, inputs, module: {"conv1": torch.relu(out)}),
                 ("primary", self.primary, lambda out, inputs, module: {"primary": out}),
                 ("digits", self.digits, routing)]
-
-    def probe_outputs(self, x: Tensor) -> "ModelOutputs":
-        """What the probe asks of a model: lengths as scores, flattened poses as representation, the poses."""
-        poses = self.forward_features(x).float()  # (B, K, 16)
-        return ModelOutputs(scores=capsule_lengths(poses), representation=poses.flatten(1), poses=poses)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` -> class-capsule poses ``(B, K, capsule_dim)``."""
@@ -360,52 +420,6 @@ class CapsNet(nn.Module):
         """Conv1, ReLU and the PrimaryCaps convolution, sharing this model's weights: the part of a step that is
         dense convolution work (``capsprobe bench`` times it alone to print everything else as a share)."""
         return nn.Sequential(self.conv1, nn.ReLU(), self.primary.conv)
-
-    def forward_head(self, poses: Tensor, pre_logits: bool = False) -> Tensor:
-        """Poses ``(B, K, D)`` -> lengths ``(B, K)``; with ``pre_logits`` the flattened poses ``(B, K*D)``."""
-        if pre_logits:
-            return poses.flatten(1)
-        return capsule_lengths(poses)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Images ``(B, C, H, W)`` -> class-capsule lengths ``(B, K)`` (class scores in [0, 1))."""
-        return self.forward_head(self.forward_features(x))
-
-    def mask(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Zero every pose but the selected ones.
-
-        Args:
-            poses: ``(B, K, D)``.
-            labels: class indices ``(B,)`` or a (multi-)hot mask ``(B, K)``; None selects the longest
-                capsule (the prediction).
-
-        Returns:
-            Masked poses ``(B, K, D)``.
-        """
-        if labels is None:
-            labels = capsule_lengths(poses).argmax(dim=1)
-        if labels.dim() == 1:
-            m = F.one_hot(labels.long(), poses.shape[1]).to(poses.dtype)
-        else:
-            m = labels.to(poses.dtype)
-        return poses * m.unsqueeze(-1)
-
-    def decode(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Reconstruct images from poses ``(B, K, D)``, masked by ``labels`` or else by the prediction.
-
-        Returns:
-            Images ``(B, C, H, W)`` in [0, 1].
-        """
-        if self.decoder is None:
-            raise RuntimeError("this CapsNet was built with decoder=False")
-        return self.decoder(self.mask(poses, labels))
-
-    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
-        raise NotImplementedError("CapsNet's classes are its capsules: build a new model with num_classes")
-
-    def get_classifier(self) -> nn.Module:
-        return self.digits
-
 
 default_cfgs = generate_default_cfgs(
     {

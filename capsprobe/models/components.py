@@ -9,6 +9,11 @@ registry            entries
 routing             ``dynamic``: Procedure 1 of Sabour et al. (2017), routing by agreement.
                     ``none``: no routing, uniform couplings ``c_ij = 1 / N_out`` never updated (Gu & Tresp 2020;
                     Gu, Tresp & Hu 2021, "w/o DR").
+                    ``attention``: Efficient-CapsNet's self-attention routing (Mazzia et al. 2021), one pass, with
+                    a zero prior (the routing here holds no parameters; the family's own layer learns it).
+                    Self-routing and inverted dot-product attention hold parameters of their own (a routing
+                    network; a layer norm and a classifier): they are capsule heads
+                    (:mod:`capsprobe.models.heads`), where every routing is.
 transformation      ``per-pair``: one ``W_ij`` per (input capsule, output capsule) pair, the paper's.
                     ``shared``: one ``W_j`` per output capsule shared by every input capsule, ``u_hat_j|i = W_j
                     u_i`` (Aff-CapsNet, Gu & Tresp 2020, "Improving the robustness of capsule networks to image
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidInputError
-from .layers import margin_loss, route_by_agreement
+from .layers import attention_routing, margin_loss, route_by_agreement
 
 __all__ = [
     "Transformation",
@@ -105,6 +110,17 @@ def _no_routing(votes: Tensor, num_iters: int, detach_inner: bool, activation: C
     ``|s_j|`` near 1e-3, where the squash's gradient (about ``2 |s|``) vanishes, and capsnet_small never left chance
     (9.8% canvas accuracy after 5 epochs, 3 of 3 seeds)."""
     v = activation(votes.sum(dim=2) / votes.shape[1])
+    if record is not None:
+        record.append(v)
+    return v
+
+
+@register_routing("attention")
+def _attention(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor],
+               record: list[Tensor] | None = None) -> Tensor:
+    """Efficient-CapsNet's self-attention routing (:func:`capsprobe.models.layers.attention_routing`), zero prior,
+    then the activation (``num_iters`` and ``detach_inner`` unused: it has no iterations)."""
+    v = activation(attention_routing(votes))
     if record is not None:
         record.append(v)
     return v
@@ -205,6 +221,22 @@ def length_cross_entropy(lengths: Tensor, targets: Tensor) -> Tensor:
         raise InvalidInputError(f"targets must be (B,) or (B, K) = {tuple(lengths.shape)}, got {tuple(targets.shape)}")
     t = targets.to(lengths.dtype)
     return F.cross_entropy(lengths, t / t.sum(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+@register_capsule_loss("nll")
+def normalised_nll(scores: Tensor, targets: Tensor, eps: float = 1e-12) -> Tensor:
+    """The negative log of the true class's share of non-negative scores, ``-log(s_t / sum_k s_k)``, mean over the
+    batch: SR-CapsNet's loss for every head (Hahn et al. 2019; cross entropy when the scores are a softmax). A
+    (multi-)hot ``(B, K)`` target spreads its mass evenly over its labels."""
+    if scores.dim() != 2:
+        raise InvalidInputError(f"scores must be (B, K), got shape {tuple(scores.shape)}")
+    log_share = (scores.clamp_min(0) + eps).log() - (scores.clamp_min(0).sum(1, keepdim=True) + eps).log()
+    if targets.dim() == 1:
+        return F.nll_loss(log_share, targets.long())
+    if targets.shape != scores.shape:
+        raise InvalidInputError(f"targets must be (B,) or (B, K) = {tuple(scores.shape)}, got {tuple(targets.shape)}")
+    t = targets.to(scores.dtype)
+    return -(t / t.sum(dim=1, keepdim=True).clamp_min(1e-12) * log_share).sum(1).mean()
 
 
 # the 0.1 names of the vote-map registry (a "Transformation" there meant the capsule vote map, not an image

@@ -1,6 +1,8 @@
 """Capsule primitives, a leaf module: lengths, the squash, routing by agreement (Procedure 1), and the losses of
 Sabour, Frosst & Hinton (2017): the margin loss (eq. 4) and the reconstruction loss (section 4.1); EM routing
-(Procedure 1) and the spread loss of Hinton, Sabour & Frosst (2018), "Matrix capsules with EM routing", ICLR 2018."""
+(Procedure 1) and the spread loss of Hinton, Sabour & Frosst (2018), "Matrix capsules with EM routing", ICLR 2018;
+self-routing (Hahn, Pyeon & Kim 2019), Efficient-CapsNet's self-attention routing and squash (Mazzia, Salvetti &
+Chiaberge 2021) and inverted dot-product attention routing (Tsai et al. 2020)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ from ..errors import InvalidInputError
 
 __all__ = [
     "route_by_agreement",
+    "attention_routing",
     "capsule_lengths",
     "dynamic_routing",
     "em_inverse_temperatures",
     "em_route_parent_major",
     "em_routing",
+    "efficient_squash",
+    "inverted_dot_product_routing",
     "margin_loss",
     "spread_loss",
     "reconstruction_loss",
+    "self_routing",
     "squash",
     "thin_matmul",
 ]
@@ -381,3 +387,126 @@ def spread_loss(activations: Tensor, targets: Tensor, margin: float = 0.2) -> Te
     gaps = F.relu(margin - (a_t - activations)).pow(2)
     wrong = 1.0 - F.one_hot(targets.long(), activations.shape[1]).to(activations.dtype)
     return (gaps * wrong).sum(1).mean()
+
+
+# --- the routings SR-CapsNet and its successors compare (votes parent-major, (B, N_out, N_in, D)) -------------------
+
+
+def efficient_squash(s: Tensor, dim: int = -1, eps: float = 1e-20) -> Tensor:
+    """Efficient-CapsNet's squash (Mazzia, Salvetti & Chiaberge 2021, eq. 3), ``(1 - exp(-|s|)) s / |s|``.
+
+    Unlike :func:`squash` it is not flat near zero (its slope there is 1, not 0). ``eps`` keeps the zero vector's
+    value and gradient finite.
+
+    Args:
+        s: vectors, any shape ``(..., D, ...)``.
+        dim: the vector axis.
+        eps: added to the norm before dividing by it.
+
+    Returns:
+        Vectors of the shape of ``s`` with length in [0, 1).
+    """
+    norm = torch.sqrt(s.pow(2).sum(dim, keepdim=True) + eps)
+    return -torch.expm1(-norm) * s / norm
+
+
+def _check_votes(votes: Tensor) -> tuple[int, int, int, int]:
+    if votes.dim() != 4:
+        raise InvalidInputError(f"votes must be parent-major (B, N_out, N_in, D), got shape {tuple(votes.shape)}")
+    b, n_out, n_in, d = votes.shape
+    return b, n_out, n_in, d
+
+
+def self_routing(votes: Tensor | None, logits: Tensor, activations: Tensor, eps: float = 1e-12
+                 ) -> tuple[Tensor | None, Tensor]:
+    """Self-routing (Hahn, Pyeon & Kim, NeurIPS 2019, eqs. 1-4): no iterations and no agreement; every input
+    capsule's own routing network gives its couplings.
+
+    For input capsule ``i`` (pose ``u_i``, activation ``a_i``) and parent ``j``: ``c_ij = softmax_j(W^route_i u_i +
+    b_i)`` (``logits``, computed by the caller's routing network), ``a_j = sum_i c_ij a_i / sum_i a_i`` (so the
+    parents' activations sum to 1 over ``j``) and ``u_j = sum_i c_ij a_i u_hat_j|i / sum_i c_ij a_i``.
+
+    Args:
+        votes: ``u_hat (B, N_out, N_in, D)``; None when only the activations are wanted (Hahn et al.'s class layer).
+        logits: routing logits ``(B, N_out, N_in)``.
+        activations: input activations ``a (B, N_in)``, in [0, 1].
+        eps: added to the two masses divided by (a blank image, where every ``a_i`` is 0, stays finite).
+
+    Returns:
+        Parent poses ``(B, N_out, D)`` (None without votes) and activations ``(B, N_out)``.
+    """
+    if logits.dim() != 3 or activations.shape != (logits.shape[0], logits.shape[2]):
+        raise InvalidInputError(f"logits must be (B, N_out, N_in) and activations (B, N_in), got "
+                                f"{tuple(logits.shape)} and {tuple(activations.shape)}")
+    weighted = logits.softmax(dim=1) * activations.unsqueeze(1)  # c_ij a_i (B, N_out, N_in)
+    mass = weighted.sum(2)  # (B, N_out)
+    a_out = mass / (activations.sum(1, keepdim=True) + eps)
+    if votes is None:
+        return None, a_out
+    if votes.shape[:3] != logits.shape:
+        raise InvalidInputError(f"votes {tuple(votes.shape)} and logits {tuple(logits.shape)} disagree")
+    coeff = weighted / (mass.unsqueeze(2) + eps)
+    return thin_matmul(coeff.unsqueeze(2), votes).squeeze(2), a_out
+
+
+def attention_routing(votes: Tensor, prior: Tensor | None = None) -> Tensor:
+    """The self-attention routing of Efficient-CapsNet (Mazzia, Salvetti & Chiaberge 2021, eqs. 5-7), before the
+    squash.
+
+    For each parent ``j``, the votes attend to each other: ``A_j = U_j U_j^T / sqrt(D)`` with ``U_j`` the ``(N_in, D)``
+    votes for ``j``; the couplings are the row sums of ``A_j``, normalised over the parents, ``c_ij =
+    softmax_j(sum_k A_j[i, k])``, plus a learned prior ``B_ij`` (zeros at initialisation); ``s_j = sum_i c_ij
+    u_hat_j|i``. The row sum is ``<u_hat_j|i, sum_k u_hat_j|k> / sqrt(D)``, so ``A_j`` is never formed (``O(N_in D)``
+    per parent, not ``O(N_in^2)``). No iterations.
+
+    Args:
+        votes: ``u_hat (B, N_out, N_in, D)``.
+        prior: ``B (N_out, N_in)``, added after the softmax; None for zeros.
+
+    Returns:
+        ``s (B, N_out, D)`` (Efficient-CapsNet squashes it with :func:`efficient_squash`).
+    """
+    _, n_out, n_in, d = _check_votes(votes)
+    agreement = thin_matmul(votes, votes.sum(2, keepdim=True).transpose(-1, -2)).squeeze(-1) / math.sqrt(d)
+    c = agreement.softmax(dim=1)  # over the parents (B, N_out, N_in)
+    if prior is not None:
+        if prior.shape != (n_out, n_in):
+            raise InvalidInputError(f"prior must be ({n_out}, {n_in}), got {tuple(prior.shape)}")
+        c = c + prior.to(c.dtype)
+    return thin_matmul(c.unsqueeze(2), votes).squeeze(2)
+
+
+def inverted_dot_product_routing(votes: Tensor, num_iters: int, norm: Callable[[Tensor], Tensor],
+                                 record: list[Tensor] | None = None) -> Tensor:
+    """Inverted dot-product attention routing (Tsai, Srivastava, Goh & Salakhutdinov, ICLR 2020, Procedure 1).
+
+    The parents' poses start at zero, so the first iteration's couplings are uniform; then each iteration computes
+    the agreement of every vote with its parent's current pose, ``a_ij = <p_j, u_hat_j|i> / sqrt(D)`` (the scale of
+    the authors' code), the couplings ``r_ij = softmax_j(a_ij)`` (over the *parents*: the parents compete for each
+    child, the inversion of a transformer's attention), and the poses ``p_j = norm(sum_i r_ij u_hat_j|i)``,
+    with ``norm`` the layer normalisation of the paper. "Concurrent" routing (every layer of a stack updated in one
+    iteration from the previous iteration's values) is this procedure when there is one routed layer, as in
+    capsprobe's heads.
+
+    Args:
+        votes: ``u_hat (B, N_out, N_in, D)``.
+        num_iters: iterations, at least 1 (the paper uses 2 or 3).
+        norm: the normalisation applied to the parents' poses at every iteration, ``(B, N_out, D) -> (B, N_out, D)``.
+        record: when a list, receives the poses after every iteration.
+
+    Returns:
+        Parent poses ``p (B, N_out, D)``.
+    """
+    _, n_out, _, d = _check_votes(votes)
+    if num_iters < 1:
+        raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
+    p = norm(votes.sum(2) / n_out)  # the first iteration: p = 0 gives uniform couplings 1 / N_out
+    if record is not None:
+        record.append(p)
+    for _ in range(num_iters - 1):
+        agreement = thin_matmul(votes, p.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)  # (B, N_out, N_in)
+        r = agreement.softmax(dim=1)  # over the parents
+        p = norm(thin_matmul(r.unsqueeze(2), votes).squeeze(2))
+        if record is not None:
+            record.append(p)
+    return p

@@ -1,0 +1,453 @@
+"""One backbone, swappable heads: routing algorithms side by side, as SR-CapsNet compares them.
+
+Paper: Taeyoung Hahn, Myeongjang Pyeon, Gunhee Kim, "Self-Routing Capsule Networks", NeurIPS 2019 (code:
+coder3000/SR-CapsNet). Everything but the last layers is held fixed: one convolutional backbone, then a head.
+
+Backbone (SR-CapsNet's, the CIFAR ResNet of He et al. 2016, section 4.2): a 3x3 convolution of ``planes`` channels,
+batch norm, ReLU, then three stages of basic blocks of ``planes``, ``2 planes``, ``4 planes`` channels at strides 1, 2,
+2, with parameter-free shortcuts (subsample and zero-pad the channels: He et al.'s option A). ``blocks=(3, 3, 3)``
+is ResNet-20 (SR-CapsNet's); a 28x28 input leaves a 7x7 map, 32x32 an 8x8 one.
+
+Capsule heads read the map through primary capsules, ``A`` types of ``D``-vectors at every position: a 3x3
+convolution to ``A D`` pose channels and batch norm (and, for the heads that route on activations, a 3x3 convolution
+to ``A`` channels, batch norm and a sigmoid), so ``N_in = A h w`` capsules. The class layer holds one transformation
+per (input capsule, class) pair, as SR-CapsNet's class layer (a capsule convolution whose kernel covers the map)
+does; votes ``u_hat_j|i = u_i W_ij`` are routed to ``K`` class capsules:
+
+=============  ==============================================================================  =====================
+head           routing (:mod:`capsprobe.models.layers`)                                         class score
+=============  ==============================================================================  =====================
+``dynamic``    routing by agreement, 3 iterations, squashed primaries (Sabour et al. 2017)      capsule length
+``em``         EM routing, 3 iterations, 4x4 pose matrices (Hinton et al. 2018)                 activation
+``self``       self-routing: each input capsule's routing network gives its couplings          activation (they sum
+               (Hahn et al. 2019, with pose output at the class layer so that the head has      to 1 over classes)
+               poses)
+``attention``  Efficient-CapsNet's self-attention routing and squash (Mazzia et al. 2021)      capsule length
+``inverted``   inverted dot-product attention routing, 2 iterations, layer norm (Tsai et al.    softmax of a linear
+               2020)                                                                            map of each pose
+=============  ==============================================================================  =====================
+
+CNN heads (SR-CapsNet's baselines; ``hidden > 0`` adds a hidden layer of that width, ReLU, before the classifier, the
+knob that matches their parameters to the capsule heads'):
+
+- ``avg``: global average pooling, then a linear classifier;
+- ``max``: global max pooling, then a linear classifier;
+- ``fc``: a 3x3 convolution to ``A D`` channels, batch norm, ReLU, flattened, then a linear classifier (SR-CapsNet's
+  "FC");
+- ``conv``: the same convolution, then a 1x1 convolution to ``K`` channels (to ``hidden`` and then ``K`` with a
+  hidden layer) and global average pooling (an all-convolutional classifier; SR-CapsNet's code has no conv head, so
+  this is capsprobe's reading of the paper's "Conv").
+
+Every head trains with one loss, SR-CapsNet's: the negative log of the true class's share of the scores,
+``-log(s_t / sum_k s_k)`` (cross entropy on the logits for the CNN heads and for ``inverted``, whose scores are a
+softmax). The capsule heads expose their class-capsule poses ``(B, K, D_out)`` to the probe; :func:`head_costs`
+gives every head's parameters and forward FLOPs, the two budgets a comparison can be matched on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+from torch import Tensor, nn
+
+from ..errors import InvalidInputError
+from ._cfg import cfg_of, small_image_cfg
+from .adapter import ModelOutputs
+from .capsnet import _pair
+from .components import get_capsule_loss
+from .layers import (
+    attention_routing,
+    capsule_lengths,
+    efficient_squash,
+    em_route_parent_major,
+    inverted_dot_product_routing,
+    route_by_agreement,
+    self_routing,
+    squash,
+)
+
+__all__ = ["CAPSULE_HEADS", "CNN_HEADS", "HEADS", "BackboneHeadNet", "ResNetBackbone", "head_costs"]
+
+CAPSULE_HEADS = ("dynamic", "em", "self", "attention", "inverted")
+CNN_HEADS = ("avg", "max", "fc", "conv")
+HEADS = CNN_HEADS + CAPSULE_HEADS
+_DEFAULT_ITERS = {"dynamic": 3, "em": 3, "inverted": 2}
+
+
+class _Shortcut(nn.Module):
+    """He et al.'s option A: subsample by the stride and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, width_in: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width_in, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.shortcut: nn.Module = (_Shortcut(stride, width - width_in) if stride != 1 or width != width_in
+                                    else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetBackbone(nn.Module):
+    """SR-CapsNet's backbone (see the module docstring): ``(B, C, H, W) -> (B, 4 planes, ceil(H / 4), ceil(W / 4))``.
+
+    Args:
+        in_chans: input channels.
+        planes: the first stage's width.
+        blocks: basic blocks per stage ((3, 3, 3): ResNet-20).
+    """
+
+    def __init__(self, in_chans: int = 1, planes: int = 16, blocks: Sequence[int] = (3, 3, 3)):
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 3 or min(blocks) < 1 or planes < 1:
+            raise InvalidInputError(f"blocks must be three counts >= 1 and planes >= 1, got {blocks!r}, {planes}")
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes),
+                                  nn.ReLU(inplace=True))
+        stages, width = [], planes
+        for i, n in enumerate(blocks):
+            out = planes * 2 ** i
+            stages.append(nn.Sequential(*[_BasicBlock(width if j == 0 else out, out, (1 if i == 0 else 2) if j == 0
+                                                      else 1) for j in range(n)]))
+            width = out
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+
+def _conv_bn(width_in: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(width_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+
+
+def _capsules(maps: Tensor, types: int) -> Tensor:
+    """``(B, A D, h, w)`` (channel ``a D + d`` is component ``d`` of type ``a``) -> ``(B, h w A, D)``."""
+    b, c, h, w = maps.shape
+    return maps.view(b, types, c // types, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * types, c // types)
+
+
+class BackboneHeadNet(nn.Module):
+    """The backbone and one head (see the module docstring).
+
+    Args:
+        head: one of :data:`HEADS`.
+        num_classes: classes ``K``.
+        in_chans: input channels.
+        img_size: input side ``H`` or ``(H, W)``.
+        planes, blocks: the backbone (:class:`ResNetBackbone`).
+        caps_types: primary capsule types ``A`` (also the ``fc`` and ``conv`` heads' convolution is ``A D`` wide).
+        pose_dim: primary capsule dimension ``D`` (16 for ``em``: 4x4 matrices).
+        out_dim: class capsule dimension (``em``: ``pose_dim``).
+        num_iters: routing iterations (``dynamic`` 3, ``em`` 3, ``inverted`` 2 when None; ``self`` and
+            ``attention`` have none).
+        hidden: a CNN head's hidden width (0: none).
+        loss: the capsule heads' loss on their scores (``nll``, SR-CapsNet's; ``margin`` for length heads).
+        **kwargs: timm's extra keywords are accepted and ignored.
+    """
+
+    def __init__(self, head: str = "dynamic", num_classes: int = 10, in_chans: int = 1,
+                 img_size: int | Sequence[int] = 28, planes: int = 16, blocks: Sequence[int] = (3, 3, 3),
+                 caps_types: int = 8, pose_dim: int = 16, out_dim: int = 16, num_iters: int | None = None,
+                 hidden: int = 0, loss: str = "nll", **kwargs):
+        super().__init__()
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "drop_rate"):
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"BackboneHeadNet got unexpected keyword arguments: {sorted(kwargs)}")
+        if head not in HEADS:
+            raise InvalidInputError(f"unknown head {head!r}; heads: {', '.join(HEADS)}")
+        if min(caps_types, pose_dim, out_dim) < 1 or hidden < 0:
+            raise InvalidInputError("caps_types, pose_dim and out_dim must be >= 1 and hidden >= 0")
+        if head == "em":
+            if pose_dim != 16:
+                raise InvalidInputError(f"the em head's poses are 4x4 matrices: pose_dim must be 16, got {pose_dim}")
+            out_dim = 16
+        if hidden and head in CAPSULE_HEADS:
+            raise InvalidInputError(f"hidden is a CNN head's option; the {head} head takes none")
+        if num_iters is not None and head not in _DEFAULT_ITERS:
+            raise InvalidInputError(f"the {head} head has no routing iterations (num_iters)")
+        self.num_iters = int(num_iters if num_iters is not None else _DEFAULT_ITERS.get(head, 0))
+        if head in _DEFAULT_ITERS and self.num_iters < 1:
+            raise InvalidInputError(f"num_iters must be >= 1, got {self.num_iters}")
+        get_capsule_loss(loss)
+        self.head, self.loss, self.num_classes, self.in_chans = head, loss, num_classes, in_chans
+        self.img_size = _pair(img_size)
+        self.caps_types, self.pose_dim, self.out_dim, self.hidden = caps_types, pose_dim, out_dim, hidden
+        self.has_poses = head in CAPSULE_HEADS
+        self.backbone = ResNetBackbone(in_chans, planes, blocks)
+        width = self.backbone.out_channels
+        h, w = (-(-s // 4) for s in self.img_size)
+        self.map_size = (h, w)
+        self.num_in = caps_types * h * w
+        if head in CNN_HEADS:
+            self._build_cnn_head(width, caps_types * pose_dim, h * w)
+        else:
+            self._build_capsule_head(width)
+        self.num_features = self.head_hidden_size = (num_classes * out_dim if self.has_poses else self._pre_logits)
+        self.feature_info = [{"num_chs": planes * 2 ** i, "reduction": 2 ** i, "module": f"backbone.stages.{i}"}
+                             for i in range(3)]
+
+    # --- construction ---------------------------------------------------------------------------------------------
+
+    def _build_cnn_head(self, width: int, conv_width: int, positions: int) -> None:
+        k, hid = self.num_classes, self.hidden
+        if self.head in ("fc", "conv"):
+            self.conv = _conv_bn(width, conv_width)
+        if self.head == "conv":
+            self.pointwise = nn.Conv2d(conv_width, hid, 1) if hid else None
+            self.classifier = nn.Conv2d(hid or conv_width, k, 1)
+            self._pre_logits = hid or conv_width
+            return
+        features = width if self.head in ("avg", "max") else conv_width * positions
+        self.hidden_layer = nn.Linear(features, hid) if hid else None
+        self.classifier = nn.Linear(hid or features, k)  # type: ignore[assignment]
+        self._pre_logits = hid or features
+
+    def _build_capsule_head(self, width: int) -> None:
+        a, d, k, n = self.caps_types, self.pose_dim, self.num_classes, self.num_in
+        self.conv_pose = _conv_bn(width, a * d)
+        if self.head in ("em", "self"):
+            self.conv_a = _conv_bn(width, a)
+        if self.head == "em":
+            self.weight = nn.Parameter(torch.randn(k, n, 4, 4) * 0.5)  # EMCapsNet's init_std
+            self.beta_u = nn.Parameter(torch.zeros(k))
+            self.beta_a = nn.Parameter(torch.zeros(k))
+        else:
+            self.weight = nn.Parameter(torch.empty(k, n, d, self.out_dim))
+            nn.init.kaiming_uniform_(self.weight.view(k * n, d, self.out_dim))
+        if self.head == "self":  # the routing network, zeros at the start as in the authors' code (uniform couplings)
+            self.route_weight = nn.Parameter(torch.zeros(n, k, d))
+            self.route_bias = nn.Parameter(torch.zeros(n, k))
+        elif self.head == "attention":
+            self.prior = nn.Parameter(torch.zeros(k, n))
+        elif self.head == "inverted":
+            self.primary_norm = nn.LayerNorm(d)
+            self.pose_norm = nn.LayerNorm(self.out_dim)
+            self.classifier = nn.Linear(self.out_dim, 1)  # type: ignore[assignment]  # shared by the classes
+        self._pre_logits = k * self.out_dim
+
+    # --- the forward pass -----------------------------------------------------------------------------------------
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` -> the backbone's map ``(B, 4 planes, h, w)``."""
+        if x.shape[1:] != (self.in_chans, *self.img_size):
+            raise InvalidInputError(f"BackboneHeadNet was built for inputs (B, {self.in_chans}, {self.img_size[0]}, "
+                                    f"{self.img_size[1]}), got {tuple(x.shape)}")
+        return self.backbone(x)
+
+    def primary_capsules(self, maps: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The backbone's map -> primary poses ``(B, N_in, D)`` and activations ``(B, N_in)`` (None where the head
+        routes on poses alone)."""
+        raw = _capsules(self.conv_pose(maps), self.caps_types)
+        act = None
+        if self.head in ("em", "self"):
+            act = torch.sigmoid(self.conv_a(maps)).permute(0, 2, 3, 1).reshape(maps.shape[0], -1)
+        if self.head == "dynamic":
+            return squash(raw), None
+        if self.head == "attention":
+            return efficient_squash(raw), None
+        if self.head == "inverted":
+            return self.primary_norm(raw), None
+        return raw, act
+
+    def votes(self, poses: Tensor) -> Tensor:
+        """Primary poses ``(B, N_in, D)`` -> votes ``(B, K, N_in, D_out)`` (parent-major)."""
+        w = self.weight.to(poses.dtype)
+        if self.head == "em":
+            mats = poses.view(poses.shape[0], self.num_in, 4, 4)
+            return torch.einsum("bixy,jiyz->bjixz", mats, w).flatten(3)
+        return torch.einsum("bid,jide->bjie", poses, w)
+
+    def capsule_head(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """The backbone's map -> class poses ``(B, K, D_out)`` and class scores ``(B, K)``; routed in float32."""
+        poses, act = self.primary_capsules(maps)
+        votes = self.votes(poses)
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            votes = votes.float()
+            if self.head == "dynamic":
+                v = route_by_agreement(votes, self.num_iters, activation=squash)
+                assert isinstance(v, Tensor)
+                return v, capsule_lengths(v)
+            if self.head == "em":
+                assert act is not None
+                mu, a_out = em_route_parent_major(votes, act.float(), self.beta_u, self.beta_a, self.num_iters)
+                return mu, a_out
+            if self.head == "self":
+                assert act is not None
+                logits = torch.einsum("bid,ijd->bji", poses.float(), self.route_weight) + self.route_bias.t()
+                u, a_out = self_routing(votes, logits, act.float())
+                assert u is not None
+                return u, a_out
+            if self.head == "attention":
+                v = efficient_squash(attention_routing(votes, self.prior))
+                return v, capsule_lengths(v)
+            p = inverted_dot_product_routing(votes, self.num_iters, self.pose_norm)
+            return p, self.classifier(p).squeeze(-1).softmax(dim=-1)
+
+    def _cnn_pre_logits(self, maps: Tensor) -> Tensor:
+        if self.head == "conv":
+            y = F.relu(self.conv(maps))
+            if self.pointwise is not None:
+                y = F.relu(self.pointwise(y))
+            return y
+        if self.head == "avg":
+            y = maps.mean(dim=(2, 3))
+        elif self.head == "max":
+            y = maps.amax(dim=(2, 3))
+        else:
+            y = F.relu(self.conv(maps)).flatten(1)
+        return F.relu(self.hidden_layer(y)) if self.hidden_layer is not None else y
+
+    def forward_head(self, maps: Tensor, pre_logits: bool = False) -> Tensor:
+        """The backbone's map -> class scores ``(B, K)`` (a capsule head's scores; a CNN head's logits); with
+        ``pre_logits`` the flattened class poses (capsule heads) or the classifier's input (CNN heads)."""
+        if self.has_poses:
+            poses, scores = self.capsule_head(maps)
+            return poses.flatten(1) if pre_logits else scores
+        y = self._cnn_pre_logits(maps)
+        if self.head == "conv":
+            return y.mean(dim=(2, 3)) if pre_logits else self.classifier(y).mean(dim=(2, 3))
+        return y if pre_logits else self.classifier(y)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def probe_outputs(self, x: Tensor) -> ModelOutputs:
+        """Capsule heads: their scores, flattened poses and poses; CNN heads: softmax scores, logits, pre-logits."""
+        maps = self.forward_features(x)
+        if self.has_poses:
+            poses, scores = self.capsule_head(maps)
+            return ModelOutputs(scores=scores.float(), representation=poses.flatten(1).float(), poses=poses.float())
+        y = self._cnn_pre_logits(maps)
+        if self.head == "conv":
+            logits, rep = self.classifier(y).mean(dim=(2, 3)).float(), y.mean(dim=(2, 3)).float()
+        else:
+            logits, rep = self.classifier(y).float(), y.float()
+        return ModelOutputs(scores=logits.softmax(dim=-1), representation=rep, logits=logits)
+
+    def capsule_loss(self, scores: Tensor, targets: Tensor) -> Tensor:
+        """The training loss of a capsule head on its scores (``loss``)."""
+        return get_capsule_loss(self.loss)(scores, targets)
+
+    def probe_taps(self) -> list[tuple[str, nn.Module, Callable[[Tensor, tuple, nn.Module], dict[str, Tensor]]]]:
+        """The per-layer probe's taps: the backbone's output map."""
+        return [("backbone", self.backbone, lambda out, inputs, module: {"backbone": out})]
+
+    def convolution_stack(self) -> nn.Module:
+        """The backbone (``capsprobe bench`` times it alone)."""
+        return self.backbone
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier if hasattr(self, "classifier") else self.conv_pose
+
+    def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
+        raise NotImplementedError("build a new BackboneHeadNet with num_classes")
+
+
+def head_costs(model: BackboneHeadNet) -> dict[str, Any]:
+    """Parameters (all, backbone, head) and forward FLOPs per image (as :class:`torch.utils.flop_counter.FlopCounterMode`
+    counts them: convolutions and matrix products, including the routings' ``matmul``; elementwise work is not
+    counted) of one model at its input size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = sum(p.numel() for p in model.parameters())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    x = torch.zeros(1, model.in_chans, *model.img_size, device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return {"head": model.head, "params": total, "backbone_params": backbone, "head_params": total - backbone,
+            "flops": int(counter.get_total_flops())}
+
+
+default_cfgs = generate_default_cfgs({f"backbone_head_{h}": small_image_cfg(
+    first_conv="backbone.stem.0", classifier="classifier" if h in CNN_HEADS + ("inverted",) else "conv_pose",
+    paper_ids="SR-CapsNet (Hahn et al., NeurIPS 2019)") for h in HEADS})
+
+
+def _create(head: str, pretrained: bool, kwargs: dict) -> BackboneHeadNet:
+    if pretrained:
+        raise RuntimeError(f"no pretrained weights exist for backbone_head_{head}; train one with `capsprobe train`")
+    if "head" in kwargs:
+        raise InvalidInputError(f"backbone_head_{head} is the {head} head: choose another backbone_head_* model "
+                                "instead of passing head")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    model = BackboneHeadNet(head=head, **kwargs)
+    model.pretrained_cfg = model.default_cfg = cfg_of(f"backbone_head_{head}")  # type: ignore[assignment]
+    return model
+
+
+@register_model
+def backbone_head_avg(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, global average pooling and a linear classifier."""
+    return _create("avg", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_max(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, global max pooling and a linear classifier."""
+    return _create("max", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_fc(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, a 3x3 convolution and a linear classifier on the flattened map."""
+    return _create("fc", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_conv(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, a 3x3 and a 1x1 convolution and global average pooling."""
+    return _create("conv", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_dynamic(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, primary capsules and class capsules routed by agreement (Sabour et al. 2017)."""
+    return _create("dynamic", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_em(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone, matrix capsules and EM routing (Hinton et al. 2018)."""
+    return _create("em", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_self(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone and self-routing (Hahn et al. 2019)."""
+    return _create("self", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_attention(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone and Efficient-CapsNet's self-attention routing (Mazzia et al. 2021)."""
+    return _create("attention", pretrained, kwargs)
+
+
+@register_model
+def backbone_head_inverted(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+    """SR-CapsNet's backbone and inverted dot-product attention routing (Tsai et al. 2020)."""
+    return _create("inverted", pretrained, kwargs)
