@@ -58,17 +58,19 @@ def test_every_model_has_the_same_face(name):
         out = adapt(model).outputs(x)
     assert out.scores.shape == (3, 10) and out.scores.dtype == torch.float32
     assert out.representation.dim() == 2 and out.representation.shape[0] == 3
-    if name.startswith("capsnet"):
-        assert out.poses.shape == (3, 10, 16)
+    if adapt(model).has_poses:
+        assert out.poses.shape[:2] == (3, 10)
+        assert out.poses.shape[2] == 16 or name.startswith("backbone_head_")
         torch.testing.assert_close(out.representation, out.poses.flatten(1))
-        if name.startswith("capsnet_em"):  # the scores are the activations EM routing gives beside the poses
-            with torch.no_grad():
-                torch.testing.assert_close(out.scores, model(x))
+        with torch.no_grad():
+            torch.testing.assert_close(out.scores, model(x))
+        # EM's activations, self-routing's shares and the inverted routing's softmax sit beside the poses
+        if name.startswith("capsnet_em") or name in ("backbone_head_em", "backbone_head_self", "backbone_head_inverted"):
             assert ((out.scores > 0) & (out.scores < 1)).all()
         else:  # the scores are the poses' lengths
             torch.testing.assert_close(out.scores, out.poses.norm(dim=-1), atol=1e-4, rtol=0)
     else:
-        assert out.poses is None
+        assert out.poses is None and not name.startswith("capsnet")
         torch.testing.assert_close(out.scores.sum(1), torch.ones(3))
 
 

@@ -33,14 +33,14 @@ def _params(model: nn.Module) -> int:
 
 
 def test_registries_list_the_paper_and_the_ablation_entries():
-    assert list_routings() == ["dynamic", "none"]
+    assert list_routings() == ["attention", "dynamic", "none"]
     assert list_vote_maps() == ["per-pair", "shared"]
-    assert list_capsule_losses() == ["ce", "margin"]
-    with pytest.raises(InvalidInputError, match="unknown routing 'em'; known: dynamic, none"):
+    assert list_capsule_losses() == ["ce", "margin", "nll"]
+    with pytest.raises(InvalidInputError, match="unknown routing 'em'; known: attention, dynamic, none"):
         CapsNet(routing="em")
     with pytest.raises(InvalidInputError, match="unknown transformation 'conv'; known: per-pair, shared"):
         CapsNet(transformation="conv")
-    with pytest.raises(InvalidInputError, match="unknown capsule loss 'hinge'; known: ce, margin"):
+    with pytest.raises(InvalidInputError, match="unknown capsule loss 'hinge'; known: ce, margin, nll"):
         CapsNet(loss="hinge")
     with pytest.raises(InvalidInputError, match="squash must be true or false"):
         CapsNet(squash="no")

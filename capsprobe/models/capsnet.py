@@ -264,7 +264,7 @@ class LengthCapsules:
 
     def forward(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` -> class-capsule lengths ``(B, K)`` (class scores in [0, 1))."""
-        return self.forward_head(self.forward_features(x))  # type: ignore[misc]
+        return self.forward_head(self.forward_features(x))
 
     def mask(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         """Zero every pose but the selected ones.
@@ -328,6 +328,8 @@ class CapsNet(LengthCapsules, nn.Module):
         loss: the training loss on the capsule lengths: ``margin`` (eq. 4) or ``ce`` (cross entropy).
         **kwargs: timm's extra keywords (``pretrained_cfg``, ...) are accepted and ignored.
     """
+
+    digits: DigitCaps
 
     def __init__(
         self,

@@ -115,7 +115,7 @@ class EfficientCapsNet(LengthCapsules, nn.Module):
             layers += [nn.Conv2d(width, c, k, stride=s), nn.ReLU(inplace=True), nn.BatchNorm2d(c)]
             width, h, w = c, (h - k) // s + 1, (w - k) // s + 1
         if min(h, w) < 1:
-            raise InvalidInputError(f"input {self.img_size} is too small for Efficient-CapsNet (at least 13x13)")
+            raise InvalidInputError(f"input {self.img_size} is too small for Efficient-CapsNet (at least 11x11)")
         self.stem = nn.Sequential(*layers)
         self.primary = nn.Conv2d(width, width, (h, w), groups=width)  # depthwise, covering the map: (B, 128, 1, 1)
         self.primary_caps, self.primary_dim = primary_caps, width // primary_caps
