@@ -28,10 +28,12 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
 table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
-A size may also set ``bootstrap``, ``magnitudes``, ``reference`` and a ``train`` table that overrides ``[train]`` for it.
+A size may also set ``dataset``, ``bootstrap``, ``transforms``, ``magnitudes``, ``reference`` and a ``train`` table
+that overrides ``[train]`` for it (so one file can hold one set of models under several protocols), and ``report``,
+the report folder's name under ``reports/`` (a protocol's size beside the experiment's own report).
 
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
-the report goes to ``reports/<name>``. A malformed file is a one-line :class:`ExperimentError` naming the
+the report goes to ``reports/<name>`` (or the size's ``report``). A malformed file is a one-line :class:`ExperimentError` naming the
 file, the line and the key.
 """
 
@@ -71,7 +73,8 @@ _log = logging.getLogger(__name__)
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie"}
-_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "magnitudes", "train", "reference"}
+_SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "transforms", "magnitudes", "train",
+         "reference", "report"}
 _MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
@@ -117,6 +120,7 @@ class Experiment:
     probe_limit: int | None
     seeds: list[int]
     models: list[ModelSpec]
+    report: str | None = None  # the report folder's name under reports/ (None: the experiment's name)
 
     def jobs(self) -> list[tuple[ModelSpec, int]]:
         """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
@@ -218,6 +222,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     for key, value in size_train.items():
         _check_train_type(path, text, defaults, key, value, f"{section}.train")
     train = {**train, **size_train}
+    transforms = _typed(path, text, spec.get("transforms", transforms), list, "transforms", section)
     magnitudes = _typed(path, text, spec.get("magnitudes", magnitudes), list, "magnitudes", section)
     bootstrap = _typed(path, text, spec.get("bootstrap", probe.get("bootstrap", 1000)), int, "bootstrap", section)
     limit = spec.get("limit")
@@ -237,6 +242,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         split=str(probe.get("split", "test")), limit=limit,
         probe_limit=probe_limit, seeds=list(_seed_list(path, text, spec.get("seeds", [0]), section)),
         models=models,
+        report=_typed(path, text, spec["report"], str, "report", section) if "report" in spec else None,
     )
     _validate(exp, text, section)
     return exp
@@ -268,6 +274,11 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         check_plain_name(exp.name, "name")
     except ConfigError as exc:
         raise _fail(path, text, "name", None, str(exc)) from None
+    if exp.report is not None:
+        try:
+            check_plain_name(exp.report, "report")
+        except ConfigError as exc:
+            raise _fail(path, text, "report", section, str(exc)) from None
     try:
         get_spec(exp.dataset)
     except UnknownDatasetError as exc:

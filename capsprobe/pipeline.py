@@ -162,7 +162,7 @@ def run_experiment(
     exp = load_experiment(path, size)
     chosen = resolve(exp.transforms)  # bad names fail before any training
     parse_magnitude_specs(exp.magnitudes, chosen)
-    out = check_report_target(Path(out) if out is not None else Path("reports") / exp.name, force)
+    out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
     paths = []

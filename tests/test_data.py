@@ -209,3 +209,63 @@ def test_image_split_to_copies_once_per_device():
     meta = split.to("meta")
     assert meta.images.device.type == "meta" and meta.images.dtype == torch.uint8
     assert split.to("meta") is meta and split.images.device.type == "cpu"
+
+
+# --- CIFAR-10 and SVHN through torchvision, on small files written in torchvision's formats (never the network) ---
+
+
+def _write_cifar10(root: Path, per_batch: int = 20) -> None:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                              "test_batch"]):
+        data = np.zeros((per_batch, 3072), dtype=np.uint8)  # per image: 1024 red, 1024 green, 1024 blue, row-major
+        if i == 0:
+            data[0, 0 * 1024 + 2 * 32 + 5] = 255  # image 0: a red pixel at row 2, column 5
+        labels = [(i + k) % 10 for k in range(per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)
+
+
+def test_cifar10_loads_from_torchvisions_files(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    _write_cifar10(tmp_path)
+    import torchvision.datasets.cifar as tv_cifar
+
+    # our files do not have the real files' checksums
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    splits = load_dataset("cifar10", root=tmp_path, download=False)
+    full = torch.cat([splits.train.images, splits.val.images])
+    assert splits.test.images.shape == (20, 3, 32, 32) and full.shape == (100, 3, 32, 32)
+    assert full.dtype == torch.uint8 and splits.spec.in_chans == 3
+    lit = (full == 255).nonzero().tolist()
+    assert len(lit) == 1 and lit[0][1:] == [0, 2, 5]  # channel red, row 2, column 5: no axis swapped
+    assert set(splits.test.labels.tolist()) == set(range(10))
+
+
+def test_svhn_loads_from_torchvisions_files_with_ten_as_zero(tmp_path, monkeypatch):
+    import scipy.io
+    import torchvision.datasets as tvd
+
+    for split, n in (("train", 40), ("test", 20)):
+        x = np.zeros((32, 32, 3, n), dtype=np.uint8)  # SVHN's .mat layout: row, column, channel, image
+        x[2, 5, 1, 0] = 255  # image 0: a green pixel at row 2, column 5
+        y = (np.arange(n) % 10 + 1).reshape(-1, 1)  # labels 1..10, 10 being the digit 0
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
+    monkeypatch.setattr(tvd.SVHN, "_check_integrity", lambda self: True)
+    splits = load_dataset("svhn", root=tmp_path, download=False)
+    test = splits.test
+    assert test.images.shape == (20, 3, 32, 32)
+    assert (test.images == 255).nonzero().tolist() == [[0, 1, 2, 5]]
+    assert test.labels[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # torchvision's 10 -> 0
+
+
+def test_cifar10_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="cifar10 is not under"):
+        load_dataset("cifar10", root=tmp_path, download=False)

@@ -223,3 +223,36 @@ def test_recompare_refuses_a_folder_without_comparisons(tiny_experiment):
     folder, _ = tiny_experiment("multimnist")
     result = runner.invoke(app, ["report", "--recompare", str(folder / "reports" / "multimnist")])
     assert result.exit_code == 1 and "has no comparison tables" in result.output
+
+
+def test_a_size_can_set_its_own_protocol_and_report_folder(tmp_path):
+    routing = Path(__file__).resolve().parents[1] / "experiments" / "routing.toml"
+    viewpoint = load_experiment(routing, "quick-viewpoint")
+    assert viewpoint.report == "routing-viewpoint" and viewpoint.dataset == "mnist-viewpoint"
+    assert viewpoint.train["task"] == "viewpoint"
+    affnist = load_experiment(routing, "quick-affnist")
+    assert affnist.transforms == ["affnist", "rotate"] and affnist.report == "routing-affnist"
+    assert load_experiment(routing, "quick").report is None and load_experiment(routing, "quick").transforms == ["all"]
+    path = tmp_path / "r.toml"
+    path.write_text('name = "r"\n[data]\ndataset = "mnist-sample"\n[sizes.tiny]\nreport = "../elsewhere"\n'
+                    'models = [{ model = "capsnet_small", epochs = 1 }]\n')
+    with pytest.raises(ExperimentError, match=r"r.toml:5: .*report"):
+        load_experiment(path, "tiny")
+    path.write_text('name = "r"\n[data]\ndataset = "mnist-sample"\n[sizes.tiny]\ntransforms = ["twirl"]\n'
+                    'models = [{ model = "capsnet_small", epochs = 1 }]\n')
+    with pytest.raises(ExperimentError, match="twirl"):
+        load_experiment(path, "tiny")
+
+
+@pytest.mark.trains
+def test_the_report_goes_to_the_sizes_report_folder(tmp_path, monkeypatch):
+    from capsprobe.pipeline import run_experiment
+
+    path = tmp_path / "r.toml"
+    path.write_text('name = "r"\n[data]\ndataset = "mnist-sample"\n[probe]\ntransforms = ["flip"]\nbootstrap = 10\n'
+                    '[sizes.tiny]\nreport = "r-flip"\nlimit = 16\nprobe_limit = 16\n'
+                    'models = [{ model = "baseline_cnn_pool", epochs = 1, options = { channels = [4, 4, 4] } }]\n')
+    monkeypatch.chdir(tmp_path)
+    report = run_experiment(path, "tiny", device="cpu", progress=False)
+    assert report == Path("reports") / "r-flip" / "report.html" and report.is_file()
+    assert not (tmp_path / "reports" / "r").exists()

@@ -379,3 +379,22 @@ def test_every_head_learns_a_small_batch(head):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         opt.step()
     assert loss_of().item() < 0.85 * first  # EM's sigmoid activations spread slowly (its 0.01 inverse temperature)
+
+
+@pytest.mark.parametrize("size", ["quick", "quick-affnist", "quick-viewpoint"])
+def test_routing_experiment_matches_the_heads_parameters(size):
+    from pathlib import Path
+
+    from capsprobe.data import get_spec
+    from capsprobe.experiment import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "routing.toml", size)
+    spec = get_spec(exp.dataset)
+    params = {}
+    for m in exp.models:
+        model = create_model(m.model, in_chans=spec.in_chans, img_size=spec.img_size, **m.options)
+        params[model.head] = sum(p.numel() for p in model.parameters())
+    assert set(params) == set(HEADS)
+    ref = params["dynamic"]
+    for head, n in params.items():  # within 13% of dynamic routing's (self-routing's routing network is the 13%)
+        assert abs(n / ref - 1) <= 0.135, (head, n, ref)

@@ -192,7 +192,7 @@ def plot_roc_curves(roc: pd.DataFrame) -> Figure:
         for ax in list(axes.flat)[len(conditions):]:
             ax.set_visible(False)
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=max(len(runs), 1), frameon=False)
+        fig.legend(handles, labels, loc="upper center", ncol=min(max(len(runs), 1), 4), frameon=False)
         fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
@@ -218,7 +218,9 @@ def plot_polar_accuracy(metrics: pd.DataFrame, transform: str = "rotate") -> Fig
         ax.set_ylim(0, 1)
         ax.set_theta_zero_location("N")  # type: ignore[attr-defined]  # a polar Axes
         ax.set_title("accuracy against rotation (degrees, counter-clockwise)", pad=18)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.18), ncol=max(len(runs), 1), frameon=False)
+        # beside the axes, one name a row (two columns past 12 runs): saved with bbox_inches="tight", it is kept whole
+        ax.legend(loc="center left", bbox_to_anchor=(1.12, 0.5), ncol=1 if len(runs) <= 12 else 2, frameon=False,
+                  fontsize="small")
         fig.tight_layout()
     return fig
 
