@@ -59,6 +59,8 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
         summary = pd.read_csv(report / "summary.csv")
         assert set(summary["magnitude"]) == {"familiar", "novel"} and set(summary["metric"]) == {"accuracy"}
         assert "Familiar and novel test error" in (report / "report.md").read_text()
+        if any(m.model.startswith("capsnet_em") for m in exp.models):  # Hinton et al.'s numbers beside the EM model
+            assert "Published novel-viewpoint errors" in (report / "report.md").read_text()
         assert (report / "figures" / "viewpoint_error.png").is_file()
     else:
         assert set(pd.read_csv(report / "overview.csv")["run"]) == runs

@@ -249,3 +249,16 @@ def test_cli_trains_and_perturbs_a_viewpoint_run(tmp_path, monkeypatch):
     assert "Familiar and novel test error" in (report / "report.md").read_text()
     bad = runner.invoke(app, ["train", "--task", "nonsense", "--limit", "8", "--epochs", "1", "--no-progress"])
     assert bad.exit_code != 0 and "unknown task 'nonsense'" in bad.output
+
+
+def test_published_numbers_stand_beside_the_models_built_from_their_architecture():
+    from capsprobe.report.published import NOVEL_VIEWPOINT, published_beside
+
+    table = published_beside({"capsnet_em_cpu": "capsnet_em_small", "capsnet_small": "capsnet_small",
+                              "sr": "backbone_head_self", "pool": "baseline_cnn_pool"}, NOVEL_VIEWPOINT)
+    by = {(r.model, r.measure): r.published for r in table.itertuples()}
+    assert by[("capsnet_em_cpu", "smallNORB novel azimuths, error %")] == "13.50"  # Hinton et al.: EM capsules
+    assert by[("pool", "smallNORB novel azimuths, error %")] == "20.00"  # and their CNN
+    assert by[("sr", "smallNORB novel azimuths, error %")] == "19.86 +- 1.03"  # SR-CapsNet's self-routing
+    assert "capsnet_small" not in set(table["model"])  # no published novel-viewpoint number for it
+    assert published_beside({"x": "resnet18"}, NOVEL_VIEWPOINT).empty

@@ -53,7 +53,7 @@ def as_subject(item: Any) -> Subject:
     config = getattr(item, "config", None)
     if config is not None and isinstance(getattr(item, "model", None), nn.Module):
         return Subject(name=item.name, model=item.model, model_name=config.variant, seed=config.seed,
-                       info={"path": str(item.path), "dataset": config.dataset,
+                       info={"path": str(item.path), "architecture": config.model, "dataset": config.dataset,
                              "test_accuracy": item.metrics.get("test_accuracy"),
                              "val_accuracy": item.metrics.get("val_accuracy"),
                              "epochs": item.metrics.get("epochs"), "max_epochs": config.epochs,
