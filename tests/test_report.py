@@ -265,3 +265,21 @@ def test_ablation_line_gives_the_range_of_matched_seeds():
     ab = pd.DataFrame([{**row, "seeds_variant": 3}, {**row, "variant": "w", "seeds_variant": 1}])
     assert "no difference is established at 1-3 matched seed(s)" in _ablation_lines({"ablation": ab})[0]
     assert "at 3 seed(s)" in _ablation_lines({"ablation": ab.iloc[:1]})[0]
+
+
+def test_a_cifar10_report_sets_sr_capsnets_numbers_beside_its_heads(tmp_path):
+    import copy
+
+    result = _synthetic()
+    manifest = copy.deepcopy(MANIFEST)
+    manifest["dataset"] = "cifar10"
+    manifest["runs"][0].update(model="caps", architecture="backbone_head_self")
+    manifest["runs"][1].update(model="conv", architecture="backbone_head_avg")
+    result = ProbeResult(result.metrics, result.images, result.timing, tables=result.tables, manifest=manifest)
+    folder = write_probe_outputs(result, tmp_path / "c")
+    write_report(folder)
+    text = (folder / "report.md").read_text()
+    assert "Published CIFAR-10 numbers" in text and "8.17" in text and "7.94" in text and "41.20" in text
+    plain = write_probe_outputs(_synthetic(), tmp_path / "m")  # MNIST: nothing published to set beside
+    write_report(plain)
+    assert "Published CIFAR-10" not in (plain / "report.md").read_text()

@@ -11,7 +11,7 @@ from fnmatch import fnmatch
 
 import pandas as pd
 
-__all__ = ["Published", "NOVEL_VIEWPOINT", "published_beside"]
+__all__ = ["CIFAR10", "NOVEL_VIEWPOINT", "Published", "published_beside"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,20 @@ NOVEL_VIEWPOINT: tuple[Published, ...] = (
     Published("backbone_head_dynamic", _SR, "smallNORB novel azimuths, error %", 20.33, 1.32),
     Published("backbone_head_em", _SR, "smallNORB novel azimuths, error %", 20.16, 0.96),
     Published("backbone_head_self", _SR, "smallNORB novel azimuths, error %", 19.86, 1.03),
+)
+
+
+_SR_CIFAR = "Hahn, Pyeon & Kim 2019 (SR-CapsNet): ResNet-20 backbone, one capsule layer, a fixed training budget"
+
+CIFAR10: tuple[Published, ...] = (
+    Published("backbone_head_avg", _SR_CIFAR, "CIFAR-10 test error %", 7.94),
+    Published("backbone_head_dynamic", _SR_CIFAR, "CIFAR-10 test error %", 8.46),
+    Published("backbone_head_em", _SR_CIFAR, "CIFAR-10 test error %", 10.25),
+    Published("backbone_head_self", _SR_CIFAR, "CIFAR-10 test error %", 8.17),
+    Published("backbone_head_avg", _SR_CIFAR, "CIFAR-10 untargeted FGSM success %", 62.65),
+    Published("backbone_head_dynamic", _SR_CIFAR, "CIFAR-10 untargeted FGSM success %", 47.70),
+    Published("backbone_head_em", _SR_CIFAR, "CIFAR-10 untargeted FGSM success %", 54.55),
+    Published("backbone_head_self", _SR_CIFAR, "CIFAR-10 untargeted FGSM success %", 41.20),
 )
 
 

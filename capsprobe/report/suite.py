@@ -11,6 +11,7 @@ import pandas as pd
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 from .folder import ReportData, ReportError
+from .published import CIFAR10, published_beside
 from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct
 
 __all__ = [
@@ -464,5 +465,12 @@ def suite_section(data: ReportData) -> Section:
     if ablation is not None:
         extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "
                       "units; 95% intervals widened for the family of each metric; * established)", ablation))
+    if data.manifest.get("dataset") == "cifar10":
+        architectures = {str(r.get("model")): str(r.get("architecture") or r.get("model"))
+                         for r in data.manifest.get("runs", [])}
+        published = published_beside(architectures, CIFAR10)
+        if len(published):
+            extra.append(("Published CIFAR-10 numbers beside these models (the source's protocol; set beside, not "
+                          "reproduced)", published))
     return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview",
                    table=_fmt(overview), figures=figs, captions=captions, notes=notes, tables=extra)
