@@ -56,6 +56,7 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     elif exp.train.get("task") == "viewpoint":
         per_seed = pd.read_csv(report / "viewpoint.csv")
         assert set(per_seed["run"]) == runs and per_seed["novel_error"].between(0, 1).all()
+        assert (per_seed["params"] > 0).all() and (per_seed["mflops"] > 0).all()  # every run's cost beside it
         summary = pd.read_csv(report / "summary.csv")
         assert set(summary["magnitude"]) == {"familiar", "novel"} and set(summary["metric"]) == {"accuracy"}
         assert "Familiar and novel test error" in (report / "report.md").read_text()

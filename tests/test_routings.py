@@ -398,3 +398,15 @@ def test_routing_experiment_matches_the_heads_parameters(size):
     ref = params["dynamic"]
     for head, n in params.items():  # within 13% of dynamic routing's (self-routing's routing network is the 13%)
         assert abs(n / ref - 1) <= 0.135, (head, n, ref)
+
+
+def test_model_costs_counts_multiply_adds_twice_and_restores_the_mode():
+    from capsprobe.models import model_costs
+
+    conv = torch.nn.Conv2d(1, 2, 3)
+    conv.train()
+    costs = model_costs(conv, (1, 5, 5))
+    assert costs == {"params": 2 * 9 + 2, "flops": 2 * (2 * 3 * 3) * 9}  # 18 outputs x 9 multiply-adds x 2
+    assert conv.training
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    assert model_costs(lin, (1, 2, 2))["flops"] == 2 * 4 * 3

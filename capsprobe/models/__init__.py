@@ -28,6 +28,7 @@ from .components import (
     register_routing,
     register_vote_map,
 )
+from .costs import model_costs
 from .efficient_capsnet import EfficientCapsNet
 from .emcaps import EMCapsNet
 from .heads import BackboneHeadNet, head_costs
@@ -68,6 +69,7 @@ __all__ = [
     "list_routings",
     "list_vote_maps",
     "margin_loss",
+    "model_costs",
     "native_models",
     "reconstruction_loss",
     "register_capsule_loss",

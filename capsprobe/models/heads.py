@@ -58,6 +58,7 @@ from ._cfg import cfg_of, small_image_cfg
 from .adapter import ModelOutputs
 from .capsnet import _pair
 from .components import get_capsule_loss
+from .costs import model_costs
 from .layers import (
     attention_routing,
     capsule_lengths,
@@ -362,23 +363,12 @@ class BackboneHeadNet(nn.Module):
 
 
 def head_costs(model: BackboneHeadNet) -> dict[str, Any]:
-    """Parameters (all, backbone, head) and forward FLOPs per image (as :class:`torch.utils.flop_counter.FlopCounterMode`
-    counts them: convolutions and matrix products, including the routings' ``matmul``; elementwise work is not
-    counted) of one model at its input size."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    total = sum(p.numel() for p in model.parameters())
+    """Parameters (all, backbone, head) and forward FLOPs per image (:func:`capsprobe.models.costs.model_costs`) of
+    one model at its input size."""
+    costs = model_costs(model, (model.in_chans, *model.img_size))
     backbone = sum(p.numel() for p in model.backbone.parameters())
-    x = torch.zeros(1, model.in_chans, *model.img_size, device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return {"head": model.head, "params": total, "backbone_params": backbone, "head_params": total - backbone,
-            "flops": int(counter.get_total_flops())}
+    return {"head": model.head, "params": costs["params"], "backbone_params": backbone,
+            "head_params": costs["params"] - backbone, "flops": costs["flops"]}
 
 
 default_cfgs = generate_default_cfgs({f"backbone_head_{h}": small_image_cfg(

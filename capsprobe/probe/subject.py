@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..models import Adapter, unwrap
+from ..models import Adapter, model_costs, unwrap
 
 __all__ = [
     "Subject",
@@ -52,11 +52,27 @@ def as_subject(item: Any) -> Subject:
         return Subject(name=type(unwrap(item)).__name__, model=item)
     config = getattr(item, "config", None)
     if config is not None and isinstance(getattr(item, "model", None), nn.Module):
+        costs = _costs(item.model, getattr(item, "input", None))
         return Subject(name=item.name, model=item.model, model_name=config.variant, seed=config.seed,
-                       info={"path": str(item.path), "architecture": config.model, "dataset": config.dataset,
+                       info={"path": str(item.path), "architecture": config.model, "params": costs["params"],
+                             "flops": costs["flops"], "dataset": config.dataset,
                              "test_accuracy": item.metrics.get("test_accuracy"),
                              "val_accuracy": item.metrics.get("val_accuracy"),
                              "epochs": item.metrics.get("epochs"), "max_epochs": config.epochs,
                              "target_accuracy": config.target_accuracy,
                              "reached_target": item.metrics.get("reached_target")})
     raise InvalidInputError(f"cannot probe {type(item).__name__}: give a run, a Subject or an nn.Module")
+
+
+def _costs(model: nn.Module, spec: Any) -> dict[str, int | None]:
+    """A run's parameters and forward FLOPs per image at its input size (None where the input is not recorded or
+    the FLOP count fails: the probe does not depend on it)."""
+    params = sum(p.numel() for p in model.parameters())
+    if not isinstance(spec, dict) or "in_chans" not in spec or "img_size" not in spec:
+        return {"params": params, "flops": None}
+    size = spec["img_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    try:
+        return dict(model_costs(model, (int(spec["in_chans"]), int(h), int(w))))
+    except (RuntimeError, ValueError, TypeError, InvalidInputError):
+        return {"params": params, "flops": None}

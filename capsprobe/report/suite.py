@@ -59,6 +59,12 @@ def _seed_lines(metrics: pd.DataFrame, entries: list[dict[str, Any]], tables: di
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_model.setdefault(e.get("model", "?"), []).append(e)
+    costs = [f"{model} {es[0]['params']:,} parameters"
+             + (f", {es[0]['flops'] / 1e6:.1f} MFLOPs" if es[0].get("flops") is not None else "")
+             for model, es in by_model.items() if es and es[0].get("params") is not None]
+    if costs:
+        lines.append("Cost per image (forward FLOPs: convolutions and matrix products, routings included): "
+                     + "; ".join(costs) + ".")
     for model, es in by_model.items():
         if any(e.get("target_accuracy") is not None for e in es):
             target = es[0]["target_accuracy"]

@@ -117,7 +117,8 @@ def _per_seed(metrics: pd.DataFrame, entries: Sequence[dict[str, Any]]) -> pd.Da
         rows.append({"run": run, "model": part["model"].iloc[0], "seed": part["seed"].iloc[0],
                      "familiar_error": 1 - float(acc["familiar"]), "novel_error": 1 - float(acc["novel"]),
                      "val_accuracy": e.get("val_accuracy"), "epochs": e.get("epochs"),
-                     "target_accuracy": e.get("target_accuracy"), "reached_target": e.get("reached_target")})
+                     "target_accuracy": e.get("target_accuracy"), "reached_target": e.get("reached_target"),
+                     "params": e.get("params"), "mflops": None if e.get("flops") is None else e["flops"] / 1e6})
     return pd.DataFrame(rows)
 
 
