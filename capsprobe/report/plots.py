@@ -369,7 +369,9 @@ def plot_viewpoint_error(poses: pd.DataFrame) -> Figure:
     _require(poses, ["model", "run", "axis", "value", "familiar", "error"], "plot_viewpoint_error")
     axes_names = list(dict.fromkeys(poses["axis"]))
     with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
-        fig, axes = plt.subplots(1, len(axes_names), figsize=(5.2 * len(axes_names), 3.4), squeeze=False)
+        many = poses["model"].nunique() > 4  # the legend goes beside each panel, which widens by its width
+        fig, axes = plt.subplots(1, len(axes_names), figsize=((7.6 if many else 5.2) * len(axes_names), 3.4),
+                                 squeeze=False)
         palette = _palette(list(dict.fromkeys(poses["model"])))
         for ax, name in zip(axes[0], axes_names):
             part = poses[poses["axis"] == name]
@@ -381,6 +383,8 @@ def plot_viewpoint_error(poses: pd.DataFrame) -> Figure:
             ax.set_xlabel(f"{name} (degrees)")
             ax.set_ylabel("test error")
             ax.set_ylim(0, min(1.0, float(part["error"].max()) * 1.1 + 0.02))
+            if many and ax.get_legend() is not None:
+                sns.move_legend(ax, "center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize="small")
         fig.tight_layout()
     return fig
 
