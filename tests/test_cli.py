@@ -63,7 +63,7 @@ def test_model_options_recon_weight_and_label_reach_the_run(tmp_path, monkeypatc
     bad = runner.invoke(app, ["train", *TINY, "--option", "routing", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
     unknown = runner.invoke(app, ["train", *TINY, "-o", "routing=em", "--out", str(tmp_path / "y")])
-    assert unknown.exit_code == 1 and "unknown routing 'em'; known: dynamic, none" in unknown.output
+    assert unknown.exit_code == 1 and "unknown routing 'em'; known: attention, dynamic, none" in unknown.output
     assert not (tmp_path / "y").exists()
 
 
