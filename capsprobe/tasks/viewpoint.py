@@ -219,6 +219,8 @@ def viewpoint_section(data) -> Section:
         for col in ("familiar_error", "novel_error"):
             shown[col] = (100 * shown[col]).round(2)
         shown["val_accuracy"] = pd.to_numeric(shown["val_accuracy"], errors="coerce").round(4)
+        if "mflops" in shown:
+            shown["mflops"] = pd.to_numeric(shown["mflops"], errors="coerce").round(1)
         tables.append(("Every run (errors in %)", shown))
     figures, captions = {}, {}
     poses = data.tables.get("viewpoint_poses")
