@@ -11,7 +11,7 @@ from fnmatch import fnmatch
 
 import pandas as pd
 
-__all__ = ["CIFAR10", "NOVEL_VIEWPOINT", "Published", "published_beside"]
+__all__ = ["CIFAR10", "NOVEL_VIEWPOINT", "Published", "published_beside", "published_for_runs"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,11 @@ def published_beside(architectures: dict[str, str], entries: tuple[Published, ..
                 rows.append({"model": model, "architecture": arch, "measure": e.measure, "published": value,
                              "source": e.source})
     return pd.DataFrame(rows, columns=["model", "architecture", "measure", "published", "source"])
+
+
+def published_for_runs(manifest: dict, entries: tuple[Published, ...]) -> pd.DataFrame:
+    """:func:`published_beside` for the runs of a probe's manifest: each model (label) stands for the architecture
+    its runs record (``architecture``; the model's own name in a manifest written before runs recorded it)."""
+    architectures = {str(r.get("model")): str(r.get("architecture") or r.get("model"))
+                     for r in manifest.get("runs", [])}
+    return published_beside(architectures, entries)

@@ -11,7 +11,7 @@ import pandas as pd
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 from .folder import ReportData, ReportError
-from .published import CIFAR10, published_beside
+from .published import CIFAR10, published_for_runs
 from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct
 
 __all__ = [
@@ -472,9 +472,7 @@ def suite_section(data: ReportData) -> Section:
         extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "
                       "units; 95% intervals widened for the family of each metric; * established)", ablation))
     if data.manifest.get("dataset") == "cifar10":
-        architectures = {str(r.get("model")): str(r.get("architecture") or r.get("model"))
-                         for r in data.manifest.get("runs", [])}
-        published = published_beside(architectures, CIFAR10)
+        published = published_for_runs(data.manifest, CIFAR10)
         if len(published):
             extra.append(("Published CIFAR-10 numbers beside these models (the source's protocol; set beside, not "
                           "reproduced)", published))

@@ -28,7 +28,7 @@ from ..metrics.compare import comparison_tables
 from ..models import adapt
 from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, as_subject, metric_row
 from ..report import Section, figure_png
-from ..report.published import NOVEL_VIEWPOINT, published_beside
+from ..report.published import NOVEL_VIEWPOINT, published_for_runs
 from ..runtime import autocast_context, autocast_dtype, resolve_device
 from ..transforms import Transform
 from .base import ProbeOptions, Task, register_task
@@ -208,9 +208,7 @@ def viewpoint_section(data) -> Section:
     tables = []
     if diff_rows:
         tables.append(("Paired differences of error (A - B)", pd.DataFrame(diff_rows)))
-    architectures = {str(e.get("model")): str(e.get("architecture") or e.get("model"))
-                     for e in data.manifest.get("runs", [])}
-    published = published_beside(architectures, NOVEL_VIEWPOINT)
+    published = published_for_runs(data.manifest, NOVEL_VIEWPOINT)
     if len(published):
         tables.append(("Published novel-viewpoint errors beside these models (smallNORB: another data set, and the "
                        "sources' own protocols; set beside, not reproduced)", published))
