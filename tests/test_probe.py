@@ -194,3 +194,23 @@ def test_a_reference_that_is_not_probed_is_refused_before_any_work():
     model = create_model("capsnet_small", conv_channels=8, primary_types=2)
     with pytest.raises(InvalidInputError, match="reference 'nope' is none of the models probed"):
         run_probe([model], split, ["rotate"], reference="nope", progress=False, n_boot=10)
+
+
+def test_a_run_subject_records_its_architecture_parameters_and_flops(tmp_path):
+    from types import SimpleNamespace
+
+    from capsprobe.models import create_model, model_costs
+    from capsprobe.probe import as_subject
+    from capsprobe.training.runs import RunConfig
+
+    model = create_model("capsnet_small", conv_channels=8, primary_types=2, decoder=False, img_size=(28, 32))
+    run = SimpleNamespace(name="pool-seed0", path=tmp_path, model=model, metrics={},
+                          input={"in_chans": 1, "img_size": [28, 32], "num_classes": 10},
+                          config=RunConfig(model="capsnet_small", label="pool", seed=0))
+    info = as_subject(run).info
+    assert as_subject(run).ident()["model"] == "pool"  # the label names it in tables ...
+    assert info["architecture"] == "capsnet_small"  # ... and the architecture says what it was built from
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    assert info["flops"] == model_costs(model, (1, 28, 32))["flops"] > 0  # at the run's own (H, W): a CapsNet refuses (W, H)
+    run.input = {}
+    assert as_subject(run).info["flops"] is None  # no recorded input: no FLOP count, and the probe goes on

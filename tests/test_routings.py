@@ -282,11 +282,12 @@ def test_resnet20_backbone_has_he_et_al_parameter_count():
 
 def test_primary_capsule_layout():
     maps = torch.zeros(1, 2 * 3, 2, 2)  # A=2 types of D=3 at 2x2 positions
-    maps[0, 1 * 3 + 2, 1, 0] = 1.0  # type 1, component 2, row 1, column 0
+    maps[0, 0 * 3 + 2, 1, 0] = 1.0  # type 0, component 2, row 1, column 0 (channel 2: type-major, not component-major)
+    maps[0, 1 * 3 + 0, 0, 1] = 2.0  # type 1, component 0, row 0, column 1 (channel 3)
     caps = _capsules(maps, 2)
     assert caps.shape == (1, 8, 3)
-    lit = caps.nonzero().tolist()
-    assert lit == [[0, (1 * 2 + 0) * 2 + 1, 2]]  # capsule (row * w + col) * A + type, component 2
+    assert caps.nonzero().tolist() == [[0, (0 * 2 + 1) * 2 + 1, 0], [0, (1 * 2 + 0) * 2 + 0, 2]]
+    assert caps[0, 3, 0] == 2.0 and caps[0, 4, 2] == 1.0  # capsule (row * w + col) * A + type
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -410,3 +411,29 @@ def test_model_costs_counts_multiply_adds_twice_and_restores_the_mode():
     assert conv.training
     lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     assert model_costs(lin, (1, 2, 2))["flops"] == 2 * 4 * 3
+
+
+@pytest.mark.parametrize("head", ["dynamic", "em", "self", "attention", "inverted"])
+def test_head_votes_are_each_pairs_own_transformation(head):
+    torch.manual_seed(0)
+    model = _head(head).eval()
+    poses = torch.randn(2, model.num_in, model.pose_dim)
+    votes = model.votes(poses)
+    assert votes.shape == (2, 10, model.num_in, model.out_dim)
+    for b, j, i in ((0, 3, 5), (1, 9, model.num_in - 1)):
+        if head == "em":  # the pose matrix times the pair's 4x4 transformation: M_i W_ij
+            want = (poses[b, i].view(4, 4) @ model.weight[j, i]).flatten()
+        else:  # the pose vector times the pair's matrix: u_i W_ij
+            want = poses[b, i] @ model.weight[j, i]
+        assert torch.allclose(votes[b, j, i], want, atol=1e-5)
+
+
+def test_the_registrys_attention_routing_is_the_layer_then_the_activation():
+    from capsprobe.models import get_routing
+    from capsprobe.models.layers import squash
+
+    votes = _votes()
+    record: list[torch.Tensor] = []
+    out = get_routing("attention")(votes, 3, False, squash, record)
+    ref = squash(reference_attention(votes, torch.zeros(4, 7)))
+    assert (out - ref).abs().max() < 1e-12 and len(record) == 1
