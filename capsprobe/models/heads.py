@@ -316,16 +316,21 @@ class BackboneHeadNet(nn.Module):
             y = F.relu(self.conv(maps)).flatten(1)
         return F.relu(self.hidden_layer(y)) if self.hidden_layer is not None else y
 
+    def _cnn_head(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """A CNN head: logits ``(B, K)`` and the classifier's input ``(B, F)`` (the conv head's pooled over the map)."""
+        y = self._cnn_pre_logits(maps)
+        if self.head == "conv":  # a 1x1 convolution to K channels, then global average pooling
+            return self.classifier(y).mean(dim=(2, 3)), y.mean(dim=(2, 3))
+        return self.classifier(y), y
+
     def forward_head(self, maps: Tensor, pre_logits: bool = False) -> Tensor:
         """The backbone's map -> class scores ``(B, K)`` (a capsule head's scores; a CNN head's logits); with
         ``pre_logits`` the flattened class poses (capsule heads) or the classifier's input (CNN heads)."""
         if self.has_poses:
             poses, scores = self.capsule_head(maps)
             return poses.flatten(1) if pre_logits else scores
-        y = self._cnn_pre_logits(maps)
-        if self.head == "conv":
-            return y.mean(dim=(2, 3)) if pre_logits else self.classifier(y).mean(dim=(2, 3))
-        return y if pre_logits else self.classifier(y)
+        logits, features = self._cnn_head(maps)
+        return features if pre_logits else logits
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -336,12 +341,9 @@ class BackboneHeadNet(nn.Module):
         if self.has_poses:
             poses, scores = self.capsule_head(maps)
             return ModelOutputs(scores=scores.float(), representation=poses.flatten(1).float(), poses=poses.float())
-        y = self._cnn_pre_logits(maps)
-        if self.head == "conv":
-            logits, rep = self.classifier(y).mean(dim=(2, 3)).float(), y.mean(dim=(2, 3)).float()
-        else:
-            logits, rep = self.classifier(y).float(), y.float()
-        return ModelOutputs(scores=logits.softmax(dim=-1), representation=rep, logits=logits)
+        logits, features = self._cnn_head(maps)
+        logits = logits.float()
+        return ModelOutputs(scores=logits.softmax(dim=-1), representation=features.float(), logits=logits)
 
     def capsule_loss(self, scores: Tensor, targets: Tensor) -> Tensor:
         """The training loss of a capsule head on its scores (``loss``)."""
