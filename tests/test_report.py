@@ -243,8 +243,12 @@ def test_roc_points_are_the_exact_staircase_on_a_fixed_grid():
     from sklearn.metrics import roc_curve
 
     result = _synthetic(n=300)
+    from capsprobe.metrics import ROC_POINTS
+
     roc = result.tables["roc"]
-    assert roc.groupby(["run", "condition"]).size().eq(201).all()  # fixed size, whatever the image count
+    assert ROC_POINTS == 51
+    assert roc.groupby(["run", "condition"]).size().eq(ROC_POINTS).all()  # fixed size, whatever the image count
+    assert np.allclose(roc.groupby(["run", "condition"])["fpr"].diff().dropna(), 0.02)
     img = result.images
     rows = img[(img["run"] == "caps") & (img["transform"] == "flip")]
     clean = rows[rows["magnitude"] == "none"].sort_values("image_id")["confidence"].to_numpy()
@@ -283,3 +287,32 @@ def test_a_cifar10_report_sets_sr_capsnets_numbers_beside_its_heads(tmp_path):
     plain = write_probe_outputs(_synthetic(), tmp_path / "m")  # MNIST: nothing published to set beside
     write_report(plain)
     assert "Published CIFAR-10" not in (plain / "report.md").read_text()
+
+
+def test_figures_are_stored_as_palette_pngs_that_keep_their_colours():
+    """Figures go out as 256-colour indexed PNGs: smaller than matplotlib's RGBA, and every flat colour (a line, a
+    cell of a colormap) survives exactly when there are at most 256."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from capsprobe.report.section import figure_png
+
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(np.linspace(0, 1, 64).reshape(8, 8), cmap="viridis", interpolation="nearest")
+    ax.set_axis_off()
+    rgba = io.BytesIO()
+    fig.savefig(rgba, format="png", dpi=90, bbox_inches="tight")
+    data = figure_png(fig)
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "P" and len(data) < len(rgba.getvalue())
+    ref = np.asarray(Image.open(io.BytesIO(rgba.getvalue())).convert("RGB")).astype(int)
+    got = np.asarray(image.convert("RGB")).astype(int)
+    assert ref.shape == got.shape
+    centre = ref[ref.shape[0] // 2, ref.shape[1] // 2]  # inside one colormap cell
+    assert (got[ref.shape[0] // 2, ref.shape[1] // 2] == centre).all()
+    assert (got == ref).all()  # 65 colours: the palette holds every one
