@@ -316,3 +316,16 @@ def test_figures_are_stored_as_palette_pngs_that_keep_their_colours():
     centre = ref[ref.shape[0] // 2, ref.shape[1] // 2]  # inside one colormap cell
     assert (got[ref.shape[0] // 2, ref.shape[1] // 2] == centre).all()
     assert (got == ref).all()  # 65 colours: the palette holds every one
+
+
+def test_tables_keep_seven_significant_digits(tmp_path):
+    result = _synthetic()
+    result.metrics.loc[result.metrics.index[0], "value"] = 0.123456789012
+    result.metrics.loc[result.metrics.index[1], "value"] = 1.23456789e-12
+    folder = write_probe_outputs(result, tmp_path / "r")
+    lines = (folder / "summary.csv").read_text().splitlines()
+    assert ",0.1234568," in lines[1] and ",1.234568e-12," in lines[2]
+    back = pd.read_csv(folder / "summary.csv")["value"].to_numpy(float)
+    ref = result.metrics["value"].to_numpy(float)
+    ok = np.isfinite(ref)
+    assert np.allclose(back[ok], ref[ok], rtol=5e-7, atol=0)

@@ -50,6 +50,8 @@ from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
 from .schema import (
     IMAGE_COLUMNS,
     METRIC_COLUMNS,
+    WORST_CASE_COLUMNS,
+    WORST_CASE_PARAMS,
     ProbeResult,
     estimate_row,
     grid_array,
@@ -89,6 +91,7 @@ class _Pass:
     pixel_change: np.ndarray  # (N,) |Tx - x|^2
     recon_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: reconstruction equivariance terms
     fidelity_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: |decode(phi(Tx)) - Tx|^2, |Tx|^2
+    worst: dict[str, np.ndarray] | None = None  # worst cases: the winning warp per image (WORST_CASE_COLUMNS)
 
 
 def _run_pass(
@@ -107,6 +110,12 @@ def _run_pass(
     scores, reps, poses_true, changes, recons = [], [], [], [], []
     recon_terms, fidelity_terms = [], []
     decodes = adapter.has_poses and adapter.can_decode
+    worst: list[dict[str, Tensor]] = []
+
+    def class_scores(x: Tensor) -> Tensor:  # a worst case's search sees the scores the probe measures
+        with autocast_context(device, dtype):
+            return adapter(x)
+
     start_id = 0
     with torch.inference_mode():
         for images, labels in iterate_batches(split, batch_size, device=device):
@@ -114,7 +123,14 @@ def _run_pass(
             seeds = image_seeds(seed, ids)
             start_id += labels.shape[0]
             t0 = time.perf_counter()
-            moved = transform(images, magnitude, seeds) if transform is not None else None
+            if transform is None:
+                moved = None
+            elif transform.worst_case:
+                moved = transform(images, magnitude, seeds, labels=labels, scores=class_scores)
+                assert moved.params is not None  # a worst case names its winner
+                worst.append({k: v.cpu() for k, v in moved.params.items()})
+            else:
+                moved = transform(images, magnitude, seeds)
             if moved is not None:
                 changes.append(((moved.images.float() - images.float()) ** 2).flatten(1).sum(1).cpu())
                 images = moved.images
@@ -149,6 +165,8 @@ def _run_pass(
         pixel_change=torch.cat(changes).double().numpy(),
         recon_terms=joined(recon_terms),
         fidelity_terms=joined(fidelity_terms),
+        worst={column: torch.cat([w[key] for w in worst]).double().numpy()
+               for key, column in WORST_CASE_PARAMS.items()} if worst else None,
     )
     return result, (torch.cat(recons) if recons else None)
 
@@ -235,6 +253,7 @@ def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], 
             "true_score": moved.scores[np.arange(len(labels)), labels],
             "confidence": moved.scores.max(1),
             "pixel_change": moved.pixel_change,
+            **(moved.worst or {}),
         }))
         bar.update(1)
     if decodable:
@@ -367,8 +386,7 @@ def run_probe(
             timer.add("lie", t0)
     bar.close()
     metrics_df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-    images_df = (pd.concat(image_frames, ignore_index=True)[IMAGE_COLUMNS] if image_frames
-                 else pd.DataFrame(columns=IMAGE_COLUMNS))
+    images_df = (_image_table(image_frames) if image_frames else pd.DataFrame(columns=IMAGE_COLUMNS))
     identity = identity_labels()
     selectivity = M.selectivity_table(images_df, identity, n_boot=n_boot, seed=seed)
     if not selectivity.empty:
@@ -403,6 +421,12 @@ def run_probe(
         manifest["lie"] = lie_manifest(len(split))
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
                        manifest=manifest)
+
+
+def _image_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The per-image rows: :data:`IMAGE_COLUMNS`, and the winning warps' columns when a worst case was probed."""
+    joined = pd.concat(frames, ignore_index=True)
+    return joined[IMAGE_COLUMNS + [c for c in WORST_CASE_COLUMNS if c in joined.columns]]
 
 
 def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Sequence[Transform],

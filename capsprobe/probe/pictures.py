@@ -59,7 +59,7 @@ def reconstruction_examples(
     rows, names = [x.cpu()], ["image"]
     with torch.inference_mode():
         for t, m in conditions:
-            moved = t(x, m, seeds).images
+            moved = t(x, m, seeds, labels=y, scores=adapter).images  # a worst case searches against the model
             recon = adapter.decode(adapter.outputs(moved).poses, y)
             rows += [moved.cpu(), recon.float().cpu()]
             names += [f"{t.name} {magnitude_label(m)}", "reconstruction"]

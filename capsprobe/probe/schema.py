@@ -25,6 +25,8 @@ __all__ = [
     "SUMMARY",
     "IMAGE_COLUMNS",
     "METRIC_COLUMNS",
+    "WORST_CASE_COLUMNS",
+    "WORST_CASE_PARAMS",
     "ProbeResult",
     "estimate_row",
     "grid_array",
@@ -49,6 +51,11 @@ IMAGE_COLUMNS = [
     "model", "run", "seed", "transform", "kind", "magnitude", "image_id", "label", "prediction", "true_score",
     "confidence", "pixel_change",
 ]
+# per image, the warp a worst case (spatial-grid, worst-of-k) chose, and its margin: present when one was probed
+# (NaN on the other conditions' rows)
+WORST_CASE_PARAMS = {"angle": "worst_angle", "shift_x": "worst_shift_x", "shift_y": "worst_shift_y",
+                     "margin": "worst_margin"}
+WORST_CASE_COLUMNS = list(WORST_CASE_PARAMS.values())
 
 
 @dataclass

@@ -29,8 +29,18 @@ __all__ = [
     "check_report_target",
     "compact_table",
     "read_probe_outputs",
+    "write_csv",
     "write_probe_outputs",
 ]
+
+# significant digits of the floats in a report's CSV tables: past 7 a double holds only the noise of its arithmetic
+# (a metric over at most tens of thousands of images), and the full 17 would double every committed table
+CSV_FLOAT_FORMAT = "%.7g"
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """One of a report's tables as CSV, floats to :data:`CSV_FLOAT_FORMAT`."""
+    frame.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
 
 
 
@@ -68,9 +78,9 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
         write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
         images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
-        result.metrics.to_csv(tmp / SUMMARY, index=False)
+        write_csv(result.metrics, tmp / SUMMARY)
         for name, table in result.tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
+            write_csv(table, tmp / f"{name}.csv")
         if result.arrays:
             (tmp / ARRAYS).mkdir()
             for name, arrays in result.arrays.items():

@@ -37,7 +37,7 @@ from ..metrics.compare import comparison_tables
 from ..probe import decodability_rows
 from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, identity_labels
 from ..runtime import MARKER, atomic_dir, folder_lock, write_marker
-from .folder import ReportData, ReportError, read_probe_outputs
+from .folder import ReportData, ReportError, read_probe_outputs, write_csv
 from .section import Section, _markdown_table
 
 __all__ = [
@@ -182,7 +182,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor) -> Path:
                 _link_tree(path, tmp / path.name)
             for name, frame in tables.items():
                 if not frame.empty:
-                    frame.to_csv(tmp / f"{name}.csv", index=False)
+                    write_csv(frame, tmp / f"{name}.csv")
         return _write_report(folder, section_for)
 
 

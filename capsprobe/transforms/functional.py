@@ -69,10 +69,13 @@ class Transformed:
     Attributes:
         images: transformed images ``(B, C, H, W)``.
         matrix: the ``(B, 3, 3)`` pixel-coordinate matrix applied (geometric transforms), else None.
+        params: per-image parameters of what was applied, each ``(B,)`` (the worst cases of :mod:`.worst`: the
+            winning warp), else None.
     """
 
     images: Tensor
     matrix: Tensor | None = None
+    params: dict[str, Tensor] | None = None
 
 
 def _check_images(images: Tensor) -> None:

@@ -25,6 +25,7 @@ from .functional import (
     swap,
     translate,
 )
+from .worst import Scorer, spatial_grid, worst_of_k
 
 __all__ = [
     "headline_conditions",
@@ -63,6 +64,8 @@ class Transform:
         showcase: the magnitude the report's reconstruction grid shows (None: the grid's last).
         headline: the magnitudes whose model comparison the report's headlines state.
         scramble: a part-scrambling ("Picasso") edit, whose detection the report sets against a nuisance.
+        worst_case: chosen per image against the model (:mod:`.worst`): called with the labels and the model's
+            class scores.
 
     Adding a transformation is one :func:`register_transform` call: the probe, the report's headlines and
     showcase, and the CLI's help read these fields.
@@ -83,6 +86,7 @@ class Transform:
     showcase: Any = None
     headline: tuple = ()
     scramble: bool = False
+    worst_case: bool = False
 
     def kind_at(self, magnitude: Any) -> str:
         """``nuisance`` or ``semantic`` at ``magnitude`` (rotations become semantic from 90 degrees)."""
@@ -111,7 +115,11 @@ class Transform:
             raise InvalidInputError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
         return value
 
-    def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0) -> Transformed:
+    def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0, *, labels: Tensor | None = None,
+                 scores: Scorer | None = None) -> Transformed:
+        """``fn(images, magnitude, seed)``; a worst case also takes the true ``labels`` and the model's ``scores``."""
+        if self.worst_case:
+            return self.fn(images, self.validate(magnitude), seed, labels=labels, scores=scores)
         return self.fn(images, self.validate(magnitude), seed)
 
 
@@ -136,9 +144,14 @@ TRANSFORMS: dict[str, Transform] = {
                   showcase="top-bottom", headline=("top-bottom", "left-right"), scramble=True),
         Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST,
                   showcase="warp", headline=("warp",)),
+        Transform("spatial-grid", spatial_grid, (0, 0.5, 1.0), 0, "strength (x 30 degrees, x 3 px)", "nuisance", 0, 1,
+                  showcase=1.0, headline=(1.0,), worst_case=True),
+        Transform("worst-of-k", worst_of_k, (0, 1, 10), 0, "random warps (30 degrees, 3 px)", "nuisance", 0, 1000,
+                  integer=True, showcase=10, headline=(10,), worst_case=True),
     )
 }
-# "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) is asked for by name
+# "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) and the worst cases against the model
+# (spatial-grid, worst-of-k: Engstrom et al. 2019) are asked for by name
 SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
 
 

@@ -1,0 +1,163 @@
+"""Worst-case spatial transformations: per image, the rotation and translation the model handles worst.
+
+Engstrom, Tran, Tsipras, Schmidt & Madry (ICML 2019), "Exploring the landscape of spatial robustness", break MNIST
+and CIFAR convnets with a rotation of at most 30 degrees and a translation of at most 3 px (on 28 px MNIST), chosen
+per image against the model:
+
+- ``spatial-grid`` (their exhaustive "grid" attack): every combination of 31 angles in ``[-30 a, 30 a]`` degrees and
+  5 x 5 shifts in ``[-3 a, 3 a]`` px (x right, y down), 775 warps per image, where ``a`` in [0, 1] is the magnitude
+  (1: the paper's ranges; 0: the identity);
+- ``worst-of-k`` (their "worst-of-10"): the worst of ``k`` warps drawn uniformly from ``[-30, 30]`` degrees x
+  ``[-3, 3]`` px per axis, per image from the image's own seed (the magnitude is ``k``; 0: the identity).
+
+The worst warp is the one with the smallest margin ``s_true - max_{j != true} s_j`` of the class scores the probe
+measures (a convnet's softmax, a CapsNet's capsule lengths): the image is misclassified under some warp exactly when the
+winner's margin is negative, so the accuracy under the attack is the share of images every candidate leaves
+correct. Ties keep the first candidate in the order the grid (the identity first) or the draws list them. The warps follow the suite's
+conventions (:mod:`.functional`: about the image centre, angles counter-clockwise on screen, the rotation first, then
+the shift; bilinear, zero fill); the winner's matrix and parameters (``angle``, ``shift_x``, ``shift_y``) come back
+in the :class:`~.functional.Transformed`, so the probe records per image which warp won.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidInputError
+from .functional import Seed, Transformed, _about_centre, _check_images, _eye, _generators, _rotation, apply_matrix
+
+__all__ = [
+    "GRID_ANGLES",
+    "GRID_SHIFTS",
+    "MAX_ANGLE",
+    "MAX_SHIFT",
+    "Scorer",
+    "margins",
+    "spatial_grid",
+    "spatial_grid_candidates",
+    "spatial_matrices",
+    "worst_of",
+    "worst_of_k",
+]
+
+MAX_ANGLE = 30.0  # degrees (Engstrom et al. 2019, MNIST and CIFAR-10)
+MAX_SHIFT = 3.0  # pixels per axis
+GRID_ANGLES = 31  # every 2 degrees over [-30, 30]
+GRID_SHIFTS = 5  # every 1.5 px over [-3, 3], per axis
+CHUNK_IMAGES = 4096  # warped images scored in one call
+
+Scorer = Callable[[Tensor], Tensor]  # images (B, C, H, W) -> class scores (B, K)
+
+
+def spatial_matrices(images: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor) -> Tensor:
+    """``(B, 3, 3)`` pixel-coordinate matrices: rotate by ``angle`` degrees about the centre, then shift."""
+    lin = _rotation(angle.double(), torch.float64)
+    shift = torch.stack([shift_x.double(), shift_y.double()], -1)
+    return _about_centre(lin, images, shift).float().to(images.device)
+
+
+def margins(scores: Tensor, labels: Tensor) -> Tensor:
+    """``s_true - max_{j != true} s_j`` per row of ``scores (B, K)``: negative exactly when the image is misclassified
+    (a tie between the true class and another counts as 0)."""
+    true = scores.gather(1, labels[:, None]).squeeze(1)
+    others = scores.scatter(1, labels[:, None], float("-inf"))
+    return true - others.amax(1)
+
+
+def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor,
+             chunk_images: int = CHUNK_IMAGES) -> Transformed:
+    """Per image, the candidate warp with the smallest margin (the first of equal ones).
+
+    Args:
+        images: ``(B, C, H, W)``.
+        labels: true classes ``(B,)``.
+        scores: the model's class scores of a batch of images.
+        candidates: ``(K, 3)`` (the same for every image) or ``(B, K, 3)`` rows ``(angle, shift_x, shift_y)``.
+        chunk_images: warped images scored per call (memory, not the result).
+
+    Returns:
+        The images under their winning warps, the ``(B, 3, 3)`` matrices and ``params`` (``angle``, ``shift_x``,
+        ``shift_y``, ``margin``, each ``(B,)``).
+    """
+    _check_images(images)
+    b = images.shape[0]
+    if candidates.dim() == 2:
+        candidates = candidates.expand(b, *candidates.shape)
+    if candidates.dim() != 3 or candidates.shape[0] != b or candidates.shape[-1] != 3 or candidates.shape[1] < 1:
+        raise InvalidInputError(f"candidates must be (K, 3) or ({b}, K, 3) with K >= 1, got {tuple(candidates.shape)}")
+    candidates = candidates.to(torch.float64).cpu()
+    k = candidates.shape[1]
+    labels = labels.to(images.device)
+    best = torch.full((b,), float("inf"), device=images.device)
+    pick = torch.zeros(b, dtype=torch.long, device=images.device)
+    step = max(1, chunk_images // max(b, 1))
+    for start in range(0, k, step):
+        block = candidates[:, start:start + step]  # (B, c, 3)
+        c = block.shape[1]
+        flat = block.reshape(b * c, 3)
+        tiled = images.repeat_interleave(c, 0)
+        warped = apply_matrix(tiled, spatial_matrices(tiled, flat[:, 0], flat[:, 1], flat[:, 2]))
+        m = margins(scores(warped).float(), labels.repeat_interleave(c)).view(b, c)
+        low, where = m.min(1)  # the first of equal minima within the block
+        better = low < best  # strict: an earlier block keeps a tie
+        best = torch.where(better, low, best)
+        pick = torch.where(better, where + start, pick)
+    won = candidates[torch.arange(b), pick.cpu()]  # (B, 3)
+    matrix = spatial_matrices(images, won[:, 0], won[:, 1], won[:, 2])
+    params = {"angle": won[:, 0], "shift_x": won[:, 1], "shift_y": won[:, 2], "margin": best.cpu().double()}
+    warped = apply_matrix(images, matrix).to(images.dtype)
+    kept = (won == 0).all(1).to(images.device)  # the identity won: the image itself, exactly (as the suite's identities)
+    warped = torch.where(kept[:, None, None, None], images, warped)
+    return Transformed(warped, matrix, params)
+
+
+def _needs(name: str, labels: Tensor | None, scores: Scorer | None) -> tuple[Tensor, Scorer]:
+    if labels is None or scores is None:
+        raise InvalidInputError(f"{name} is a worst case against a model: give the labels and the model's scores")
+    return labels, scores
+
+
+def _identity(images: Tensor) -> Transformed:
+    zero = torch.zeros(images.shape[0], dtype=torch.float64)
+    return Transformed(images.clone(), _eye(images), {"angle": zero, "shift_x": zero, "shift_y": zero,
+                                                      "margin": torch.full_like(zero, float("nan"))})
+
+
+def spatial_grid_candidates(strength: float) -> Tensor:
+    """The ``(775, 3)`` grid ``(angle, shift_x, shift_y)`` at ``strength`` in [0, 1]: the identity (0, 0, 0) first
+    (so an image no warp hurts more keeps its pose), then angles outermost, x, y, each ascending."""
+    a = float(strength)
+    angles = torch.linspace(-MAX_ANGLE * a, MAX_ANGLE * a, GRID_ANGLES, dtype=torch.float64)
+    shifts = torch.linspace(-MAX_SHIFT * a, MAX_SHIFT * a, GRID_SHIFTS, dtype=torch.float64)
+    grid = torch.cartesian_prod(angles, shifts, shifts)
+    identity = (grid == 0).all(1)
+    return torch.cat([grid[identity], grid[~identity]])
+
+
+def spatial_grid(images: Tensor, strength: float, seed: Seed = 0, *, labels: Tensor | None = None,
+                 scores: Scorer | None = None) -> Transformed:
+    """The worst of the 775-warp grid (31 angles x 5 x 5 shifts) over ``[-30 a, 30 a]`` degrees x ``[-3 a, 3 a]`` px,
+    ``a = strength`` in [0, 1] (0: the identity). Deterministic (``seed`` unused)."""
+    _check_images(images)
+    if strength == 0:
+        return _identity(images)
+    labels, scores = _needs("spatial-grid", labels, scores)
+    return worst_of(images, labels, scores, spatial_grid_candidates(strength))
+
+
+def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, labels: Tensor | None = None,
+               scores: Scorer | None = None) -> Transformed:
+    """The worst of ``k`` warps per image, each an angle uniform in [-30, 30] degrees and a shift uniform in [-3, 3] px
+    per axis, drawn from the image's seed (int: one draw sequence for the batch; ``(B,)``: one per image); 0 is the
+    identity."""
+    _check_images(images)
+    k = int(k)
+    if k == 0:
+        return _identity(images)
+    labels, scores = _needs("worst-of-k", labels, scores)
+    draws = torch.stack([torch.rand(k, 3, generator=g, dtype=torch.float64) for g in _generators(seed, images.shape[0])])
+    scale = torch.tensor([MAX_ANGLE, MAX_SHIFT, MAX_SHIFT], dtype=torch.float64)
+    return worst_of(images, labels, scores, (2 * draws - 1) * scale)
