@@ -183,8 +183,10 @@ def test_unknown_transform_lists_the_valid_ones():
 
 
 def test_resolve_all_and_kinds():
-    assert [t.name for t in resolve(["all"])] == list(SUITE) == [n for n in TRANSFORMS if n not in (
-        "affnist", "spatial-grid", "worst-of-k")]
+    asked_by_name = ("affnist", "spatial-grid", "worst-of-k", "fgsm", "pgd", "pgd-long", "fgsm-margin", "pgd-margin",
+                     "pgd-transfer")
+    assert [t.name for t in resolve(["all"])] == list(SUITE) == [n for n in TRANSFORMS if n not in asked_by_name]
+    assert all(TRANSFORMS[n].worst_case for n in asked_by_name[1:]) and not any(TRANSFORMS[n].worst_case for n in SUITE)
     rotate = get_transform("rotate")
     assert rotate.kind_at(45) == "nuisance" and rotate.kind_at(-90) == "semantic" and rotate.kind_at(180) == "semantic"
     assert get_transform("jigsaw").kind == "semantic" and get_transform("shear").kind == "nuisance"

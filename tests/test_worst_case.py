@@ -9,7 +9,7 @@ from torch import nn
 
 from capsprobe.errors import InvalidInputError
 from capsprobe.transforms import get_transform, rotate, translate
-from capsprobe.transforms.worst import margins, spatial_grid, spatial_grid_candidates, worst_of, worst_of_k
+from capsprobe.transforms.worst import Against, margins, spatial_grid, spatial_grid_candidates, worst_of, worst_of_k
 
 H = W = 28
 CX = (W - 1) / 2
@@ -53,7 +53,7 @@ def test_the_grid_finds_the_known_worst_shift(strength):
     """The margin falls linearly with the shift to the right: the worst warp is the largest shift right, whatever the
     angle; at strength 1 (3 px) the blob is misclassified, at 0.25 (0.75 px) it is not."""
     images, labels = _blob(), torch.zeros(3, dtype=torch.long)
-    out = spatial_grid(images, strength, labels=labels, scores=_leftness)
+    out = spatial_grid(images, strength, against=Against(labels, _leftness))
     assert out.params is not None
     assert torch.allclose(out.params["shift_x"], torch.full((3,), 3.0 * strength, dtype=torch.float64))
     assert torch.allclose(out.params["margin"], torch.full((3,), 1 - 3.0 * strength, dtype=torch.float64), atol=5e-3)  # bilinear
@@ -72,7 +72,7 @@ def test_an_invariant_model_is_not_moved():
         return torch.stack([ink, torch.full_like(ink, 0.5)], 1)
 
     images = _blob(4)
-    out = spatial_grid(images, 1.0, labels=torch.zeros(4, dtype=torch.long), scores=has_ink)
+    out = spatial_grid(images, 1.0, against=Against(torch.zeros(4, dtype=torch.long), has_ink))
     assert out.params is not None
     assert (out.params["angle"] == 0).all() and (out.params["shift_x"] == 0).all() and (out.params["shift_y"] == 0).all()
     assert torch.equal(out.images, images)
@@ -82,17 +82,17 @@ def test_an_invariant_model_is_not_moved():
 def test_worst_of_k_takes_the_worst_of_its_seeded_draws():
     images, labels = _blob(4), torch.zeros(4, dtype=torch.long)
     seeds = torch.tensor([11, 12, 13, 14])
-    out = worst_of_k(images, 10, seeds, labels=labels, scores=_leftness)
-    again = worst_of_k(images, 10, seeds, labels=labels, scores=_leftness)
+    out = worst_of_k(images, 10, seeds, against=Against(labels, _leftness))
+    again = worst_of_k(images, 10, seeds, against=Against(labels, _leftness))
     assert torch.equal(out.images, again.images)  # deterministic given the seeds
-    halves = [worst_of_k(images[i:i + 2], 10, seeds[i:i + 2], labels=labels[:2], scores=_leftness) for i in (0, 2)]
+    halves = [worst_of_k(images[i:i + 2], 10, seeds[i:i + 2], against=Against(labels[:2], _leftness)) for i in (0, 2)]
     assert torch.equal(torch.cat([h.images for h in halves]), out.images)  # per-image seeds: batching does not matter
     for i, s in enumerate(seeds.tolist()):
         draws = (2 * torch.rand(10, 3, generator=torch.Generator().manual_seed(s), dtype=torch.float64) - 1)
         assert out.params is not None
         assert out.params["shift_x"][i] == (draws[:, 1] * 3).max()  # the largest shift right of its own 10 draws
         assert out.params["angle"].abs().max() <= 30 and out.params["shift_y"].abs().max() <= 3
-    other = worst_of_k(images, 10, seeds + 1, labels=labels, scores=_leftness)
+    other = worst_of_k(images, 10, seeds + 1, against=Against(labels, _leftness))
     assert not torch.equal(other.params["shift_x"], out.params["shift_x"])
 
 

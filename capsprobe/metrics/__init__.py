@@ -46,6 +46,7 @@ from .lie import (  # noqa: F401
     lie_score_values,
     subspace_project,
 )
+from .masking import MASKING_COLUMNS, masking_table  # noqa: F401
 from .registry import (  # noqa: F401
     METRICS,
     Condition,
@@ -110,6 +111,8 @@ __all__ = [
     "register_metric",
     "resample_index",
     "roc_table",
+    "masking_table",
+    "MASKING_COLUMNS",
     "scramble_auroc",
     "selectivity_table",
     "split_halves",

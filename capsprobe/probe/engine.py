@@ -45,6 +45,7 @@ from ..transforms import (
     magnitude_value,
     resolve,
 )
+from .against import against
 from .lie import lie_manifest, lie_tables
 from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
 from .schema import (
@@ -106,16 +107,12 @@ def _run_pass(
     timer: _Timer,
     clean_recon: Tensor | None,
     timer_key: str,
+    surrogate: Adapter | None = None,
 ) -> tuple[_Pass, Tensor | None]:
     scores, reps, poses_true, changes, recons = [], [], [], [], []
     recon_terms, fidelity_terms = [], []
     decodes = adapter.has_poses and adapter.can_decode
     worst: list[dict[str, Tensor]] = []
-
-    def class_scores(x: Tensor) -> Tensor:  # a worst case's search sees the scores the probe measures
-        with autocast_context(device, dtype):
-            return adapter(x)
-
     start_id = 0
     with torch.inference_mode():
         for images, labels in iterate_batches(split, batch_size, device=device):
@@ -126,9 +123,10 @@ def _run_pass(
             if transform is None:
                 moved = None
             elif transform.worst_case:
-                moved = transform(images, magnitude, seeds, labels=labels, scores=class_scores)
-                assert moved.params is not None  # a worst case names its winner
-                worst.append({k: v.cpu() for k, v in moved.params.items()})
+                moved = transform(images, magnitude, seeds, against=against(
+                    adapter, labels, surrogate, autocast=lambda: autocast_context(device, dtype)))
+                if moved.params is not None:  # a spatial worst case names its winner
+                    worst.append({k: v.cpu() for k, v in moved.params.items()})
             else:
                 moved = transform(images, magnitude, seeds)
             if moved is not None:
@@ -217,7 +215,8 @@ def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
 
 def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], split: ImageSplit, clean: _Pass,
                      clean_recon: Any, t: Transform, magnitudes: Sequence[Any], seed: int, n_boot: int,
-                     batch_size: int, dev: torch.device, dtype: Any, timer: _Timer, bar: Any
+                     batch_size: int, dev: torch.device, dtype: Any, timer: _Timer, bar: Any,
+                     surrogate: Adapter | None = None,
                      ) -> tuple[list[dict[str, Any]], list[pd.DataFrame], dict[str, Any] | None]:
     """One transformation of one subject over its magnitudes: the metric rows of every condition, the per-image
     rows, and the decodability row (None when fewer than two magnitudes can be decoded)."""
@@ -229,7 +228,8 @@ def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], 
     reps, poses = [], []
     for m in magnitudes:
         bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
-        moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward")
+        moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward",
+                             surrogate)
         _check_pass(subject.name, f"{t.name} {magnitude_label(m)}", moved)
         base = {**ident, "transform": t.name, "kind": t.kind_at(m), "magnitude": magnitude_label(m),
                 "magnitude_value": magnitude_value(t, m)}
@@ -298,6 +298,7 @@ def run_probe(
     progress: bool = True,
     reference: str | None = None,
     lie: bool = False,
+    surrogate: Any = None,
 ) -> ProbeResult:
     """Evaluate every model on every transformed version of ``split``.
 
@@ -318,6 +319,8 @@ def run_probe(
         reference: a ``model`` name: the ablation table (``ablation.csv``) sets every other model against it.
         lie: also run the Lie-derivative probe (:mod:`capsprobe.probe.lie`): the ``lie``, ``lie_layers`` and
             ``composition`` tables.
+        surrogate: the model ``pgd-transfer`` computes its attack on (a run, :class:`Subject` or module; usually a
+            convnet trained like the others), or None.
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
@@ -346,6 +349,9 @@ def run_probe(
         raise InvalidInputError(f"the probe needs at least 4 images, got {len(split)}")
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
+    if any(t.name == "pgd-transfer" for t in chosen) and surrogate is None:
+        raise InvalidInputError("pgd-transfer needs a surrogate model to compute the attack on (--surrogate RUN)")
+    other = adapt(as_subject(surrogate).model).to(dev).eval() if surrogate is not None else None
     timer = _Timer(dev)
     metric_rows: list[dict[str, Any]] = []
     image_frames: list[pd.DataFrame] = []
@@ -370,14 +376,14 @@ def run_probe(
         bar.update(1)
         for t in chosen:
             rows, frames, decoded = _probe_transform(adapter, subject, ident, split, clean, clean_recon, t, grid[t.name],
-                                                     seed, n_boot, batch_size, dev, dtype, timer, bar)
+                                                     seed, n_boot, batch_size, dev, dtype, timer, bar, other)
             metric_rows += rows
             image_frames += frames
             if decoded is not None:
                 decode_rows.append(decoded)
         if adapter.can_decode and adapter.has_poses:
             t0 = time.perf_counter()
-            arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev))
+            arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev, other))
             timer.add("pictures", t0)
         if lie:
             t0 = time.perf_counter()
@@ -397,6 +403,9 @@ def run_probe(
               "roc": M.roc_table(images_df, metrics_df, identity)}
     if not selectivity.empty:
         tables["selectivity"] = selectivity
+    masking = M.masking_table(metrics_df)
+    if not masking.empty:
+        tables["masking"] = masking
     for name in ("lie", "lie_layers", "composition"):
         if lie_parts:
             tables[name] = pd.concat([part.tables()[name] for part in lie_parts], ignore_index=True)
@@ -417,6 +426,8 @@ def run_probe(
         "reference": reference,
         "device": str(dev),
     }
+    if other is not None:
+        manifest["surrogate"] = as_subject(surrogate).name
     if lie:
         manifest["lie"] = lie_manifest(len(split))
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
@@ -430,7 +441,8 @@ def _image_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Sequence[Transform],
-                   grid: Mapping[str, Sequence[Any]], seed: int, device: torch.device) -> dict[str, dict]:
+                   grid: Mapping[str, Sequence[Any]], seed: int, device: torch.device,
+                   surrogate: Adapter | None = None) -> dict[str, dict]:
     """The reconstruction rows (one showcase magnitude per transformation) and the paper's Figure 4 sweep."""
     out = {}
     conditions = []
@@ -441,7 +453,8 @@ def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Seque
         if pick is not None:
             conditions.append((t, pick))
     if conditions:
-        images, rows = reconstruction_examples(adapter, split, conditions, n=8, seed=seed, device=device)
+        images, rows = reconstruction_examples(adapter, split, conditions, n=8, seed=seed, device=device,
+                                               surrogate=surrogate)
         out[f"reconstructions-{name}"] = grid_array(
             images, rows, title=f"{name}: reconstructions from the transformed images' poses (true-class capsule)",
             caption="Each transformation: the transformed digits, then the decoder's reconstruction from the true "

@@ -15,6 +15,7 @@ from ..transforms import (
     Transform,
     magnitude_label,
 )
+from .against import against
 from .subject import as_subject
 
 __all__ = [
@@ -33,6 +34,7 @@ def reconstruction_examples(
     n: int = 8,
     seed: int = 0,
     device: str | torch.device = "auto",
+    surrogate: Any = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Images, transformed images and the model's reconstructions from the transformed images' poses.
 
@@ -56,10 +58,11 @@ def reconstruction_examples(
     y = split.labels[index].to(dev)
     seeds = image_seeds(seed, index)
     adapter = adapter.to(dev).eval()
+    other = adapt(as_subject(surrogate).model).to(dev).eval() if surrogate is not None else None
     rows, names = [x.cpu()], ["image"]
     with torch.inference_mode():
         for t, m in conditions:
-            moved = t(x, m, seeds, labels=y, scores=adapter).images  # a worst case searches against the model
+            moved = t(x, m, seeds, against=against(adapter, y, other)).images  # a worst case: against the model
             recon = adapter.decode(adapter.outputs(moved).poses, y)
             rows += [moved.cpu(), recon.float().cpu()]
             names += [f"{t.name} {magnitude_label(m)}", "reconstruction"]

@@ -25,7 +25,8 @@ from .functional import (
     swap,
     translate,
 )
-from .worst import Scorer, spatial_grid, worst_of_k
+from .gradient import fgsm, fgsm_margin, pgd, pgd_long, pgd_margin, pgd_transfer
+from .worst import Against, spatial_grid, worst_of_k
 
 __all__ = [
     "headline_conditions",
@@ -64,15 +65,15 @@ class Transform:
         showcase: the magnitude the report's reconstruction grid shows (None: the grid's last).
         headline: the magnitudes whose model comparison the report's headlines state.
         scramble: a part-scrambling ("Picasso") edit, whose detection the report sets against a nuisance.
-        worst_case: chosen per image against the model (:mod:`.worst`): called with the labels and the model's
-            class scores.
+        worst_case: chosen per image against the model (:mod:`.worst`, :mod:`.gradient`): called with
+            ``against``, the labels and the model.
 
     Adding a transformation is one :func:`register_transform` call: the probe, the report's headlines and
     showcase, and the CLI's help read these fields.
     """
 
     name: str
-    fn: Callable[[Tensor, Any, Seed], Transformed]
+    fn: Callable[..., Transformed]  # fn(images, magnitude, seed), and against= for a worst case
     grid: tuple
     identity: Any
     unit: str
@@ -115,13 +116,19 @@ class Transform:
             raise InvalidInputError(f"{self.name} magnitude {magnitude} is outside [{self.low:g}, {self.high:g}] ({self.unit})")
         return value
 
-    def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0, *, labels: Tensor | None = None,
-                 scores: Scorer | None = None) -> Transformed:
-        """``fn(images, magnitude, seed)``; a worst case also takes the true ``labels`` and the model's ``scores``."""
+    def __call__(self, images: Tensor, magnitude: Any, seed: Seed = 0, *, against: Against | None = None
+                 ) -> Transformed:
+        """``fn(images, magnitude, seed)``; a worst case is also told what it is chosen ``against`` (the labels and
+        the model); the others ignore it."""
         if self.worst_case:
-            return self.fn(images, self.validate(magnitude), seed, labels=labels, scores=scores)
+            return self.fn(images, self.validate(magnitude), seed, against=against)
         return self.fn(images, self.validate(magnitude), seed)
 
+
+# the gradient attacks' default radii: MNIST's usual range up to 0.3 (Madry et al. 2018), and 0.5, where an attack
+# that works can turn every image into the same grey and any model falls to chance or below (the masking check)
+EPS_GRID = (0, 0.05, 0.1, 0.2, 0.3, 0.5)
+EPS_CHECK = (0, 0.1, 0.3)
 
 TRANSFORMS: dict[str, Transform] = {
     t.name: t
@@ -148,10 +155,16 @@ TRANSFORMS: dict[str, Transform] = {
                   showcase=1.0, headline=(1.0,), worst_case=True),
         Transform("worst-of-k", worst_of_k, (0, 1, 10), 0, "random warps (30 degrees, 3 px)", "nuisance", 0, 1000,
                   integer=True, showcase=10, headline=(10,), worst_case=True),
+        *(Transform(name, fn, grid, 0, "L-inf eps (pixels in [0, 1])", "nuisance", 0, 1, geometric=False,
+                    showcase=0.1, headline=(0.1,) if name in ("fgsm", "pgd") else (), worst_case=True)
+          for name, fn, grid in (
+              ("fgsm", fgsm, EPS_GRID), ("pgd", pgd, EPS_GRID), ("pgd-long", pgd_long, EPS_CHECK),
+              ("fgsm-margin", fgsm_margin, EPS_CHECK), ("pgd-margin", pgd_margin, EPS_CHECK),
+              ("pgd-transfer", pgd_transfer, EPS_CHECK))),
     )
 }
 # "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) and the worst cases against the model
-# (spatial-grid, worst-of-k: Engstrom et al. 2019) are asked for by name
+# (spatial-grid, worst-of-k: Engstrom et al. 2019; the gradient attacks of .gradient) are asked for by name
 SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
 
 

@@ -21,15 +21,17 @@ in the :class:`~.functional.Transformed`, so the probe records per image which w
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from .functional import Seed, Transformed, _about_centre, _check_images, _eye, _generators, _rotation, apply_matrix
 
 __all__ = [
+    "Against",
     "GRID_ANGLES",
     "GRID_SHIFTS",
     "MAX_ANGLE",
@@ -50,6 +52,25 @@ GRID_SHIFTS = 5  # every 1.5 px over [-3, 3], per axis
 CHUNK_IMAGES = 4096  # warped images scored in one call
 
 Scorer = Callable[[Tensor], Tensor]  # images (B, C, H, W) -> class scores (B, K)
+
+
+@dataclass(frozen=True)
+class Against:
+    """What a worst case is chosen against: the true labels and the model.
+
+    Attributes:
+        labels: true classes ``(B,)``.
+        scores: the class scores the probe measures (a convnet's softmax, a CapsNet's capsule lengths).
+        objectives: what the gradient attacks ascend, by name: ``(module, loss)``, a differentiable ``images ->
+            outputs`` and the loss on them (``ce``: cross-entropy of a convnet's logits or a CapsNet's lengths;
+            ``margin``: the margin loss of the class scores).
+        surrogate: ``(module, loss)`` of another model, for the transfer attack, or None.
+    """
+
+    labels: Tensor
+    scores: Scorer
+    objectives: Mapping[str, tuple[nn.Module, nn.Module]] = field(default_factory=dict)
+    surrogate: tuple[nn.Module, nn.Module] | None = None
 
 
 def spatial_matrices(images: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor) -> Tensor:
@@ -114,10 +135,11 @@ def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor,
     return Transformed(warped, matrix, params)
 
 
-def _needs(name: str, labels: Tensor | None, scores: Scorer | None) -> tuple[Tensor, Scorer]:
-    if labels is None or scores is None:
-        raise InvalidInputError(f"{name} is a worst case against a model: give the labels and the model's scores")
-    return labels, scores
+def needs(name: str, against: Against | None) -> Against:
+    """``against``, or a one-line error naming the worst case that was called without a model."""
+    if against is None:
+        raise InvalidInputError(f"{name} is a worst case against a model: give the labels and the model (against=)")
+    return against
 
 
 def _identity(images: Tensor) -> Transformed:
@@ -137,19 +159,17 @@ def spatial_grid_candidates(strength: float) -> Tensor:
     return torch.cat([grid[identity], grid[~identity]])
 
 
-def spatial_grid(images: Tensor, strength: float, seed: Seed = 0, *, labels: Tensor | None = None,
-                 scores: Scorer | None = None) -> Transformed:
+def spatial_grid(images: Tensor, strength: float, seed: Seed = 0, *, against: Against | None = None) -> Transformed:
     """The worst of the 775-warp grid (31 angles x 5 x 5 shifts) over ``[-30 a, 30 a]`` degrees x ``[-3 a, 3 a]`` px,
     ``a = strength`` in [0, 1] (0: the identity). Deterministic (``seed`` unused)."""
     _check_images(images)
     if strength == 0:
         return _identity(images)
-    labels, scores = _needs("spatial-grid", labels, scores)
-    return worst_of(images, labels, scores, spatial_grid_candidates(strength))
+    a = needs("spatial-grid", against)
+    return worst_of(images, a.labels, a.scores, spatial_grid_candidates(strength))
 
 
-def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, labels: Tensor | None = None,
-               scores: Scorer | None = None) -> Transformed:
+def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, against: Against | None = None) -> Transformed:
     """The worst of ``k`` warps per image, each an angle uniform in [-30, 30] degrees and a shift uniform in [-3, 3] px
     per axis, drawn from the image's seed (int: one draw sequence for the batch; ``(B,)``: one per image); 0 is the
     identity."""
@@ -157,7 +177,7 @@ def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, labels: Tensor | None 
     k = int(k)
     if k == 0:
         return _identity(images)
-    labels, scores = _needs("worst-of-k", labels, scores)
+    a = needs("worst-of-k", against)
     draws = torch.stack([torch.rand(k, 3, generator=g, dtype=torch.float64) for g in _generators(seed, images.shape[0])])
     scale = torch.tensor([MAX_ANGLE, MAX_SHIFT, MAX_SHIFT], dtype=torch.float64)
-    return worst_of(images, labels, scores, (2 * draws - 1) * scale)
+    return worst_of(images, a.labels, a.scores, (2 * draws - 1) * scale)
