@@ -152,3 +152,55 @@ def test_masking_table_compares_at_shared_radii_only():
     assert table.loc[("falls to 0", 0.5), "passed"]
     assert len(table) == 4
     assert np.isclose(table.loc[("pgd >= fgsm", 0.1), "versus_accuracy"], 0.5)
+
+
+def test_detection_auroc_scores_attacked_images_by_their_reconstruction_distance():
+    """The metric's direction: attacked images that reconstruct worse are detected (AUROC 1), and it is given only
+    for conditions chosen against the model."""
+    from capsprobe.metrics import Condition, condition_metrics
+
+    rng = np.random.default_rng(0)
+    n = 50
+    base = dict(labels=np.zeros(n, int), clean_scores=rng.random((n, 3)), scores=rng.random((n, 3)),
+                clean_rep=rng.random((n, 4)), rep=rng.random((n, 4)))
+    clean = rng.random(n)
+    worse = condition_metrics(Condition(**base, clean_distance=clean, distance=clean + 1, worst_case=True), n_boot=20)
+    assert worse["detection_auroc"].value == 1.0
+    better = condition_metrics(Condition(**base, clean_distance=clean, distance=clean - 1, worst_case=True), n_boot=20)
+    assert better["detection_auroc"].value == 0.0
+    assert "detection_auroc" not in condition_metrics(Condition(**base, clean_distance=clean, distance=clean + 1))
+
+
+def test_the_probe_detects_attacks_by_the_predicted_capsule_reconstruction():
+    """A toy capsule model: class poses are the image itself (scaled by the class score), decoded by its class's
+    template; attacked images move away from every template, so their distance grows and AUROC is above 0.5."""
+    net = _linear()
+    split = _split(net, n=80)
+    templates = torch.rand(3, 1, D, D, generator=torch.Generator().manual_seed(3))
+
+    def poses(m, x):
+        return torch.softmax(m(x), 1)[:, :, None].expand(-1, -1, 2)
+
+    def decode(m, p, labels):
+        return templates[labels] * p[torch.arange(len(labels)), labels, :1, None, None]
+
+    subject = ModelAdapter(net, representation=lambda m, x: x.flatten(1), poses=poses, decode=decode)
+    result = run_probe([subject], split, ["pgd"], {"pgd": [0.3]}, n_boot=20, progress=False)
+    det = result.metrics[result.metrics["metric"] == "detection_auroc"]
+    assert list(det["magnitude"]) == ["0.3"]
+    assert det["ci_low"].iloc[0] <= det["value"].iloc[0] <= det["ci_high"].iloc[0]
+    # the same number computed here: L2 distance to the reconstruction from the *predicted* class, attacked positive
+    from sklearn.metrics import roc_auc_score
+
+    x, y = split.float_images(), split.labels
+    with torch.inference_mode():
+        adv = get_transform("pgd")(x, 0.3, against=against(subject, y)).images
+
+    def distance(images):
+        with torch.no_grad():
+            p = poses(net, images)
+            return (decode(net, p, net(images).argmax(1)) - images).flatten(1).norm(dim=1).numpy()
+
+    expected = roc_auc_score(np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[distance(adv), distance(x)])
+    assert det["value"].iloc[0] == pytest.approx(expected, abs=1e-9)
+    assert expected != pytest.approx(0.5, abs=0.05)  # the toy separates them, so a wrong class or sign would show

@@ -53,6 +53,9 @@ class Condition:
         fidelity_terms: per-image reconstruction fidelity numerator and denominator (models with a decoder).
         semantic: the condition breaks the parts' relations (a non-identity semantic magnitude).
         identity: the condition is the transformation's identity magnitude.
+        clean_distance, distance: ``(N,)`` the L2 distance of ``x`` and ``Tx`` to their reconstruction from the
+            predicted class's capsule (models with a decoder; Frosst, Sabour & Hinton 2018), else None.
+        worst_case: the condition is chosen against the model (an attack, a spatial worst case).
         fits: cache of the fits several metrics share (filled on first use).
     """
 
@@ -67,6 +70,9 @@ class Condition:
     fidelity_terms: tuple[np.ndarray, np.ndarray] | None = None
     semantic: bool = False
     identity: bool = False
+    clean_distance: np.ndarray | None = None
+    distance: np.ndarray | None = None
+    worst_case: bool = False
     fits: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -81,6 +87,8 @@ class Condition:
             have.add("fidelity")
         if self.semantic:
             have.add("semantic")
+        if self.worst_case and not self.identity and self.distance is not None and self.clean_distance is not None:
+            have.add("detection")
         return frozenset(have)
 
     def fit(self, which: str, seed: int) -> LinearFit:
@@ -235,6 +243,13 @@ def _scramble(c: Condition, seed: int, n_boot: int) -> Estimate:
     return Estimate(scramble_auroc(conf0, conf), bootstrap_auroc_ci(conf0, conf, n_boot, seed), len(conf0))
 
 
+def _detection(c: Condition, seed: int, n_boot: int) -> Estimate:
+    assert c.distance is not None and c.clean_distance is not None  # "detection" is available
+    # the attacked images are the positives: 1.0 when every one reconstructs worse than every clean image
+    return Estimate(scramble_auroc(c.distance, c.clean_distance),
+                    bootstrap_auroc_ci(c.distance, c.clean_distance, n_boot, seed), len(c.distance))
+
+
 _S, _R, _P = frozenset({"scores"}), frozenset({"representation"}), frozenset({"poses"})
 _LV = "Lenc & Vedaldi, CVPR 2015 (standardised ridge, held-out)"
 _MAHA = "Mahalanobis distance in the clean covariance (ridge-regularised); basis-free as in Kornblith et al., ICML 2019"
@@ -267,6 +282,9 @@ for _metric in (
            source="Sabour et al., NeurIPS 2017 (reconstruction from the true-class capsule)"),
     Metric("scramble_auroc", _scramble, frozenset({"semantic"}), "scramble AUROC", "higher", "auroc",
            source="clean against transformed confidence (Mann-Whitney AUROC)"),
+    Metric("detection_auroc", _detection, frozenset({"detection"}), "detection AUROC (reconstruction distance)",
+           "higher", "det", source="Frosst, Sabour & Hinton 2018 (DARCCC); Qin et al., ICLR 2020: attacked against "
+           "clean images, scored by |x - decode(predicted capsule)|_2"),
     Metric("scramble_selectivity", None, _NEVER, "scramble selectivity (AUROC minus matched nuisance)", "higher",
            "sel", overview=True, source="capsprobe: AUROC of the scramble minus that of the nuisance with the closest |Tx - x|^2"),
     Metric("decodability", None, _NEVER, "decodability (16-D PCA)", "higher", "dec",

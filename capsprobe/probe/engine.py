@@ -93,6 +93,7 @@ class _Pass:
     recon_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: reconstruction equivariance terms
     fidelity_terms: tuple[np.ndarray, np.ndarray] | None  # models with a decoder: |decode(phi(Tx)) - Tx|^2, |Tx|^2
     worst: dict[str, np.ndarray] | None = None  # worst cases: the winning warp per image (WORST_CASE_COLUMNS)
+    distance: np.ndarray | None = None  # models with a decoder: |x - decode(poses, predicted class)|_2 (DARCCC)
 
 
 def _run_pass(
@@ -110,7 +111,7 @@ def _run_pass(
     surrogate: Adapter | None = None,
 ) -> tuple[_Pass, Tensor | None]:
     scores, reps, poses_true, changes, recons = [], [], [], [], []
-    recon_terms, fidelity_terms = [], []
+    recon_terms, fidelity_terms, distances = [], [], []
     decodes = adapter.has_poses and adapter.can_decode
     worst: list[dict[str, Tensor]] = []
     start_id = 0
@@ -139,6 +140,8 @@ def _run_pass(
                 out = adapter.outputs(images)
                 if decodes:
                     recon = adapter.decode(out.poses, labels).float()  # (B, C, H, W), masked by the true label
+                    guessed = adapter.decode(out.poses, out.scores.argmax(1)).float()  # what a detector can see
+                    distances.append((guessed - images.float()).flatten(1).norm(dim=1).cpu())
             scores.append(out.scores.float().cpu())
             reps.append(out.representation.float().cpu())
             if out.poses is not None:
@@ -147,7 +150,8 @@ def _run_pass(
                 fidelity_terms.append(M.reconstruction_terms(recon, images.float()))
                 if clean_recon is None:  # the clean pass keeps its reconstructions for the others
                     recons.append(recon.cpu())
-                else:
+                elif transform is None or not transform.worst_case or moved.matrix is not None:
+                    # a pixel attack has no warp to move the clean reconstruction by: no equivariance target
                     target = clean_recon[ids].to(device)
                     if transform is not None:
                         target = transform_like(target, moved, transform, magnitude, seeds)
@@ -165,6 +169,7 @@ def _run_pass(
         fidelity_terms=joined(fidelity_terms),
         worst={column: torch.cat([w[key] for w in worst]).double().numpy()
                for key, column in WORST_CASE_PARAMS.items()} if worst else None,
+        distance=torch.cat(distances).double().numpy() if distances else None,
     )
     return result, (torch.cat(recons) if recons else None)
 
@@ -238,7 +243,8 @@ def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], 
             labels=labels, clean_scores=clean.scores, scores=moved.scores, clean_rep=clean.rep, rep=moved.rep,
             clean_pose=clean.pose_true, pose=moved.pose_true, recon_terms=moved.recon_terms,
             fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
-            semantic=t.kind_at(m) == "semantic" and m != t.identity)
+            semantic=t.kind_at(m) == "semantic" and m != t.identity, clean_distance=clean.distance,
+            distance=moved.distance, worst_case=t.worst_case)
         for name, est in M.condition_metrics(condition, seed, n_boot).items():
             metric_rows.append(estimate_row(base, name, est))
         timer.add("metrics", t0)
