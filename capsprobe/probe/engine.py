@@ -150,7 +150,7 @@ def _run_pass(
                 fidelity_terms.append(M.reconstruction_terms(recon, images.float()))
                 if clean_recon is None:  # the clean pass keeps its reconstructions for the others
                     recons.append(recon.cpu())
-                elif transform is None or not transform.worst_case or moved.matrix is not None:
+                elif transform is None or moved is None or not transform.worst_case or moved.matrix is not None:
                     # a pixel attack has no warp to move the clean reconstruction by: no equivariance target
                     target = clean_recon[ids].to(device)
                     if transform is not None:
