@@ -272,9 +272,17 @@ def calibrate(
 @_clean_errors
 def perturb(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories written by `capsprobe train`."),
-    transform: List[str] = typer.Option(["all"], "--transform", "-t", help=_TRANSFORM_HELP),
+    transform: Optional[List[str]] = typer.Option(None, "--transform", "-t", help=_TRANSFORM_HELP + " [all, or "
+                                                  "none when --attack is given]"),
     magnitudes: Optional[List[str]] = typer.Option(None, "--magnitudes", "-m", help=(
         "Magnitudes instead of the default grid: rotate=0,45,90 (or 0,45,90 with one --transform); repeatable.")),
+    attack: Optional[str] = typer.Option(None, "--attack", help=(
+        "White-box gradient attacks, comma-separated: fgsm, pgd, pgd-long, fgsm-margin, pgd-margin, pgd-transfer "
+        "(L-inf, untargeted; the same as -t with --eps as their magnitudes).")),
+    eps: Optional[str] = typer.Option(None, "--eps", help="The attacks' L-inf radii in [0, 1] pixels, comma-separated "
+                                      "[0,0.05,0.1,0.2,0.3,0.5]."),
+    surrogate: Optional[Path] = typer.Option(None, help="A run (usually a convnet) that pgd-transfer computes its "
+                                             "attack on."),
     dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
     split: str = typer.Option("test", help="test or val."),
@@ -301,6 +309,7 @@ def perturb(
     )
     from .transforms import resolve  # lazy: the command's own layer loads on use
 
+    transform, magnitudes = _with_attacks(transform, magnitudes or [], attack, eps)
     resolve(transform)  # unknown names fail before anything is loaded
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
@@ -309,6 +318,7 @@ def perturb(
         [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
         data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
         device=device, seed=seed, n_boot=bootstrap, progress=progress, reference=reference, lie=lie,
+        surrogate=str(surrogate) if surrogate is not None else None,
     )
     path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))
@@ -318,6 +328,25 @@ def perturb(
                    f"forward {t.get('forward', 0) + t.get('clean', 0):.1f} s, metrics {t.get('metrics', 0):.1f} s"
                    + (f", Lie {t['lie']:.1f} s" if "lie" in t else "") + ")")
     typer.echo(f"report: {path}")
+
+
+def _with_attacks(transform: list[str] | None, magnitudes: list[str], attack: str | None, eps: str | None
+                  ) -> tuple[list[str], list[str]]:
+    """``--attack a,b --eps e1,e2`` as transformations with magnitudes (the probe's conditions, so the paired
+    comparisons see attacks like any transformation); the suite runs beside them only when ``-t`` asks for it."""
+    from .transforms import TRANSFORMS  # lazy: the command's own layer loads on use
+
+    if attack is None:
+        if eps is not None:
+            raise typer.BadParameter("--eps needs --attack")
+        return transform or ["all"], magnitudes
+    names = [a.strip() for a in attack.split(",") if a.strip()]
+    gradient = [n for n, t in TRANSFORMS.items() if t.worst_case and not t.geometric]
+    bad = [n for n in names if n not in gradient]
+    if not names or bad:
+        raise typer.BadParameter(f"--attack takes {', '.join(gradient)}, got {attack!r}")
+    extra = [f"{n}={eps}" for n in names] if eps is not None else []
+    return list(transform or []) + [n for n in names if n not in (transform or [])], magnitudes + extra
 
 
 @app.command()

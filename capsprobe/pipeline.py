@@ -55,6 +55,7 @@ def perturb(
     progress: bool = True,
     reference: str | None = None,
     lie: bool = False,
+    surrogate: str | None = None,
 ) -> ProbeResult:
     """Load runs and data, check that they fit together, and evaluate them as their task says: what
     ``capsprobe perturb`` does (the transformation suite for ``classify`` runs, pairs for ``multimnist``).
@@ -75,6 +76,9 @@ def perturb(
     if not run_dirs:
         raise RunError("no run directory given")
     runs = [load_run(d) for d in run_dirs]
+    other = load_run(surrogate) if surrogate is not None else None
+    if other is None and any(t.name == "pgd-transfer" for t in chosen):
+        raise InvalidInputError(f"pgd-transfer needs a surrogate run to compute the attack on ({option('surrogate')})")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise RunError(f"run directories must have different names, got {', '.join(names)}")
@@ -88,6 +92,9 @@ def perturb(
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{n} ({c}x{s}x{s}, {k} classes)" for n, (c, s, k) in shapes.items())
         raise RunError(f"runs were trained on incompatible input shapes: {listed}")
+    if other is not None and (other.input["in_chans"], other.input["img_size"], other.input["num_classes"]) \
+            != next(iter(shapes.values())):
+        raise RunError(f"the surrogate {other.name} was trained on other inputs than the runs it attacks")
     if dataset is None:
         trained_on = sorted({r.config.dataset for r in runs})
         if len(trained_on) > 1:
@@ -106,7 +113,7 @@ def perturb(
     splits = load_dataset(dataset, data_root, download, limit=limit)
     images = splits.test if split == "test" else splits.val
     options = ProbeOptions(batch_size=batch_size, device=device, seed=seed, n_boot=n_boot, progress=progress,
-                           reference=reference, lie=lie)
+                           reference=reference, lie=lie, surrogate=other)
     result = task.evaluate(runs, images, chosen, mags, options)
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,

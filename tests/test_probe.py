@@ -139,6 +139,47 @@ def test_perturb_bad_transform_input(runs, tmp_path, extra, fragments):
     assert not out.exists()
 
 
+def test_perturb_attacks_a_capsnet_and_a_convnet_from_the_cli(runs, tmp_path):
+    """--attack/--eps are conditions of the probe: the paired tables, the masking checks and, for the CapsNet, the
+    detection AUROC come with them; the spatial worst case records its winning warp per image."""
+    out = tmp_path / "attacked"
+    result = runner.invoke(app, ["perturb", str(runs["caps"]), str(runs["conv"]), "--attack", "fgsm,pgd,pgd-transfer",
+                                 "--eps", "0.1,0.5", "--surrogate", str(runs["conv"]), "-t", "worst-of-k", "-m",
+                                 "worst-of-k=3", "--limit", "12", "--bootstrap", "20", "--no-progress", "--out",
+                                 str(out)])
+    assert result.exit_code == 0, result.output
+    data = read_probe_outputs(out)
+    m = data.metrics
+    assert set(m["transform"]) == {"fgsm", "pgd", "pgd-transfer", "worst-of-k"}
+    assert set(m.loc[m["transform"] == "pgd", "magnitude"]) == {"0", "0.1", "0.5"}
+    det = m[m["metric"] == "detection_auroc"]
+    assert set(det["run"]) == {"caps"} and set(det["magnitude"]) >= {"0.1", "0.5"}  # the CapsNet has a decoder
+    masking = pd.read_csv(out / "masking.csv")
+    assert set(masking["run"]) == {"caps", "conv"} and "falls to 0" in set(masking["check"])
+    assert data.manifest["surrogate"] == "conv"
+    worst = data.images[data.images["transform"] == "worst-of-k"]
+    assert worst.loc[worst["magnitude"] == "3", "worst_angle"].abs().le(30).all()
+    acc = m[(m["metric"] == "accuracy") & (m["run"] == "conv")].set_index(["transform", "magnitude"])["value"]
+    assert acc[("pgd", "0.5")] <= acc[("pgd", "0")]
+
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--attack", "pgd-transfer"], ["pgd-transfer needs a surrogate"]),
+        (["--attack", "pgd", "--eps", "2"], ["pgd magnitude 2", "[0, 1]"]),
+    ],
+)
+def test_perturb_bad_attack_input(runs, tmp_path, extra, fragments):
+    out = tmp_path / "r"
+    _one_line_error(runner.invoke(app, ["perturb", *extra, str(runs["caps"]), "--out", str(out)]), *fragments)
+    assert not out.exists()
+    usage = runner.invoke(app, ["perturb", "--eps", "0.1", str(runs["caps"]), "--out", str(out)])
+    assert usage.exit_code == 2 and "--eps needs --attack" in usage.output
+    usage = runner.invoke(app, ["perturb", "--attack", "rotate", str(runs["caps"]), "--out", str(out)])
+    assert usage.exit_code == 2 and "--attack takes" in usage.output
+
+
 def test_perturb_missing_or_unreadable_run(runs, tmp_path):
     out = tmp_path / "r"
     _one_line_error(runner.invoke(app, ["perturb", "-t", "flip", str(tmp_path / "nope"), "--out", str(out)]),

@@ -50,6 +50,7 @@ class ProbeOptions:
     progress: bool = True
     reference: str | None = None  # the model the comparisons are taken against (classify)
     lie: bool = False  # also the Lie-derivative probe (classify)
+    surrogate: Any = None  # the model pgd-transfer computes its attack on (classify): a loaded run, or None
 
 
 class BatchesFn(Protocol):

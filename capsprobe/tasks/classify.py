@@ -55,7 +55,7 @@ def classify_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: Se
     """The transformation suite over the subjects (:func:`capsprobe.probe.run_probe`)."""
     return run_probe(subjects, split, transforms, magnitudes, batch_size=options.batch_size, device=options.device,
                      seed=options.seed, n_boot=options.n_boot, progress=options.progress,
-                     reference=options.reference, lie=options.lie)
+                     reference=options.reference, lie=options.lie, surrogate=options.surrogate)
 
 
 register_task(Task(
