@@ -18,6 +18,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     bootstrap = 1000
     reference = "capsnet_small"  # optional: the ablation table sets every other model against this one
     lie = true                   # optional: also the Lie-derivative probe (capsprobe.probe.lie)
+    surrogate = "resnet18"       # optional: the model whose last seed's run pgd-transfer attacks through
 
     [sizes.quick]
     limit = 10000                # images per split for training (None: all)
@@ -28,7 +29,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
 table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
-A size may also set ``dataset``, ``bootstrap``, ``transforms``, ``magnitudes``, ``reference`` and a ``train`` table
+A size may also set ``dataset``, ``bootstrap``, ``transforms``, ``magnitudes``, ``reference``, ``surrogate`` and a ``train`` table
 that overrides ``[train]`` for it (so one file can hold one set of models under several protocols), and ``report``,
 the report folder's name under ``reports/`` (a protocol's size beside the experiment's own report).
 
@@ -72,9 +73,9 @@ _log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
-_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie"}
+_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie", "surrogate"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "transforms", "magnitudes", "train",
-         "reference", "report"}
+         "reference", "report", "surrogate"}
 _MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
@@ -121,6 +122,7 @@ class Experiment:
     seeds: list[int]
     models: list[ModelSpec]
     report: str | None = None  # the report folder's name under reports/ (None: the experiment's name)
+    surrogate: str | None = None  # the model (variant) whose last seed's run pgd-transfer computes its attack on
 
     def jobs(self) -> list[tuple[ModelSpec, int]]:
         """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
@@ -243,6 +245,8 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         probe_limit=probe_limit, seeds=list(_seed_list(path, text, spec.get("seeds", [0]), section)),
         models=models,
         report=_typed(path, text, spec["report"], str, "report", section) if "report" in spec else None,
+        surrogate=_typed(path, text, spec["surrogate"], str, "surrogate", section) if "surrogate" in spec else
+        _typed(path, text, probe["surrogate"], str, "surrogate", "probe") if "surrogate" in probe else None,
     )
     _validate(exp, text, section)
     return exp
@@ -299,6 +303,9 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
                         "would share folders): give each a distinct 'label'")
     if exp.reference is not None and exp.reference not in variants:
         raise _fail(path, text, "reference", "probe", f"reference {exp.reference!r} is none of [{section}]'s models "
+                    f"({', '.join(variants)})")
+    if exp.surrogate is not None and exp.surrogate not in variants:
+        raise _fail(path, text, "surrogate", "probe", f"surrogate {exp.surrogate!r} is none of [{section}]'s models "
                     f"({', '.join(variants)})")
     for spec, seed in exp.jobs():
         try:

@@ -172,7 +172,7 @@ def run_experiment(
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
-    paths = []
+    paths, surrogate = [], None
     jobs = exp.jobs()
     for i, (spec, seed) in enumerate(jobs, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
@@ -182,10 +182,12 @@ def run_experiment(
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.variant, seed, spec.epochs,
                   run_dir)
         paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
+        if spec.variant == exp.surrogate:
+            surrogate = paths[-1]  # its last seed's run
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
                      limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,
-                     reference=exp.reference, lie=exp.lie)
+                     reference=exp.reference, lie=exp.lie, surrogate=surrogate)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
                                      "description": exp.description, "reference": exp.reference}
     write_probe_outputs(result, out, force=force)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -259,3 +260,20 @@ def test_the_report_goes_to_the_sizes_report_folder(tmp_path, monkeypatch):
     report = run_experiment(path, "tiny", device="cpu", progress=False)
     assert report == Path("reports") / "r-flip" / "report.html" and report.is_file()
     assert not (tmp_path / "reports" / "r").exists()
+
+
+def test_attacks_tiny_writes_the_masking_checks_detection_and_the_attack_figure(tiny_experiment):
+    folder, _ = tiny_experiment("attacks")
+    report = folder / "reports" / "attacks"
+    masking = pd.read_csv(report / "masking.csv")
+    runs = {f"{m}-seed{s}" for m in ("capsnet_small", "baseline_cnn_pool") for s in (0, 1)}
+    assert set(masking["run"]) == runs
+    assert {"falls to 0", "pgd >= fgsm", "more steps", "transfer <= white-box"} <= set(masking["check"])
+    manifest = json.loads((report / "manifest.json").read_text())
+    assert manifest["surrogate"] == "baseline_cnn_pool-seed1"  # the surrogate model's last seed
+    summary = pd.read_csv(report / "summary.csv", dtype={"magnitude": str})
+    det = summary[summary["metric"] == "detection_auroc"]
+    assert set(det["model"]) == {"capsnet_small"} and det["value"].between(0, 1).all()
+    text = (report / "report.md").read_text()
+    assert "Gradient-masking checks" in text and "attack_accuracy.png" in text
+    assert (report / "figures" / "attack_accuracy.png").is_file()

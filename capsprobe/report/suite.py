@@ -410,7 +410,51 @@ def headlines(metrics: pd.DataFrame, overview: pd.DataFrame, tables: dict[str, p
         lines.append("Clean reconstruction error |decode - x|^2 / |x|^2 of the true-class capsule: " + ", ".join(recon)
                      + ".")
     lines.extend(_lie_lines(tables))
+    lines.extend(_masking_lines(tables))
     return lines
+
+
+def _worst_cases(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy rows of the conditions chosen against the model (attacks, spatial worst cases)."""
+    worst = [n for n, t in TRANSFORMS.items() if t.worst_case]
+    return metrics[metrics["transform"].isin(worst) & (metrics["metric"] == "accuracy")]
+
+
+def _draw_attacks(data: ReportData) -> Any:
+    from . import plots  # lazy: plots imports matplotlib and seaborn
+
+    return plots.plot_accuracy_curves(_worst_cases(data.metrics), metric_names=("accuracy",))
+
+
+MASKING_CHECKS = ("falls to 0 (PGD at eps >= 0.5 leaves at most 2% correct), PGD >= FGSM, more steps never help, "
+                  "transfer <= white-box")
+
+
+def _masking_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The gradient-masking verdict: every check passed, or the runs flagged (not reported as robust)."""
+    table = tables.get("masking")
+    if table is None or table.empty:
+        return []
+    failed = table[~table["passed"].astype(bool)]
+    if failed.empty:
+        return [f"Gradient-masking checks ({MASKING_CHECKS}): all {len(table)} passed; masking.csv lists them."]
+    parts = [f"{r.run} {r.check} at eps {r.eps:g} ({r.attack} {pct(r.accuracy)}"
+             + (f" vs {r.versus} {pct(r.versus_accuracy)})" if r.versus else ")") for r in failed.itertuples(index=False)]
+    flagged = ", ".join(dict.fromkeys(failed["run"]))
+    return [f"Gradient masking suspected, so the white-box attacks measure nothing about robustness for {flagged} "
+            f"(flagged, not robust): {'; '.join(parts)}. Checks: {MASKING_CHECKS}."]
+
+
+def masking_table_shown(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The masking checks as the report shows them."""
+    table = tables.get("masking")
+    if table is None or table.empty:
+        return None
+    shown = table[["run", "check", "eps", "attack", "accuracy", "versus", "versus_accuracy", "passed"]].copy()
+    for col in ("accuracy", "versus_accuracy"):
+        shown[col] = shown[col].map(pct)
+    shown["passed"] = shown["passed"].map(lambda v: "yes" if bool(v) else "**FLAGGED**")
+    return shown.fillna("")
 
 
 SUITE_FIGURES: list[FigureSpec] = [
@@ -428,6 +472,10 @@ SUITE_FIGURES: list[FigureSpec] = [
                "ROC curves: clean images positive, transformed negative, scored by confidence."),
     FigureSpec("rotation_polar.png", _plot("plot_polar_accuracy"), _has("accuracy", "rotate"),
                "Accuracy over the rotation angle."),
+    FigureSpec("attack_accuracy.png", _draw_attacks, lambda d: not _worst_cases(d.metrics).empty,
+               "Accuracy under the worst cases chosen against each model (spatial-grid, worst-of-k: the strength or "
+               "the number of draws; gradient attacks: the L-inf radius eps); with several seeds one thin line per "
+               "seed and the mean in bold."),
 ]
 
 
@@ -467,6 +515,10 @@ def suite_section(data: ReportData) -> Section:
     lie = lie_table(data.tables)
     if lie is not None:
         extra.append(("Lie derivative (each model: value [95% interval over images], or the mean of its seeds)", lie))
+    masking = masking_table_shown(data.tables)
+    if masking is not None:
+        extra.append(("Gradient-masking checks (Athalye, Carlini & Wagner 2018): accuracy under each attack against "
+                      "the one it must not beat (tolerance 0.5 points)", masking))
     ablation = ablation_table(data.tables)
     if ablation is not None:
         extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "
