@@ -153,7 +153,8 @@ def _condition(semantic: bool = False) -> M.Condition:
     return M.Condition(labels=labels, clean_scores=clean, scores=moved, clean_rep=rep, rep=3 * rep,
                        clean_pose=pose, pose=-2 * pose, recon_terms=(np.full(n, 1.0), np.full(n, 4.0)),
                        fidelity_terms=(np.full(n, 1.0), np.full(n, 2.0)),
-                       semantic=semantic)
+                       semantic=semantic, clean_distance=np.arange(n, dtype=float),
+                       distance=np.arange(n, dtype=float) + n, worst_case=True)  # every moved image farther
 
 
 def test_registered_metrics_use_the_right_side_of_each_pair():
@@ -163,6 +164,7 @@ def test_registered_metrics_use_the_right_side_of_each_pair():
     assert got["accuracy"].value == pytest.approx(30 / 40)  # of the transformed predictions against the labels
     assert got["consistency"].value == pytest.approx(30 / 40)  # transformed against clean decisions
     assert got["confidence_drop"].value == pytest.approx(0.8 - 0.6)  # clean minus transformed: positive
+    assert got["detection_auroc"].value == 1.0  # the transformed images, reconstructed worse, are the positives
     assert got["true_class_score"].value == pytest.approx((30 * 0.6 + 10 * 0.1) / 40)  # scores of Tx, not x
     # invariance in the whitened clean basis: phi(Tx) = 3 phi(x) moves by 2 phi(x), about 4 clean spreads
     assert 3 < got["invariance_error"].value < 5.5
