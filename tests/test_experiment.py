@@ -218,8 +218,7 @@ def test_recompare_rebuilds_the_comparison_tables_from_the_folder(tiny_experimen
     result = runner.invoke(app, ["report", "--recompare", str(report)])
     assert result.exit_code == 0, result.output
     after = pd.read_csv(report / "differences.csv", dtype={"magnitude": str})
-    # the stored tables keep 7 significant digits, and the recomputation starts from them
-    pd.testing.assert_frame_equal(after, before, check_exact=False, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(after, before)  # summary.csv keeps every digit: the same tables, exactly
     assert (report / "comparison.csv").is_file() and (report / "results.parquet").is_file()
     assert "Satterthwaite" in (report / "report.md").read_text()
 

@@ -33,14 +33,15 @@ __all__ = [
     "write_probe_outputs",
 ]
 
-# significant digits of the floats in a report's CSV tables: past 7 a double holds only the noise of its arithmetic
-# (a metric over at most tens of thousands of images), and the full 17 would double every committed table
+# significant digits of the floats in a report's derived CSV tables: past 7 a double holds only the noise of its
+# arithmetic (a metric over at most tens of thousands of images), and the full 17 would double every committed table.
+# summary.csv keeps every digit: `report --recompare` starts from it and must reproduce the tables exactly.
 CSV_FLOAT_FORMAT = "%.7g"
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """One of a report's tables as CSV, floats to :data:`CSV_FLOAT_FORMAT`."""
-    frame.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
+def write_csv(frame: pd.DataFrame, path: Path, exact: bool = False) -> None:
+    """One of a report's tables as CSV, floats to :data:`CSV_FLOAT_FORMAT` (every digit with ``exact``)."""
+    frame.to_csv(path, index=False, float_format=None if exact else CSV_FLOAT_FORMAT)
 
 
 
@@ -78,7 +79,7 @@ def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
         write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
         images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
-        write_csv(result.metrics, tmp / SUMMARY)
+        write_csv(result.metrics, tmp / SUMMARY, exact=True)  # what a recomputation reads
         for name, table in result.tables.items():
             write_csv(table, tmp / f"{name}.csv")
         if result.arrays:
