@@ -113,6 +113,8 @@ def _run_pass(
     scores, reps, poses_true, changes, recons = [], [], [], [], []
     recon_terms, fidelity_terms, distances = [], [], []
     decodes = adapter.has_poses and adapter.can_decode
+    # the reconstruction distance of the predicted class feeds detection_auroc: the clean pass and the worst cases only
+    detects = decodes and (transform is None or transform.worst_case)
     worst: list[dict[str, Tensor]] = []
     start_id = 0
     with torch.inference_mode():
@@ -140,6 +142,7 @@ def _run_pass(
                 out = adapter.outputs(images)
                 if decodes:
                     recon = adapter.decode(out.poses, labels).float()  # (B, C, H, W), masked by the true label
+                if detects:
                     guessed = adapter.decode(out.poses, out.scores.argmax(1)).float()  # what a detector can see
                     distances.append((guessed - images.float()).flatten(1).norm(dim=1).cpu())
             scores.append(out.scores.float().cpu())
