@@ -355,12 +355,16 @@ def report(
     report_dir: Path = typer.Argument(..., help="A folder written by `capsprobe perturb` (or `run`, `demo`)."),
     recompare: bool = typer.Option(False, "--recompare", help="First recompute comparison.csv, differences.csv and "
                                    "ablation.csv from the folder's per-image rows with the current test."),
+    formats: str = typer.Option("png,tex", "--formats", help=(
+        "What to write beside report.html, comma-separated: png (figures, always), pdf and svg (the figures as "
+        "vector files, fonts embedded), tex (the shown tables as LaTeX booktabs beside their CSV, in tables/).")),
 ) -> None:
-    """Render figures/*.png, report.md and a self-contained report.html from a perturb folder's files alone."""
+    """Render figures, tables, report.md and a self-contained report.html from a perturb folder's files alone."""
     from .pipeline import recompare as recompute  # lazy: the command's own layer loads on use
     from .pipeline import write_report  # lazy: the command's own layer loads on use
 
-    typer.echo(f"report: {recompute(report_dir) if recompare else write_report(report_dir)}")
+    path = recompute(report_dir, formats) if recompare else write_report(report_dir, formats)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

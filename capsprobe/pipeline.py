@@ -130,21 +130,21 @@ def section_of(data: ReportData) -> Section:
     return task.section(data)
 
 
-def write_report(folder: str | Path) -> Path:
-    """Render ``figures/``, ``report.md`` and ``report.html`` of a perturb folder with its task's section
-    (:func:`capsprobe.report.render_report`); reads the folder's files only.
+def write_report(folder: str | Path, formats: str | Sequence[str] | None = None) -> Path:
+    """Render ``figures/``, ``tables/``, ``report.md`` and ``report.html`` of a perturb folder with its task's
+    section (:func:`capsprobe.report.render_report`; ``formats``: png, pdf, svg, tex); reads the folder's files only.
 
     Raises:
         ReportError: a file perturb writes is missing or malformed, or the folder's task is unknown.
         BusyError: another capsprobe command is writing the folder.
     """
-    return _render.render_report(folder, section_of)
+    return _render.render_report(folder, section_of, formats)
 
 
-def recompare(folder: str | Path) -> Path:
+def recompare(folder: str | Path, formats: str | Sequence[str] | None = None) -> Path:
     """Recompute a report folder's comparison tables with the current method, then render it
     (:func:`capsprobe.report.recompare_report`)."""
-    return _render.recompare_report(folder, section_of)
+    return _render.recompare_report(folder, section_of, formats)
 
 
 def run_experiment(

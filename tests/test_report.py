@@ -87,8 +87,8 @@ def test_report_writes_every_file_with_figures_inline(folder):
     assert {"results.parquet", "summary.csv", "manifest.json", "overview.csv", "report.md", "report.html",
             "figures"} <= names
     figures = sorted((folder / "figures").glob("*.png"))
-    assert {p.name for p in figures} == {"accuracy_curves.png", "invariance_equivariance.png", "scramble_auroc.png",
-                                         "roc_curves.png", "rotation_polar.png"}
+    assert {p.name for p in figures} == {"key_accuracy.png", "accuracy_curves.png", "invariance_equivariance.png",
+                                         "scramble_auroc.png", "roc_curves.png", "rotation_polar.png"}
     parser = _Images()
     parser.feed(html_path.read_text())
     assert not parser.links  # self-contained: nothing fetched
@@ -98,7 +98,10 @@ def test_report_writes_every_file_with_figures_inline(folder):
     md = (folder / "report.md").read_text()
     assert all(f"figures/{p.name}" in md for p in figures)
     assert "no reconstruction pictures for caps" in md  # poses without a decoder: said, not hidden
-    assert md.split("## Headlines\n\n- ")[1].startswith("Single training seed for caps, conv")
+    claims = md.split("## Headlines\n\n")[1].split("\n\n")[0]
+    assert "One training seed per model" in claims and "no difference between models is established" in claims
+    read_outs = md.split("Every read-out")[1].split("</details>")[0]
+    assert read_outs.split("\n- ", 1)[1].startswith("Single training seed for caps, conv")
     assert "Accuracy of caps minus conv, paired" in md and "rotate 45 " in md
     assert "not established at 1 seed(s)" in md
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -74,6 +75,59 @@ def test_bring_your_own_capsule_model_gets_pose_metrics_and_pictures(split):
     small = run_probe([Subject("mycaps", adapter, model_name="mycaps")], split, ["flip"], n_boot=20, progress=False)
     assert "equivariance_error_pose" not in set(small.metrics["metric"])  # 2 images per class: left out, not pooled
     assert result.arrays["pose_sweep-mycaps"]["images"].shape == (4, 11, 1, 28, 28)
+
+
+def _capsule_callables():
+    return dict(representation=lambda m, x: m.caps(m.encoder(x)),
+                scores=lambda m, x: m.caps(m.encoder(x)).view(-1, 10, 4).norm(dim=-1),
+                poses=lambda m, x: m.caps(m.encoder(x)).view(-1, 10, 4))
+
+
+def _capsule_outputs(m, x):
+    u = m.caps(m.encoder(x))
+    return {"scores": u.view(-1, 10, 4).norm(dim=-1), "representation": u, "poses": u.view(-1, 10, 4)}
+
+
+def test_one_outputs_callable_runs_the_model_once_per_batch_and_probes_the_same(split):
+    """``ModelAdapter(outputs=...)``: one encoder pass per batch where the separate callables take three, and the
+    probe's numbers are the same."""
+    counts = {}
+    results = {}
+    for way in ("separate", "outputs"):
+        torch.manual_seed(0)
+        net = TinyNet()
+        calls = []
+        net.encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+        adapter = (ModelAdapter(net, **_capsule_callables()) if way == "separate"
+                   else ModelAdapter(net, outputs=_capsule_outputs, has_poses=True))
+        assert adapter.has_poses
+        results[way] = run_probe([Subject("mycaps", adapter, model_name="mycaps")], split, ["rotate"],
+                                 {"rotate": [0, 30]}, n_boot=10, progress=False)
+        counts[way] = (len(calls), sum(calls))
+    n_separate, images_separate = counts["separate"]
+    n_outputs, images_outputs = counts["outputs"]
+    assert n_separate == 3 * n_outputs and images_separate == 3 * images_outputs
+    assert images_outputs == 3 * len(split.labels)  # the clean pass and the two conditions: one forward per image
+    pd.testing.assert_frame_equal(results["separate"].metrics, results["outputs"].metrics)
+
+
+def test_outputs_callable_errors_are_one_line(split):
+    net = TinyNet()
+    x = split.float_images()[:2]
+    with pytest.raises(InvalidInputError, match="not both"):
+        ModelAdapter(net, representation=lambda m, x: x, outputs=_capsule_outputs)
+    with pytest.raises(InvalidInputError, match="needs outputs"):
+        ModelAdapter(net)
+    with pytest.raises(InvalidInputError, match="has_poses=True"):
+        ModelAdapter(net, outputs=_capsule_outputs).outputs(x)  # poses returned, not declared: never silently dropped
+    with pytest.raises(InvalidInputError, match="returned no 'poses'"):
+        ModelAdapter(net, outputs=lambda m, x: {"logits": m(x), "representation": m.encoder(x)},
+                     has_poses=True).outputs(x)
+    with pytest.raises(InvalidInputError, match="unknown key"):
+        ModelAdapter(net, outputs=lambda m, x: {"score": m(x), "representation": m.encoder(x)}).outputs(x)
+    out = ModelAdapter(net, outputs=lambda m, x: {"logits": m(x), "representation": m.encoder(x)}).outputs(x)
+    torch.testing.assert_close(out.scores, torch.softmax(net(x), -1))  # logits alone: their softmax
+    assert out.poses is None and out.logits is not None
 
 
 class Mirror(nn.Module):

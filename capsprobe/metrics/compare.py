@@ -54,7 +54,7 @@ from .functional import LEVEL
 from .stats import seed_image_difference, seed_image_mean, t_interval
 
 __all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PAIRED_TEST",
-           "PER_IMAGE", "WELCH_TEST", "comparison_tables", "holm"]
+           "PER_IMAGE", "WELCH_TEST", "comparison_tables", "holm", "welch_t_test"]
 
 PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
 WELCH_TEST = "Welch t over seeds"
@@ -134,6 +134,13 @@ def _t_test(diff: float, se: float, df: float, level: float = LEVEL) -> tuple[tu
         return (diff, diff), (1.0 if diff == 0 else 0.0)
     lo, hi = t_interval(diff, se, df, level)
     return (float(lo), float(hi)), float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def welch_t_test(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, tuple[float, float], float]:
+    """``mean(a) - mean(b)`` over per-seed estimates, its ``level`` Welch t interval and two-sided p-value."""
+    diff, se, df = _welch(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    interval, p = _t_test(diff, se, df, level)
+    return diff, interval, p
 
 
 def _seed_info(entries: Sequence[dict[str, Any]], runs: Sequence[str]) -> dict[str, str]:

@@ -6,20 +6,24 @@ The probe and the trainer never check a model's type or name: they call :func:`a
   it can decode when it has ``decode(poses, labels)`` and ``can_decode`` is not False.
 - A timm-style model (``forward_features`` / ``forward_head(..., pre_logits=True)``) gets the default: scores
   are the softmax of the logits, the representation is the pre-logit feature vector.
-- Any other ``nn.Module``: wrap it in :class:`ModelAdapter` and say what its scores and representation are::
+- Any other ``nn.Module``: wrap it in :class:`ModelAdapter` and say, in one callable that runs the model once per
+  batch, what its scores, representation (and poses) are::
 
-      adapter = ModelAdapter(my_model,
-                             representation=lambda m, x: m.encoder(x).flatten(1),
-                             scores=lambda m, x: m(x).softmax(-1))
+      def outputs(m, x):
+          features = m.encoder(x)
+          return {"scores": m.head(features).softmax(-1), "representation": features.flatten(1)}
 
-  With ``poses`` (``(B, K, D)``, one vector per class) the probe adds the pose metrics; with ``decode`` the
-  reconstruction metrics and pictures.
+      adapter = ModelAdapter(my_model, outputs=outputs)
+
+  With ``poses`` in the dict (``(B, K, D)``, one vector per class; say ``has_poses=True``) the probe adds the pose
+  metrics; with ``decode`` the reconstruction metrics and pictures. The separate callables
+  (``representation=``, ``scores=``, ``poses=``) are still accepted; each runs the model again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +126,8 @@ class _TimmAdapter(Adapter):
 
 
 OutputFn = Callable[[nn.Module, Tensor], Tensor]
+OutputsFn = Callable[[nn.Module, Tensor], Mapping[str, Tensor]]
+OUTPUT_KEYS = ("scores", "representation", "poses", "logits")
 
 
 class ModelAdapter(Adapter):
@@ -129,21 +135,41 @@ class ModelAdapter(Adapter):
 
     Args:
         model: the model (in eval mode when probed; the probe calls ``.eval()``).
-        representation: ``fn(model, x) -> (B, F)``, the vector whose (in/equi)variance is measured.
-        scores: ``fn(model, x) -> (B, K)`` class scores; default: softmax of ``model(x)``.
-        poses: ``fn(model, x) -> (B, K, D)`` class-capsule poses, when the model has them.
+        outputs: ``fn(model, x) -> {"scores": (B, K), "representation": (B, F), "poses": (B, K, D), "logits":
+            (B, K)}``, one forward pass for everything the probe reads; ``representation`` and one of ``scores``
+            or ``logits`` (scores = their softmax) are required, ``poses`` only with ``has_poses``.
+        representation: (without ``outputs``) ``fn(model, x) -> (B, F)``, the vector whose (in/equi)variance is
+            measured.
+        scores: (without ``outputs``) ``fn(model, x) -> (B, K)`` class scores; default: softmax of ``model(x)``.
+        poses: (without ``outputs``) ``fn(model, x) -> (B, K, D)`` class-capsule poses, when the model has them.
         decode: ``fn(model, poses, labels) -> (B, C, H, W)`` images in [0, 1] from poses masked by ``labels``.
+        has_poses: with ``outputs``: its dict holds ``poses`` (checked on every call).
+
+    Raises:
+        InvalidInputError: neither ``outputs`` nor ``representation``, or both ways at once.
     """
 
-    def __init__(self, model: nn.Module, representation: OutputFn, scores: OutputFn | None = None,
+    def __init__(self, model: nn.Module, representation: OutputFn | None = None, scores: OutputFn | None = None,
                  poses: OutputFn | None = None,
-                 decode: Callable[[nn.Module, Tensor, Tensor | None], Tensor] | None = None):
+                 decode: Callable[[nn.Module, Tensor, Tensor | None], Tensor] | None = None, *,
+                 outputs: OutputsFn | None = None, has_poses: bool = False):
         super().__init__(model)
+        if outputs is not None and any(f is not None for f in (representation, scores, poses)):
+            raise InvalidInputError("ModelAdapter takes either outputs= (one forward per batch) or the separate "
+                                    "representation=/scores=/poses= callables, not both")
+        if outputs is None and representation is None:
+            raise InvalidInputError("ModelAdapter needs outputs=fn(model, x) -> dict(scores=..., representation=...) "
+                                    "or representation=fn(model, x)")
+        if outputs is None and has_poses and poses is None:
+            raise InvalidInputError("ModelAdapter(has_poses=True) without outputs= needs poses=fn(model, x)")
+        self._outputs = outputs
         self._representation, self._scores, self._poses, self._decode = representation, scores, poses, decode
-        self.has_poses = poses is not None
+        self.has_poses = poses is not None or (outputs is not None and has_poses)
         self.can_decode = decode is not None
 
     def outputs(self, x: Tensor) -> ModelOutputs:
+        if self._outputs is not None:
+            return self._from_dict(self._outputs(self.model, x))
         logits = None
         if self._scores is not None:
             scores = self._scores(self.model, x).float()
@@ -151,10 +177,31 @@ class ModelAdapter(Adapter):
             logits = self.model(x).float()
             scores = torch.softmax(logits, dim=-1)
         poses = self._poses(self.model, x).float() if self._poses is not None else None
+        assert self._representation is not None  # __init__: outputs= or representation=
         rep = self._representation(self.model, x).flatten(1).float()
         return ModelOutputs(scores=scores, representation=rep, poses=poses, logits=logits)
 
+    def _from_dict(self, out: Mapping[str, Tensor]) -> ModelOutputs:
+        if not isinstance(out, Mapping):
+            raise InvalidInputError(f"ModelAdapter outputs= must return a dict, got {type(out).__name__}")
+        unknown = sorted(set(out) - set(OUTPUT_KEYS))
+        if unknown:
+            raise InvalidInputError(f"ModelAdapter outputs= returned unknown key(s) {', '.join(unknown)}; "
+                                    f"expected {', '.join(OUTPUT_KEYS)}")
+        if "representation" not in out or ("scores" not in out and "logits" not in out):
+            raise InvalidInputError("ModelAdapter outputs= must return 'representation' and 'scores' (or 'logits')")
+        if ("poses" in out) != self.has_poses:
+            raise InvalidInputError("ModelAdapter outputs= returned poses: pass has_poses=True" if "poses" in out else
+                                    "ModelAdapter(has_poses=True): outputs= returned no 'poses'")
+        logits = out["logits"].float() if out.get("logits") is not None else None
+        scores = out["scores"].float() if "scores" in out else torch.softmax(logits, dim=-1)  # type: ignore[arg-type]
+        poses = out["poses"].float() if "poses" in out else None
+        return ModelOutputs(scores=scores, representation=out["representation"].flatten(1).float(), poses=poses,
+                            logits=logits)
+
     def logits(self, x: Tensor) -> Tensor | None:
+        if self._outputs is not None:
+            return self.outputs(x).logits
         return self.model(x).float() if self._scores is None else None
 
     def decode(self, poses: Tensor | None, labels: Tensor | None = None) -> Tensor:

@@ -7,7 +7,9 @@ saves it.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import matplotlib
 
@@ -20,6 +22,10 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
+    "COLUMN_WIDTH",
+    "TEXT_WIDTH",
+    "colour_order",
+    "model_colours",
     "plot_accuracy_curves",
     "plot_composition",
     "plot_lie",
@@ -43,12 +49,45 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
         raise ValueError(f"{where} got an empty frame")
 
 
-def _palette(runs: Sequence[str]) -> dict[str, tuple]:
-    colours = sns.color_palette("colorblind", max(len(runs), 1))
-    return dict(zip(runs, colours))
+_ORDER: contextvars.ContextVar[tuple[tuple[str, ...], dict[str, str]]] = contextvars.ContextVar(
+    "model_colour_order", default=((), {}))
 
 
-def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("accuracy", "consistency")) -> Figure:
+@contextlib.contextmanager
+def colour_order(models: Sequence[str], run_model: dict[str, str] | None = None) -> Iterator[None]:
+    """Within the block, every figure colours a model (and each of its runs, ``run_model``: run -> model) by its
+    place in ``models``: the same colour for a model in every figure of a report."""
+    token = _ORDER.set((tuple(dict.fromkeys(models)), dict(run_model or {})))
+    try:
+        yield
+    finally:
+        _ORDER.reset(token)
+
+
+def _palette(names: Sequence[str]) -> dict[str, tuple]:
+    """Colour-blind colours (seaborn's ``colorblind``) for ``names``: by the report's model order
+    (:func:`colour_order`) where one is set, else in the order given."""
+    order, run_model = _ORDER.get()
+    keys = [run_model.get(n, n) for n in names]
+    known = list(order) + [k for k in dict.fromkeys(keys) if k not in order]
+    colours = sns.color_palette("colorblind", max(len(known), 1))
+    if len(known) > len(colours):  # more models than the palette has colours: cycle, as seaborn does
+        colours = [colours[i % len(colours)] for i in range(len(known))]
+    return {n: colours[known.index(k)] for n, k in zip(names, keys)}
+
+
+COLUMN_WIDTH = 3.35  # inches: one column of a two-column venue (NeurIPS, ICML, CVPR: 3.25-3.4 in)
+TEXT_WIDTH = 6.9  # inches: the full text width of the same venues
+
+
+def model_colours(models: Sequence[str]) -> dict[str, tuple]:
+    """The colour-blind palette (seaborn's ``colorblind``, Wong 2011) over models in report order: a model has
+    the same colour in every figure of a report."""
+    return _palette(models)
+
+
+def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("accuracy", "consistency"),
+                         width: float | None = None) -> Figure:
     """Accuracy and consistency against magnitude: a row per metric, a column per transformation, a colour per
     model. A model with one run gets its 95% interval over images as a band; a model with several training seeds
     gets one thin line per seed and its mean over seeds in bold, so the seed spread is visible.
@@ -57,6 +96,8 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
         metrics: tidy metrics with ``run transform magnitude magnitude_value metric value ci_low ci_high`` (and
             ``model``; without it every run is its own model).
         metric_names: the metrics to draw, one row each.
+        width: the figure's width in inches (e.g. :data:`TEXT_WIDTH`); with one metric the panels then wrap into
+            rows of at most 4. Default: 2.6 in per panel on one row.
     """
     _require(metrics, ["run", "transform", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high"],
              "plot_accuracy_curves")
@@ -69,12 +110,19 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
     models = list(dict.fromkeys(data["model"]))
     runs_of = {m: list(dict.fromkeys(data.loc[data["model"] == m, "run"])) for m in models}
     colours = _palette(models)
-    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
-        fig, axes = plt.subplots(len(metric_names), len(transforms), figsize=(2.6 * len(transforms), 2.5 * len(metric_names)),
-                                 squeeze=False, sharey="row")
+    wrap = width is not None and len(metric_names) == 1
+    cols = min(len(transforms), 4) if wrap else len(transforms)
+    rows_n = -(-len(transforms) // cols) if wrap else len(metric_names)
+    size = ((width, 1.75 * rows_n + 0.6) if wrap and width else
+            (width or 2.6 * len(transforms), 2.5 * len(metric_names)))
+    context = ("paper", 1.0) if wrap else (_THEME["context"], _THEME["font_scale"])  # print sizes at print width
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(context[0], font_scale=context[1]):
+        fig, grid = plt.subplots(rows_n, cols, figsize=size, squeeze=False, sharey=True if wrap else "row")
+        for ax in grid.flat[len(transforms):] if wrap else ():
+            ax.set_visible(False)
         for i, metric in enumerate(metric_names):
             for j, name in enumerate(transforms):
-                ax = axes[i, j]
+                ax = grid[j // cols, j % cols] if wrap else grid[i, j]
                 panel = data[(data["metric"] == metric) & (data["transform"] == name)].sort_values("magnitude_value")
                 for model in models:
                     rows = panel[panel["model"] == model]
@@ -96,13 +144,15 @@ def plot_accuracy_curves(metrics: pd.DataFrame, metric_names: Sequence[str] = ("
                 if pd.to_numeric(ticks["magnitude"], errors="coerce").isna().any():  # categorical: name the ticks
                     ax.set_xticks(ticks["magnitude_value"], ticks["magnitude"], rotation=30, ha="right")
                 ax.set_ylim(-0.02, 1.02)
-                ax.set_title(name if i == 0 else "")
-                ax.set_xlabel("magnitude" if i == len(metric_names) - 1 else "")
-                ax.set_ylabel(metric if j == 0 else "")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=max(len(models), 1), frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
-        fig.tight_layout(rect=(0, 0, 1, 0.93))
+                ax.set_title(name if i == 0 or wrap else "")
+                last_row = (j // cols == rows_n - 1 or j + cols >= len(transforms)) if wrap else i == len(metric_names) - 1
+                ax.set_xlabel("magnitude" if last_row else "")
+                ax.set_ylabel(metric if (j % cols if wrap else j) == 0 else "")
+        handles, labels = grid[0, 0].get_legend_handles_labels()
+        ncol = max(min(len(models), 3 if wrap else len(models)), 1)
+        fig.legend(handles, labels, loc="upper center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 1.0))
+        top = 1 - (0.15 + 0.2 * -(-len(models) // ncol)) / size[1] if wrap else 0.93
+        fig.tight_layout(rect=(0, 0, 1, top))
     return fig
 
 

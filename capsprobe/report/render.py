@@ -27,50 +27,104 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..probe import decodability_rows
 from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, identity_labels
 from ..runtime import MARKER, atomic_dir, folder_lock, write_marker
 from .folder import ReportData, ReportError, read_probe_outputs, write_csv
-from .section import Section, _markdown_table
+from .section import Section, _markdown_table, figure_formats
+from .verdicts import verdict_table
 
 __all__ = [
     "COMPARISON_TABLES",
+    "DEFAULT_FORMATS",
+    "REPORT_FORMATS",
     "SectionFor",
+    "latex_table",
+    "parse_formats",
+    "report_title",
     "recompare_report",
     "render_report",
 ]
 
 _CSS = """
+*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.8em;margin:1em 0}th,td{border:1px solid #ddd;padding:.25em .5em;
-text-align:left}th{background:#f4f4f4}figure{margin:1.2em 0}img{max-width:100%;height:auto}
-figcaption{font-size:.85em;color:#555}.meta{font-size:.85em;color:#555}li{margin:.3em 0}
+color:#222;line-height:1.45;overflow-wrap:anywhere}h1{font-size:1.6em}
+h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.scroll{max-width:100%;overflow-x:auto}table{border-collapse:collapse;font-size:.8em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:normal}
+th{background:#f4f4f4}table.verdicts td{min-width:14em}table.verdicts td:first-child{min-width:11em;font-weight:600}
+figure{margin:1.2em 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
+.meta{font-size:.85em;color:#555}li{margin:.3em 0}details{margin:.5em 0}summary{cursor:pointer;color:#036}
 """
 
 
-def _html(title: str, lines: list[str], tables: list[tuple[str, pd.DataFrame]], figs: dict[str, bytes],
-          captions: dict[str, str], manifest: dict[str, Any], notes: list[str]) -> str:
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+def _table_html(table: pd.DataFrame, css: str = "") -> str:
+    cls = f" class='{css}'" if css else ""
+    body = table.to_html(index=False, border=0, escape=True)
+    if cls:
+        body = body.replace("<table class=\"dataframe\">", f"<table{cls}>", 1)
+    return f"<div class='scroll'>{body}</div>"
+
+
+def _figure_html(name: str, data: bytes, caption: str) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+VERDICT_NOTE = ("Each cell: the model that does better, then the column's difference a - b (accuracy and consistency "
+                "in percentage points) with its 95% interval over training seeds and images, widened for every "
+                "condition of the metric (Holm), at the key condition of the question, and whether it is "
+                "established at the seeds both models have; then how many of the question's conditions are "
+                "established each way. Intervals at 1 seed cover the test images only: nothing is established.")
+
+
+def report_title(folder: Path, manifest: dict[str, Any]) -> str:
+    """The report's name, the page's title and its one H1: the experiment (and size) that made it, else the
+    folder's name."""
+    exp = manifest.get("experiment") or {}
+    if isinstance(exp, dict) and exp.get("name"):
+        return f"capsprobe report: {exp['name']}" + (f" ({exp['size']})" if exp.get("size") else "")
+    return f"capsprobe report: {folder.name}"
+
+
+def _html(title: str, section: Section, manifest: dict[str, Any]) -> str:
+    exp = manifest.get("experiment") or {}
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    if isinstance(exp, dict) and exp.get("description"):
+        parts.append(f"<p>{html.escape(str(exp['description']))}</p>")
     parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
-    parts.append("<h2>Headlines</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in lines) + "</ul>")
-    for table_title, table in tables:
-        parts.append(f"<h2>{html.escape(table_title)}</h2>" + table.to_html(index=False, border=0, escape=True))
-    parts.append("<h2>Figures</h2>")
-    for name, data in figs.items():
-        b64 = base64.b64encode(data).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>")
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if section.verdicts is not None and len(section.verdicts):
+        parts.append("<h2>Verdicts</h2>" + _table_html(section.verdicts, "verdicts")
+                     + f"<p class='meta'>{html.escape(VERDICT_NOTE)}</p>")
+    figures = dict(section.figures)
+    if section.key_figure in figures:
+        parts.append(_figure_html(section.key_figure, figures.pop(section.key_figure),
+                                  section.captions.get(section.key_figure, section.key_figure)))
+    parts.append("<h2>Headlines</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in section.headlines) + "</ul>")
+    if section.details:
+        parts.append(f"<details><summary>Every read-out ({len(section.details)} sentences)</summary><ul>"
+                     + "".join(f"<li>{html.escape(s)}</li>" for s in section.details) + "</ul></details>")
+    for table_title, table in [(section.table_title, section.table), *section.tables]:
+        parts.append(f"<h2>{html.escape(table_title)}</h2><details><summary>The table ({len(table)} rows)</summary>"
+                     + _table_html(table) + "</details>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        parts.extend(_figure_html(name, data, section.captions.get(name, name)) for name, data in figures.items())
+    if section.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -85,44 +139,112 @@ def _meta_line(manifest: dict[str, Any]) -> str:
 
 SectionFor = Callable[[ReportData], Section]
 
+REPORT_FORMATS = ("png", "pdf", "svg", "tex")  # `capsprobe report --formats`; png is always written (the page shows it)
+DEFAULT_FORMATS = ("png", "tex")
+TABLES = "tables"  # the report's tables as shown: <name>.csv beside <name>.tex (booktabs)
 
-def render_report(folder: str | Path, section_for: SectionFor) -> Path:
-    """Render ``figures/``, ``report.md`` and ``report.html`` from the files of a perturb folder, with the section
-    ``section_for(data)`` gives (:func:`capsprobe.pipeline.write_report` passes the folder's task's section).
+
+def parse_formats(formats: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"png,pdf,svg,tex"`` (or a sequence) as a tuple that always holds png.
+
+    Raises:
+        InvalidInputError: a format that is not one of :data:`REPORT_FORMATS`.
+    """
+    if formats is None:
+        return DEFAULT_FORMATS
+    names = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    bad = [f for f in names if f not in REPORT_FORMATS]
+    if bad:
+        raise InvalidInputError(f"unknown report format(s) {', '.join(bad)}: choose from {', '.join(REPORT_FORMATS)}")
+    return tuple(dict.fromkeys(["png", *names]))
+
+
+def render_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None) -> Path:
+    """Render ``figures/``, ``tables/``, ``report.md`` and ``report.html`` from the files of a perturb folder, with
+    the section ``section_for(data)`` gives (:func:`capsprobe.pipeline.write_report` passes the folder's task's
+    section).
 
     Reads files only (no run, no data set, no device), so a report folder copied elsewhere renders the same.
 
+    Args:
+        formats: what to write besides the page (:data:`REPORT_FORMATS`): every figure as PNG (always), PDF and SVG
+            (vector, fonts embedded); the shown tables as CSV and LaTeX (booktabs) under ``tables/`` with ``tex``.
+
     Raises:
         ReportError: a file perturb writes is missing or malformed (the message names it).
+        InvalidInputError: an unknown format.
         BusyError: another capsprobe command is writing the folder.
     """
     folder = Path(folder)
+    chosen = parse_formats(formats)
     if not folder.is_dir():
         raise ReportError(f"report folder {folder} does not exist")
     with folder_lock(folder):
-        return _write_report(folder, section_for)
+        return _write_report(folder, section_for, chosen)
 
 
-def _write_report(folder: Path, section_for: SectionFor) -> Path:
+def _slug(title: str) -> str:
+    word = re.split(r"[^a-z0-9]+", title.lower().split("(")[0].strip())
+    return "_".join(w for w in word if w)[:40] or "table"
+
+
+def latex_table(frame: pd.DataFrame, caption: str = "") -> str:
+    """A table as LaTeX with booktabs rules (``\\usepackage{booktabs}``): text columns as wrapped paragraphs."""
+    text_cols = [c for c in frame.columns if frame[c].astype(str).str.len().max() > 24]
+    width = f"{max(2.0, 12.0 / max(len(frame.columns), 1)):.1f}cm"
+    spec = "".join(f"p{{{width}}}" if c in text_cols else "l" for c in frame.columns)
+    body = frame.astype(str).to_latex(index=False, escape=True, column_format=spec)
+    if caption:
+        body = f"% {caption}\n" + body
+    return body
+
+
+def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Path:
 
     data = read_probe_outputs(folder)
-    section = section_for(data)
-    title = f"capsprobe report: {folder.name}"
-    md = [f"# {title}", "", _meta_line(data.manifest), "", "## Headlines", ""] + [f"- {s}" for s in section.headlines]
-    md += ["", f"## {section.table_title}", "", _markdown_table(section.table), ""]
-    for title, table in section.tables:
-        md += [f"## {title}", "", _markdown_table(table), ""]
-    md += ["## Figures", ""]
+    with figure_formats(formats):
+        section = section_for(data)
+    if section.verdicts is None:
+        section.verdicts = verdict_table(data.tables)
+    report = report_title(folder, data.manifest)
+    exp = data.manifest.get("experiment") or {}
+    md = [f"# {report}", ""]
+    if isinstance(exp, dict) and exp.get("description"):
+        md += [str(exp["description"]), ""]
+    md += [_meta_line(data.manifest), ""]
+    if section.verdicts is not None and len(section.verdicts):
+        md += ["## Verdicts", "", _markdown_table(section.verdicts), "", f"*{VERDICT_NOTE}*", ""]
+    if section.key_figure in section.figures:
+        caption = section.captions.get(section.key_figure, section.key_figure)
+        md += [f"![{caption}]({FIGURES}/{section.key_figure})", "", f"*{caption}*", ""]
+    md += ["## Headlines", ""] + [f"- {s}" for s in section.headlines]
+    if section.details:
+        md += ["", f"<details><summary>Every read-out ({len(section.details)} sentences)</summary>", ""]
+        md += [f"- {s}" for s in section.details] + ["", "</details>"]
+    shown = [(section.table_title, section.table), *section.tables]
+    for table_title, table in shown:
+        md += ["", f"## {table_title}", "", f"<details><summary>The table ({len(table)} rows)</summary>", "",
+               _markdown_table(table), "", "</details>"]
+    md += ["", "## Figures", ""]
     for name in section.figures:
+        if name == section.key_figure:
+            continue
         caption = section.captions.get(name, name)
         md += [f"![{caption}]({FIGURES}/{name})", "", f"*{caption}*", ""]
     if section.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
-    page = _html(title, section.headlines, [(section.table_title, section.table), *section.tables], section.figures,
-                 section.captions, data.manifest, section.notes)
+    page = _html(report, section, data.manifest)
+    tables: dict[str, tuple[str, pd.DataFrame]] = {}
+    if section.verdicts is not None and len(section.verdicts):
+        tables["verdicts"] = ("Verdicts. " + VERDICT_NOTE, section.verdicts)
+    for table_title, table in shown:
+        name = _slug(table_title)
+        while name in tables:
+            name += "_"
+        tables[name] = (table_title, table)
     # the whole folder is rebuilt beside itself (the probe's files linked, not copied) and swapped in: a kill or a
     # full disk leaves the old report whole, never new figures beside an old report.html
-    rendered = {FIGURES, REPORT_MD, REPORT_HTML}
+    rendered = {FIGURES, TABLES, REPORT_MD, REPORT_HTML}
     with atomic_dir(folder) as tmp:
         for path in folder.iterdir():
             if path.name not in rendered and not path.name.endswith(".tmp"):
@@ -130,6 +252,13 @@ def _write_report(folder: Path, section_for: SectionFor) -> Path:
         (tmp / FIGURES).mkdir()
         for name, png in section.figures.items():
             (tmp / FIGURES / name).write_bytes(png)
+            for fmt, vector in getattr(png, "vectors", {}).items():
+                (tmp / FIGURES / f"{Path(name).stem}.{fmt}").write_bytes(vector)
+        if "tex" in formats and tables:
+            (tmp / TABLES).mkdir()
+            for name, (table_title, table) in tables.items():
+                write_csv(table, tmp / TABLES / f"{name}.csv")
+                (tmp / TABLES / f"{name}.tex").write_text(latex_table(table, table_title))
         (tmp / REPORT_MD).write_text("\n".join(md) + "\n")
         (tmp / REPORT_HTML).write_bytes(page.encode())
         if not (tmp / MARKER).exists():
@@ -140,7 +269,7 @@ def _write_report(folder: Path, section_for: SectionFor) -> Path:
 COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation")
 
 
-def recompare_report(folder: str | Path, section_for: SectionFor) -> Path:
+def recompare_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None) -> Path:
     """Recompute a report folder's comparison tables (``comparison``, ``differences``, ``excluded``, ``ablation``)
     from its own files with the current method (:mod:`capsprobe.metrics.compare`), then render the report.
 
@@ -154,6 +283,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor) -> Path:
     """
 
     folder = Path(folder)
+    chosen = parse_formats(formats)
     if not folder.is_dir():
         raise ReportError(f"report folder {folder} does not exist")
     with folder_lock(folder):
@@ -183,7 +313,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor) -> Path:
             for name, frame in tables.items():
                 if not frame.empty:
                     write_csv(frame, tmp / f"{name}.csv")
-        return _write_report(folder, section_for)
+        return _write_report(folder, section_for, chosen)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

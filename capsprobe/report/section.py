@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,12 +16,18 @@ from ..metrics import METRICS
 from .folder import ReportData
 
 __all__ = [
+    "FIGURE_FORMATS",
+    "FigureBytes",
     "FigureSpec",
     "Section",
+    "figure_formats",
     "figure_png",
     "grid_figures",
     "pct",
+    "report_colours",
 ]
+
+FIGURE_FORMATS = ("png", "pdf", "svg")  # the figure formats a report writes (`capsprobe report --formats`)
 
 # --- sections: what a task's report shows ---------------------------------------------------------------------
 
@@ -34,6 +43,10 @@ class Section:
     captions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # further (title, table), after the first
+    verdicts: pd.DataFrame | None = None  # one row per question, a column per model pair: the report opens with it
+    key_figure: str | None = None  # the figure shown right below the verdicts (a key of ``figures``)
+    details: list[str] = field(default_factory=list)  # every read-out sentence, folded below the claims
+    latex: tuple[str, ...] = ()  # titles of the tables also written as LaTeX (the verdicts and the main table always)
 
 
 def pct(x: float) -> str:
@@ -65,13 +78,49 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+class FigureBytes(bytes):
+    """A figure's PNG bytes, with the same figure as vector files (``vectors``: format -> bytes) when the report
+    asked for them (:func:`figure_formats`)."""
+
+    vectors: dict[str, bytes]
+
+
+_FORMATS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("figure_formats", default=("png",))
+
+
+@contextlib.contextmanager
+def figure_formats(formats: Sequence[str]) -> Iterator[None]:
+    """Within the block, every figure a section draws is also kept as each vector format of ``formats`` (pdf,
+    svg): fonts embedded (PDF: TrueType, type 42) or drawn as paths (SVG), so the files look the same anywhere."""
+    token = _FORMATS.set(tuple(formats))
+    try:
+        yield
+    finally:
+        _FORMATS.reset(token)
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt  # lazy: matplotlib loads only when a figure is drawn
 
+    vectors = {}
+    for fmt in _FORMATS.get():
+        if fmt not in _VECTOR_METADATA:
+            continue
+        logging.getLogger("fontTools").setLevel(logging.WARNING)  # its font subsetting logs every glyph at INFO
+        buf = io.BytesIO()
+        with plt.rc_context({"pdf.fonttype": 42, "svg.fonttype": "path", "svg.hashsalt": "capsprobe"}):
+            fig.savefig(buf, format=fmt, bbox_inches="tight", metadata=_VECTOR_METADATA[fmt])
+        vectors[fmt] = buf.getvalue()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return _palette_png(buf.getvalue())
+    out = FigureBytes(_palette_png(buf.getvalue()))
+    out.vectors = vectors
+    return out
+
+
+# no creation date in the vector files: the same report renders to the same bytes
+_VECTOR_METADATA: dict[str, dict[str, Any]] = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
 def _palette_png(data: bytes) -> bytes:
@@ -87,8 +136,18 @@ def _palette_png(data: bytes) -> bytes:
 
 
 def figure_png(fig) -> bytes:
-    """A matplotlib figure as the PNG bytes a :class:`Section` carries (the figure is closed)."""
+    """A matplotlib figure as the PNG bytes a :class:`Section` carries (the figure is closed); with the vector
+    files :func:`figure_formats` asks for in ``.vectors``."""
     return _png(fig)
+
+
+def report_colours(data: ReportData) -> contextlib.AbstractContextManager:
+    """The colour order of a report's figures: its models in the manifest's order, each run coloured as its model."""
+    from . import plots  # lazy: plots imports matplotlib and seaborn
+
+    runs = [r for r in data.manifest.get("runs", []) if isinstance(r, dict)]
+    models = [str(r.get("model", r.get("name", ""))) for r in runs]
+    return plots.colour_order(models, {str(r.get("name", "")): str(r.get("model", r.get("name", ""))) for r in runs})
 
 
 def _has(metric: str, transform: str | None = None) -> Callable[[ReportData], bool]:

@@ -12,7 +12,8 @@ from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 from .folder import ReportData, ReportError
 from .published import CIFAR10, published_for_runs
-from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct
+from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct, report_colours
+from .verdicts import verdict_claims, verdict_table
 
 __all__ = [
     "KEY_CONDITIONS",
@@ -457,7 +458,31 @@ def masking_table_shown(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     return shown.fillna("")
 
 
+def _key_rows(data: ReportData) -> pd.DataFrame:
+    """Accuracy per model and condition for the key figure: over seeds with their t interval (comparison.csv)
+    where the models have several seeds, else per run with its bootstrap interval; worst cases left out (their
+    own figure shows them)."""
+    comp = data.tables.get("comparison")
+    worst = {n for n, t in TRANSFORMS.items() if t.worst_case}
+    if comp is not None and not comp.empty and comp["seeds"].max() >= 2:
+        rows = comp[(comp["metric"] == "accuracy") & ~comp["transform"].isin(worst)]
+        return rows.assign(run=rows["model"])
+    m = data.metrics
+    return m[(m["metric"] == "accuracy") & ~m["transform"].isin(worst)]
+
+
+def _draw_key(data: ReportData) -> Any:
+    from . import plots  # lazy: plots imports matplotlib and seaborn
+
+    return plots.plot_accuracy_curves(_key_rows(data), metric_names=("accuracy",), width=plots.TEXT_WIDTH)
+
+
+KEY_FIGURE = "key_accuracy.png"
+
 SUITE_FIGURES: list[FigureSpec] = [
+    FigureSpec(KEY_FIGURE, _draw_key, lambda d: not _key_rows(d).empty,
+               "Accuracy against magnitude, per model: the mean over training seeds with its 95% t interval over seeds "
+               "and images (one run: its bootstrap interval over images)."),
     FigureSpec("accuracy_curves.png", _plot("plot_accuracy_curves"), _has("accuracy"),
                "Accuracy (top) and consistency with the clean decision (bottom) against magnitude, 95% bootstrap "
                "bands."),
@@ -486,10 +511,12 @@ def suite_section(data: ReportData) -> Section:
                           "probe again")
     overview = data.tables["overview"]
     figs, captions = {}, {}
-    for spec in SUITE_FIGURES:
-        if spec.applies(data):
-            figs[spec.name] = _png(spec.draw(data))
-            captions[spec.name] = spec.caption
+    with report_colours(data):
+        for spec in SUITE_FIGURES:
+            if spec.applies(data):
+                figs[spec.name] = _png(spec.draw(data))
+                captions[spec.name] = spec.caption
+        lie_figs, lie_captions = lie_figures(data)
     grids, grid_captions = grid_figures(data.arrays)
     figs.update(grids)
     captions.update(grid_captions)
@@ -508,7 +535,6 @@ def suite_section(data: ReportData) -> Section:
                          f"(summary.csv, at_edge): {listed}{' ...' if len(edge) > 8 else ''}")
     if data.tables.get("differences") is not None and not data.tables["differences"].empty:
         notes.append(METHODS_NOTE)
-    lie_figs, lie_captions = lie_figures(data)
     figs.update(lie_figs)
     captions.update(lie_captions)
     extra = []
@@ -528,5 +554,9 @@ def suite_section(data: ReportData) -> Section:
         if len(published):
             extra.append(("Published CIFAR-10 numbers beside these models (the source's protocol; set beside, not "
                           "reproduced)", published))
-    return Section(headlines=headlines(data.metrics, overview, data.tables, data.manifest), table_title="Overview",
-                   table=_fmt(overview), figures=figs, captions=captions, notes=notes, tables=extra)
+    details = headlines(data.metrics, overview, data.tables, data.manifest)
+    claims = [line for line in details if line.startswith("Clean accuracy")][:1] + verdict_claims(data.tables)
+    claims += _masking_lines(data.tables)
+    return Section(headlines=claims, table_title="Overview", table=_fmt(overview), figures=figs, captions=captions,
+                   notes=notes, tables=extra, verdicts=verdict_table(data.tables),
+                   key_figure=KEY_FIGURE if KEY_FIGURE in figs else None, details=details)

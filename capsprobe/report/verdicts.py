@@ -1,0 +1,246 @@
+"""The verdict table a report opens with: one row per question, one column per model pair, from the folder's
+comparison tables alone (``differences.csv``, or ``ablation.csv`` where the report has a reference; ``lie.csv``;
+``masking.csv``).
+
+Each cell says which model does better, by how much, with the interval that covers training seeds and images, and
+whether the difference is established at the seeds it has (Holm-corrected over the conditions of its metric, as
+:mod:`capsprobe.metrics.compare` decides). A question asked over several conditions reports the key condition of
+the suite where it was probed (:func:`capsprobe.transforms.headline_conditions`), else the condition with the
+largest difference, and counts the conditions established in each direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..metrics.compare import WELCH_TEST, welch_t_test
+from ..probe.schema import identity_labels
+from ..transforms import TRANSFORMS, headline_conditions
+
+__all__ = ["QUESTIONS", "Question", "Verdict", "verdict_cells", "verdict_claims", "verdict_table"]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One row of the verdict table: a metric over a set of conditions, and which direction is better."""
+
+    label: str
+    metric: str
+    conditions: Callable[[pd.DataFrame], pd.Series]  # rows of the differences table -> mask
+    higher_is_better: bool = True
+    points: bool = True  # a share, shown in percentage points
+    judged: bool = True  # False: higher is neither better nor worse (a cell says which model is higher, not better)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One cell: its text, and whether its difference is established (``winner``: the better model, or "higher for
+    ..." where the question judges no direction)."""
+
+    text: str
+    established: bool = False
+    winner: str = ""
+    seeds: int = 0
+
+
+def _is(transform_test: Callable[[Any], bool]) -> Callable[[pd.DataFrame], pd.Series]:
+    def mask(rows: pd.DataFrame) -> pd.Series:
+        ident = identity_labels()
+        moved = rows["magnitude"].astype(str) != rows["transform"].map(ident).astype(str)
+        spec = rows["transform"].map(lambda t: TRANSFORMS.get(t))
+        return moved & spec.map(lambda s: s is not None and bool(transform_test(s)))
+    return mask
+
+
+def _viewpoint(rows: pd.DataFrame) -> pd.Series:
+    return rows["kind"].astype(str) == "viewpoint" if "kind" in rows else pd.Series(False, index=rows.index)
+
+
+_NUISANCE = _is(lambda s: s.kind == "nuisance" and not s.worst_case)
+QUESTIONS: tuple[Question, ...] = (
+    Question("Accuracy under nuisances (rotations, shifts, affine warps)", "accuracy", _NUISANCE),
+    Question("Decision kept under nuisances (consistency with the clean decision)", "consistency", _NUISANCE),
+    # a model that keeps its decision on a scrambled digit may be blind to the arrangement of parts: not "better"
+    Question("Accuracy under part scrambles (Picasso: jigsaw, swapped halves)", "accuracy", _is(lambda s: s.scramble),
+             judged=False),
+    Question("Accuracy at novel viewpoints", "accuracy", _viewpoint),
+    Question("Pose decodable (held-out R^2 of the magnitude from phi(x), phi(Tx))", "decodability",
+             _is(lambda s: s.kind == "nuisance"), points=False),
+    Question("Pose moves linearly (gain of the fitted map over the identity)", "equivariance_gain", _NUISANCE,
+             points=False),
+    Question("Worst case (spatial grid, worst-of-k, gradient attacks)", "accuracy", _is(lambda s: s.worst_case)),
+)
+LIE_QUESTION = "Pose moves like a rotation (equivariant Lie derivative, rotation; lower is better)"
+
+
+def _pairs_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paired differences the verdicts read, in the schema of ``differences.csv`` (``model_a - model_b``).
+
+    With an ablation's reference, its own table (a stricter family: every variant and condition of a metric) for
+    the metrics it holds, and only the pairs with the reference elsewhere."""
+    diffs = tables.get("differences", pd.DataFrame())
+    ablation = tables.get("ablation")
+    if ablation is None or ablation.empty:
+        return diffs
+    ref = str(ablation["reference"].iloc[0])
+    ab = ablation.rename(columns={"variant": "model_a", "reference": "model_b", "seeds_variant": "seeds_a",
+                                  "seeds_reference": "seeds_b"})
+    ab = ab.assign(model_a=ref, model_b=ab["model_a"], difference=-ab["difference"],
+                   ci_low_adjusted=-ab["ci_high_adjusted"], ci_high_adjusted=-ab["ci_low_adjusted"],
+                   seeds_a=ab["seeds_b"], seeds_b=ab["seeds_a"])
+    if diffs.empty:
+        return ab
+    rest = diffs[~diffs["metric"].isin(set(ab["metric"])) & ((diffs["model_a"] == ref) | (diffs["model_b"] == ref))]
+    # the reference first in every pair
+    flip = rest["model_b"] == ref
+    rest = rest.copy()
+    rest.loc[flip, ["model_a", "model_b"]] = rest.loc[flip, ["model_b", "model_a"]].to_numpy()
+    rest.loc[flip, "difference"] = -rest.loc[flip, "difference"]
+    lo, hi = rest.loc[flip, "ci_low_adjusted"].copy(), rest.loc[flip, "ci_high_adjusted"].copy()
+    rest.loc[flip, "ci_low_adjusted"], rest.loc[flip, "ci_high_adjusted"] = -hi, -lo
+    rest.loc[flip, ["seeds_a", "seeds_b"]] = rest.loc[flip, ["seeds_b", "seeds_a"]].to_numpy()
+    return pd.concat([ab, rest], ignore_index=True)
+
+
+def _number(value: float, points: bool, signed: bool = True) -> str:
+    if points:
+        return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) -> Verdict:
+    if rows.empty:
+        return Verdict("-")
+    key = [(t, m) for t, m in headline_conditions()]
+    at_key = rows[[(t, str(m)) in key for t, m in zip(rows["transform"], rows["magnitude"].astype(str))]]
+    testable = rows.dropna(subset=["ci_low_adjusted"])
+    pick = at_key if len(at_key) else (testable if len(testable) else rows)
+    r = pick.loc[pick["difference"].abs().idxmax()]
+    seeds = int(min(r["seeds_a"], r["seeds_b"]))
+    condition = f"{r['transform']} {r['magnitude']}"
+    d = float(r["difference"])
+    better = (d > 0) == q.higher_is_better
+    winner = (a if better else b) if q.judged else f"higher for {a if d > 0 else b}"
+    unit = " pts" if q.points else ""
+    n = f"{seeds} seed{'s' if seeds != 1 else ''}"
+    if pd.isna(r["ci_low_adjusted"]) or seeds < 2:
+        interval = "" if pd.isna(r["ci_low_adjusted"]) else \
+            f" [{_number(r['ci_low_adjusted'], q.points)}, {_number(r['ci_high_adjusted'], q.points)}] (images only)"
+        return Verdict(f"{winner}: {_number(d, q.points)}{unit}{interval} at {condition}; not testable ({n})",
+                       seeds=seeds)
+    lo, hi = float(r["ci_low_adjusted"]), float(r["ci_high_adjusted"])
+    verdict = "established" if bool(r["established"]) else "not established"
+    text = (f"{winner}: {_number(d, q.points)}{unit} [{_number(lo, q.points)}, {_number(hi, q.points)}] at "
+            f"{condition}; {verdict} ({n})")
+    if len(rows) > 1:
+        est = testable[testable["established"].astype(bool)]
+        up = int(((est["difference"] > 0) == q.higher_is_better).sum())
+        way = "" if q.judged else " higher"
+        text += f"; established{way} for {a} in {up}, for {b} in {len(est) - up} of {len(rows)} conditions"
+    suspect = sorted(m for m in (a, b) if m in flagged)
+    if suspect and q.label.startswith("Worst case"):
+        text += f"; gradient masking suspected for {', '.join(suspect)}: not a robustness result"
+        return Verdict(text, seeds=seeds)
+    return Verdict(text, established=bool(r["established"]), winner=winner, seeds=seeds)
+
+
+def _lie_cell(lie: pd.DataFrame, a: str, b: str) -> Verdict:
+    """Equivariant LEE of the rotation: Welch's t over the per-seed values (a fitted metric)."""
+    rows = lie[(lie["generator"] == "rotate") & (lie["metric"] == "elee_representation_pca16")]
+    va = rows.loc[rows["model"] == a, "value"].to_numpy(dtype=float)
+    vb = rows.loc[rows["model"] == b, "value"].to_numpy(dtype=float)
+    if not len(va) or not len(vb):
+        return Verdict("-")
+    d = float(va.mean() - vb.mean())
+    winner = a if d < 0 else b
+    if min(len(va), len(vb)) < 2:
+        return Verdict(f"{winner}: {d:+.3f}; not testable (1 seed)", seeds=1)
+    d, (lo, hi), p = welch_t_test(va, vb)
+    seeds = min(len(va), len(vb))
+    established = p < 0.05 and (lo > 0 or hi < 0)
+    verdict = f"established ({seeds} seeds)" if established else f"not established ({seeds} seeds)"
+    return Verdict(f"{winner}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({WELCH_TEST}, p = {p:.2g}); {verdict}",
+                   established=established, winner=winner, seeds=seeds)
+
+
+def verdict_cells(tables: dict[str, pd.DataFrame]
+                  ) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Verdict]]:
+    """The questions asked, the model pairs compared, and the cell text of each (question, a, b)."""
+    diffs = _pairs_table(tables)
+    if diffs is None or diffs.empty:
+        return [], [], {}
+    pairs = list(dict.fromkeys(zip(diffs["model_a"], diffs["model_b"])))
+    masking = tables.get("masking")
+    flagged: set[str] = set()
+    if masking is not None and not masking.empty and "passed" in masking:
+        failed = masking[~masking["passed"].astype(bool)]
+        flagged = set(failed["model"].astype(str)) if "model" in failed else set()
+    cells: dict[tuple[str, str, str], Verdict] = {}
+    questions: list[str] = []
+    for q in QUESTIONS:
+        rows = diffs[diffs["metric"] == q.metric]
+        rows = rows[q.conditions(rows)] if len(rows) else rows
+        if rows.empty:
+            continue
+        questions.append(q.label)
+        for a, b in pairs:
+            cells[(q.label, a, b)] = _cell(rows[(rows["model_a"] == a) & (rows["model_b"] == b)], a, b, q, flagged)
+    lie = tables.get("lie")
+    if lie is not None and not lie.empty and ((lie["generator"] == "rotate")
+                                             & (lie["metric"] == "elee_representation_pca16")).any():
+        questions.insert(min(len(questions), _after(questions)), LIE_QUESTION)
+        for a, b in pairs:
+            cells[(LIE_QUESTION, a, b)] = _lie_cell(lie, a, b)
+    return questions, pairs, cells
+
+
+def _after(questions: list[str]) -> int:
+    """Where the Lie row goes: after the linearity question, else at the end."""
+    for i, q in enumerate(questions):
+        if q.startswith("Pose moves linearly"):
+            return i + 1
+    return len(questions)
+
+
+def verdict_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """One row per question, one column per model pair ``a - b``; None when the report compares no models.
+
+    A cell: the better model, then ``a - b`` (accuracy in points) with its 95% interval widened for the metric's
+    family, the condition, whether it is established and at how many seeds, and how many of the question's
+    conditions are established each way."""
+    questions, pairs, cells = verdict_cells(tables)
+    if not questions:
+        return None
+    rows = []
+    for q in questions:
+        row = {"question": q}
+        for a, b in pairs:
+            row[f"{a} - {b}"] = cells[(q, a, b)].text if (q, a, b) in cells else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict_claims(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The few sentences that carry a claim: each established verdict, and how many comparisons are not."""
+    questions, pairs, cells = verdict_cells(tables)
+    if not questions:
+        return []
+    asked = [v for v in cells.values() if v.text != "-"]
+    seeds = sorted({v.seeds for v in asked})
+    if seeds and seeds[-1] < 2:
+        return ["One training seed per model: the verdicts below are read-outs of one run each, and no difference "
+                "between models is established by this report."]
+    claims = [f"Established at {v.seeds} seeds: {q.split(' (')[0].lower()}, {v.text.split(';')[0]} "
+              f"({a} - {b})." for (q, a, b), v in cells.items() if v.established]
+    rest = len(asked) - len(claims)
+    at = "/".join(str(n) for n in seeds)
+    if claims and rest:
+        claims.append(f"The other {rest} of the {len(asked)} comparisons in the verdict table are not established at "
+                      f"{at} seeds.")
+    elif not claims:
+        claims.append(f"None of the {len(asked)} comparisons in the verdict table is established at {at} seeds (which "
+                      "is not evidence that the models are alike).")
+    return claims

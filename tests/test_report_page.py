@@ -1,0 +1,215 @@
+"""The report page: its name as title and H1, the verdict table first and its cells, the key figure next, details
+folded, figures as PDF/SVG and tables as LaTeX, one colour per model in every figure."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report import _synthetic
+from typer.testing import CliRunner
+
+from capsprobe.cli import app
+from capsprobe.errors import InvalidInputError
+from capsprobe.pipeline import write_report
+from capsprobe.report import Section, read_probe_outputs, render_report, write_probe_outputs
+from capsprobe.report.render import latex_table, parse_formats
+from capsprobe.report.verdicts import verdict_cells, verdict_claims, verdict_table
+
+runner = CliRunner()
+
+
+class _Page(HTMLParser):
+    """The page's title, H1s and H2s, and the order of the tags that matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.order, self.text, self._in = [], {"title": [], "h1": [], "h2": []}, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("title", "h1", "h2"):
+            self._in = tag
+            self.text[tag].append("")
+        if tag in ("details", "figure", "img") or (tag == "table" and attrs.get("class") == "verdicts"):
+            self.order.append((tag, attrs.get("class", "")))
+
+    def handle_endtag(self, tag):
+        if tag == self._in:
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in:
+            self.text[self._in][-1] += data
+
+
+def _page(path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+@pytest.fixture
+def folder(tmp_path):
+    result = _synthetic()
+    result.manifest = {**result.manifest, "experiment": {"name": "mine", "size": "quick", "description": "d"}}
+    return write_probe_outputs(result, tmp_path / "rep")
+
+
+def test_title_and_h1_are_the_reports_name_not_its_last_section(folder):
+    """The bug: a section with further tables gave the page the last table's title."""
+
+    def section(data):
+        return Section(headlines=["a claim"], table_title="Overview", table=pd.DataFrame({"x": [1]}),
+                       tables=[("Lie derivative (each model: value)", pd.DataFrame({"y": [2]})),
+                               ("Ablation (each model minus the reference)", pd.DataFrame({"z": [3]}))])
+
+    page = _page(render_report(folder, section))
+    assert page.text["title"] == page.text["h1"] == ["capsprobe report: mine (quick)"]
+    assert "Ablation (each model minus the reference)" in page.text["h2"]
+    md = (folder / "report.md").read_text()
+    assert md.startswith("# capsprobe report: mine (quick)\n") and md.count("\n# ") == 0
+
+
+def test_answer_first_verdicts_then_key_figure_then_folded_details(folder):
+    page = _page(write_report(folder))
+    assert page.text["h2"][0] == "Verdicts"
+    tags = [t for t, _ in page.order]
+    assert page.order[0] == ("table", "verdicts")
+    assert tags[1] == "figure" and tags.index("details") > 1  # the key figure right below the verdicts
+    first_img = re.search(r"<figure><img alt='([^']*)'", (folder / "report.html").read_text()).group(1)
+    assert first_img.startswith("Accuracy against magnitude, per model")
+    html = (folder / "report.html").read_text()
+    overview = html.split("<h2>Overview</h2>")[1]
+    assert overview.startswith("<details>")  # the long table folded
+    assert "Every read-out" in html.split("<h2>Overview</h2>")[0]  # every sentence still there, folded
+    claims = html.split("<h2>Headlines</h2>")[1].split("</ul>")[0]
+    assert claims.count("<li>") <= 4
+
+
+def _diffs(rows):
+    base = dict(kind="nuisance", seeds_a=3, seeds_b=3, p_holm=0.01, family_size=4)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_a_verdict_names_the_better_model_with_its_interval_and_the_seeds():
+    diffs = _diffs([
+        dict(model_a="caps", model_b="cnn", metric="accuracy", transform="rotate", magnitude="45", difference=0.12,
+             ci_low_adjusted=0.05, ci_high_adjusted=0.19, established=True),
+        dict(model_a="caps", model_b="cnn", metric="accuracy", transform="rotate", magnitude="90", difference=0.30,
+             ci_low_adjusted=-0.05, ci_high_adjusted=0.65, established=False),
+        # an error metric: lower is better, so a negative a - b favours a... and the gain: higher is better
+        dict(model_a="caps", model_b="cnn", metric="equivariance_gain", transform="rotate", magnitude="45",
+             difference=-0.2, ci_low_adjusted=-0.3, ci_high_adjusted=-0.1, established=True),
+        dict(model_a="caps", model_b="cnn", metric="accuracy", transform="jigsaw", magnitude="4", difference=0.25,
+             ci_low_adjusted=0.1, ci_high_adjusted=0.4, established=True, kind="semantic"),
+    ])
+    questions, pairs, cells = verdict_cells({"differences": diffs})
+    assert pairs == [("caps", "cnn")]
+    nuisance = cells[(questions[0], "caps", "cnn")]
+    # the key condition (rotate 45), not the larger difference at 90 degrees; points, the adjusted interval, seeds
+    assert nuisance.text.startswith("caps: +12.0 pts [+5.0, +19.0] at rotate 45; established (3 seeds)")
+    assert "established for caps in 1, for cnn in 0 of 2 conditions" in nuisance.text
+    assert nuisance.established and nuisance.winner == "caps"
+    gain = next(v for (q, _, _), v in cells.items() if q.startswith("Pose moves linearly"))
+    assert gain.winner == "cnn" and gain.text.startswith("cnn: -0.200 [-0.300, -0.100]")
+    scramble = next(v for (q, _, _), v in cells.items() if "scrambles" in q)
+    assert scramble.winner == "higher for caps"  # keeping a decision on a scrambled digit is not "better"
+    table = verdict_table({"differences": diffs})
+    assert list(table.columns) == ["question", "caps - cnn"] and len(table) == len(questions)
+    claims = verdict_claims({"differences": diffs})
+    assert claims[0].startswith("Established at 3 seeds: accuracy under nuisances, caps: +12.0 pts")
+    assert len(claims) == 3 and all(c.startswith("Established at 3 seeds") for c in claims)  # all 3 established
+    one_less = diffs.assign(established=[True, False, False, False])
+    assert verdict_claims({"differences": one_less})[-1] == ("The other 2 of the 3 comparisons in the verdict table "
+                                                             "are not established at 3 seeds.")
+
+
+def test_one_seed_establishes_nothing_and_an_ablation_reads_reference_minus_variant():
+    one = _diffs([dict(model_a="caps", model_b="cnn", metric="accuracy", transform="rotate", magnitude="45",
+                       difference=0.1, ci_low_adjusted=0.05, ci_high_adjusted=0.15, established=False, seeds_a=1,
+                       seeds_b=1)])
+    (_, _, cells) = verdict_cells({"differences": one})
+    (cell,) = cells.values()
+    assert "not testable (1 seed)" in cell.text and "(images only)" in cell.text and not cell.established
+    assert verdict_claims({"differences": one})[0].startswith("One training seed per model")
+    ablation = pd.DataFrame([dict(variant="no-routing", reference="caps", metric="accuracy", transform="rotate",
+                                  kind="nuisance", magnitude="45", difference=-0.08, ci_low_adjusted=-0.12,
+                                  ci_high_adjusted=-0.04, established=True, seeds_variant=2, seeds_reference=3,
+                                  family_size=2, p_holm=0.01)])
+    _, pairs, cells = verdict_cells({"ablation": ablation, "differences": pd.DataFrame()})
+    assert pairs == [("caps", "no-routing")]
+    (cell,) = cells.values()
+    assert cell.text.startswith("caps: +8.0 pts [+4.0, +12.0] at rotate 45; established (2 seeds)")
+
+
+def test_the_lie_verdict_is_welchs_t_over_seeds():
+    lie = pd.DataFrame([dict(model=m, run=f"{m}-{i}", generator="rotate", metric="elee_representation_pca16", value=v)
+                        for m, vals in (("caps", [0.10, 0.12, 0.11]), ("cnn", [0.30, 0.33, 0.31]))
+                        for i, v in enumerate(vals)])
+    diffs = _diffs([dict(model_a="caps", model_b="cnn", metric="accuracy", transform="rotate", magnitude="45",
+                         difference=0.0, ci_low_adjusted=-0.1, ci_high_adjusted=0.1, established=False)])
+    questions, _, cells = verdict_cells({"differences": diffs, "lie": lie})
+    cell = next(v for (q, _, _), v in cells.items() if "Lie" in q)
+    a, b = np.array([0.10, 0.12, 0.11]), np.array([0.30, 0.33, 0.31])
+    assert cell.winner == "caps" and cell.established  # lower is better
+    assert cell.text.startswith(f"caps: {a.mean() - b.mean():+.3f} [")
+
+
+def test_formats_write_vector_figures_with_fonts_and_booktabs_tables(folder):
+    result = runner.invoke(app, ["report", str(folder), "--formats", "pdf,svg,tex"])
+    assert result.exit_code == 0, result.output
+    figures = folder / "figures"
+    for png in figures.glob("*.png"):
+        pdf, svg = png.with_suffix(".pdf").read_bytes(), png.with_suffix(".svg").read_text()
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf  # TrueType fonts embedded, not referenced
+        assert svg.lstrip().startswith("<?xml") and "<text" not in svg  # text drawn as paths: no font needed
+    tex = (folder / "tables" / "verdicts.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert (folder / "tables" / "verdicts.csv").is_file() and (folder / "tables" / "overview.tex").is_file()
+    # the default writes no vector files, and a second render replaces the first whole
+    assert runner.invoke(app, ["report", str(folder)]).exit_code == 0
+    assert not list(figures.glob("*.pdf")) and (folder / "tables" / "overview.tex").is_file()
+
+
+def test_an_unknown_format_is_a_one_line_error(folder):
+    result = runner.invoke(app, ["report", str(folder), "--formats", "png,jpeg"])
+    assert result.exit_code != 0 and "unknown report format(s) jpeg" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with pytest.raises(InvalidInputError):
+        parse_formats("gif")
+    assert parse_formats("svg") == ("png", "svg")  # the page needs the PNGs
+
+
+def test_latex_escapes_and_wraps_long_text():
+    tex = latex_table(pd.DataFrame({"question": ["Accuracy & 50% under_x " * 3], "n": [1]}))
+    assert "\\&" in tex and "\\%" in tex and "\\_" in tex and "p{" in tex
+
+
+def test_a_model_keeps_its_colour_in_every_figure():
+    from capsprobe.report import plots
+
+    with plots.colour_order(["caps", "cnn", "res"], {"cnn-seed0": "cnn", "cnn-seed1": "cnn"}):
+        one = plots.model_colours(["res", "caps"])
+        two = plots._palette(["cnn-seed1", "caps", "cnn-seed0"])
+    assert one["caps"] == two["caps"]
+    assert two["cnn-seed0"] == two["cnn-seed1"] != one["res"]
+    colourblind = plots.sns.color_palette("colorblind")
+    assert one["caps"] == colourblind[0] and one["res"] == colourblind[2]
+
+
+def test_the_key_figure_draws_the_seed_interval_of_the_comparison(folder):
+    """With several seeds, the key figure's band is comparison.csv's interval over seeds and images."""
+    from capsprobe.report.suite import _key_rows
+
+    data = read_probe_outputs(folder)
+    comp = data.tables["comparison"].copy()
+    comp["seeds"] = 3
+    data.tables["comparison"] = comp
+    rows = _key_rows(data)
+    acc = comp[comp["metric"] == "accuracy"]
+    assert len(rows) == len(acc) and set(rows["run"]) == set(acc["model"])
+    np.testing.assert_allclose(rows["ci_low"], acc["ci_low"])
