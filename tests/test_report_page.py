@@ -167,6 +167,9 @@ def test_formats_write_vector_figures_with_fonts_and_booktabs_tables(folder):
         pdf, svg = png.with_suffix(".pdf").read_bytes(), png.with_suffix(".svg").read_text()
         assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf  # TrueType fonts embedded, not referenced
         assert svg.lstrip().startswith("<?xml") and "<text" not in svg  # text drawn as paths: no font needed
+    first = {p.name: p.read_bytes() for p in figures.iterdir()}
+    assert runner.invoke(app, ["report", str(folder), "--formats", "pdf,svg,tex"]).exit_code == 0
+    assert {p.name: p.read_bytes() for p in figures.iterdir()} == first  # no dates inside: a render is reproducible
     tex = (folder / "tables" / "verdicts.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert (folder / "tables" / "verdicts.csv").is_file() and (folder / "tables" / "overview.tex").is_file()
