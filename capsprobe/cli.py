@@ -396,12 +396,24 @@ def run(
     runs_dir: RunsDir = None,
     force: ReplaceReport = False,
     progress: Progress = True,
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=(
+        "Train this many runs at once in worker processes: one GPU each (round-robin over CUDA_VISIBLE_DEVICES), "
+        "or the CPU threads split between them. Finished runs are reused, a killed one resumes.")),
+    launcher: str = typer.Option("local", help="local (this machine, --jobs workers) or slurm (one array job "
+                                 "through submitit, a run per task; the probe and report run here once all finish)."),
+    partition: Optional[str] = typer.Option(None, help="Slurm partition [the cluster's default]."),
+    time_min: int = typer.Option(240, help="Slurm: each run's time limit, minutes."),
+    gpus_per_run: int = typer.Option(1, help="Slurm: GPUs per run."),
+    cpus_per_run: int = typer.Option(8, help="Slurm: CPU cores per run."),
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
     from .pipeline import run_experiment  # lazy: the command's own layer loads on use
+    from .training.launch import SlurmOptions  # lazy: the command's own layer loads on use
 
+    slurm = SlurmOptions(partition=partition, time_min=time_min, gpus=gpus_per_run, cpus=cpus_per_run)
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
-                          out=out, runs_dir=runs_dir, force=force, progress=progress)
+                          out=out, runs_dir=runs_dir, force=force, progress=progress, jobs=jobs, launcher=launcher,
+                          slurm=slurm)
     typer.echo(f"report: {path}")
 
 

@@ -30,7 +30,8 @@ from .report import (
 from .report import render as _render
 from .runtime import resolve_device
 from .tasks import ProbeOptions, UnknownTaskError, get_task
-from .training import RunConfig, fit
+from .training import RunConfig
+from .training.launch import SlurmOptions, train_many
 from .training.runs import RunError, library_versions, load_run, run_name
 from .transforms import parse_magnitude_specs, resolve
 
@@ -156,12 +157,17 @@ def run_experiment(
     runs_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    jobs: int = 1,
+    launcher: str = "local",
+    slurm: SlurmOptions | None = None,
 ) -> Path:
     """Train (or reuse) every model and seed of the experiment, evaluate them as their task says, write the report.
 
     The one orchestrator: ``capsprobe run FILE`` and ``capsprobe demo`` (``experiments/demo.toml``) both come here.
     Runs go to ``<runs_dir>/<model>-seed<N>`` (default ``runs/<name>-<size>``); finished ones are reused, an
     interrupted one resumes. Every check of the file, the transformations and the report folder comes first.
+    ``jobs`` trains that many runs at once in worker processes, ``launcher="slurm"`` as a Slurm array job
+    (:func:`capsprobe.training.launch.train_many`); the probe and the report run once every run is complete.
 
     Returns:
         The path of ``report.html``.
@@ -172,18 +178,20 @@ def run_experiment(
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
-    paths, surrogate = [], None
-    jobs = exp.jobs()
-    for i, (spec, seed) in enumerate(jobs, 1):
+    surrogate = None
+    planned = exp.jobs()
+    items = []
+    for i, (spec, seed) in enumerate(planned, 1):
         config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
                            device=device, data_root=root, model_kwargs=dict(spec.options), label=spec.label,
                            **{**exp.train, **spec.train})
         run_dir = runs_dir / run_name(spec.variant, seed)
-        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(jobs), spec.variant, seed, spec.epochs,
-                  run_dir)
-        paths.append(str(fit(config, run_dir, resume=True, progress=progress)))
+        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(planned), spec.variant, seed,
+                  spec.epochs, run_dir)
+        items.append((config, run_dir))
         if spec.variant == exp.surrogate:
-            surrogate = paths[-1]  # its last seed's run
+            surrogate = str(run_dir)  # its last seed's run
+    paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress)]
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
                      limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,

@@ -1,0 +1,145 @@
+"""Training many runs at once: in worker processes on this machine (one GPU each, or a share of the CPU threads),
+or as a Slurm array job through submitit (https://github.com/facebookincubator/submitit).
+
+Every run goes through :func:`~capsprobe.training.fit` with ``resume=True``, so a finished run is reused, a killed
+one resumes from its last complete epoch, and the runs themselves are the same bytes whichever way they were
+launched (the run folder is written atomically by ``fit``; no two jobs share one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InvalidInputError
+from .loop import fit
+from .runs import RunConfig
+
+__all__ = ["LAUNCHERS", "SlurmOptions", "train_many"]
+
+_log = logging.getLogger(__name__)
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What a Slurm array job asks for, one run per task (submitit's parameters).
+
+    Attributes:
+        partition: the Slurm partition (None: the cluster's default).
+        time_min: each task's time limit, minutes.
+        gpus: GPUs per task.
+        cpus: CPU cores per task.
+        mem_gb: memory per task (None: the partition's default).
+        parallelism: at most this many tasks of the array at once.
+        log_dir: where submitit keeps each task's logs and pickled result.
+        cluster: submitit's cluster (None: Slurm when ``sbatch`` is there; ``"local"`` runs the tasks as local
+            processes, for tests and for trying a configuration out).
+    """
+
+    partition: str | None = None
+    time_min: int = 240
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int | None = None
+    parallelism: int = 64
+    log_dir: str = "runs/.slurm"
+    cluster: str | None = None
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: ``CUDA_VISIBLE_DEVICES`` where it is set, else every one there is."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _worker_init(slots: Any, gpus: Sequence[str], threads: int) -> None:
+    """A worker's share: its own GPU (round-robin over ``gpus``, set before CUDA starts), else ``threads`` threads."""
+    slot = slots.get()
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fit_one(config: RunConfig, out: str) -> str:
+    return str(fit(config, out, resume=True, progress=False))
+
+
+def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher: str = "local",
+               slurm: SlurmOptions | None = None, progress: bool = True) -> list[Path]:
+    """Train every ``(config, run_dir)``, reusing finished runs and resuming killed ones; the run folders in order.
+
+    Args:
+        jobs: worker processes on this machine (``launcher="local"``). With GPUs each worker gets one, handed out
+            round-robin through ``CUDA_VISIBLE_DEVICES``; on CPU the threads are split between the workers. 1 trains
+            in this process, one run after the other, with progress bars.
+        launcher: ``local`` or ``slurm`` (one Slurm array job, a run per task, through submitit; this call returns
+            once every task has finished).
+        slurm: the array job's resources (``launcher="slurm"``).
+
+    Raises:
+        InvalidInputError: ``jobs`` below 1, an unknown launcher, or submitit missing for Slurm.
+        The first error of a run (the runs not yet started are cancelled; finished ones stay and are reused).
+    """
+    if jobs < 1:
+        raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise InvalidInputError(f"unknown launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
+    if launcher == "slurm":
+        return _slurm(items, slurm or SlurmOptions())
+    if jobs == 1 or len(items) <= 1:
+        return [fit(config, out, resume=True, progress=progress) for config, out in items]
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked CUDA or thread pools
+    workers = min(jobs, len(items))
+    gpus = _visible_gpus() if any(c.device != "cpu" for c, _ in items) else []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    slots = ctx.Queue()
+    for i in range(workers):
+        slots.put(i)
+    _log.info("training %d runs in %d worker processes (%s)", len(items), workers,
+              f"GPUs {', '.join(gpus)} round-robin" if gpus else f"{threads} CPU threads each")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(slots, gpus, threads)) as pool:
+        futures = [pool.submit(_fit_one, config, str(out)) for config, out in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+        return [Path(f.result()) for f in futures]
+
+
+def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> list[Path]:
+    try:
+        import submitit
+    except ImportError:
+        raise InvalidInputError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=options.log_dir, cluster=options.cluster)
+    params: dict[str, Any] = {"timeout_min": options.time_min, "gpus_per_node": options.gpus,
+                              "cpus_per_task": options.cpus, "tasks_per_node": 1, "nodes": 1,
+                              "name": "capsprobe-train"}
+    if options.mem_gb is not None:
+        params["mem_gb"] = options.mem_gb
+    if executor.cluster == "slurm":
+        params["slurm_array_parallelism"] = options.parallelism
+        if options.partition:
+            params["slurm_partition"] = options.partition
+    executor.update_parameters(**params)
+    with executor.batch():  # one array job
+        submitted = [executor.submit(_fit_one, config, str(Path(out).resolve())) for config, out in items]
+    _log.info("submitted %d runs to %s (job %s); waiting for them", len(submitted), executor.cluster,
+              submitted[0].job_id if submitted else "-")
+    return [Path(job.result()) for job in submitted]

@@ -1,0 +1,83 @@
+"""Many runs at once: worker processes (a GPU each, round-robin, or a share of the threads), finished runs reused,
+errors surfaced, and a Slurm array job through submitit's local executor."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capsprobe.errors import CapsprobeError, InvalidInputError
+from capsprobe.training import RunConfig, fit
+from capsprobe.training.launch import SlurmOptions, _visible_gpus, _worker_init, train_many
+
+TINY = dict(model="capsnet_small", model_kwargs={"conv_channels": 8, "primary_types": 2}, epochs=1, batch_size=16,
+            limit=48, device="cpu")
+
+
+def _weights(run):
+    return load_file(str(next(run.glob("*.safetensors"))))
+
+
+def _items(root, seeds=(0, 1)):
+    return [(RunConfig(seed=s, **TINY), root / f"caps-seed{s}") for s in seeds]
+
+
+def test_two_workers_train_the_runs_one_process_would_and_reuse_them(tmp_path):
+    parallel = train_many(_items(tmp_path / "par"), jobs=2)
+    assert parallel == [tmp_path / "par" / "caps-seed0", tmp_path / "par" / "caps-seed1"]
+    serial = [fit(config, out, progress=False) for config, out in _items(tmp_path / "ser")]
+    for a, b in zip(parallel, serial):
+        wa, wb = _weights(a), _weights(b)
+        assert wa.keys() == wb.keys()
+        for k in wa:  # the same run: same seed, same data order; threads may reorder a sum's last bits
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    stamps = [os.stat(next(p.glob("*.safetensors"))).st_mtime_ns for p in parallel]
+    assert train_many(_items(tmp_path / "par"), jobs=2) == parallel  # finished: reused, not retrained
+    assert [os.stat(next(p.glob("*.safetensors"))).st_mtime_ns for p in parallel] == stamps
+
+
+def test_a_failing_run_is_raised_not_swallowed(tmp_path):
+    (tmp_path / "bad").write_text("not a run folder")
+    items = [(RunConfig(seed=5, **TINY), tmp_path / "bad")] + _items(tmp_path)
+    with pytest.raises(CapsprobeError, match="bad"):  # the worker's own error, carried across the process boundary
+        train_many(items, jobs=2)
+
+
+def test_workers_get_gpus_round_robin_and_a_share_of_the_threads(monkeypatch):
+    import multiprocessing
+
+    slots = multiprocessing.get_context("spawn").Queue()
+    for i in range(3):
+        slots.put(i)
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        for _ in range(3):
+            _worker_init(slots, ["3", "5"], 1)
+            seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    assert seen == ["3", "5", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,7")
+    assert _visible_gpus() == ["2", "7"]  # only the GPUs this process was given are handed on
+
+
+def test_bad_launch_options_are_one_line_errors(tmp_path):
+    with pytest.raises(InvalidInputError, match="at least 1"):
+        train_many(_items(tmp_path), jobs=0)
+    with pytest.raises(InvalidInputError, match="unknown launcher 'pbs'"):
+        train_many(_items(tmp_path), launcher="pbs")
+
+
+def test_a_slurm_array_job_through_submitits_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    options = SlurmOptions(cluster="local", log_dir=str(tmp_path / "logs"), time_min=10, gpus=0, cpus=1)
+    runs = train_many(_items(tmp_path / "runs"), launcher="slurm", slurm=options)
+    assert [p.name for p in runs] == ["caps-seed0", "caps-seed1"]
+    assert all((p / "config.json").is_file() for p in runs)
+    assert any((tmp_path / "logs").iterdir())  # submitit's per-task logs
