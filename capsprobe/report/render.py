@@ -108,7 +108,8 @@ def _html(title: str, section: Section, manifest: dict[str, Any]) -> str:
     parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
     if section.verdicts is not None and len(section.verdicts):
         parts.append("<h2>Verdicts</h2>" + _table_html(section.verdicts, "verdicts")
-                     + f"<p class='meta'>{html.escape(VERDICT_NOTE)}</p>")
+                     + f"<details class='meta'><summary>How to read a cell</summary>{html.escape(VERDICT_NOTE)}"
+                     "</details>")
     figures = dict(section.figures)
     if section.key_figure in figures:
         parts.append(_figure_html(section.key_figure, figures.pop(section.key_figure),
