@@ -16,7 +16,6 @@ from ..metrics import METRICS
 from .folder import ReportData
 
 __all__ = [
-    "FIGURE_FORMATS",
     "FigureBytes",
     "FigureSpec",
     "Section",
@@ -26,8 +25,6 @@ __all__ = [
     "pct",
     "report_colours",
 ]
-
-FIGURE_FORMATS = ("png", "pdf", "svg")  # the figure formats a report writes (`capsprobe report --formats`)
 
 # --- sections: what a task's report shows ---------------------------------------------------------------------
 
@@ -46,7 +43,6 @@ class Section:
     verdicts: pd.DataFrame | None = None  # one row per question, a column per model pair: the report opens with it
     key_figure: str | None = None  # the figure shown right below the verdicts (a key of ``figures``)
     details: list[str] = field(default_factory=list)  # every read-out sentence, folded below the claims
-    latex: tuple[str, ...] = ()  # titles of the tables also written as LaTeX (the verdicts and the main table always)
 
 
 def pct(x: float) -> str:
