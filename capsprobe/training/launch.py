@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, option
 from .loop import fit
 from .runs import RunConfig
 
@@ -126,7 +126,7 @@ def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> li
     try:
         import submitit
     except ImportError:
-        raise InvalidInputError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from None
+        raise InvalidInputError(f"{option('launcher')} slurm needs submitit: pip install -e '.[slurm]'") from None
     executor = submitit.AutoExecutor(folder=options.log_dir, cluster=options.cluster)
     params: dict[str, Any] = {"timeout_min": options.time_min, "gpus_per_node": options.gpus,
                               "cpus_per_task": options.cpus, "tasks_per_node": 1, "nodes": 1,
