@@ -40,7 +40,7 @@ from .components import (
     get_routing,
     get_vote_map,
 )
-from .layers import capsule_lengths, squash
+from .layers import StemConv2d, capsule_lengths, squash
 
 __all__ = [
     "CapsNet",
@@ -131,6 +131,8 @@ class DigitCaps(nn.Module):
         squash: squash the output capsules (the paper); False leaves ``s_j`` as it is.
     """
 
+    fast_kernels: bool = True  # training steps route through one autograd node (False: the eager reference)
+
     def __init__(
         self,
         num_in: int,
@@ -150,6 +152,7 @@ class DigitCaps(nn.Module):
         self.routing, self.transformation, self.squash = routing, transformation, squash
         self._route = get_routing(routing)
         self._records = "record" in inspect.signature(self._route).parameters
+        self._fuses = "fused" in inspect.signature(self._route).parameters
         self._transform = get_vote_map(transformation)
         self._activation = _ACTIVATIONS[bool(squash)]
         # per-pair: (N_in, N_out, D_out, D_in), the layout of earlier versions (their runs load unchanged);
@@ -188,7 +191,11 @@ class DigitCaps(nn.Module):
             votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
         with torch.autocast(device_type=u.device.type, enabled=False):
             if record is None or not self._records:
-                v = self._route(votes, self.num_iters, self.detach_inner, self._activation)
+                if self._fuses and self.fast_kernels and self.training and torch.is_grad_enabled():
+                    v = self._route(votes, self.num_iters, self.detach_inner, self._activation,
+                                    fused=True)  # type: ignore[call-arg]  # checked: self._fuses
+                else:
+                    v = self._route(votes, self.num_iters, self.detach_inner, self._activation)
                 if record is not None:
                     record.append(v)  # a routing that cannot record its iterations shows its output alone
                 return votes, v
@@ -371,7 +378,7 @@ class CapsNet(LengthCapsules, nn.Module):
         fh, fw = _conv_out(h, conv_kernel, 1), _conv_out(w, conv_kernel, 1)
         if min(_conv_out(fh, primary_kernel, primary_stride), _conv_out(fw, primary_kernel, primary_stride)) < 1:
             raise InvalidInputError(f"input {self.img_size} is too small for CapsNet's two 9x9 convolutions")
-        self.conv1 = nn.Conv2d(in_chans, conv_channels, conv_kernel, stride=1)
+        self.conv1 = StemConv2d(in_chans, conv_channels, conv_kernel, stride=1)
         self.primary = PrimaryCaps(conv_channels, primary_types, primary_dim, primary_kernel, primary_stride, squash)
         self.num_primary = self.primary.num_capsules(fh, fw)
         self.digits = DigitCaps(self.num_primary, primary_dim, num_classes, capsule_dim, num_iters, detach_inner,

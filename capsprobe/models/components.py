@@ -94,8 +94,8 @@ def list_routings() -> list[str]:
 
 @register_routing("dynamic")
 def _dynamic(votes: Tensor, num_iters: int, detach_inner: bool, activation: Callable[[Tensor], Tensor],
-             record: list[Tensor] | None = None) -> Tensor:
-    out = route_by_agreement(votes, num_iters, detach_inner, activation, record=record)
+             record: list[Tensor] | None = None, fused: bool = False) -> Tensor:
+    out = route_by_agreement(votes, num_iters, detach_inner, activation, record=record, fused=fused)
     assert isinstance(out, Tensor)  # couplings are asked for only by dynamic_routing
     return out
 

@@ -163,6 +163,8 @@ class BackboneHeadNet(nn.Module):
         **kwargs: timm's extra keywords are accepted and ignored.
     """
 
+    fast_kernels: bool = True  # the dynamic head's training steps route through one autograd node (False: eager)
+
     def __init__(self, head: str = "dynamic", num_classes: int = 10, in_chans: int = 1,
                  img_size: int | Sequence[int] = 28, planes: int = 16, blocks: Sequence[int] = (3, 3, 3),
                  caps_types: int = 8, pose_dim: int = 16, out_dim: int = 16, num_iters: int | None = None,
@@ -283,7 +285,8 @@ class BackboneHeadNet(nn.Module):
         with torch.autocast(device_type=maps.device.type, enabled=False):
             votes = votes.float()
             if self.head == "dynamic":
-                v = route_by_agreement(votes, self.num_iters, activation=squash)
+                v = route_by_agreement(votes, self.num_iters, activation=squash,
+                                       fused=self.fast_kernels and self.training and torch.is_grad_enabled())
                 assert isinstance(v, Tensor)
                 return v, capsule_lengths(v)
             if self.head == "em":
