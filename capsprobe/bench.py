@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .errors import InvalidInputError, option
 from .models import adapt, create_model
+from .models.layers import set_fast_kernels
 from .runtime import autocast_context, autocast_dtype, resolve_device, tune_cpu_allocator
 from .training.loop import Objective, compile_objective, train_step
 
@@ -45,6 +47,8 @@ class BenchResult:
     peak_memory_mib: float
     memory_kind: str
     conv_share: float | None = None  # time of the convolutions alone (forward + backward) / a training step
+    kernels: str = "fast"  # fast (the fused routing, StemConv2d), eager (their references) or both, alternated
+    eager_train_images_per_s: float | None = None  # with kernels="both": the eager path, timed in the same rounds
 
 
 def _sync(device: torch.device) -> None:
@@ -64,14 +68,24 @@ def bench_model(
     num_classes: int = 10,
     channels_last: bool = False,
     compile: bool = False,
+    kernels: str = "fast",
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``; rates are
-    from the median step, so one slow step (another process on the cores) does not move them."""
+    from the median step, so one slow step (another process on the cores) does not move them.
 
+    ``kernels``: ``fast`` (the default paths: :func:`~capsprobe.models.layers.fused_route_by_agreement` and
+    :class:`~capsprobe.models.layers.StemConv2d`), ``eager`` (their eager references, what earlier versions ran) or
+    ``both``: every round times one eager and one fast step of the same model on the same batch, one after the
+    other, so a burst of load from another process hits both (``eager_train_images_per_s``). Peak memory is one
+    process's: compare ``fast`` and ``eager`` runs for it, not ``both``."""
+
+    if kernels not in ("fast", "eager", "both"):
+        raise InvalidInputError(f"{option('kernels')} must be fast, eager or both, got {kernels!r}")
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
     torch.manual_seed(0)
     model = create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size).to(dev)
+    switchable = set_fast_kernels(model, kernels != "eager") > 0
     objective = compile_objective(Objective(model, channels_last=channels_last).train(), compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
@@ -103,21 +117,35 @@ def bench_model(
         _sync(dev)
         return time.perf_counter() - start
 
+    both = kernels == "both" and switchable
+
+    def eager_step():
+        set_fast_kernels(model, False)
+        try:
+            step()
+        finally:
+            set_fast_kernels(model, True)
+
     for _ in range(warmup):
         step()
+        if both:
+            eager_step()
         if conv_step is not None:
             conv_step()
     # the full step and the convolutions alone alternate, one of each per round, and the medians are compared: a
     # burst of load from another process then hits both or neither (two separate timing loops gave shares that
     # varied 0.10-0.38 between runs on a shared 2-core machine)
-    step_times, conv_times = [], []
+    step_times, conv_times, eager_times = [], [], []
     for _ in range(steps):
+        if both:
+            eager_times.append(timed(eager_step))
         step_times.append(timed(step))
         if conv_step is not None:
             conv_times.append(timed(conv_step))
     step_seconds = statistics.median(step_times)
     train_rate = batch_size / step_seconds
     conv_share = statistics.median(conv_times) / step_seconds if conv_times else None
+    eager_rate = batch_size / statistics.median(eager_times) if eager_times else None
 
     model.eval()
     adapter = adapt(model)
@@ -148,6 +176,8 @@ def bench_model(
         peak_memory_mib=peak,
         memory_kind=kind,
         conv_share=conv_share,
+        kernels=kernels if switchable else "-",
+        eager_train_images_per_s=eager_rate,
     )
 
 

@@ -208,23 +208,33 @@ def bench(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC weights and inputs."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the training objective (slow to start)."),
+    kernels: str = typer.Option("fast", help="fast (fused routing, the stem convolution's CPU weight gradient), "
+                                "eager (their references), or both: eager and fast steps alternated in one process, "
+                                "with the speed-up."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
     from .bench import DEFAULT_MODELS, run_benchmarks  # lazy: the command's own layer loads on use
 
+    if kernels not in ("fast", "eager", "both"):
+        raise typer.BadParameter(f"--kernels takes fast, eager or both, got {kernels!r}")
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
-                             device=device, amp=amp, channels_last=channels_last, compile=compile)
+                             device=device, amp=amp, channels_last=channels_last, compile=compile, kernels=kernels)
+    both = kernels == "both"
+    extra = " | eager train img/s | speed-up" if both else ""
     typer.echo(
-        f"| model | params | device | amp | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) "
-        "| non-conv share of a training step |"
+        f"| model | params | device | amp | kernels | train img/s | eval img/s | peak MiB ({results[0].memory_kind}) "
+        f"| non-conv share of a training step{extra} |"
     )
-    typer.echo("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    typer.echo("| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---:" + (" | ---: | ---: |" if both else " |"))
     for r in results:
         share = "-" if r.conv_share is None else f"{max(0.0, 1.0 - r.conv_share):.0%}"
-        typer.echo(
-            f"| {r.model} | {r.params:,} | {r.device} | {_setting(r)} | {r.train_images_per_s:,.0f} | "
-            f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} | {share} |"
-        )
+        row = (f"| {r.model} | {r.params:,} | {r.device} | {_setting(r)} | {r.kernels} | {r.train_images_per_s:,.0f} | "
+               f"{r.eval_images_per_s:,.0f} | {r.peak_memory_mib:,.0f} | {share} |")
+        if both:
+            eager = r.eager_train_images_per_s
+            row += (" - | - |" if eager is None else
+                    f" {eager:,.0f} | {r.train_images_per_s / eager:.2f}x |")
+        typer.echo(row)
 
 
 @app.command()

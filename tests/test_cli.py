@@ -100,6 +100,17 @@ def test_bench_prints_a_table():
     assert row[0].rstrip(" |").endswith("%")  # the non-convolution share of a CapsNet training step
 
 
+def test_bench_kernels_both_prints_the_speed_up_and_a_bad_value_is_a_usage_error():
+    result = runner.invoke(app, ["bench", "--model", "capsnet_small", "--batch-size", "4", "--steps", "1",
+                                 "--device", "cpu", "--kernels", "both"])
+    assert result.exit_code == 0, result.output
+    assert "eager train img/s | speed-up" in result.output
+    row = [line for line in result.output.splitlines() if line.startswith("| capsnet_small")]
+    assert len(row) == 1 and "| both |" in row[0] and row[0].rstrip(" |").endswith("x")
+    bad = runner.invoke(app, ["bench", "--kernels", "fused"])
+    assert bad.exit_code == 2 and "--kernels takes fast, eager or both" in bad.output
+
+
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "capsprobe", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "bench" in proc.stdout

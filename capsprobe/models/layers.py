@@ -100,7 +100,7 @@ class _StemConv2d(torch.autograd.Function):
     """``F.conv2d`` whose weight gradient is one batched product over the unfolded input (see :class:`StemConv2d`)."""
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],  # type: ignore[override]
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
                 padding: tuple[int, int]) -> Tensor:
         return F.conv2d(x, weight, bias, stride, padding)
 
@@ -115,7 +115,8 @@ class _StemConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = torch.nn.grad.conv2d_input(x.shape, weight, grad, ctx.stride, ctx.padding)
+            gx = torch.ops.aten.convolution_backward(grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
+                                                     (0, 0), 1, (True, False, False))[0]
         if ctx.needs_input_grad[1]:
             cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding, stride=ctx.stride)  # (B, C kh kw, L)
             gw = torch.matmul(grad.flatten(2), cols.transpose(1, 2)).sum(0).view_as(weight)  # (C_out, C kh kw)
@@ -334,7 +335,7 @@ class _FusedRouting(torch.autograd.Function):
     """Procedure 1 as one autograd node (see :func:`fused_route_by_agreement`)."""
 
     @staticmethod
-    def forward(votes: Tensor, num_iters: int, detach_inner: bool,  # type: ignore[override]
+    def forward(votes: Tensor, num_iters: int, detach_inner: bool,
                 activation: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch, n_out, n_in, _ = votes.shape
         b = votes.new_zeros(batch, n_out, n_in)  # routing logits
