@@ -49,6 +49,10 @@ class BenchResult:
     conv_share: float | None = None  # time of the convolutions alone (forward + backward) / a training step
     kernels: str = "fast"  # fast (the fused routing, StemConv2d), eager (their references) or both, alternated
     eager_train_images_per_s: float | None = None  # with kernels="both": the eager path, timed in the same rounds
+    # with profile_ops=N: the N operators with the most self time in a training step, (name, ms per step, share),
+    # for the path timed as train_images_per_s and (kernels="both") for the eager path
+    top_ops: tuple[tuple[str, float, float], ...] = ()
+    eager_top_ops: tuple[tuple[str, float, float], ...] = ()
 
 
 def _sync(device: torch.device) -> None:
@@ -69,6 +73,7 @@ def bench_model(
     channels_last: bool = False,
     compile: bool = False,
     kernels: str = "fast",
+    profile_ops: int = 0,
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``; rates are
     from the median step, so one slow step (another process on the cores) does not move them.
@@ -77,7 +82,9 @@ def bench_model(
     :class:`~capsprobe.models.layers.StemConv2d`), ``eager`` (their eager references, what earlier versions ran) or
     ``both``: every round times one eager and one fast step of the same model on the same batch, one after the
     other, so a burst of load from another process hits both (``eager_train_images_per_s``). Peak memory is one
-    process's: compare ``fast`` and ``eager`` runs for it, not ``both``."""
+    process's: compare ``fast`` and ``eager`` runs for it, not ``both``. ``profile_ops=N`` also profiles two
+    training steps (after the timing, so the profiler's overhead is not in the rates) and keeps the ``N`` operators
+    with the most self CPU time."""
 
     if kernels not in ("fast", "eager", "both"):
         raise InvalidInputError(f"{option('kernels')} must be fast, eager or both, got {kernels!r}")
@@ -146,6 +153,8 @@ def bench_model(
     train_rate = batch_size / step_seconds
     conv_share = statistics.median(conv_times) / step_seconds if conv_times else None
     eager_rate = batch_size / statistics.median(eager_times) if eager_times else None
+    top_ops = _top_operators(step, profile_ops) if profile_ops else ()
+    eager_top_ops = _top_operators(eager_step, profile_ops) if profile_ops and both else ()
 
     model.eval()
     adapter = adapt(model)
@@ -178,7 +187,23 @@ def bench_model(
         conv_share=conv_share,
         kernels=kernels if switchable else "-",
         eager_train_images_per_s=eager_rate,
+        top_ops=top_ops,
+        eager_top_ops=eager_top_ops,
     )
+
+
+def _top_operators(step, count: int, steps: int = 2) -> tuple[tuple[str, float, float], ...]:
+    """The ``count`` operators with the most self CPU time over ``steps`` calls of ``step``: (name, ms per step,
+    share of all operators' self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    rows.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return tuple((e.key, e.self_cpu_time_total / 1e3 / steps, e.self_cpu_time_total / total) for e in rows[:count])
 
 
 def _bench_in_child(kwargs: dict) -> dict:

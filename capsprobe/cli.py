@@ -211,6 +211,8 @@ def bench(
     kernels: str = typer.Option("fast", help="fast (fused routing, the stem convolution's CPU weight gradient), "
                                 "eager (their references), or both: eager and fast steps alternated in one process, "
                                 "with the speed-up."),
+    profile: int = typer.Option(0, min=0, help="Also list the N operators with the most self time in a training "
+                                "step (both paths with --kernels both)."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
     from .bench import DEFAULT_MODELS, run_benchmarks  # lazy: the command's own layer loads on use
@@ -218,7 +220,8 @@ def bench(
     if kernels not in ("fast", "eager", "both"):
         raise typer.BadParameter(f"--kernels takes fast, eager or both, got {kernels!r}")
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
-                             device=device, amp=amp, channels_last=channels_last, compile=compile, kernels=kernels)
+                             device=device, amp=amp, channels_last=channels_last, compile=compile, kernels=kernels,
+                             profile_ops=profile)
     both = kernels == "both"
     extra = " | eager train img/s | speed-up" if both else ""
     typer.echo(
@@ -235,6 +238,14 @@ def bench(
             row += (" - | - |" if eager is None else
                     f" {eager:,.0f} | {r.train_images_per_s / eager:.2f}x |")
         typer.echo(row)
+    for r in results:
+        for label, ops in ((r.kernels if r.kernels != "both" else "fast", r.top_ops), ("eager", r.eager_top_ops)):
+            if ops:
+                typer.echo(f"\n{r.model} ({label}), operators by self time per training step:")
+                typer.echo("| operator | ms per step | share |")
+                typer.echo("| --- | ---: | ---: |")
+                for name, ms, share in ops:
+                    typer.echo(f"| {name} | {ms:,.1f} | {share:.0%} |")
 
 
 @app.command()
