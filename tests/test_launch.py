@@ -4,6 +4,7 @@ errors surfaced, and a Slurm array job through submitit's local executor."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -37,6 +38,28 @@ def test_two_workers_train_the_runs_one_process_would_and_reuse_them(tmp_path):
     stamps = [os.stat(next(p.glob("*.safetensors"))).st_mtime_ns for p in parallel]
     assert train_many(_items(tmp_path / "par"), jobs=2) == parallel  # finished: reused, not retrained
     assert [os.stat(next(p.glob("*.safetensors"))).st_mtime_ns for p in parallel] == stamps
+
+
+def test_finished_runs_start_no_worker_and_a_changed_config_is_not_reused(tmp_path, monkeypatch):
+    """A finished run is reused in this process (no worker, no data loaded); one whose config changed is not
+    finished, so fit() sees it and refuses it as before."""
+    import capsprobe.training.launch as launch
+    from capsprobe.training.loop import is_finished
+
+    items = _items(tmp_path)
+    done = train_many(items, jobs=1)
+    assert all(is_finished(c, o) for c, o in items)
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker was started for finished runs")
+
+    monkeypatch.setattr(launch, "ProcessPoolExecutor", no_worker)
+    monkeypatch.setattr(launch, "fit", no_worker)
+    assert train_many(items, jobs=2) == done
+    assert train_many(items, jobs=1) == done
+    changed = replace(items[0][0], lr=items[0][0].lr * 2)
+    assert not is_finished(changed, items[0][1])
+    assert not is_finished(items[0][0], tmp_path / "missing")
 
 
 def test_a_failing_run_is_raised_not_swallowed(tmp_path):

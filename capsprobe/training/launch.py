@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InvalidInputError, option
-from .loop import fit
+from .loop import fit, is_finished
 from .runs import RunConfig
 
 __all__ = ["LAUNCHERS", "SlurmOptions", "train_many"]
@@ -97,29 +97,35 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
         raise InvalidInputError(f"unknown launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
     if launcher == "slurm":
         return _slurm(items, slurm or SlurmOptions())
-    if jobs == 1 or len(items) <= 1:
-        return [fit(config, out, resume=True, progress=progress) for config, out in items]
+    # finished runs are reused here, without a worker: starting an interpreter (and loading the data) for each cost
+    # 24 s of 92 when 9 finished tiny-ablation runs were "resumed" by 2 workers
+    todo = [(config, out) for config, out in items if not is_finished(config, out)]
+    if jobs == 1 or len(todo) <= 1:
+        return [Path(out) if (config, out) not in todo else fit(config, out, resume=True, progress=progress)
+                for config, out in items]
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked CUDA or thread pools
-    workers = min(jobs, len(items))
-    gpus = _visible_gpus() if any(c.device != "cpu" for c, _ in items) else []
+    workers = min(jobs, len(todo))
+    gpus = _visible_gpus() if any(c.device != "cpu" for c, _ in todo) else []
     threads = max(1, (os.cpu_count() or 1) // workers)
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(i)
-    _log.info("training %d runs in %d worker processes (%s)", len(items), workers,
-              f"GPUs {', '.join(gpus)} round-robin" if gpus else f"{threads} CPU threads each")
+    _log.info("training %d runs in %d worker processes (%s)%s", len(todo), workers,
+              f"GPUs {', '.join(gpus)} round-robin" if gpus else f"{threads} CPU threads each",
+              f"; {len(items) - len(todo)} finished runs reused" if len(todo) < len(items) else "")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(slots, gpus, threads)) as pool:
-        futures = [pool.submit(_fit_one, config, str(out)) for config, out in items]
+        futures = [pool.submit(_fit_one, config, str(out)) for config, out in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
             for f in futures:
                 f.cancel()
             raise failed[0].exception()  # type: ignore[misc]
-        return [Path(f.result()) for f in futures]
+        trained = {id(item): Path(f.result()) for item, f in zip(todo, futures)}
+    return [trained.get(id(item), Path(item[1])) for item in items]
 
 
 def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> list[Path]:

@@ -78,6 +78,8 @@ __all__ = [
     "evaluate",
     "fit",
     "train_step",
+    "config_changes",
+    "is_finished",
 ]
 
 _log = logging.getLogger(__name__)
@@ -208,6 +210,26 @@ def _init_distributed(device_spec: str) -> _Dist:
     return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
 
 
+def config_changes(stored: RunConfig, config: RunConfig) -> set[str]:
+    """The keys in which ``config`` differs from a run's ``stored`` config, leaving out those a resumed run may
+    change (epochs, device, data root...): what makes :func:`fit` refuse to resume."""
+    old = stored.to_dict()
+    return {k for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES and old.get(k) != v}
+
+
+def is_finished(config: RunConfig, out: str | Path) -> bool:
+    """True when ``out`` holds a whole run of ``config`` (its config agrees and its completion record checks out):
+    one that ``fit(config, out, resume=True)`` returns at once, so a launcher need not start a worker for it."""
+    out = Path(out)
+    if not (out / CONFIG).is_file():
+        return False
+    try:
+        stored, _ = read_config(out)
+    except RunError:
+        return False
+    return not config_changes(stored, config) and completion_problem(out, config) is None
+
+
 def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> tuple[Path, bool]:
     """Check the output folder (the caller holds its lock). Returns the folder to write into (``out``, or for
     ``force`` a fresh sibling that replaces ``out`` only once the new run is whole) and whether a checkpoint is there
@@ -221,11 +243,7 @@ def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) ->
     if occupied and resume:
         if (out / CONFIG).is_file():
             stored, _ = read_config(out)
-            diff = {
-                k
-                for k, v in config.to_dict().items()
-                if k not in _RESUMABLE_CHANGES and stored.to_dict().get(k) != v
-            }
+            diff = config_changes(stored, config)
             if diff:
                 raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
         return out, (out / CHECKPOINT).is_file()
