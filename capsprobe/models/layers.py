@@ -159,7 +159,7 @@ def set_fast_kernels(model: nn.Module, enabled: bool) -> int:
     switched = 0
     for module in model.modules():
         if hasattr(type(module), "fast_kernels"):
-            module.fast_kernels = bool(enabled)
+            setattr(module, "fast_kernels", bool(enabled))  # noqa: B010  (typed: nn.Module's attributes are tensors)
             switched += 1
     return switched
 
