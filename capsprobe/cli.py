@@ -244,8 +244,8 @@ def bench(
                 typer.echo(f"\n{r.model} ({label}), operators by self time per training step:")
                 typer.echo("| operator | ms per step | share |")
                 typer.echo("| --- | ---: | ---: |")
-                for op, ms, share in ops:
-                    typer.echo(f"| {op} | {ms:,.1f} | {share:.0%} |")
+                for op, ms, fraction in ops:
+                    typer.echo(f"| {op} | {ms:,.1f} | {fraction:.0%} |")
 
 
 @app.command()
