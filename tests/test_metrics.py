@@ -190,3 +190,25 @@ def test_metrics_are_computed_only_when_the_condition_feeds_them():
     assert "scramble_auroc" not in M.condition_metrics(c, n_boot=10)
     assert {m.better for m in M.METRICS.values()} == {"lower", "higher", "neither"}
     assert M.METRICS["scramble_auroc"].better == "higher" and M.METRICS["invariance_error"].better == "lower"
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_resampled_auroc_is_the_rank_form_on_every_resample_ties_included(k):
+    """The counting form (negatives sorted once, cumulative counts per resample) equals the Mann-Whitney rank sum of
+    every resample exactly, with ties (scores rounded to one decimal) and k negatives per image; the intervals the
+    tables report go through it."""
+    from capsprobe.metrics.functional import auroc_rows, resample_index, resampled_auroc, scramble_auroc
+
+    rng = np.random.default_rng(k)
+    n = 120
+    pos = np.round(rng.random(n), 1)
+    neg = np.round(rng.random((n, k)) * 0.9, 1).squeeze()
+    idx = resample_index(n, 300, seed=2)
+    fast = resampled_auroc(pos, neg, idx, block=7)  # blocks that do not divide the rows
+    ref = auroc_rows(pos[idx], neg[idx].reshape(len(idx), -1))
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12)
+    whole = np.arange(n)[None, :]  # the identity resample is the plain AUROC
+    assert resampled_auroc(pos, neg, whole)[0] == pytest.approx(scramble_auroc(pos, neg.ravel() if k == 1 else
+                                                                               np.ravel(neg)), abs=1e-12)
+    assert resampled_auroc(neg.reshape(n, -1)[:, 0], pos, whole)[0] == pytest.approx(
+        1 - scramble_auroc(pos, neg.reshape(n, -1)[:, 0]), abs=1e-12)  # swapped roles: 1 - AUROC

@@ -27,6 +27,7 @@ __all__ = [
     "accuracy",
     "auroc_rows",
     "bootstrap_auroc_ci",
+    "resampled_auroc",
     "bootstrap_ci",
     "bootstrap_mean_ci",
     "bootstrap_ratio_ci",
@@ -474,7 +475,48 @@ def bootstrap_auroc_ci(conf_clean, conf_t, n_boot: int = 1000, seed: int = 0, le
     """
     a, b = _np(conf_clean), _np(conf_t)
     idx = resample_index(len(a), n_boot, seed)
-    return percentile_interval(auroc_rows(a[idx], b[idx]), level)
+    return percentile_interval(resampled_auroc(a, b, idx), level)
+
+
+def resampled_auroc(positives, negatives, idx: np.ndarray, block: int = 64) -> np.ndarray:
+    """AUROC of ``positives[idx[r]]`` against ``negatives[idx[r]]`` for every bootstrap row ``r``: what
+    ``auroc_rows(positives[idx], negatives[idx].reshape(len(idx), -1))`` gives, in ``O(R (n + m))`` instead of a
+    sort of every resample.
+
+    A resample is a multiset: image ``i`` drawn ``c_ri`` times. The negatives are sorted once; a row's cumulative
+    counts over that order give, for every positive, how many drawn negatives lie below it and how many tie with it,
+    so the Mann-Whitney count ``U = sum_i c_ri (#below + #ties / 2)`` is exact integer arithmetic (the average-rank
+    form's value). At 10,000 images and 1,000 resamples the rank form sorted 10^3 arrays of 2 x 10^4 values.
+
+    Args:
+        positives: ``(n,)`` one score per image.
+        negatives: ``(n,)`` or ``(n, k)``: ``k`` scores per image, resampled with it.
+        idx: ``(R, n)`` resampled image indices (:func:`resample_index`).
+        block: rows handled at once (bounds memory at ``block x n k`` integers).
+
+    Returns:
+        ``(R,)`` AUROCs.
+    """
+    pos = _np(positives).astype(float).ravel()
+    n = len(pos)
+    neg = _np(negatives).astype(float).reshape(n, -1)
+    k = neg.shape[1]
+    idx = np.asarray(idx)
+    rows = len(idx)
+    counts = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+    flat = neg.ravel()  # image i's k scores at i k .. i k + k - 1
+    order = np.argsort(flat, kind="stable")
+    sorted_neg, owner = flat[order], order // k
+    below = np.searchsorted(sorted_neg, pos, side="left")  # negatives strictly below each positive
+    upto = np.searchsorted(sorted_neg, pos, side="right")  # ... and those tied with it
+    out = np.empty(rows)
+    for start in range(0, rows, block):
+        c = counts[start:start + block]
+        cum = np.zeros((len(c), len(flat) + 1), dtype=np.int64)
+        np.cumsum(c[:, owner], axis=1, out=cum[:, 1:])
+        twice_u = (c * (cum[:, below] + cum[:, upto])).sum(1)  # 2 U: below counts twice, ties once
+        out[start:start + block] = twice_u / (2.0 * n * n * k)
+    return out
 
 
 def auroc_rows(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:

@@ -10,12 +10,12 @@ from sklearn.metrics import roc_curve
 
 from .functional import (
     PENALTIES,
-    auroc_rows,
     bootstrap_ratio_ci,
     decodability_terms,
     percentile_interval,
     ratio,
     resample_index,
+    resampled_auroc,
     scramble_auroc,
 )
 from .registry import METRICS, Estimate
@@ -95,7 +95,7 @@ def overview_table(metrics: pd.DataFrame, images: pd.DataFrame, identity: dict[s
             pos = conf[ident].to_numpy()
             neg = conf[sem].to_numpy()  # (N, S)
             put("scramble_auroc", scramble_auroc(pos, neg.ravel()),
-                percentile_interval(auroc_rows(pos[idx], neg[idx].reshape(n_boot, -1))))
+                percentile_interval(resampled_auroc(pos, neg, idx)))
         out.append(row)
     table = pd.DataFrame(out)
     if extra is not None and not extra.empty and not table.empty:
@@ -156,7 +156,7 @@ def selectivity_table(images: pd.DataFrame, identity: dict[str, str], n_boot: in
             near = nuisance.iloc[int(np.argmin(np.abs(nuisance["pixel_change"].to_numpy() - s.pixel_change)))]
             neg_s, neg_n = conf(s.transform, s.magnitude), conf(near["transform"], near["magnitude"])
             a_s, a_n = scramble_auroc(clean, neg_s), scramble_auroc(clean, neg_n)
-            boot = auroc_rows(clean[idx], neg_s[idx]) - auroc_rows(clean[idx], neg_n[idx])
+            boot = resampled_auroc(clean, neg_s, idx) - resampled_auroc(clean, neg_n, idx)
             est = Estimate(a_s - a_n, percentile_interval(boot), len(clean))
             first_row = rows.iloc[0]
             out.append({"model": first_row["model"], "run": run, "seed": first_row["seed"], "transform": s.transform,
