@@ -230,3 +230,16 @@ def test_bench_times_the_eager_and_the_fast_path_in_one_process():
     assert cnn.kernels == "-" and cnn.eager_train_images_per_s is None  # nothing to switch
     with pytest.raises(InvalidInputError, match="kernels"):
         bench_model("capsnet_small", batch_size=2, steps=1, warmup=1, device="cpu", kernels="fused")
+
+
+def test_while_torch_compile_traces_the_model_it_sees_the_eager_graph(monkeypatch):
+    """Under torch.compile the compiler fuses the eager graph itself: neither fast path is taken while it traces."""
+    torch.manual_seed(0)
+    model = timm.create_model("capsnet_small", in_chans=1, num_classes=10).train()
+    x = torch.rand(2, 1, 28, 28)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    out = model(x)
+    assert not _has_fused_node(out)
+    assert "StemConv2d" not in type(model.conv1(x).grad_fn).__name__
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert _has_fused_node(model(x))

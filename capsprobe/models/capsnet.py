@@ -40,7 +40,7 @@ from .components import (
     get_routing,
     get_vote_map,
 )
-from .layers import StemConv2d, capsule_lengths, squash
+from .layers import StemConv2d, capsule_lengths, fast_kernels_apply, squash
 
 __all__ = [
     "CapsNet",
@@ -191,7 +191,7 @@ class DigitCaps(nn.Module):
             votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
         with torch.autocast(device_type=u.device.type, enabled=False):
             if record is None or not self._records:
-                if self._fuses and self.fast_kernels and self.training and torch.is_grad_enabled():
+                if self._fuses and fast_kernels_apply(self):
                     v = self._route(votes, self.num_iters, self.detach_inner, self._activation,
                                     fused=True)  # type: ignore[call-arg]  # checked: self._fuses
                 else:

@@ -64,6 +64,7 @@ from .layers import (
     capsule_lengths,
     efficient_squash,
     em_route_parent_major,
+    fast_kernels_apply,
     inverted_dot_product_routing,
     route_by_agreement,
     self_routing,
@@ -286,7 +287,7 @@ class BackboneHeadNet(nn.Module):
             votes = votes.float()
             if self.head == "dynamic":
                 v = route_by_agreement(votes, self.num_iters, activation=squash,
-                                       fused=self.fast_kernels and self.training and torch.is_grad_enabled())
+                                       fused=fast_kernels_apply(self))
                 assert isinstance(v, Tensor)
                 return v, capsule_lengths(v)
             if self.head == "em":

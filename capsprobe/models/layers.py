@@ -26,6 +26,7 @@ __all__ = [
     "em_route_parent_major",
     "em_routing",
     "efficient_squash",
+    "fast_kernels_apply",
     "fused_route_by_agreement",
     "inverted_dot_product_routing",
     "margin_loss",
@@ -141,11 +142,19 @@ class StemConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (not self.fast_kernels or x.device.type != "cpu" or not torch.is_grad_enabled()
-                or not self.weight.requires_grad
+                or torch.compiler.is_compiling() or not self.weight.requires_grad
                 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
                 or isinstance(self.padding, str) or torch.is_autocast_enabled("cpu")):
             return super().forward(x)
         return _StemConv2d.apply(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def fast_kernels_apply(module: nn.Module) -> bool:
+    """Whether ``module`` (one with a ``fast_kernels`` switch) takes its fast path now: switched on, in training mode,
+    with gradients, and not while ``torch.compile`` traces it (the compiler fuses the eager graph itself, and it
+    stays the one graph it sees)."""
+    return (bool(getattr(module, "fast_kernels", False)) and module.training and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
 
 
 def set_fast_kernels(model: nn.Module, enabled: bool) -> int:
