@@ -100,6 +100,9 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
     # finished runs are reused here, without a worker: starting an interpreter (and loading the data) for each cost
     # 24 s of 92 when 9 finished tiny-ablation runs were "resumed" by 2 workers
     todo = [(config, out) for config, out in items if not is_finished(config, out)]
+    for config, out in items:
+        if (config, out) not in todo:
+            _log.info("%s is already complete: reused", out)
     if jobs == 1 or len(todo) <= 1:
         return [Path(out) if (config, out) not in todo else fit(config, out, resume=True, progress=progress)
                 for config, out in items]
