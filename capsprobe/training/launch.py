@@ -99,13 +99,14 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
         return _slurm(items, slurm or SlurmOptions())
     # finished runs are reused here, without a worker: starting an interpreter (and loading the data) for each cost
     # 24 s of 92 when 9 finished tiny-ablation runs were "resumed" by 2 workers
-    todo = [(config, out) for config, out in items if not is_finished(config, out)]
-    for config, out in items:
-        if (config, out) not in todo:
+    finished = [is_finished(config, out) for config, out in items]
+    for (_, out), whole in zip(items, finished):
+        if whole:
             _log.info("%s is already complete: reused", out)
+    todo = [item for item, whole in zip(items, finished) if not whole]
     if jobs == 1 or len(todo) <= 1:
-        return [Path(out) if (config, out) not in todo else fit(config, out, resume=True, progress=progress)
-                for config, out in items]
+        return [Path(out) if whole else fit(config, out, resume=True, progress=progress)
+                for (config, out), whole in zip(items, finished)]
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked CUDA or thread pools
