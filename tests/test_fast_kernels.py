@@ -187,8 +187,7 @@ def test_stem_conv_weight_gradient_is_the_convolutions(in_chans, stride, padding
     ref.load_state_dict(stem.state_dict())
     x = torch.randn(4, in_chans, 9, 8, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
-    y, y_ref = stem(x), ref(x_ref)
-    assert y.grad_fn is not None and "StemConv2d" in type(y.grad_fn).__name__
+    y, y_ref = _StemConv2d.apply(x, stem.weight, stem.bias, stem.stride, stem.padding), ref(x_ref)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     weights = torch.randn_like(y)
     (y * weights).sum().backward()
@@ -202,6 +201,15 @@ def test_stem_conv_weight_gradient_is_the_convolutions(in_chans, stride, padding
         b = stem.bias.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, w_, b_: _StemConv2d.apply(a, w_, b_, stem.stride, stem.padding),
                                     (x.detach()[:2].clone().requires_grad_(), w, b))
+
+
+@pytest.mark.parametrize("in_chans, fast", [(1, True), (2, True), (3, False)])
+def test_stem_conv_takes_its_own_weight_gradient_only_for_one_or_two_channels(in_chans, fast):
+    """Three input channels (RGB) keep oneDNN's weight gradient, which beats the unfolded product there (25 against
+    95 ms for 32x32, 64 channels, batch 128); one or two take the unfolded product."""
+    stem = StemConv2d(in_chans, 4, 9)
+    y = stem(torch.rand(2, in_chans, 12, 12))
+    assert ("StemConv2d" in type(y.grad_fn).__name__) is fast
 
 
 def test_stem_conv_is_a_plain_conv_for_state_dicts_and_outside_training():

@@ -104,3 +104,15 @@ def test_a_slurm_array_job_through_submitits_local_executor(tmp_path):
     assert [p.name for p in runs] == ["caps-seed0", "caps-seed1"]
     assert all((p / "config.json").is_file() for p in runs)
     assert any((tmp_path / "logs").iterdir())  # submitit's per-task logs
+
+
+def test_a_worker_process_tunes_the_allocator_as_the_command_line_does(monkeypatch, tmp_path):
+    """Workers (local or Slurm tasks) are fresh interpreters that never ran the CLI's callback; each run tunes glibc's
+    allocator itself before it trains."""
+    from capsprobe.training import launch
+
+    calls = []
+    monkeypatch.setattr(launch, "tune_cpu_allocator", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(launch, "fit", lambda config, out, **kw: calls.append("fit") or out)
+    assert launch._fit_one(RunConfig(seed=0, **TINY), str(tmp_path)) == str(tmp_path)
+    assert calls == ["tune", "fit"]

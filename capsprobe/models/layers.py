@@ -134,15 +134,20 @@ class StemConv2d(nn.Conv2d):
     step: on 2 cores at batch 128, 41 ms for 64 channels and 253 ms for the paper's 256, against 15 and 32 ms as
     one batched matrix product ``grad (B, C_out, L) @ unfold(x) (B, L, C kh kw)`` summed over the batch (the unfolded
     input is ``C kh kw / C`` times the input: 81x for a 9x9 kernel, 33 MB at batch 128 on 28x28 digits). The forward
-    and the input gradient are oneDNN's. Elsewhere (CUDA, autocast, no gradient, groups or dilation) it is
+    and the input gradient are oneDNN's. Only up to :attr:`max_fast_in_channels` (2) input channels: with three,
+    oneDNN has a kernel of its own and wins. oneDNN against the unfolded product, 32x32 inputs, batch 128, 2 cores:
+    three channels 25 against 95 ms (64 output channels) and 114 against 159 ms (256); two channels 75 against 72 and
+    242 against 110 ms. Elsewhere (CUDA, autocast, no gradient, groups or dilation, more input channels) it is
     :class:`torch.nn.Conv2d` itself.
     """
 
     fast_kernels: bool = True  # False: nn.Conv2d's own backward (the reference; see set_fast_kernels)
+    max_fast_in_channels: int = 2
 
     def forward(self, x: Tensor) -> Tensor:
         if (not self.fast_kernels or x.device.type != "cpu" or not torch.is_grad_enabled()
                 or torch.compiler.is_compiling() or not self.weight.requires_grad
+                or self.in_channels > self.max_fast_in_channels
                 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
                 or isinstance(self.padding, str) or torch.is_autocast_enabled("cpu")):
             return super().forward(x)
