@@ -11,9 +11,9 @@ One home for the conventions that training, the probe and the benchmark share:
   new one is there. A reader sees the old version or the new one, never a mixture.
 - **Ownership**: every folder capsprobe writes (a run, a report) holds a marker file ``.capsprobe``; only such a
   folder is ever replaced.
-- **Allocator**: the CLI and the benchmark keep freed memory in glibc's heap rather than handing each large block
-  back to the kernel (:func:`tune_cpu_allocator`): a CPU training step otherwise spends much of its time
-  page-faulting fresh blocks of the size of the routing's vote tensors.
+- **Allocator**: the CLI, the benchmark and the training workers (``--jobs``, Slurm tasks) keep freed memory in
+  glibc's heap rather than handing each large block back to the kernel (:func:`tune_cpu_allocator`): a CPU training
+  step otherwise spends much of its time page-faulting fresh blocks of the size of the routing's vote tensors.
 - **One writer**: a command that writes a folder holds an advisory lock (``.<name>.lock`` beside it) for as long as
   it writes; a second writer is refused at once. Holding the lock, it removes what killed writers left behind.
 """
@@ -68,8 +68,8 @@ def tune_cpu_allocator() -> bool:
     made a training step of the viewpoint experiment's EM model (batch 32) 1.12x faster (113 to 127 images/s;
     with :func:`~capsprobe.models.layers.thin_matmul`, 156 images/s).
 
-    Process-wide, so only the command line and the benchmark call it, never an import. Set
-    ``CAPSPROBE_MALLOC_TUNE=0`` to leave the allocator alone.
+    Process-wide, so only the command line, the benchmark and the worker processes that train runs call it, never an
+    import. Set ``CAPSPROBE_MALLOC_TUNE=0`` to leave the allocator alone.
 
     Returns:
         Whether the setting was applied (glibc only; elsewhere a no-op).
