@@ -29,6 +29,7 @@ from .training.loop import Objective, compile_objective, train_step
 __all__ = ["BenchResult", "bench_model", "run_benchmarks"]
 
 DEFAULT_MODELS = ("capsnet", "capsnet_small", "baseline_cnn", "resnet18")
+KERNELS = ("fast", "eager", "both")  # bench_model's kernels: the fast paths, their eager references, or both alternated
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def bench_model(
     training steps (after the timing, so the profiler's overhead is not in the rates) and keeps the ``N`` operators
     with the most self CPU time."""
 
-    if kernels not in ("fast", "eager", "both"):
+    if kernels not in KERNELS:
         raise InvalidInputError(f"{option('kernels')} must be fast, eager or both, got {kernels!r}")
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)

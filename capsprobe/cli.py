@@ -215,9 +215,9 @@ def bench(
                                 "step (both paths with --kernels both)."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
-    from .bench import DEFAULT_MODELS, run_benchmarks  # lazy: the command's own layer loads on use
+    from .bench import DEFAULT_MODELS, KERNELS, run_benchmarks  # lazy: the command's own layer loads on use
 
-    if kernels not in ("fast", "eager", "both"):
+    if kernels not in KERNELS:
         raise typer.BadParameter(f"--kernels takes fast, eager or both, got {kernels!r}")
     results = run_benchmarks(tuple(model) if model else DEFAULT_MODELS, batch_size=batch_size, steps=steps,
                              device=device, amp=amp, channels_last=channels_last, compile=compile, kernels=kernels,
