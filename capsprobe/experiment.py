@@ -47,7 +47,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ._compat import moved
 from .data import UnknownDatasetError, get_spec
 from .errors import InvalidInputError
 from .tasks import get_task
@@ -61,13 +60,6 @@ else:  # pragma: no cover
 
 __all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_experiment"]
 
-
-def __getattr__(name: str):
-    """``run_experiment`` and ``run_demo`` moved to :mod:`capsprobe.pipeline` (kept here for one release)."""
-    if name in ("run_experiment", "run_demo"):
-
-        return moved(__name__, name, "capsprobe.pipeline")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _log = logging.getLogger(__name__)
 

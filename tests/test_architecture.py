@@ -1,19 +1,17 @@
 """The package's shape: no import cycle, the layer contracts of pyproject.toml kept, a light package face, the old
-import paths aliased for one release, and a repository that does not grow by megabytes per report."""
+import paths of 0.1 gone, one version, and a repository that does not grow by megabytes per report."""
 
 from __future__ import annotations
 
 import importlib
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import grimp
 import pytest
 
 import capsprobe
-from capsprobe._compat import MOVED_MODULES
 
 ROOT = Path(capsprobe.__file__).resolve().parent.parent
 
@@ -89,25 +87,36 @@ def test_importing_the_package_face_stays_light():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("old", sorted(MOVED_MODULES))
-def test_old_import_paths_warn_and_are_the_new_modules(old):
+#: the module paths of 0.1 that 0.2 moved into subpackages (CHANGELOG.md): they do not import any more
+OLD_MODULES = ["capsprobe.calibration", "capsprobe.compare", "capsprobe.lie", "capsprobe.multimnist",
+               "capsprobe.plots", "capsprobe.runs", "capsprobe.seedstats", "capsprobe.train", "capsprobe._compat"]
+
+
+@pytest.mark.parametrize("old", OLD_MODULES)
+def test_the_old_import_paths_are_gone(old):
     sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    assert module is importlib.import_module(MOVED_MODULES[old])
-    assert any(issubclass(w.category, DeprecationWarning) and MOVED_MODULES[old] in str(w.message) for w in caught)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 @pytest.mark.parametrize("module, name", [("capsprobe.probe", "perturb"), ("capsprobe.report", "write_report"),
                                           ("capsprobe.report", "recompare"), ("capsprobe.experiment", "run_demo"),
                                           ("capsprobe.experiment", "run_experiment")])
-def test_names_that_moved_to_the_pipeline_still_resolve(module, name):
+def test_names_that_moved_to_the_pipeline_live_only_there(module, name):
     import capsprobe.pipeline
 
-    with pytest.warns(DeprecationWarning, match=f"capsprobe.pipeline.{name}"):
-        got = getattr(importlib.import_module(module), name)
-    assert got is getattr(capsprobe.pipeline, name)
+    assert not hasattr(importlib.import_module(module), name)
+    assert callable(getattr(capsprobe.pipeline, name))
+
+
+def test_the_version_is_pyprojects():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert capsprobe.__version__ == "0.2.0" == project["version"]
 
 
 def test_the_public_api_resolves():

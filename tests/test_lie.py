@@ -1,4 +1,4 @@
-"""Lie derivatives (capsprobe.lie and the Lie metrics): the tangent's conventions and its agreement with the kornia
+"""Lie derivatives (capsprobe.probe.lie and the Lie metrics): the tangent's conventions and its agreement with the kornia
 warp, forward-mode derivatives against finite differences, exactly invariant and exactly equivariant models, the
 generator fit, the composition of maps (and its order), the per-layer taps, and the probe/report wiring."""
 

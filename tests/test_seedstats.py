@@ -98,7 +98,7 @@ def test_false_positives_at_the_nominal_rate_and_intervals_cover(calibration, re
 
 def test_unequal_seed_variances_stay_below_seven_percent():
     """The seed variance is pooled over the two models: a model whose seeds spread twice as much (sd) costs a point
-    or so of size, documented in capsprobe.seedstats; from 3 seeds on it stays below 7%."""
+    or so of size, documented in capsprobe.metrics.stats; from 3 seeds on it stays below 7%."""
     table = calibration_table(seeds=(3, 5, 10), regimes=("unequal_seed_sd",), reps=REPS)
     assert (table["fpr"] <= 0.07).all(), table.to_string()
 

@@ -57,14 +57,3 @@ __all__ = [
     "run_probe",
     "transform_like",
 ]
-
-_MOVED = ('perturb',)
-
-
-def __getattr__(name: str):
-    """Names that moved to :mod:`capsprobe.pipeline`, kept here for one release."""
-    if name in _MOVED:
-        from .._compat import moved
-
-        return moved(__name__, name, "capsprobe.pipeline")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

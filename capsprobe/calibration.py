@@ -1,5 +1,0 @@
-"""Moved to :mod:`capsprobe.metrics.calibration`; this old path stays for one release (a DeprecationWarning)."""
-
-from ._compat import alias
-
-alias(__name__)
