@@ -90,3 +90,41 @@ def test_pooled_cnn_for_the_affnist_comparison():
     pools = [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
     assert len(pools) == 2 and model.forward_features(torch.rand(1, 1, 40, 40)).shape == (1, 128, 10, 10)
     assert model.head_drop.p == 0.5
+
+
+def test_every_model_a_capsprobe_module_registers_in_timm_is_a_native_model():
+    from timm.models._registry import _model_entrypoints
+
+    registered = {name for name, fn in _model_entrypoints.items() if fn.__module__.startswith("capsprobe.")}
+    assert registered and registered == set(native_models())
+
+
+class _ToyNet(torch.nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size=28, width: int = 4, **kwargs):
+        super().__init__()
+        self.width = width
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(in_chans, width, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten(), torch.nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_family_registered_in_one_step_takes_its_options_and_is_built():
+    from capsprobe.errors import InvalidInputError
+    from capsprobe.models import check_model_kwargs, register_family, unregister_family
+
+    def toy_family_net(pretrained: bool = False, **kwargs) -> _ToyNet:
+        return _ToyNet(**kwargs)
+
+    register_family(_ToyNet)(toy_family_net)
+    try:
+        assert "toy_family_net" in native_models() and timm.is_model("toy_family_net")
+        check_model_kwargs("toy_family_net", {"width": 6})
+        with pytest.raises(InvalidInputError, match="takes no option 'depth'"):
+            check_model_kwargs("toy_family_net", {"depth": 2})
+        model = create_model("toy_family_net", in_chans=3, num_classes=5, img_size=16, width=6)
+        assert isinstance(model, _ToyNet) and model.width == 6 and model(torch.rand(2, 3, 16, 16)).shape == (2, 5)
+    finally:
+        unregister_family("toy_family_net")
+    assert "toy_family_net" not in native_models() and not timm.is_model("toy_family_net")

@@ -14,6 +14,7 @@ import timm
 from torch import nn
 
 from ..errors import InvalidInputError
+from ._cfg import family_classes, register_family, unregister_family
 from .adapter import Adapter, ModelAdapter, ModelOutputs, adapt, unwrap
 from .baselines import BaselineCNN, adapt_stem, create_convnet
 from .capsnet import CapsNet
@@ -73,10 +74,12 @@ __all__ = [
     "native_models",
     "reconstruction_loss",
     "register_capsule_loss",
+    "register_family",
     "register_routing",
     "register_vote_map",
     "spread_loss",
     "squash",
+    "unregister_family",
     "unwrap",
 ]
 
@@ -93,16 +96,10 @@ def capsule_loss_of(model: nn.Module):
 
 
 def native_models() -> list[str]:
-    """Names capsprobe registers in timm: every ``capsnet*`` variant (dynamic routing and EM), ``efficient_capsnet``,
-    the ``backbone_head_*`` heads and ``baseline_cnn*``."""
-    return sorted(_family())
-
-
-def _family() -> dict[str, type[nn.Module]]:
-    """Each native model name and the class its options are the constructor arguments of."""
-    classes = {"capsnet": CapsNet, "emcaps": EMCapsNet, "efficient_capsnet": EfficientCapsNet,
-               "heads": BackboneHeadNet, "baselines": BaselineCNN}
-    return {name: cls for module, cls in classes.items() for name in timm.list_models(module=module)}
+    """Names capsprobe registers in timm (through :func:`register_family`): every ``capsnet*`` variant (dynamic
+    routing and EM), ``efficient_capsnet``, the ``backbone_head_*`` heads, ``baseline_cnn*`` and any family
+    registered since."""
+    return sorted(family_classes())
 
 
 # options a timm convnet takes from a config (create_convnet's own, and timm's regularisation rates); nothing that
@@ -112,7 +109,7 @@ _NOT_OPTIONS = {"self", "head", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
 def _native_options(name: str) -> tuple[str, ...]:
-    init = _family()[name].__dict__["__init__"]  # the family's own constructor
+    init = family_classes()[name].__dict__["__init__"]  # the family's own constructor
     return tuple(p for p in inspect.signature(init).parameters if p not in _NOT_OPTIONS)
 
 

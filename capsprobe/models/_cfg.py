@@ -1,8 +1,53 @@
-"""The timm pretrained-config entry shared by capsprobe's small-image models."""
+"""The timm pretrained-config entry shared by capsprobe's small-image models, and the model-family registry.
+
+A native model family is registered in one step: :func:`register_family` registers the entry point in timm (as
+``@register_model`` does) and records the class whose constructor arguments are the family's options, which
+``capsprobe.models`` reads for :func:`~capsprobe.models.native_models`, the option allowlist and ``create_model``.
+"""
 
 from __future__ import annotations
 
-__all__ = ["small_image_cfg"]
+from typing import Callable, TypeVar
+
+__all__ = ["family_classes", "register_family", "small_image_cfg", "unregister_family"]
+
+_FAMILIES: dict[str, type] = {}  # model name -> the class whose constructor arguments are its options
+_Entry = TypeVar("_Entry", bound=Callable)
+
+
+def register_family(cls: type) -> Callable[[_Entry], _Entry]:
+    """Decorator of a model entry point ``fn(pretrained=False, **kwargs) -> cls``: registers it in timm under its
+    ``__name__`` and as a native capsprobe model whose options are ``cls.__init__``'s arguments.
+
+    Example::
+
+        @register_family(TinyNet)
+        def tiny_net(pretrained: bool = False, **kwargs) -> TinyNet:
+            return TinyNet(**kwargs)
+    """
+
+    def deco(fn: _Entry) -> _Entry:
+        from timm.models import register_model  # timm is loaded by every module that registers a family
+
+        register_model(fn)
+        _FAMILIES[fn.__name__] = cls
+        return fn
+
+    return deco
+
+
+def unregister_family(name: str) -> None:
+    """Remove ``name`` from capsprobe's families and timm's registry (tests that register a toy family)."""
+    from timm.models import _registry
+
+    _FAMILIES.pop(name, None)
+    _registry._model_entrypoints.pop(name, None)
+    _registry._clear_model_entries(name)
+
+
+def family_classes() -> dict[str, type]:
+    """Each native model name and the class its options are the constructor arguments of."""
+    return dict(_FAMILIES)
 
 
 def small_image_cfg(**kwargs) -> dict:

@@ -44,11 +44,11 @@ from typing import Sequence
 
 import timm
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import cfg_of, small_image_cfg
+from ._cfg import cfg_of, register_family, small_image_cfg
 
 __all__ = ["STEMS", "BaselineCNN", "adapt_stem", "create_convnet"]
 
@@ -162,7 +162,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_model
+@register_family(BaselineCNN)
 def baseline_cnn(pretrained: bool = False, **kwargs) -> BaselineCNN:
     """The paper's baseline CNN: 35,445,522 parameters at 1x28x28 with 10 classes."""
     if pretrained:
@@ -248,7 +248,7 @@ def create_convnet(
 
 
 
-@register_model
+@register_family(BaselineCNN)
 def baseline_cnn_pool(pretrained: bool = False, **kwargs) -> BaselineCNN:
     """The paper's CNN with 2x2 max-pooling after the first two convolutions and dropout: the convnet the
     affNIST comparison (section 5.2) asks for; 6,728,466 parameters at 1x40x40 (4,587,282 at 1x28x28)."""

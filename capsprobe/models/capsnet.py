@@ -29,11 +29,11 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import cfg_of, small_image_cfg
+from ._cfg import cfg_of, register_family, small_image_cfg
 from .adapter import ModelOutputs
 from .components import (
     get_capsule_loss,
@@ -449,13 +449,13 @@ def _create(variant: str, pretrained: bool, **kwargs) -> CapsNet:
     return model
 
 
-@register_model
+@register_family(CapsNet)
 def capsnet(pretrained: bool = False, **kwargs) -> CapsNet:
     """CapsNet of the paper: 8,215,568 parameters at 1x28x28 with 10 classes (6,804,224 without decoder)."""
     return _create("capsnet", pretrained, **kwargs)
 
 
-@register_model
+@register_family(CapsNet)
 def capsnet_small(pretrained: bool = False, **kwargs) -> CapsNet:
     """A CPU-sized CapsNet: Conv1 64 channels, 8 primary types of 8-D; 2,117,072 parameters at 1x28x28."""
     args = dict(conv_channels=64, primary_types=8)

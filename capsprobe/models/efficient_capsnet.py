@@ -35,11 +35,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import cfg_of, small_image_cfg
+from ._cfg import cfg_of, register_family, small_image_cfg
 from .capsnet import CapsuleDecoder, LengthCapsules, _pair
 from .components import get_capsule_loss
 from .layers import attention_routing, efficient_squash
@@ -155,7 +155,7 @@ default_cfgs = generate_default_cfgs({"efficient_capsnet": small_image_cfg(
     first_conv="stem.0", classifier="digits", paper_ids="arXiv:2101.12491")})
 
 
-@register_model
+@register_family(EfficientCapsNet)
 def efficient_capsnet(pretrained: bool = False, **kwargs) -> EfficientCapsNet:
     """Efficient-CapsNet (Mazzia et al. 2021): 161,824 parameters at 1x28x28 with 10 classes without the decoder."""
     if pretrained:

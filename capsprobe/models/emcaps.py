@@ -47,11 +47,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import cfg_of, small_image_cfg
+from ._cfg import cfg_of, register_family, small_image_cfg
 from .adapter import ModelOutputs
 from .capsnet import _conv_out as _out  # the side of an unpadded convolution's output
 from .capsnet import _pair
@@ -363,13 +363,13 @@ def _create(variant: str, pretrained: bool, **kwargs) -> EMCapsNet:
     return model
 
 
-@register_model
+@register_family(EMCapsNet)
 def capsnet_em(pretrained: bool = False, **kwargs) -> EMCapsNet:
     """Matrix capsules with EM routing, the paper's A=B=C=D=32: 316,394 parameters at 1x32x32 with 5 classes."""
     return _create("capsnet_em", pretrained, **kwargs)
 
 
-@register_model
+@register_family(EMCapsNet)
 def capsnet_em_small(pretrained: bool = False, **kwargs) -> EMCapsNet:
     """The paper's small EM capsule network, A=64, B=8, C=D=16: 67,154 parameters at 1x32x32 with 5 classes."""
     args = dict(conv_channels=64, primary_types=8, caps1_types=16, caps2_types=16)

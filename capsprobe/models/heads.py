@@ -50,11 +50,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from ._cfg import cfg_of, small_image_cfg
+from ._cfg import cfg_of, register_family, small_image_cfg
 from .adapter import ModelOutputs
 from .capsnet import _pair
 from .components import get_capsule_loss
@@ -395,55 +395,55 @@ def _create(head: str, pretrained: bool, kwargs: dict) -> BackboneHeadNet:
     return model
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_avg(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, global average pooling and a linear classifier."""
     return _create("avg", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_max(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, global max pooling and a linear classifier."""
     return _create("max", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_fc(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, a 3x3 convolution and a linear classifier on the flattened map."""
     return _create("fc", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_conv(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, a 3x3 and a 1x1 convolution and global average pooling."""
     return _create("conv", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_dynamic(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, primary capsules and class capsules routed by agreement (Sabour et al. 2017)."""
     return _create("dynamic", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_em(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone, matrix capsules and EM routing (Hinton et al. 2018)."""
     return _create("em", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_self(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone and self-routing (Hahn et al. 2019)."""
     return _create("self", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_attention(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone and Efficient-CapsNet's self-attention routing (Mazzia et al. 2021)."""
     return _create("attention", pretrained, kwargs)
 
 
-@register_model
+@register_family(BackboneHeadNet)
 def backbone_head_inverted(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
     """SR-CapsNet's backbone and inverted dot-product attention routing (Tsai et al. 2020)."""
     return _create("inverted", pretrained, kwargs)
