@@ -269,3 +269,51 @@ def test_svhn_loads_from_torchvisions_files_with_ten_as_zero(tmp_path, monkeypat
 def test_cifar10_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="cifar10 is not under"):
         load_dataset("cifar10", root=tmp_path, download=False)
+
+
+# --- the torchvision table: each name builds its own class, an unknown one is refused ---
+
+
+def test_an_unknown_torchvision_data_set_is_refused_not_read_as_another():
+    from capsprobe.data.datasets import _torchvision
+    from capsprobe.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="no torchvision data set 'stl10'") as info:
+        _torchvision("stl10")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "svhn"])
+def test_each_torchvision_entry_builds_its_own_class(name, tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    from capsprobe.data import get_spec
+    from capsprobe.data.datasets import TORCHVISION_SETS
+
+    entry = TORCHVISION_SETS[name]
+    spec = get_spec(name)
+    assert (spec.in_chans, spec.img_size, spec.num_classes) == (entry.in_chans, entry.img_size, entry.num_classes)
+    calls: list[dict] = []
+    shape = {"NHW": (20, spec.img_size, spec.img_size), "NHWC": (20, spec.img_size, spec.img_size, spec.in_chans),
+             "NCHW": (20, spec.in_chans, spec.img_size, spec.img_size)}[entry.layout]
+
+    class Fake:
+        def __init__(self, root, **kwargs):
+            calls.append({"root": root, **kwargs})
+            data = np.zeros(shape, dtype=np.uint8)
+            self.data = torch.from_numpy(data) if entry.layout == "NHW" else data
+            setattr(self, entry.labels, np.arange(20) % 10)
+
+    for cls in ("MNIST", "FashionMNIST", "CIFAR10", "SVHN"):  # any class but the entry's own fails the test
+        monkeypatch.setattr(tvd, cls, None)
+    monkeypatch.setattr(tvd, entry.cls, Fake)
+    splits = load_dataset(name, root=tmp_path, download=False)
+    want = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "CIFAR10": "cifar10", "SVHN": "svhn"}
+    assert want[entry.cls] == name
+    if entry.split == "split":
+        assert calls == [{"root": tmp_path, "split": "train", "download": False},
+                         {"root": tmp_path, "split": "test", "download": False}]
+    else:
+        assert calls == [{"root": tmp_path, "train": True, "download": False},
+                         {"root": tmp_path, "train": False, "download": False}]
+    assert splits.test.images.shape == (20, spec.in_chans, spec.img_size, spec.img_size)

