@@ -2,7 +2,7 @@
 
 Importing the package registers capsprobe's models (``capsnet*``, ``baseline_cnn``) in timm; everything else is
 imported on first use. The Python API in one place: :class:`ModelAdapter` (probe your own ``nn.Module``),
-:class:`Subject`, :func:`run_probe`, :func:`write_probe_outputs`, :func:`write_report`, :func:`load_run`,
+:class:`Subject`, :class:`ProbePlan`, :func:`run_probe`, :func:`write_probe_outputs`, :func:`write_report`, :func:`load_run`,
 :func:`load_dataset`, :class:`CapsprobeError`.
 """
 
@@ -15,6 +15,7 @@ from ._version import __version__
 __all__ = [
     "CapsprobeError",
     "ModelAdapter",
+    "ProbePlan",
     "Subject",
     "__version__",
     "load_dataset",
@@ -31,6 +32,7 @@ __all__ = [
 _LAZY = {
     "CapsprobeError": "errors",
     "ModelAdapter": "models",
+    "ProbePlan": "probe",
     "Subject": "probe",
     "load_dataset": "data",
     "load_run": "training",

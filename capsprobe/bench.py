@@ -75,6 +75,7 @@ def bench_model(
     compile: bool = False,
     kernels: str = "fast",
     profile_ops: int = 0,
+    model_kwargs: dict | None = None,
 ) -> BenchResult:
     """Time ``steps`` training steps (forward, backward, Adam) and ``steps`` inference batches of ``name``; rates are
     from the median step, so one slow step (another process on the cores) does not move them.
@@ -85,14 +86,15 @@ def bench_model(
     other, so a burst of load from another process hits both (``eager_train_images_per_s``). Peak memory is one
     process's: compare ``fast`` and ``eager`` runs for it, not ``both``. ``profile_ops=N`` also profiles two
     training steps (after the timing, so the profiler's overhead is not in the rates) and keeps the ``N`` operators
-    with the most self CPU time."""
+    with the most self CPU time. ``model_kwargs``: the model's own options (an experiment's ``options``)."""
 
     if kernels not in KERNELS:
         raise InvalidInputError(f"{option('kernels')} must be fast, eager or both, got {kernels!r}")
     dev = resolve_device(device)
     dtype = autocast_dtype(dev, amp)
     torch.manual_seed(0)
-    model = create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size).to(dev)
+    model = create_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size,
+                         **(model_kwargs or {})).to(dev)
     switchable = set_fast_kernels(model, kernels != "eager") > 0
     objective = compile_objective(Objective(model, channels_last=channels_last).train(), compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

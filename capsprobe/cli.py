@@ -323,24 +323,25 @@ def perturb(
 ) -> None:
     """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
     from .pipeline import perturb as run_perturb  # lazy: the command's own layer loads on use
+    from .probe import ProbePlan  # lazy: the command's own layer loads on use
     from .report import (  # lazy: the command's own layer loads on use
         check_report_target,
         compact_table,
         write_probe_outputs,
     )
-    from .transforms import resolve  # lazy: the command's own layer loads on use
 
     transform, magnitudes = _with_attacks(transform, magnitudes or [], attack, eps)
-    resolve(transform)  # unknown names fail before anything is loaded
+    # the plan, built once: unknown names and magnitudes fail before anything is loaded; perturb checks it against
+    # the data set's images before probing
+    plan = ProbePlan.from_options(
+        transform, magnitudes or [], seed=seed, limit=limit, split=split, bootstrap=bootstrap, reference=reference,
+        surrogate=str(surrogate) if surrogate is not None else None, lie=lie, batch_size=batch_size, device=device,
+        progress=progress)
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
     check_report_target(out, force)
-    result = run_perturb(
-        [str(p) for p in run_dirs], transform, magnitudes or [], dataset=dataset,
-        data_root=str(data_root) if data_root else None, split=split, limit=limit, batch_size=batch_size,
-        device=device, seed=seed, n_boot=bootstrap, progress=progress, reference=reference, lie=lie,
-        surrogate=str(surrogate) if surrogate is not None else None,
-    )
+    result = run_perturb([str(p) for p in run_dirs], plan, dataset=dataset,
+                         data_root=str(data_root) if data_root else None)
     path = write_probe_outputs(result, out, force=force)
     typer.echo(compact_table(result.metrics))
     t = result.timing
@@ -426,10 +427,19 @@ def run(
     time_min: int = typer.Option(240, help="Slurm: each run's time limit, minutes."),
     gpus_per_run: int = typer.Option(1, help="Slurm: GPUs per run."),
     cpus_per_run: int = typer.Option(8, help="Slurm: CPU cores per run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and print the plan (runs, conditions, an "
+                                 "estimated wall time from a training step per model measured now); train, load "
+                                 "and write nothing."),
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
+    from .pipeline import dry_run as plan_only  # lazy: the command's own layer loads on use
     from .pipeline import run_experiment  # lazy: the command's own layer loads on use
     from .training.launch import SlurmOptions  # lazy: the command's own layer loads on use
+
+    if dry_run:
+        for line in plan_only(experiment, size=size, device=device):
+            typer.echo(line)
+        return
 
     slurm = SlurmOptions(partition=partition, time_min=time_min, gpus=gpus_per_run, cpus=cpus_per_run)
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,

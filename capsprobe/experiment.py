@@ -49,9 +49,9 @@ from typing import Any
 
 from .data import UnknownDatasetError, get_spec
 from .errors import InvalidInputError
+from .probe import ProbePlan
 from .tasks import get_task
 from .training.runs import ConfigError, RunConfig, check_plain_name
-from .transforms import parse_magnitude_specs, resolve
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,13 +116,22 @@ class Experiment:
     report: str | None = None  # the report folder's name under reports/ (None: the experiment's name)
     surrogate: str | None = None  # the model (variant) whose last seed's run pgd-transfer computes its attack on
 
+    def probe_plan(self, **options: Any) -> ProbePlan:
+        """The probe of this size as one :class:`~capsprobe.probe.ProbePlan` (transformations, magnitudes, probe
+        seed and limit, split, bootstrap, reference, Lie probe); ``options``: what the file does not say (``device``,
+        ``progress``, ``batch_size``, the surrogate's run directory once it is trained)."""
+        return ProbePlan.from_options(self.transforms, self.magnitudes, seed=self.probe_seed, limit=self.probe_limit,
+                                      split=self.split, bootstrap=self.bootstrap, reference=self.reference,
+                                      lie=self.lie, **options)
+
     def jobs(self) -> list[tuple[ModelSpec, int]]:
         """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
         return [(m, s) for m in self.models for s in (m.seeds if m.seeds is not None else self.seeds)]
 
 
-def _line_of(text: str, key: str, section: str | None = None) -> int:
-    """1-based line of ``key =`` (inside ``[section]`` when given), else of the section header, else 1."""
+def _line_of(text: str, key: str, section: str | None = None, header: bool = True) -> int:
+    """1-based line of ``key =`` (inside ``[section]`` when given), else of the section header, else 1 (0 for both
+    when not ``header``)."""
     current, header_line = None, None
     for i, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -134,7 +143,7 @@ def _line_of(text: str, key: str, section: str | None = None) -> int:
             continue
         if (section is None or current == section) and re.search(rf"(^|[{{,\s]){re.escape(key)}\s*=", line):
             return i
-    return header_line or 1
+    return (header_line or 1) if header else 0
 
 
 def _fail(path: Path, text: str, key: str, section: str | None, message: str) -> ExperimentError:
@@ -284,10 +293,11 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
     for key, value in (("bootstrap", exp.bootstrap), ("limit", exp.limit), ("probe_limit", exp.probe_limit)):
         if value is not None and value < (10 if key == "bootstrap" else 4 if key == "probe_limit" else 1):
             raise _fail(path, text, key, section, f"'{key}' is too small: {value}")
+    probed = "magnitudes" if exp.magnitudes else "transforms"
     try:
-        parse_magnitude_specs(exp.magnitudes, resolve(exp.transforms))
+        plan = exp.probe_plan()
     except InvalidInputError as exc:
-        raise _fail(path, text, "magnitudes" if exp.magnitudes else "transforms", "probe", str(exc)) from None
+        raise _fail(path, text, probed, "probe", str(exc)) from None
     variants = [spec.variant for spec in exp.models]
     for name in dict.fromkeys(variants):
         if variants.count(name) > 1:
@@ -309,9 +319,16 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
         except InvalidInputError as exc:
             raise _fail(path, text, "options", section, str(exc)) from None
     try:
-        get_task(exp.train.get("task", "classify"))
+        task = get_task(exp.train.get("task", "classify"))
     except InvalidInputError as exc:
         raise _fail(path, text, "task", "train", str(exc)) from None
+    if task.suite:  # the plan against the data set's images (channels, side): known without loading it
+        images = get_spec(exp.dataset)
+        try:
+            plan.validate_for(images, task.input_size(images.img_size))
+        except InvalidInputError as exc:
+            where = section if _line_of(text, probed, section, header=False) else "probe"
+            raise _fail(path, text, probed, where, f"size '{exp.size}': {exc}") from None
 
 
 def demo_file() -> Path:

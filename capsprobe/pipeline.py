@@ -3,7 +3,7 @@
 - :func:`perturb`: load runs, check everything, run the runs' task's probe (``capsprobe perturb``);
 - :func:`write_report` and :func:`recompare`: render a report folder with its task's section (``capsprobe report``);
 - :func:`run_experiment` and :func:`run_demo`: train, probe and report a whole experiment file (``capsprobe run``,
-  ``capsprobe demo``).
+  ``capsprobe demo``); :func:`dry_run`: what ``run`` would do and about how long it would take (``--dry-run``).
 
 This is the one module that knows both the tasks and the report renderer: the report layer renders whatever
 section it is handed, and a task knows nothing of the folder it is written to.
@@ -12,13 +12,14 @@ section it is handed, and a task knows nothing of the folder it is written to.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .data import get_spec, load_dataset
+from .data import DatasetSpec, get_spec, load_dataset
 from .errors import InvalidInputError, option
-from .experiment import demo_file, load_experiment
-from .probe import ProbeResult
+from .experiment import Experiment, ModelSpec, demo_file, load_experiment
+from .probe import ProbePlan, ProbeResult
 from .probe.schema import MANIFEST
 from .report import (
     ReportData,
@@ -29,55 +30,57 @@ from .report import (
 )
 from .report import render as _render
 from .runtime import resolve_device
-from .tasks import ProbeOptions, UnknownTaskError, get_task
+from .tasks import UnknownTaskError, get_task
 from .training import RunConfig
 from .training.launch import SlurmOptions, train_many
 from .training.runs import RunError, library_versions, load_run, run_name
-from .transforms import parse_magnitude_specs, resolve
 
-__all__ = ["perturb", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
+__all__ = ["dry_run", "perturb", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
 
 _log = logging.getLogger(__name__)
 
 def perturb(
     run_dirs: Sequence[str],
-    transforms: Sequence[str] = ("all",),
-    magnitude_specs: Sequence[str] = (),
+    plan: ProbePlan | None = None,
     *,
     dataset: str | None = None,
     data_root: str | None = None,
     download: bool = True,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    seed: int = 0,
-    n_boot: int = 1000,
-    progress: bool = True,
-    reference: str | None = None,
-    lie: bool = False,
-    surrogate: str | None = None,
+    **options: Any,
 ) -> ProbeResult:
     """Load runs and data, check that they fit together, and evaluate them as their task says: what
-    ``capsprobe perturb`` does (the transformation suite for ``classify`` runs, pairs for ``multimnist``).
+    ``capsprobe perturb`` does (the plan's transformations for ``classify`` runs, pairs for ``multimnist``).
 
-    Every check (transformation names, magnitude ranges, run directories, input shapes, data set) happens
-    before any computation.
+    Every check (transformation names, magnitude ranges, run directories, input shapes, the plan against the data
+    set's images) happens before any computation and before the data set is loaded.
+
+    Args:
+        run_dirs: the runs to probe.
+        plan: the probe (:class:`~capsprobe.probe.ProbePlan`: transformations, magnitudes, seed, limit, split,
+            bootstrap, reference, surrogate run, Lie probe, batch size, device).
+        dataset: the data set to probe (default: the one the runs were trained on).
+        data_root, download: where torchvision data sets are, and whether to fetch a missing one.
+        options: without ``plan``, what :meth:`ProbePlan.from_options` takes (``transforms``, ``magnitudes``,
+            ``seed``, ``n_boot``...).
 
     Returns:
         The result, its manifest completed with the runs, data, task and library versions.
 
     Raises:
-        UnknownTransformError, InvalidInputError: bad transformation or magnitude.
+        UnknownTransformError, InvalidInputError: bad transformation or magnitude, or a plan that does not fit the
+            data set's images.
         RunError: a run directory is missing or unreadable, or runs need different input shapes or tasks.
     """
 
-    chosen = resolve(list(transforms))
-    mags = parse_magnitude_specs(list(magnitude_specs), chosen)
+    if plan is None:
+        plan = ProbePlan.from_options(**options)
+    elif not isinstance(plan, ProbePlan) or options:
+        raise InvalidInputError("perturb takes a ProbePlan or the plan's options (ProbePlan.from_options), not both")
+    chosen = plan.transforms
     if not run_dirs:
         raise RunError("no run directory given")
     runs = [load_run(d) for d in run_dirs]
-    other = load_run(surrogate) if surrogate is not None else None
+    other = load_run(plan.surrogate) if plan.surrogate is not None else None
     if other is None and any(t.name == "pgd-transfer" for t in chosen):
         raise InvalidInputError(f"pgd-transfer needs a surrogate run to compute the attack on ({option('surrogate')})")
     names = [r.name for r in runs]
@@ -87,7 +90,7 @@ def perturb(
     if len(tasks) > 1:
         raise RunError(f"runs were trained for different tasks ({', '.join(tasks)})")
     task = get_task(tasks[0])
-    if lie and task.name != "classify":
+    if plan.lie and task.name != "classify":
         raise InvalidInputError(f"the Lie-derivative probe applies to classify runs, not {task.name}")
     shapes = {r.name: (r.input["in_chans"], r.input["img_size"], r.input["num_classes"]) for r in runs}
     if len(set(shapes.values())) > 1:
@@ -109,16 +112,14 @@ def perturb(
     if (spec.in_chans, size, spec.num_classes) != (c, s, k):
         raise RunError(f"dataset {dataset} gives {spec.in_chans}x{size}x{size} inputs with {spec.num_classes} "
                        f"classes for task {task.name}, the runs expect {c}x{s}x{s} with {k}")
-    if split not in ("test", "val"):
-        raise InvalidInputError(f"split must be test or val, got {split!r}")
-    splits = load_dataset(dataset, data_root, download, limit=limit)
-    images = splits.test if split == "test" else splits.val
-    options = ProbeOptions(batch_size=batch_size, device=device, seed=seed, n_boot=n_boot, progress=progress,
-                           reference=reference, lie=lie, surrogate=other)
-    result = task.evaluate(runs, images, chosen, mags, options)
+    if task.suite:
+        plan.validate_for(spec, size)
+    splits = load_dataset(dataset, data_root, download, limit=plan.limit)
+    images = splits.test if plan.split == "test" else splits.val
+    result = task.evaluate(runs, images, plan, other)
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
-                       "split": split, "images": len(images), "seed": seed, "bootstrap": n_boot,
-                       "device": str(resolve_device(device)), "versions": library_versions()}
+                       "split": plan.split, "images": len(images), "seed": plan.seed, "bootstrap": plan.bootstrap,
+                       "device": str(resolve_device(plan.device)), "versions": library_versions()}
     return result
 
 
@@ -172,9 +173,8 @@ def run_experiment(
     Returns:
         The path of ``report.html``.
     """
-    exp = load_experiment(path, size)
-    chosen = resolve(exp.transforms)  # bad names fail before any training
-    parse_magnitude_specs(exp.magnitudes, chosen)
+    exp = load_experiment(path, size)  # checks the probe plan against the data set's images: before any training
+    plan = exp.probe_plan(device=device, progress=progress)
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
@@ -193,9 +193,7 @@ def run_experiment(
             surrogate = str(run_dir)  # its last seed's run
     paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress)]
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
-    result = perturb(paths, exp.transforms, exp.magnitudes, dataset=exp.dataset, data_root=root, split=exp.split,
-                     limit=exp.probe_limit, device=device, seed=exp.probe_seed, n_boot=exp.bootstrap, progress=progress,
-                     reference=exp.reference, lie=exp.lie, surrogate=surrogate)
+    result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
                                      "description": exp.description, "reference": exp.reference}
     write_probe_outputs(result, out, force=force)
@@ -208,3 +206,91 @@ def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: st
     """The main job: ``experiments/demo.toml`` at ``size`` (tiny, small, paper), report in ``out``."""
     return run_experiment(demo_file(), size, device=device, out=out, runs_dir=runs_dir, force=force,
                           progress=progress)
+
+
+# training images per epoch of the registered data sets when an experiment sets no ``limit`` (the registry knows
+# shapes, not counts; the longest matching prefix counts: mnist-canvas40 is MNIST's): the dry run's estimate only
+_TRAIN_IMAGES = {"mnist": 60_000, "fashion-mnist": 60_000, "mnist-sample": 5_000, "cifar10": 50_000, "svhn": 73_257,
+                 "smallnorb": 24_300}
+_TEST_IMAGES = 10_000  # images probed when the size sets no probe_limit (the dry run's estimate only)
+
+
+def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure: bool = True) -> list[str]:
+    """What ``capsprobe run PATH --size SIZE`` would do, as lines to print: the runs (model x seed, epochs), the probe
+    plan (transformations x magnitudes), and an estimated wall time from a throughput measured now (one training
+    step and one inference batch of each model, after one warm-up, at its batch size on ``device``; ``measure=False``
+    skips it).
+    Every check :func:`run_experiment` makes before training is made (the plan against the data set's images
+    included); nothing is trained, loaded or written.
+
+    Raises:
+        ExperimentError: the file, the size or its plan is invalid.
+    """
+    exp = load_experiment(path, size)
+    plan = exp.probe_plan(device=device)
+    task = get_task(exp.train.get("task", "classify"))
+    spec = get_spec(exp.dataset)
+    side = task.input_size(spec.img_size)
+    jobs = exp.jobs()
+    lines = [f"{exp.name} --size {size}: {len(jobs)} runs on {exp.dataset} ({spec.in_chans}x{side}x{side}, "
+             f"{spec.num_classes} classes), task {task.name}"]
+    defaults = RunConfig()
+    batch = {}
+    for model, seed in jobs:
+        train = {**exp.train, **model.train}
+        batch[model.variant] = int(train.get("batch_size", defaults.batch_size))
+        options = f", options {dict(model.options)}" if model.options else ""
+        lines.append(f"  {model.variant} x seed {seed}: {model.epochs} epoch{'s' * (model.epochs != 1)}, batch "
+                     f"{batch[model.variant]}{options}")
+    probed = plan.limit if plan.limit is not None else _TEST_IMAGES
+    if task.suite:
+        lines.append(f"probe: {plan.conditions} conditions per run ({len(plan.transforms)} transformations x their "
+                     f"magnitudes), {plan.limit or 'all'} {plan.split} images, bootstrap {plan.bootstrap}, seed "
+                     f"{plan.seed}" + (", Lie derivatives" if plan.lie else "")
+                     + (f", reference {plan.reference}" if plan.reference else ""))
+        lines += [f"  {line}" for line in plan.describe()]
+        passes = plan.conditions + 1
+    else:
+        lines.append(f"probe: the {task.name} task's own test on {plan.limit or 'all'} {plan.split} images "
+                     "(the transformations are not used)")
+        passes = 1
+    if measure:
+        lines.append(_estimate(exp, jobs, batch, spec, side, device, probed * passes))
+    lines.append("dry run: nothing trained, loaded or written")
+    return lines
+
+
+def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[str, int], spec: DatasetSpec, side: int,
+              device: str, probe_images: int) -> str:
+    """The wall-time line of :func:`dry_run`: each variant's training and inference rate measured now."""
+    from .bench import bench_model  # lazy: the measurement loads the models
+
+    known = max((k for k in _TRAIN_IMAGES if exp.dataset.startswith(k)), key=len, default=None)
+    per_epoch = exp.limit if exp.limit is not None else _TRAIN_IMAGES.get(known or "", 60_000)
+    rates: dict[str, tuple[float, float]] = {}
+    train_s = probe_s = 0.0
+    for model, _ in jobs:
+        if model.variant not in rates:
+            r = bench_model(model.model, batch_size=batch[model.variant], steps=1, warmup=1, device=device,
+                            in_chans=spec.in_chans, img_size=side, num_classes=spec.num_classes,
+                            model_kwargs=dict(model.options))
+            rates[model.variant] = (r.train_images_per_s, r.eval_images_per_s)
+            dev = r.device
+        train_rate, eval_rate = rates[model.variant]
+        train_s += model.epochs * per_epoch / train_rate
+        probe_s += probe_images / eval_rate
+    measured = ", ".join(f"{train:,.0f} train / {infer:,.0f} eval img/s for {name}"
+                         for name, (train, infer) in rates.items())
+    source = ("the size's limit" if exp.limit is not None else
+              f"the full training split{' of ' + known if known else ', assumed'}")
+    return (f"estimated wall time: {_duration(train_s + probe_s)} ({_duration(train_s)} training, one run at a time, "
+            f"{per_epoch:,} images per epoch from {source}; {_duration(probe_s)} of probe forward passes; metrics, "
+            f"bootstrap, data loading and the report not counted), estimated from {measured} measured now on {dev}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -21,8 +21,8 @@ from capsprobe.data.viewpoints import (
     rotate_scale,
     write_norb,
 )
-from capsprobe.probe import Subject
-from capsprobe.tasks import ProbeOptions, get_task
+from capsprobe.probe import ProbePlan, Subject
+from capsprobe.tasks import get_task
 
 
 def _header(magic: int, dims: list[int]) -> bytes:
@@ -174,7 +174,7 @@ def test_viewpoint_evaluation_scores_familiar_and_novel_separately():
     split = ImageSplit(images, labels, familiar=familiar)
     task = get_task("viewpoint")
     subjects = [Subject(f"oracle-seed{s}", _Oracle(), "oracle", seed=s) for s in range(2)]
-    result = task.evaluate(subjects, split, [], {}, ProbeOptions(n_boot=50, progress=False, device="cpu"))
+    result = task.evaluate(subjects, split, ProbePlan((), {}, bootstrap=50, progress=False, device="cpu"))
     acc = result.metrics.set_index(["run", "magnitude"])["value"]
     assert acc[("oracle-seed0", "familiar")] == 1.0 and acc[("oracle-seed0", "novel")] == 0.0
     per_seed = result.tables["viewpoint"]
@@ -183,7 +183,7 @@ def test_viewpoint_evaluation_scores_familiar_and_novel_separately():
     comparison = result.tables["comparison"]
     assert set(comparison["magnitude"]) == {"familiar", "novel"}
     with pytest.raises(Exception, match="no familiar and novel"):
-        task.evaluate(subjects, ImageSplit(images, labels), [], {}, ProbeOptions(progress=False, device="cpu"))
+        task.evaluate(subjects, ImageSplit(images, labels), ProbePlan((), {}, progress=False, device="cpu"))
 
 
 def test_missing_files_are_downloaded_when_allowed(tmp_path, monkeypatch):

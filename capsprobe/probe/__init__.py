@@ -12,6 +12,7 @@ from .pictures import (  # noqa: F401
     pose_sweep,
     reconstruction_examples,
 )
+from .plan import ProbePlan  # noqa: F401
 from .schema import (  # noqa: F401
     ARRAYS,
     FIGURES,
@@ -39,6 +40,7 @@ __all__ = [
     "IMAGE_COLUMNS",
     "MANIFEST",
     "METRIC_COLUMNS",
+    "ProbePlan",
     "ProbeResult",
     "REPORT_HTML",
     "REPORT_MD",

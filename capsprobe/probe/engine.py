@@ -43,11 +43,11 @@ from ..transforms import (
     apply_matrix,
     magnitude_label,
     magnitude_value,
-    resolve,
 )
 from .against import against
 from .lie import lie_manifest, lie_tables
 from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
+from .plan import ProbePlan
 from .schema import (
     IMAGE_COLUMNS,
     METRIC_COLUMNS,
@@ -84,6 +84,18 @@ class _Timer:
         return now
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every pass of one probe shares: the plan, the device and autocast dtype it resolved to, the timer, and
+    the surrogate model pgd-transfer attacks through (an adapter on the device, or None)."""
+
+    plan: ProbePlan
+    device: torch.device
+    dtype: torch.dtype | None
+    timer: _Timer
+    surrogate: Adapter | None = None
+
+
 @dataclass
 class _Pass:
     scores: np.ndarray  # (N, K)
@@ -101,15 +113,11 @@ def _run_pass(
     split: ImageSplit,
     transform: Transform | None,
     magnitude: Any,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    timer: _Timer,
+    ctx: _Context,
     clean_recon: Tensor | None,
     timer_key: str,
-    surrogate: Adapter | None = None,
 ) -> tuple[_Pass, Tensor | None]:
+    seed, batch_size, device, dtype, timer = ctx.plan.seed, ctx.plan.batch_size, ctx.device, ctx.dtype, ctx.timer
     scores, reps, poses_true, changes, recons = [], [], [], [], []
     recon_terms, fidelity_terms, distances = [], [], []
     decodes = adapter.has_poses and adapter.can_decode
@@ -127,7 +135,7 @@ def _run_pass(
                 moved = None
             elif transform.worst_case:
                 moved = transform(images, magnitude, seeds, against=against(
-                    adapter, labels, surrogate, autocast=lambda: autocast_context(device, dtype)))
+                    adapter, labels, ctx.surrogate, autocast=lambda: autocast_context(device, dtype)))
                 if moved.params is not None:  # a spatial worst case names its winner
                     worst.append({k: v.cpu() for k, v in moved.params.items()})
             else:
@@ -221,13 +229,14 @@ def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
     return picked if len(set(picked)) >= 2 else []
 
 
-def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], split: ImageSplit, clean: _Pass,
-                     clean_recon: Any, t: Transform, magnitudes: Sequence[Any], seed: int, n_boot: int,
-                     batch_size: int, dev: torch.device, dtype: Any, timer: _Timer, bar: Any,
-                     surrogate: Adapter | None = None,
+def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clean: _Pass, clean_recon: Any,
+                     t: Transform, ctx: _Context, bar: Any,
                      ) -> tuple[list[dict[str, Any]], list[pd.DataFrame], dict[str, Any] | None]:
-    """One transformation of one subject over its magnitudes: the metric rows of every condition, the per-image
-    rows, and the decodability row (None when fewer than two magnitudes can be decoded)."""
+    """One transformation of one subject over the plan's magnitudes: the metric rows of every condition, the
+    per-image rows, and the decodability row (None when fewer than two magnitudes can be decoded)."""
+    seed, n_boot, timer = ctx.plan.seed, ctx.plan.bootstrap, ctx.timer
+    magnitudes = ctx.plan.magnitudes[t.name]
+    ident = subject.ident()
     labels = split.labels.numpy()
     metric_rows: list[dict[str, Any]] = []
     image_frames: list[pd.DataFrame] = []
@@ -236,8 +245,7 @@ def _probe_transform(adapter: Adapter, subject: Subject, ident: dict[str, Any], 
     reps, poses = [], []
     for m in magnitudes:
         bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
-        moved, _ = _run_pass(adapter, split, t, m, seed, batch_size, dev, dtype, timer, clean_recon, "forward",
-                             surrogate)
+        moved, _ = _run_pass(adapter, split, t, m, ctx, clean_recon, "forward")
         _check_pass(subject.name, f"{t.name} {magnitude_label(m)}", moved)
         base = {**ident, "transform": t.name, "kind": t.kind_at(m), "magnitude": magnitude_label(m),
                 "magnitude_value": magnitude_value(t, m)}
@@ -299,15 +307,9 @@ def run_probe(
     transforms: Sequence[str | Transform] = ("all",),
     magnitudes: Mapping[str, Sequence[Any]] | None = None,
     *,
-    batch_size: int = 256,
-    device: str = "auto",
-    amp: bool = True,
-    seed: int = 0,
-    n_boot: int = 1000,
-    progress: bool = True,
-    reference: str | None = None,
-    lie: bool = False,
+    plan: ProbePlan | None = None,
     surrogate: Any = None,
+    **options: Any,
 ) -> ProbeResult:
     """Evaluate every model on every transformed version of ``split``.
 
@@ -315,67 +317,68 @@ def run_probe(
         subjects: loaded runs (:func:`capsprobe.training.runs.load_run`), :class:`Subject` objects or bare modules, all
             for ``split``'s input shape (names must be unique).
         split: the images to probe (uint8 ``(N, C, H, W)`` and labels), usually a test split.
-        transforms: suite names (``all`` for the whole suite) or :class:`Transform` objects.
+        transforms: suite names (``all`` for the whole suite) or :class:`Transform` objects (without ``plan``).
         magnitudes: per transformation name, the magnitudes to use instead of its default grid (the identity
-            magnitude is always added).
-        batch_size: images per forward pass.
-        device: ``auto``, ``cpu``, ``cuda``...
-        amp: autocast on CUDA.
-        seed: base seed of the random transformations (per image: ``seed * 1000003 + image id``), the
-            equivariance fit/held-out split and the bootstrap.
-        n_boot: bootstrap resamples for the 95% intervals.
-        progress: show a progress bar.
-        reference: a ``model`` name: the ablation table (``ablation.csv``) sets every other model against it.
-        lie: also run the Lie-derivative probe (:mod:`capsprobe.probe.lie`): the ``lie``, ``lie_layers`` and
-            ``composition`` tables.
+            magnitude is always added; without ``plan``).
+        plan: the whole probe as one :class:`~capsprobe.probe.plan.ProbePlan` (transformations, magnitudes, seed,
+            bootstrap, reference, Lie probe, batch size, device); when given, ``transforms``, ``magnitudes`` and
+            ``options`` must be left out. Its ``limit``, ``split`` and ``surrogate`` (a run directory) are for the
+            caller that loads the data and runs: this function probes ``split`` and the ``surrogate`` model it is given.
         surrogate: the model ``pgd-transfer`` computes its attack on (a run, :class:`Subject` or module; usually a
             convnet trained like the others), or None.
+        options: without ``plan``, its other fields, e.g. ``seed`` (base seed of the random transformations, per
+            image ``seed * 1000003 + image id``, the equivariance split and the bootstrap), ``n_boot`` (or
+            ``bootstrap``: resamples of the 95% intervals), ``batch_size``, ``device``, ``amp``, ``progress``,
+            ``reference`` (a ``model`` name the ablation table sets every other against), ``lie`` (also the
+            Lie-derivative probe, :mod:`capsprobe.probe.lie`: the ``lie``, ``lie_layers`` and ``composition`` tables).
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
         with a decoder the reconstruction and pose-sweep grids.
+
+    Raises:
+        InvalidInputError: a bad plan, names that repeat, a reference that is not probed, a plan that does not fit the
+            split's images (:meth:`ProbePlan.validate`), fewer than 4 images, pgd-transfer without a surrogate.
     """
 
+    if plan is None:
+        plan = ProbePlan.from_options(transforms, magnitudes, **options)
+    elif options or magnitudes is not None or list(transforms) != ["all"]:
+        raise InvalidInputError("give run_probe either a plan or its options (transforms, magnitudes, seed...), "
+                                "not both")
     items = [as_subject(s) for s in subjects]
     subject_names = [s.name for s in items]
     if len(set(subject_names)) != len(subject_names):
         raise InvalidInputError(f"subject names must be unique, got {', '.join(subject_names)}")
     models_probed = list(dict.fromkeys(s.ident()["model"] for s in items))
+    reference = plan.reference
     if reference is not None and reference not in models_probed:
         raise InvalidInputError(f"reference {reference!r} is none of the models probed ({', '.join(models_probed)})")
-    names = [t for t in transforms if not isinstance(t, Transform)]
-    chosen = [t for t in transforms if isinstance(t, Transform)] + (resolve(names) if names else [])
-    magnitudes = dict(magnitudes or {})
-    unknown = sorted(set(magnitudes) - {t.name for t in chosen})
-    if unknown:
-        raise InvalidInputError(f"magnitudes given for transformations not probed: {', '.join(unknown)}")
-    grid = {}
-    for t in chosen:
-        values = [t.validate(m) for m in magnitudes.get(t.name, t.grid)]
-        # the identity anchors every curve and the clean accuracy: always probed, first if it was not asked for
-        grid[t.name] = values if t.identity in values else [t.identity, *values]
+    chosen = plan.transforms
     if len(split) < 4:
         raise InvalidInputError(f"the probe needs at least 4 images, got {len(split)}")
-    dev = resolve_device(device)
-    dtype = autocast_dtype(dev, amp)
+    plan.validate(int(split.images.shape[1]), int(split.images.shape[-2]), int(split.images.shape[-1]))
+    dev = resolve_device(plan.device)
+    dtype = autocast_dtype(dev, plan.amp)
     if any(t.name == "pgd-transfer" for t in chosen) and surrogate is None:
         raise InvalidInputError("pgd-transfer needs a surrogate model to compute the attack on (--surrogate RUN)")
     other = adapt(as_subject(surrogate).model).to(dev).eval() if surrogate is not None else None
     timer = _Timer(dev)
+    ctx = _Context(plan, dev, dtype, timer, other)
+    seed, n_boot, grid = plan.seed, plan.bootstrap, plan.magnitudes
     metric_rows: list[dict[str, Any]] = []
     image_frames: list[pd.DataFrame] = []
     arrays: dict[str, dict[str, np.ndarray]] = {}
     total_start = time.perf_counter()
-    conditions = sum(len(v) for v in grid.values())
-    bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not progress, dynamic_ncols=True)
+    conditions = plan.conditions
+    bar = tqdm(total=len(items) * (conditions + 1), desc="probe", disable=not plan.progress, dynamic_ncols=True)
     entries = []
     decode_rows: list[dict[str, Any]] = []
     lie_parts = []
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
-        ident = subject.ident()
-        clean, clean_recon = _run_pass(adapter, split, None, None, seed, batch_size, dev, dtype, timer, None, "clean")
+        clean, clean_recon = _run_pass(adapter, split, None, None, ctx, None, "clean")
         _check_pass(subject.name, "clean images", clean)
         entry["kept_variance_pca16"] = M.kept_variance(clean.rep, 16, seed)
         entry["representation_dim"] = int(clean.rep.shape[1])
@@ -384,8 +387,7 @@ def run_probe(
         entries.append(entry)
         bar.update(1)
         for t in chosen:
-            rows, frames, decoded = _probe_transform(adapter, subject, ident, split, clean, clean_recon, t, grid[t.name],
-                                                     seed, n_boot, batch_size, dev, dtype, timer, bar, other)
+            rows, frames, decoded = _probe_transform(adapter, subject, split, clean, clean_recon, t, ctx, bar)
             metric_rows += rows
             image_frames += frames
             if decoded is not None:
@@ -394,9 +396,10 @@ def run_probe(
             t0 = time.perf_counter()
             arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev, other))
             timer.add("pictures", t0)
-        if lie:
+        if plan.lie:
             t0 = time.perf_counter()
-            lie_parts.append(lie_tables([(ident, adapter)], split, batch_size=min(batch_size, 128), device=dev,
+            lie_parts.append(lie_tables([(subject.ident(), adapter)], split, batch_size=min(plan.batch_size, 128),
+                                        device=dev,
                                         seed=seed, n_boot=n_boot, progress=bar.set_postfix_str))
             timer.add("lie", t0)
     bar.close()
@@ -437,7 +440,7 @@ def run_probe(
     }
     if other is not None:
         manifest["surrogate"] = as_subject(surrogate).name
-    if lie:
+    if plan.lie:
         manifest["lie"] = lie_manifest(len(split))
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
                        manifest=manifest)

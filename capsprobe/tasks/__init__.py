@@ -5,12 +5,12 @@ Importing the package registers the built-in tasks, ``classify``, ``multimnist``
 """
 # isort: skip_file
 
-from .base import (TASKS, Batches, BatchesFn, EvaluateFn, LossFn, ProbeOptions, Task, UnknownTaskError, get_task,
+from .base import (TASKS, Batches, BatchesFn, EvaluateFn, LossFn, Task, UnknownTaskError, get_task,
                    register_task)
 from .classify import classify_batches, classify_evaluate, classify_loss, top1_hits
 from . import multimnist  # registers the multimnist task
 from . import viewpoint  # registers the viewpoint task
 
-__all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "ProbeOptions", "Task", "UnknownTaskError",
+__all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "Task", "UnknownTaskError",
            "classify_batches", "classify_evaluate", "classify_loss", "get_task", "multimnist", "register_task",
            "top1_hits", "viewpoint"]

@@ -8,7 +8,10 @@ perturbation suite) and ``multimnist`` (two overlapping digits, :mod:`capsprobe.
 - ``loss``: the objective for a model (asked of its :class:`~capsprobe.models.Adapter`: a model with poses gets
   the margin loss plus the masked reconstruction, any other cross entropy);
 - ``hits``: per sample, 1 when the prediction is right;
-- ``evaluate``: what ``capsprobe perturb`` computes for its report folder (a :class:`~capsprobe.probe.ProbeResult`);
+- ``evaluate``: what ``capsprobe perturb`` computes for its report folder (a :class:`~capsprobe.probe.ProbeResult`)
+  from the subjects, the images and the :class:`~capsprobe.probe.ProbePlan`;
+- ``suite``: whether ``evaluate`` probes the plan's transformations (then the plan is checked against the data set's
+  images before anything is trained or loaded);
 - ``section``: the report's headlines, table and figures, rendered from the folder's files alone.
 
 A new task is one module defining these and one :func:`register_task` call.
@@ -17,7 +20,7 @@ A new task is one module defining these and one :func:`register_task` call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -25,32 +28,16 @@ from torch import Tensor
 from ..data import ImageSplit
 from ..errors import InvalidInputError
 from ..models import Adapter
-from ..probe import ProbeResult
+from ..probe import ProbePlan, ProbeResult
 from ..report import ReportData, Section
-from ..transforms import Transform
 
-__all__ = ["TASKS", "BatchesFn", "EvaluateFn", "LossFn", "ProbeOptions", "Task", "UnknownTaskError", "get_task",
-           "register_task"]
+__all__ = ["TASKS", "BatchesFn", "EvaluateFn", "LossFn", "Task", "UnknownTaskError", "get_task", "register_task"]
 
 Batches = Iterator[tuple[Tensor, Tensor, "Tensor | None"]]
 
 
 class UnknownTaskError(InvalidInputError):
     """A task name that is not registered."""
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How ``capsprobe perturb`` evaluates, whatever the task: what a task's ``evaluate`` receives."""
-
-    batch_size: int = 256
-    device: str = "auto"
-    seed: int = 0
-    n_boot: int = 1000
-    progress: bool = True
-    reference: str | None = None  # the model the comparisons are taken against (classify)
-    lie: bool = False  # also the Lie-derivative probe (classify)
-    surrogate: Any = None  # the model pgd-transfer computes its attack on (classify): a loaded run, or None
 
 
 class BatchesFn(Protocol):
@@ -68,11 +55,12 @@ class LossFn(Protocol):
 
 
 class EvaluateFn(Protocol):
-    """What ``capsprobe perturb`` computes for the report folder. ``transforms`` and ``magnitudes`` are the suite's
-    (a task that is its own test, such as MultiMNIST, receives and ignores them)."""
+    """What ``capsprobe perturb`` computes for the report folder, as ``plan`` says (a task that is its own test, such
+    as MultiMNIST, reads its seed, bootstrap, batch size and device and ignores its transformations).
+    ``surrogate``: the loaded run pgd-transfer attacks through (classify), or None."""
 
-    def __call__(self, subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
-                 magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult: ...
+    def __call__(self, subjects: Sequence[Any], split: ImageSplit, plan: ProbePlan, surrogate: Any = None
+                 ) -> ProbeResult: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +75,7 @@ class Task:
     hits: Callable[[Tensor, Tensor], Tensor]
     evaluate: EvaluateFn
     section: Callable[[ReportData], Section]
+    suite: bool = True  # evaluate probes the plan's transformations (checked against the data set's images)
 
 
 TASKS: dict[str, Task] = {}

@@ -3,7 +3,7 @@ transformation suite (:func:`capsprobe.probe.run_probe`) and reported by :func:`
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +12,9 @@ from torch import Tensor
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..models import Adapter, capsule_loss_of, reconstruction_loss
-from ..probe import ProbeResult, run_probe
+from ..probe import ProbePlan, ProbeResult, run_probe
 from ..report import suite_section
-from ..transforms import Transform
-from .base import Batches, ProbeOptions, Task, register_task
+from .base import Batches, Task, register_task
 
 __all__ = ["classify_batches", "classify_evaluate", "classify_loss", "top1_hits"]
 
@@ -50,12 +49,10 @@ def top1_hits(scores: Tensor, labels: Tensor) -> Tensor:
     return (scores.argmax(1) == labels).long()
 
 
-def classify_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
-                      magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
-    """The transformation suite over the subjects (:func:`capsprobe.probe.run_probe`)."""
-    return run_probe(subjects, split, transforms, magnitudes, batch_size=options.batch_size, device=options.device,
-                     seed=options.seed, n_boot=options.n_boot, progress=options.progress,
-                     reference=options.reference, lie=options.lie, surrogate=options.surrogate)
+def classify_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePlan, surrogate: Any = None
+                      ) -> ProbeResult:
+    """The plan's transformations over the subjects (:func:`capsprobe.probe.run_probe`)."""
+    return run_probe(subjects, split, plan=plan, surrogate=surrogate)
 
 
 register_task(Task(

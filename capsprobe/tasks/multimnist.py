@@ -8,7 +8,7 @@ are the two digits) and the per-digit reconstruction error, with the paper's red
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -19,10 +19,10 @@ from .. import metrics as M
 from ..data import ImageSplit, multimnist
 from ..errors import InvalidInputError
 from ..models import Adapter, adapt, capsule_loss_of, reconstruction_loss
-from ..probe import METRIC_COLUMNS, ProbeResult, as_subject, grid_array, metric_row
+from ..probe import METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, grid_array, metric_row
 from ..report import Section, grid_figures, pct
 from ..runtime import epoch_seed, resolve_device
-from .base import Batches, ProbeOptions, Task, register_task
+from .base import Batches, Task, register_task
 
 __all__ = ["multimnist_batches", "multimnist_evaluate", "multimnist_loss", "top_k_hits"]
 
@@ -150,10 +150,9 @@ def multimnist_section(data) -> Any:
     return Section(headlines=lines, table_title="Metrics", table=table, figures=figs, captions=captions)
 
 
-def _evaluate(subjects: Sequence[Any], split: "ImageSplit", transforms: Sequence[Any],
-              magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
-    return multimnist_evaluate(subjects, split, batch_size=options.batch_size, device=options.device,
-                               seed=options.seed, n_boot=options.n_boot, progress=options.progress)
+def _evaluate(subjects: Sequence[Any], split: "ImageSplit", plan: ProbePlan, surrogate: Any = None) -> ProbeResult:
+    return multimnist_evaluate(subjects, split, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
+                               n_boot=plan.bootstrap, progress=plan.progress)
 
 
 register_task(Task(
@@ -165,5 +164,6 @@ register_task(Task(
     hits=top_k_hits,
     evaluate=_evaluate,
     section=multimnist_section,
+    suite=False,
 ))
 

@@ -15,7 +15,7 @@ accuracy with an interval over seeds and images and every pair's paired differen
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,11 @@ from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..models import adapt
-from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, as_subject, metric_row
+from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, metric_row
 from ..report import Section, figure_png
 from ..report.published import NOVEL_VIEWPOINT, published_for_runs
 from ..runtime import autocast_context, autocast_dtype, resolve_device
-from ..transforms import Transform
-from .base import ProbeOptions, Task, register_task
+from .base import Task, register_task
 from .classify import classify_batches, classify_loss, top1_hits
 
 __all__ = ["CONDITIONS", "viewpoint_evaluate", "viewpoint_section"]
@@ -40,11 +39,12 @@ TRANSFORM = "viewpoint"
 CONDITIONS = ("familiar", "novel")
 
 
-def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: Sequence[Transform],
-                       magnitudes: Mapping[str, Sequence[Any]], options: ProbeOptions) -> ProbeResult:
+def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePlan, surrogate: Any = None
+                       ) -> ProbeResult:
     """Familiar and novel test accuracy of every subject on ``split`` (which must carry ``familiar`` flags).
 
-    The suite's ``transforms`` and ``magnitudes`` are not used: the viewpoints are the test.
+    The plan's transformations are not used (the viewpoints are the test): its batch size, device, seed and
+    bootstrap are.
 
     Raises:
         InvalidInputError: the split has no familiar/novel flags, or one of the two parts is empty.
@@ -56,7 +56,7 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
     if familiar.all() or not familiar.any():
         raise InvalidInputError(f"the split has {int(familiar.sum())} familiar and {int((~familiar).sum())} novel "
                                 "images: the viewpoint test needs both")
-    dev = resolve_device(options.device)
+    dev = resolve_device(plan.device)
     dtype = autocast_dtype(dev, True)
     frames, metric_rows, entries = [], [], []
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
         scores = []
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for images, _ in iterate_batches(split, options.batch_size, device=dev):
+            for images, _ in iterate_batches(split, plan.batch_size, device=dev):
                 with autocast_context(dev, dtype):
                     scores.append(adapter.outputs(images).scores.float().cpu())
         s = torch.cat(scores)
@@ -92,7 +92,7 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, transforms: S
             base = {**ident, "transform": TRANSFORM, "kind": TRANSFORM, "magnitude": name,
                     "magnitude_value": float(value)}
             metric_rows.append(metric_row(base, "accuracy", float(part.mean()),
-                                          M.bootstrap_mean_ci(part, options.n_boot, options.seed), len(part)))
+                                          M.bootstrap_mean_ci(part, plan.bootstrap, plan.seed), len(part)))
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     images = pd.concat(frames, ignore_index=True)
     tables = {name: frame for name, frame in comparison_tables(metrics, images, entries, {TRANSFORM: "familiar"}).items()
@@ -242,4 +242,5 @@ register_task(Task(
     hits=top1_hits,
     evaluate=viewpoint_evaluate,
     section=viewpoint_section,
+    suite=False,
 ))

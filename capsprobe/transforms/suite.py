@@ -67,6 +67,10 @@ class Transform:
         scramble: a part-scrambling ("Picasso") edit, whose detection the report sets against a nuisance.
         worst_case: chosen per image against the model (:mod:`.worst`, :mod:`.gradient`): called with
             ``against``, the labels and the model.
+        fits: ``fits(magnitude, channels, height, width) -> None`` when the magnitude can be applied to such images,
+            else the reason in a few words (a jigsaw grid that does not divide the side, a shift past the canvas, a
+            channel count the operation does not take); None: every magnitude fits every image. The probe plan
+            (:class:`capsprobe.probe.ProbePlan`) asks it before anything is trained or loaded.
 
     Adding a transformation is one :func:`register_transform` call: the probe, the report's headlines and
     showcase, and the CLI's help read these fields.
@@ -88,6 +92,7 @@ class Transform:
     headline: tuple = ()
     scramble: bool = False
     worst_case: bool = False
+    fits: Callable[[Any, int, int, int], str | None] | None = None
 
     def kind_at(self, magnitude: Any) -> str:
         """``nuisance`` or ``semantic`` at ``magnitude`` (rotations become semantic from 90 degrees)."""
@@ -125,6 +130,22 @@ class Transform:
         return self.fn(images, self.validate(magnitude), seed)
 
 
+def _jigsaw_fits(grid: Any, channels: int, height: int, width: int) -> str | None:
+    """A jigsaw grid cuts the image into equal patches: it must divide both sides."""
+    g = int(grid)
+    if height % g or width % g:
+        return f"jigsaw grid {g} does not divide the image size {height}x{width}"
+    return None
+
+
+def _shift_fits(pixels: Any, channels: int, height: int, width: int) -> str | None:
+    """A shift in pixels (the suite's magnitudes are pixels, tuned to 28-pixel digits) must leave part of the image
+    on the canvas: ``|pixels|`` below both sides."""
+    if abs(float(pixels)) >= min(height, width):
+        return f"translate by {magnitude_label(pixels)} px moves a {height}x{width} image off its canvas"
+    return None
+
+
 # the gradient attacks' default radii: MNIST's usual range up to 0.3 (Madry et al. 2018), and 0.5, where an attack
 # that works can turn every image into the same grey and any model falls to chance or below (the masking check)
 EPS_GRID = (0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -138,7 +159,7 @@ TRANSFORMS: dict[str, Transform] = {
                   showcase=45, headline=(45,)),
         Transform("flip", flip, FLIPS, "none", "direction", "semantic", choices=FLIPS, showcase="horizontal"),
         Transform("translate", translate, (-8, -6, -4, -2, 0, 2, 4, 6, 8), 0, "pixels (x and y)", "nuisance", -8, 8,
-                  showcase=4, headline=(4,)),
+                  showcase=4, headline=(4,), fits=_shift_fits),
         Transform("scale", scale, (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5), 1.0, "factor", "nuisance", 0.5, 1.5,
                   showcase=0.75),
         Transform("shear", shear, (-0.6, -0.4, -0.2, 0, 0.2, 0.4, 0.6), 0, "x per y", "nuisance", -0.6, 0.6,
@@ -146,7 +167,7 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("affine", affine, (0, 0.25, 0.5, 0.75, 1.0), 0, "strength", "nuisance", 0, 1, showcase=1.0,
                   headline=(1.0,)),
         Transform("jigsaw", jigsaw, (1, 2, 4, 7), 1, "patches per side", "semantic", 1, 28, geometric=False,
-                  integer=True, showcase=4, headline=(4,), scramble=True),
+                  integer=True, showcase=4, headline=(4,), scramble=True, fits=_jigsaw_fits),
         Transform("swap", swap, SWAPS, "none", "halves", "semantic", choices=SWAPS, geometric=False,
                   showcase="top-bottom", headline=("top-bottom", "left-right"), scramble=True),
         Transform("affnist", affnist, AFFNIST, "none", "affNIST test warp", "nuisance", choices=AFFNIST,

@@ -1,0 +1,145 @@
+"""The probe plan: built once from options or an experiment file, checked against the data set's images before any
+training, and a dry run that prints it and writes nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import capsprobe.data.datasets as datasets
+from capsprobe.cli import app
+from capsprobe.data import ImageSplit, get_spec
+from capsprobe.errors import InvalidInputError
+from capsprobe.experiment import ExperimentError, load_experiment
+from capsprobe.probe import ProbePlan, Subject, run_probe
+from capsprobe.tasks import get_task
+from capsprobe.transforms import Transform, Transformed
+
+runner = CliRunner()
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+
+
+def _sizes(path: Path) -> list[str]:
+    import tomllib
+
+    return list(tomllib.loads(path.read_text())["sizes"])
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Loading any data set fails: what is checked must be known from the registry alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a data set was loaded")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setattr("capsprobe.data.load_dataset", refuse)
+
+
+@pytest.mark.parametrize("path, size", [(p, s) for p in EXPERIMENTS for s in _sizes(p)],
+                         ids=lambda v: v.stem if isinstance(v, Path) else v)
+def test_every_size_of_every_experiment_file_has_a_plan_that_fits_its_data(path, size, no_data):
+    exp = load_experiment(path, size)  # validates the plan when the task probes transformations
+    task = get_task(exp.train.get("task", "classify"))
+    plan = exp.probe_plan()
+    assert plan.conditions >= len(plan.transforms) >= 1
+    assert (plan.seed, plan.limit, plan.split, plan.bootstrap, plan.reference, plan.lie) == (
+        exp.probe_seed, exp.probe_limit, exp.split, exp.bootstrap, exp.reference, exp.lie)
+    if task.suite:
+        spec = get_spec(exp.dataset)
+        assert plan.validate_for(spec, task.input_size(spec.img_size)) is plan
+
+
+def test_the_plan_resolves_names_and_adds_the_identity():
+    plan = ProbePlan.from_options(["rotate", "jigsaw"], ["rotate=45,90"], seed=3, n_boot=20)
+    assert [t.name for t in plan.transforms] == ["rotate", "jigsaw"]
+    assert plan.magnitudes["rotate"] == (0, 45.0, 90.0) and plan.magnitudes["jigsaw"] == (1, 2, 4, 7)
+    assert plan.conditions == 7 and plan.seed == 3 and plan.bootstrap == 20
+    assert ProbePlan.from_options(["rotate"], {"rotate": [0, 30]}).magnitudes["rotate"] == (0.0, 30.0)
+    with pytest.raises(InvalidInputError, match="not probed"):
+        ProbePlan.from_options(["rotate"], {"flip": ["horizontal"]})
+    with pytest.raises(InvalidInputError, match="split must be test or val"):
+        ProbePlan.from_options(["rotate"], split="train")
+    with pytest.raises(TypeError):
+        ProbePlan.from_options(["rotate"], bogus=1)
+
+
+def test_a_jigsaw_grid_that_does_not_divide_the_image_is_refused():
+    plan = ProbePlan.from_options(["jigsaw"])
+    plan.validate(1, 28)
+    with pytest.raises(InvalidInputError, match=r"cifar10's 3x32x32 images: jigsaw grid 7 does not divide"):
+        plan.validate_for(get_spec("cifar10"))
+    ProbePlan.from_options(["jigsaw"], ["jigsaw=1,2,4,8"]).validate_for(get_spec("cifar10"))
+
+
+def test_a_translation_past_the_canvas_is_refused():
+    plan = ProbePlan.from_options(["translate"], ["translate=0,4,8"])
+    plan.validate(1, 28)
+    plan.validate(1, 9)
+    with pytest.raises(InvalidInputError, match="translate by 8 px moves a 8x8 image off its canvas"):
+        plan.validate(1, 8)
+    with pytest.raises(InvalidInputError, match="translate by -8 px"):
+        ProbePlan.from_options(["translate"], ["translate=-8"]).validate(1, 6, 40)
+
+
+def test_a_transformation_for_other_channels_is_refused():
+    def gray(images, level, seed=0):
+        return Transformed(images.mean(1, keepdim=True).expand_as(images) * 0 + images)
+
+    rgb_only = Transform("desaturate", gray, (0, 1), 0, "strength", "nuisance", 0, 1, geometric=False,
+                         fits=lambda m, c, h, w: None if c == 3 else f"desaturate needs 3-channel images, got {c}")
+    plan = ProbePlan.from_options([rgb_only])
+    plan.validate(3, 32)
+    with pytest.raises(InvalidInputError, match="mnist's 1x28x28 images: desaturate needs 3-channel images, got 1"):
+        plan.validate_for(get_spec("mnist"))
+
+
+def test_rotations_fit_every_image():
+    # no rotation grid option beyond 90 degrees to refuse: decodability keeps the nuisance angles (below 90) itself
+    ProbePlan.from_options(["rotate"]).validate(1, 5)
+
+
+def test_an_experiment_whose_plan_does_not_fit_its_data_is_refused_before_training(tmp_path, no_data):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[data]\ndataset = "cifar10"\n[probe]\ntransforms = ["jigsaw", "rotate"]\n'
+                    '[sizes.tiny]\nmodels = [{ model = "capsnet_small", epochs = 1 }]\n')
+    with pytest.raises(ExperimentError, match=r"bad.toml:5: size 'tiny': the probe plan does not fit cifar10's "
+                                              r"3x32x32 images: jigsaw grid 7 does not divide"):
+        load_experiment(path, "tiny")
+    result = runner.invoke(app, ("run", str(path), "--size", "tiny", "--dry-run"))
+    assert result.exit_code == 1 and "jigsaw grid 7 does not divide the image size 32x32" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["bad.toml"]
+
+
+def test_run_probe_takes_a_plan_or_its_options_and_checks_it_against_the_split():
+    split = ImageSplit(torch.zeros(8, 1, 30, 30, dtype=torch.uint8), torch.arange(8) % 2)
+    subject = Subject("flat", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(900, 2)))
+    with pytest.raises(InvalidInputError, match="jigsaw grid 4 does not divide the image size 30x30"):
+        run_probe([subject], split, ["jigsaw"], {"jigsaw": [4]}, progress=False)
+    plan = ProbePlan.from_options(["rotate"], progress=False)
+    with pytest.raises(InvalidInputError, match="either a plan or its options"):
+        run_probe([subject], split, plan=plan, seed=1)
+
+
+def test_perturb_refuses_a_plan_that_does_not_fit_the_runs_data(tiny_runs, tmp_path):
+    result = runner.invoke(app, ["perturb", str(tiny_runs["rgb"]), "-t", "jigsaw", "--out", str(tmp_path / "r"),
+                                 "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "test-rgb32's 3x32x32 images: jigsaw grid 7 does not divide" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    demo = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
+    result = runner.invoke(app, ("run", str(demo), "--size", "tiny", "--dry-run", "--device", "cpu"))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "capsnet_small x seed 0: 1 epoch" in out and "resnet18 x seed 0: 1 epoch" in out
+    # tiny: rotate 4, flip 3, translate 2, scale 2, shear 2, affine 2, jigsaw 2, swap 3 magnitudes
+    assert "20 conditions per run (8 transformations x their magnitudes)" in out and "jigsaw: 1, 4" in out
+    assert "estimated wall time" in out and "img/s for capsnet_small" in out and "measured now on cpu" in out
+    assert list(tmp_path.iterdir()) == []
