@@ -437,3 +437,31 @@ def test_the_registrys_attention_routing_is_the_layer_then_the_activation():
     out = get_routing("attention")(votes, 3, False, squash, record)
     ref = squash(reference_attention(votes, torch.zeros(4, 7)))
     assert (out - ref).abs().max() < 1e-12 and len(record) == 1
+
+
+def test_a_head_registered_outside_heads_py_is_built_and_probed():
+    from capsprobe.models.heads import Head, register_head, unregister_head
+    from capsprobe.models.layers import squash
+
+    def build(model, width):  # a capsule head: squashed primaries, one matrix per pair, a single mean vote
+        model.conv_pose = torch.nn.Conv2d(width, model.caps_types * model.pose_dim, 1)
+        model.weight = torch.nn.Parameter(torch.randn(model.num_classes, model.num_in, model.pose_dim, model.out_dim))
+        return model.num_classes * model.out_dim
+
+    def route(model, votes, poses, act):
+        v = squash(votes.mean(dim=2))
+        return v, v.norm(dim=-1)
+
+    register_head(Head("toy", build, primary=lambda m, raw, maps: (squash(raw), None), route=route,
+                       classifier="conv_pose"))
+    try:
+        model = BackboneHeadNet(head="toy", planes=4, blocks=(1, 1, 1), caps_types=2, pose_dim=4, out_dim=3).eval()
+        with torch.no_grad():
+            out = adapt(model).outputs(torch.rand(2, 1, 28, 28))
+        assert out.poses is not None and out.poses.shape == (2, 10, 3) and out.scores.shape == (2, 10)
+        with pytest.raises(InvalidInputError, match="no routing iterations"):
+            BackboneHeadNet(head="toy", num_iters=2)
+    finally:
+        unregister_head("toy")
+    with pytest.raises(InvalidInputError, match="unknown head 'toy'"):
+        BackboneHeadNet(head="toy")

@@ -46,6 +46,7 @@ gives every head's parameters and forward FLOPs, the two budgets a comparison ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -57,7 +58,7 @@ from ..errors import InvalidInputError
 from ._cfg import cfg_of, register_family, small_image_cfg
 from .adapter import ModelOutputs
 from .capsnet import _pair
-from .components import get_capsule_loss
+from .components import _lookup, get_capsule_loss, get_routing
 from .costs import model_costs
 from .layers import (
     attention_routing,
@@ -66,17 +67,12 @@ from .layers import (
     em_route_parent_major,
     fast_kernels_apply,
     inverted_dot_product_routing,
-    route_by_agreement,
     self_routing,
     squash,
 )
 
-__all__ = ["CAPSULE_HEADS", "CNN_HEADS", "HEADS", "BackboneHeadNet", "ResNetBackbone", "head_costs"]
-
-CAPSULE_HEADS = ("dynamic", "em", "self", "attention", "inverted")
-CNN_HEADS = ("avg", "max", "fc", "conv")
-HEADS = CNN_HEADS + CAPSULE_HEADS
-_DEFAULT_ITERS = {"dynamic": 3, "em": 3, "inverted": 2}
+__all__ = ["CAPSULE_HEADS", "CNN_HEADS", "HEADS", "BackboneHeadNet", "Head", "ResNetBackbone", "get_head",
+           "head_costs", "list_heads", "register_head", "unregister_head"]
 
 
 class _Shortcut(nn.Module):
@@ -145,11 +141,247 @@ def _capsules(maps: Tensor, types: int) -> Tensor:
     return maps.view(b, types, c // types, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * types, c // types)
 
 
+
+# --- the head registry: each head is one registered Head, which BackboneHeadNet dispatches through ---------------
+
+Net = Any  # a BackboneHeadNet: a head adds its own layers to the model, so its functions take the model untyped
+
+
+def _pair_votes(model: Net, poses: Tensor) -> Tensor:
+    """Each pose vector times the pair's matrix, ``u_i W_ij``: ``(B, N_in, D)`` -> ``(B, K, N_in, D_out)``."""
+    return torch.einsum("bid,jide->bjie", poses, model.weight.to(poses.dtype))
+
+
+@dataclass(frozen=True)
+class Head:
+    """One head of :class:`BackboneHeadNet`, registered by name with :func:`register_head` (the same name -> entry
+    table as the routing registry of :mod:`capsprobe.models.components`).
+
+    A CNN head gives ``forward``; a capsule head gives ``primary`` and ``route`` (and ``votes`` where a vote is not
+    ``u_i W_ij``), and the model runs primaries -> votes -> routing, the routing in float32.
+
+    Attributes:
+        name: the registry name, ``BackboneHeadNet(head=name)``.
+        build: ``(model, width) -> pre-logits width``: adds the head's layers to ``model``, which reads the backbone's
+            ``width``-channel map; ``model.caps_types``, ``pose_dim``, ``out_dim``, ``num_classes``, ``hidden`` and
+            ``num_in`` are set.
+        forward: a CNN head's ``(model, maps (B, C, h, w)) -> (logits (B, K), classifier input (B, F))``.
+        primary: a capsule head's ``(model, raw (B, N_in, D), maps) -> (poses (B, N_in, D), activations (B, N_in)
+            or None)``.
+        route: a capsule head's ``(model, votes (B, K, N_in, D_out) float32, poses, activations) -> (class poses
+            (B, K, D_out), scores (B, K))``.
+        votes: ``(model, poses (B, N_in, D)) -> votes (B, K, N_in, D_out)``; default one matrix per pair.
+        num_iters: the default routing iterations; None: the head has none (``num_iters`` is refused).
+        pose_dim: the pose dimension the head requires of its primaries and class capsules (``em``: 16); None: any.
+        classifier: the module timm's config names as the classifier.
+    """
+
+    name: str
+    build: Callable[[Net, int], int]
+    forward: Callable[[Net, Tensor], tuple[Tensor, Tensor]] | None = None
+    primary: Callable[[Net, Tensor, Tensor], tuple[Tensor, Tensor | None]] | None = None
+    route: Callable[[Net, Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor]] | None = None
+    votes: Callable[[Net, Tensor], Tensor] = _pair_votes
+    num_iters: int | None = None
+    pose_dim: int | None = None
+    classifier: str = "classifier"
+
+    @property
+    def capsule(self) -> bool:
+        """The head routes capsules and exposes class poses (else a CNN head)."""
+        return self.route is not None
+
+    def __post_init__(self):
+        if (self.forward is None) == (self.route is None) or (self.route is not None and self.primary is None):
+            raise InvalidInputError(f"head {self.name!r} needs forward (a CNN head) or primary and route (a capsule "
+                                    "head)")
+
+
+_HEADS: dict[str, Head] = {}
+
+
+def register_head(head: Head) -> Head:
+    """Register ``head`` under ``head.name``; ``BackboneHeadNet(head=head.name)`` then builds it."""
+    _HEADS[head.name] = head
+    return head
+
+
+def unregister_head(name: str) -> None:
+    _HEADS.pop(name, None)
+
+
+def get_head(name: str) -> Head:
+    """The head registered as ``name`` (``dynamic``, ``avg``, ...)."""
+    return _lookup(_HEADS, "head", name)
+
+
+def list_heads() -> list[str]:
+    return sorted(_HEADS)
+
+
+# --- the CNN heads ------------------------------------------------------------------------------------------------
+
+
+def _classifier(model: Net, features: int) -> int:
+    """An optional hidden layer (``hidden``) and the linear classifier on ``features``; the pre-logits width."""
+    hid = model.hidden
+    model.hidden_layer = nn.Linear(features, hid) if hid else None
+    model.classifier = nn.Linear(hid or features, model.num_classes)
+    return hid or features
+
+
+def _classify(model: Net, y: Tensor) -> tuple[Tensor, Tensor]:
+    y = F.relu(model.hidden_layer(y)) if model.hidden_layer is not None else y
+    return model.classifier(y), y
+
+
+def _build_fc(model: Net, width: int) -> int:
+    model.conv = _conv_bn(width, model.caps_types * model.pose_dim)
+    h, w = model.map_size
+    return _classifier(model, model.caps_types * model.pose_dim * h * w)
+
+
+def _build_conv(model: Net, width: int) -> int:
+    conv_width, hid = model.caps_types * model.pose_dim, model.hidden
+    model.conv = _conv_bn(width, conv_width)
+    model.pointwise = nn.Conv2d(conv_width, hid, 1) if hid else None
+    model.classifier = nn.Conv2d(hid or conv_width, model.num_classes, 1)
+    return hid or conv_width
+
+
+def _conv_forward(model: Net, maps: Tensor) -> tuple[Tensor, Tensor]:
+    """A 1x1 convolution to K channels, then global average pooling (the features pooled too)."""
+    y = F.relu(model.conv(maps))
+    if model.pointwise is not None:
+        y = F.relu(model.pointwise(y))
+    return model.classifier(y).mean(dim=(2, 3)), y.mean(dim=(2, 3))
+
+
+register_head(Head("avg", _classifier, lambda m, maps: _classify(m, maps.mean(dim=(2, 3)))))
+register_head(Head("max", _classifier, lambda m, maps: _classify(m, maps.amax(dim=(2, 3)))))
+register_head(Head("fc", _build_fc, lambda m, maps: _classify(m, F.relu(m.conv(maps)).flatten(1))))
+register_head(Head("conv", _build_conv, _conv_forward))
+
+
+# --- the capsule heads --------------------------------------------------------------------------------------------
+
+
+def _primary_layers(model: Net, width: int, activations: bool = False) -> None:
+    """Pose convolution (and, for heads that route on activations, the activation convolution)."""
+    model.conv_pose = _conv_bn(width, model.caps_types * model.pose_dim)
+    if activations:
+        model.conv_a = _conv_bn(width, model.caps_types)
+
+
+def _pair_weight(model: Net) -> int:
+    """One ``D x D_out`` matrix per (input capsule, class) pair, ``(K, N_in, D, D_out)``; the pre-logits width."""
+    k, n, d, e = model.num_classes, model.num_in, model.pose_dim, model.out_dim
+    model.weight = nn.Parameter(torch.empty(k, n, d, e))
+    nn.init.kaiming_uniform_(model.weight.view(k * n, d, e))
+    return k * e
+
+
+def _activations(model: Net, maps: Tensor) -> Tensor:
+    """``(B, C, h, w)`` -> sigmoid activations ``(B, h w A)``, ordered as the capsules."""
+    return torch.sigmoid(model.conv_a(maps)).permute(0, 2, 3, 1).reshape(maps.shape[0], -1)
+
+
+def _build_dynamic(model: Net, width: int) -> int:
+    _primary_layers(model, width)
+    return _pair_weight(model)
+
+
+def _route_dynamic(model: Net, votes: Tensor, poses: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    routing: Any = get_routing("dynamic")  # routing by agreement, with the fused kernels' switch
+    v = routing(votes, model.num_iters, False, squash, fused=fast_kernels_apply(model))
+    return v, capsule_lengths(v)
+
+
+def _build_em(model: Net, width: int) -> int:
+    _primary_layers(model, width, activations=True)
+    k, n = model.num_classes, model.num_in
+    model.weight = nn.Parameter(torch.randn(k, n, 4, 4) * 0.5)  # EMCapsNet's init_std
+    model.beta_u = nn.Parameter(torch.zeros(k))
+    model.beta_a = nn.Parameter(torch.zeros(k))
+    return k * model.out_dim
+
+
+def _matrix_votes(model: Net, poses: Tensor) -> Tensor:
+    """Each 4x4 pose matrix times the pair's 4x4 transformation, ``M_i W_ij``."""
+    mats = poses.view(poses.shape[0], model.num_in, 4, 4)
+    return torch.einsum("bixy,jiyz->bjixz", mats, model.weight.to(poses.dtype)).flatten(3)
+
+
+def _route_em(model: Net, votes: Tensor, poses: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    assert act is not None
+    return em_route_parent_major(votes, act.float(), model.beta_u, model.beta_a, model.num_iters)
+
+
+def _build_self(model: Net, width: int) -> int:
+    _primary_layers(model, width, activations=True)
+    out = _pair_weight(model)
+    n, k, d = model.num_in, model.num_classes, model.pose_dim
+    # the routing network, zeros at the start as in the authors' code (uniform couplings)
+    model.route_weight = nn.Parameter(torch.zeros(n, k, d))
+    model.route_bias = nn.Parameter(torch.zeros(n, k))
+    return out
+
+
+def _route_self(model: Net, votes: Tensor, poses: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    assert act is not None
+    logits = torch.einsum("bid,ijd->bji", poses.float(), model.route_weight) + model.route_bias.t()
+    u, a_out = self_routing(votes, logits, act.float())
+    assert u is not None
+    return u, a_out
+
+
+def _build_attention(model: Net, width: int) -> int:
+    _primary_layers(model, width)
+    out = _pair_weight(model)
+    model.prior = nn.Parameter(torch.zeros(model.num_classes, model.num_in))
+    return out
+
+
+def _route_attention(model: Net, votes: Tensor, poses: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    v = efficient_squash(attention_routing(votes, model.prior))
+    return v, capsule_lengths(v)
+
+
+def _build_inverted(model: Net, width: int) -> int:
+    _primary_layers(model, width)
+    out = _pair_weight(model)
+    model.primary_norm = nn.LayerNorm(model.pose_dim)
+    model.pose_norm = nn.LayerNorm(model.out_dim)
+    model.classifier = nn.Linear(model.out_dim, 1)  # shared by the classes
+    return out
+
+
+def _route_inverted(model: Net, votes: Tensor, poses: Tensor, act: Tensor | None) -> tuple[Tensor, Tensor]:
+    p = inverted_dot_product_routing(votes, model.num_iters, model.pose_norm)
+    return p, model.classifier(p).squeeze(-1).softmax(dim=-1)
+
+
+register_head(Head("dynamic", _build_dynamic, primary=lambda m, raw, maps: (squash(raw), None), route=_route_dynamic,
+                   num_iters=3, classifier="conv_pose"))
+register_head(Head("em", _build_em, primary=lambda m, raw, maps: (raw, _activations(m, maps)), route=_route_em,
+                   votes=_matrix_votes, num_iters=3, pose_dim=16, classifier="conv_pose"))
+register_head(Head("self", _build_self, primary=lambda m, raw, maps: (raw, _activations(m, maps)), route=_route_self,
+                   classifier="conv_pose"))
+register_head(Head("attention", _build_attention, primary=lambda m, raw, maps: (efficient_squash(raw), None),
+                   route=_route_attention, classifier="conv_pose"))
+register_head(Head("inverted", _build_inverted, primary=lambda m, raw, maps: (m.primary_norm(raw), None),
+                   route=_route_inverted, num_iters=2))
+
+CNN_HEADS = ("avg", "max", "fc", "conv")
+CAPSULE_HEADS = ("dynamic", "em", "self", "attention", "inverted")
+HEADS = CNN_HEADS + CAPSULE_HEADS  # the built-in heads, each a timm model backbone_head_<head>
+
+
 class BackboneHeadNet(nn.Module):
-    """The backbone and one head (see the module docstring).
+    """The backbone and one head (see the module docstring), dispatched through the head's registered :class:`Head`.
 
     Args:
-        head: one of :data:`HEADS`.
+        head: a registered head (:func:`list_heads`; the built-in ones are :data:`HEADS`).
         num_classes: classes ``K``.
         in_chans: input channels.
         img_size: input side ``H`` or ``(H, W)``.
@@ -175,77 +407,39 @@ class BackboneHeadNet(nn.Module):
             kwargs.pop(key, None)
         if kwargs:
             raise TypeError(f"BackboneHeadNet got unexpected keyword arguments: {sorted(kwargs)}")
-        if head not in HEADS:
-            raise InvalidInputError(f"unknown head {head!r}; heads: {', '.join(HEADS)}")
+        spec = get_head(head)
         if min(caps_types, pose_dim, out_dim) < 1 or hidden < 0:
             raise InvalidInputError("caps_types, pose_dim and out_dim must be >= 1 and hidden >= 0")
-        if head == "em":
-            if pose_dim != 16:
-                raise InvalidInputError(f"the em head's poses are 4x4 matrices: pose_dim must be 16, got {pose_dim}")
-            out_dim = 16
-        if hidden and head in CAPSULE_HEADS:
+        if spec.pose_dim is not None:
+            if pose_dim != spec.pose_dim:
+                raise InvalidInputError(f"the {head} head's poses have {spec.pose_dim} components (em: 4x4 matrices): "
+                                        f"pose_dim must be {spec.pose_dim}, got {pose_dim}")
+            out_dim = spec.pose_dim
+        if hidden and spec.capsule:
             raise InvalidInputError(f"hidden is a CNN head's option; the {head} head takes none")
-        if num_iters is not None and head not in _DEFAULT_ITERS:
+        if num_iters is not None and spec.num_iters is None:
             raise InvalidInputError(f"the {head} head has no routing iterations (num_iters)")
-        self.num_iters = int(num_iters if num_iters is not None else _DEFAULT_ITERS.get(head, 0))
-        if head in _DEFAULT_ITERS and self.num_iters < 1:
+        self.num_iters = int(num_iters if num_iters is not None else spec.num_iters or 0)
+        if spec.num_iters is not None and self.num_iters < 1:
             raise InvalidInputError(f"num_iters must be >= 1, got {self.num_iters}")
         get_capsule_loss(loss)
         self.head, self.loss, self.num_classes, self.in_chans = head, loss, num_classes, in_chans
         self.img_size = _pair(img_size)
         self.caps_types, self.pose_dim, self.out_dim, self.hidden = caps_types, pose_dim, out_dim, hidden
-        self.has_poses = head in CAPSULE_HEADS
+        self.has_poses = spec.capsule
         self.backbone = ResNetBackbone(in_chans, planes, blocks)
-        width = self.backbone.out_channels
         h, w = (-(-s // 4) for s in self.img_size)
         self.map_size = (h, w)
         self.num_in = caps_types * h * w
-        if head in CNN_HEADS:
-            self._build_cnn_head(width, caps_types * pose_dim, h * w)
-        else:
-            self._build_capsule_head(width)
+        self._pre_logits = spec.build(self, self.backbone.out_channels)
         self.num_features = self.head_hidden_size = (num_classes * out_dim if self.has_poses else self._pre_logits)
         self.feature_info = [{"num_chs": planes * 2 ** i, "reduction": 2 ** i, "module": f"backbone.stages.{i}"}
                              for i in range(3)]
 
-    # --- construction ---------------------------------------------------------------------------------------------
-
-    def _build_cnn_head(self, width: int, conv_width: int, positions: int) -> None:
-        k, hid = self.num_classes, self.hidden
-        if self.head in ("fc", "conv"):
-            self.conv = _conv_bn(width, conv_width)
-        if self.head == "conv":
-            self.pointwise = nn.Conv2d(conv_width, hid, 1) if hid else None
-            self.classifier = nn.Conv2d(hid or conv_width, k, 1)
-            self._pre_logits = hid or conv_width
-            return
-        features = width if self.head in ("avg", "max") else conv_width * positions
-        self.hidden_layer = nn.Linear(features, hid) if hid else None
-        self.classifier = nn.Linear(hid or features, k)  # type: ignore[assignment]
-        self._pre_logits = hid or features
-
-    def _build_capsule_head(self, width: int) -> None:
-        a, d, k, n = self.caps_types, self.pose_dim, self.num_classes, self.num_in
-        self.conv_pose = _conv_bn(width, a * d)
-        if self.head in ("em", "self"):
-            self.conv_a = _conv_bn(width, a)
-        if self.head == "em":
-            self.weight = nn.Parameter(torch.randn(k, n, 4, 4) * 0.5)  # EMCapsNet's init_std
-            self.beta_u = nn.Parameter(torch.zeros(k))
-            self.beta_a = nn.Parameter(torch.zeros(k))
-        else:
-            self.weight = nn.Parameter(torch.empty(k, n, d, self.out_dim))
-            nn.init.kaiming_uniform_(self.weight.view(k * n, d, self.out_dim))
-        if self.head == "self":  # the routing network, zeros at the start as in the authors' code (uniform couplings)
-            self.route_weight = nn.Parameter(torch.zeros(n, k, d))
-            self.route_bias = nn.Parameter(torch.zeros(n, k))
-        elif self.head == "attention":
-            self.prior = nn.Parameter(torch.zeros(k, n))
-        elif self.head == "inverted":
-            self.primary_norm = nn.LayerNorm(d)
-            self.pose_norm = nn.LayerNorm(self.out_dim)
-            self.classifier = nn.Linear(self.out_dim, 1)  # type: ignore[assignment]  # shared by the classes
-        self._pre_logits = k * self.out_dim
+    @property
+    def head_spec(self) -> Head:
+        """The registered :class:`Head` this model dispatches through."""
+        return get_head(self.head)
 
     # --- the forward pass -----------------------------------------------------------------------------------------
 
@@ -259,73 +453,29 @@ class BackboneHeadNet(nn.Module):
     def primary_capsules(self, maps: Tensor) -> tuple[Tensor, Tensor | None]:
         """The backbone's map -> primary poses ``(B, N_in, D)`` and activations ``(B, N_in)`` (None where the head
         routes on poses alone)."""
-        raw = _capsules(self.conv_pose(maps), self.caps_types)
-        act = None
-        if self.head in ("em", "self"):
-            act = torch.sigmoid(self.conv_a(maps)).permute(0, 2, 3, 1).reshape(maps.shape[0], -1)
-        if self.head == "dynamic":
-            return squash(raw), None
-        if self.head == "attention":
-            return efficient_squash(raw), None
-        if self.head == "inverted":
-            return self.primary_norm(raw), None
-        return raw, act
+        primary = self.head_spec.primary
+        assert primary is not None, f"the {self.head} head has no capsules"
+        net: Net = self  # the head's layers are the head's, not the class's
+        return primary(self, _capsules(net.conv_pose(maps), self.caps_types), maps)
 
     def votes(self, poses: Tensor) -> Tensor:
         """Primary poses ``(B, N_in, D)`` -> votes ``(B, K, N_in, D_out)`` (parent-major)."""
-        w = self.weight.to(poses.dtype)
-        if self.head == "em":
-            mats = poses.view(poses.shape[0], self.num_in, 4, 4)
-            return torch.einsum("bixy,jiyz->bjixz", mats, w).flatten(3)
-        return torch.einsum("bid,jide->bjie", poses, w)
+        return self.head_spec.votes(self, poses)
 
     def capsule_head(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         """The backbone's map -> class poses ``(B, K, D_out)`` and class scores ``(B, K)``; routed in float32."""
+        route = self.head_spec.route
+        assert route is not None, f"the {self.head} head has no capsules"
         poses, act = self.primary_capsules(maps)
         votes = self.votes(poses)
         with torch.autocast(device_type=maps.device.type, enabled=False):
-            votes = votes.float()
-            if self.head == "dynamic":
-                v = route_by_agreement(votes, self.num_iters, activation=squash,
-                                       fused=fast_kernels_apply(self))
-                assert isinstance(v, Tensor)
-                return v, capsule_lengths(v)
-            if self.head == "em":
-                assert act is not None
-                mu, a_out = em_route_parent_major(votes, act.float(), self.beta_u, self.beta_a, self.num_iters)
-                return mu, a_out
-            if self.head == "self":
-                assert act is not None
-                logits = torch.einsum("bid,ijd->bji", poses.float(), self.route_weight) + self.route_bias.t()
-                u, a_out = self_routing(votes, logits, act.float())
-                assert u is not None
-                return u, a_out
-            if self.head == "attention":
-                v = efficient_squash(attention_routing(votes, self.prior))
-                return v, capsule_lengths(v)
-            p = inverted_dot_product_routing(votes, self.num_iters, self.pose_norm)
-            return p, self.classifier(p).squeeze(-1).softmax(dim=-1)
-
-    def _cnn_pre_logits(self, maps: Tensor) -> Tensor:
-        if self.head == "conv":
-            y = F.relu(self.conv(maps))
-            if self.pointwise is not None:
-                y = F.relu(self.pointwise(y))
-            return y
-        if self.head == "avg":
-            y = maps.mean(dim=(2, 3))
-        elif self.head == "max":
-            y = maps.amax(dim=(2, 3))
-        else:
-            y = F.relu(self.conv(maps)).flatten(1)
-        return F.relu(self.hidden_layer(y)) if self.hidden_layer is not None else y
+            return route(self, votes.float(), poses, act)
 
     def _cnn_head(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         """A CNN head: logits ``(B, K)`` and the classifier's input ``(B, F)`` (the conv head's pooled over the map)."""
-        y = self._cnn_pre_logits(maps)
-        if self.head == "conv":  # a 1x1 convolution to K channels, then global average pooling
-            return self.classifier(y).mean(dim=(2, 3)), y.mean(dim=(2, 3))
-        return self.classifier(y), y
+        forward = self.head_spec.forward
+        assert forward is not None, f"the {self.head} head is a capsule head"
+        return forward(self, maps)
 
     def forward_head(self, maps: Tensor, pre_logits: bool = False) -> Tensor:
         """The backbone's map -> class scores ``(B, K)`` (a capsule head's scores; a CNN head's logits); with
@@ -362,7 +512,7 @@ class BackboneHeadNet(nn.Module):
         return self.backbone
 
     def get_classifier(self) -> nn.Module:
-        return self.classifier if hasattr(self, "classifier") else self.conv_pose
+        return getattr(self, self.head_spec.classifier)
 
     def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
         raise NotImplementedError("build a new BackboneHeadNet with num_classes")
@@ -378,7 +528,7 @@ def head_costs(model: BackboneHeadNet) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({f"backbone_head_{h}": small_image_cfg(
-    first_conv="backbone.stem.0", classifier="classifier" if h in CNN_HEADS + ("inverted",) else "conv_pose",
+    first_conv="backbone.stem.0", classifier=get_head(h).classifier,
     paper_ids="SR-CapsNet (Hahn et al., NeurIPS 2019)") for h in HEADS})
 
 
