@@ -7,17 +7,20 @@ A native model family is registered in one step: :func:`register_family` registe
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, TypeVar
 
 __all__ = ["family_classes", "register_family", "small_image_cfg", "unregister_family"]
 
 _FAMILIES: dict[str, type] = {}  # model name -> the class whose constructor arguments are its options
 _Entry = TypeVar("_Entry", bound=Callable)
+_TIMM_LOADER_KEYWORDS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def register_family(cls: type) -> Callable[[_Entry], _Entry]:
     """Decorator of a model entry point ``fn(pretrained=False, **kwargs) -> cls``: registers it in timm under its
-    ``__name__`` and as a native capsprobe model whose options are ``cls.__init__``'s arguments.
+    ``__name__`` and as a native capsprobe model whose options are ``cls.__init__``'s arguments. timm's loader
+    keywords (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``) never reach ``fn``.
 
     Example::
 
@@ -29,9 +32,15 @@ def register_family(cls: type) -> Callable[[_Entry], _Entry]:
     def deco(fn: _Entry) -> _Entry:
         from timm.models import register_model  # timm is loaded by every module that registers a family
 
-        register_model(fn)
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            for key in _TIMM_LOADER_KEYWORDS:
+                kwargs.pop(key, None)
+            return fn(*args, **kwargs)
+
+        register_model(entry)
         _FAMILIES[fn.__name__] = cls
-        return fn
+        return entry  # type: ignore[return-value]
 
     return deco
 
