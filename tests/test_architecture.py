@@ -129,8 +129,14 @@ def test_the_public_api_resolves():
 
 # --- repository weight ------------------------------------------------------------------------------------------
 
-MAX_REPORTS = 20 * 2**20
+MAX_REPORTS = 20 * 2**20  # every report together: today's 11 hold under 13 MiB, room for 6+ more
+MAX_REPORT = 4 * 2**20  # one report folder (reports/routing, nine models x 3 seeds, holds 3.6 MiB of CSV tables)
+MAX_PICTURES = 3 * 2**19  # one report's figures/ and arrays/ (1.5 MiB): one seed's image grids per model
 MAX_FILE = 2 * 2**20
+#: the reports of 0.2.0 and their budget together: they may not grow back (reports/README.md)
+TODAY = {"ablation", "ablation-lie", "affnist", "attacks", "demo", "null", "robustness", "routing", "routing-affnist",
+         "routing-viewpoint", "viewpoint"}
+MAX_TODAY = 13 * 2**20
 
 
 def _tracked() -> list[Path]:
@@ -141,7 +147,7 @@ def _tracked() -> list[Path]:
 
 
 def test_the_repository_stays_small():
-    """What a reader needs is committed (report.md, figures, CSV tables, manifest, the slim per-image table);
+    """What a reader needs is committed (report.md, the figures it shows, CSV tables, image grids, manifest);
     report.html is rebuilt by ``capsprobe report`` and is not tracked."""
     files = _tracked()
     big = [(str(p.relative_to(ROOT)), p.stat().st_size) for p in files if p.stat().st_size > MAX_FILE]
@@ -149,6 +155,52 @@ def test_the_repository_stays_small():
     reports = sum(p.stat().st_size for p in files if p.relative_to(ROOT).parts[0] == "reports")
     assert reports <= MAX_REPORTS, f"reports/ holds {reports / 2**20:.1f} MB of tracked files"
     assert not [p for p in files if p.name == "report.html"]
+
+
+def _report_files() -> dict[str, list[Path]]:
+    """The tracked files of each report folder (``reports/<name>/...``)."""
+    out: dict[str, list[Path]] = {}
+    for p in _tracked():
+        parts = p.relative_to(ROOT).parts
+        if parts[0] == "reports" and len(parts) > 2:
+            out.setdefault(parts[1], []).append(p)
+    return out
+
+
+def test_each_report_keeps_to_its_budget():
+    """A report folder stays under 4 MiB, its pictures (figures/, arrays/) under 1.5 MiB, and today's reports
+    under 13 MiB together; rebuilt outputs (report.html, tables/) and the per-image table are not tracked."""
+    reports = _report_files()
+    if not reports:
+        pytest.skip("no report is tracked here")
+    size = {name: sum(p.stat().st_size for p in files) for name, files in reports.items()}
+    assert {n: s for n, s in size.items() if s > MAX_REPORT} == {}
+    pictures = {name: sum(p.stat().st_size for p in files if p.parent.name in ("figures", "arrays"))
+                for name, files in reports.items()}
+    assert {n: s for n, s in pictures.items() if s > MAX_PICTURES} == {}
+    today = sum(s for n, s in size.items() if n in TODAY)
+    assert today <= MAX_TODAY, f"today's reports hold {today / 2**20:.2f} MiB"
+    rebuilt = [p for files in reports.values() for p in files
+               if p.name in ("report.html", "results.parquet") or p.parent.name == "tables"]
+    assert rebuilt == []
+
+
+def test_committed_figures_and_image_grids_are_on_their_page():
+    """Every figure committed under reports/ is shown by its report.md, and every image grid (arrays/*.npz) is one
+    the page draws: figures no page shows are not committed."""
+    reports = _report_files()
+    if not reports:
+        pytest.skip("no report is tracked here")
+    unshown = []
+    for name, files in reports.items():
+        page = ROOT / "reports" / name / "report.md"
+        text = page.read_text() if page.is_file() else ""
+        for p in files:
+            if p.parent.name == "figures" and f"figures/{p.name}" not in text:
+                unshown.append(str(p.relative_to(ROOT)))
+            if p.parent.name == "arrays" and f"figures/{p.stem}.png" not in text:
+                unshown.append(str(p.relative_to(ROOT)))
+    assert unshown == []
 
 
 def test_image_grids_are_stored_in_8_bits_and_read_back(tmp_path):

@@ -216,3 +216,23 @@ def test_the_key_figure_draws_the_seed_interval_of_the_comparison(folder):
     acc = comp[comp["metric"] == "accuracy"]
     assert len(rows) == len(acc) and set(rows["run"]) == set(acc["model"])
     np.testing.assert_allclose(rows["ci_low"], acc["ci_low"])
+
+
+def test_the_page_draws_one_seed_of_image_grids_per_model():
+    """A model's seeds draw the same digits: the page keeps the first seed's grids of each kind, a run the manifest
+    does not list keeps its own, and the note says so only when a model has several seeds."""
+    from capsprobe.report.section import first_seed_grids
+
+    grid = {"images": np.zeros((1, 1, 1, 2, 2))}
+    arrays = {f"{kind}-{run}": grid for kind in ("pose_sweep", "reconstructions")
+              for run in ("caps-seed0", "caps-seed1", "no-routing-seed2", "no-routing-seed3", "other")}
+    runs = [{"name": "caps-seed0", "model": "caps"}, {"name": "caps-seed1", "model": "caps"},
+            {"name": "no-routing-seed2", "model": "no-routing"}, {"name": "no-routing-seed3", "model": "no-routing"},
+            {"name": "cnn-seed0", "model": "cnn"}]
+    kept, one_seed = first_seed_grids(arrays, runs)
+    assert sorted(kept) == sorted(f"{k}-{r}" for k in ("pose_sweep", "reconstructions")
+                                  for r in ("caps-seed0", "no-routing-seed2", "other"))
+    assert one_seed
+    single, one_seed = first_seed_grids({"pose_sweep-caps-seed0": grid}, runs[:1])
+    assert list(single) == ["pose_sweep-caps-seed0"] and not one_seed
+    assert first_seed_grids({}, runs) == ({}, False)

@@ -171,6 +171,29 @@ class FigureSpec:
     caption: str
 
 
+def first_seed_grids(arrays: dict[str, dict[str, np.ndarray]],
+                     runs: list[Any]) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
+    """The image grids (``<kind>-<run>``) of each model's first run in the manifest's order, and whether a model
+    with several runs (seeds) has one of them shown.
+
+    A model's seeds draw the same pictures of the same digits; the page shows one seed's, which keeps a report of
+    many seeds small (and the other seeds' grids need not be kept). Grids of a run the manifest does not list are
+    all kept.
+    """
+    model_of = {str(r.get("name", "")): str(r.get("model", r.get("name", ""))) for r in runs if isinstance(r, dict)}
+    first = {}
+    for run, model in reversed(model_of.items()):
+        first[model] = run
+    kept = {}
+    for name, grid in arrays.items():
+        of = name.partition("-")[2]
+        if of not in model_of or first[model_of[of]] == of:
+            kept[name] = grid
+    several = {m for m in model_of.values() if list(model_of.values()).count(m) > 1}
+    shown = {model_of[name.partition("-")[2]] for name in kept if name.partition("-")[2] in model_of}
+    return kept, bool(shown & several)
+
+
 def grid_figures(arrays: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, bytes], dict[str, str]]:
     """Every stored image grid (``arrays/*.npz``) drawn with :func:`capsprobe.report.plots.plot_image_grid`."""
     from . import plots  # lazy: plots imports matplotlib and seaborn

@@ -12,7 +12,18 @@ from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 from .folder import ReportData, ReportError
 from .published import CIFAR10, published_for_runs
-from .section import FigureSpec, Section, _fmt, _has, _plot, _png, grid_figures, pct, report_colours
+from .section import (
+    FigureSpec,
+    Section,
+    _fmt,
+    _has,
+    _plot,
+    _png,
+    first_seed_grids,
+    grid_figures,
+    pct,
+    report_colours,
+)
 from .verdicts import verdict_claims, verdict_table
 
 __all__ = [
@@ -517,10 +528,14 @@ def suite_section(data: ReportData) -> Section:
                 figs[spec.name] = _png(spec.draw(data))
                 captions[spec.name] = spec.caption
         lie_figs, lie_captions = lie_figures(data)
-    grids, grid_captions = grid_figures(data.arrays)
+    shown, one_seed = first_seed_grids(data.arrays, data.manifest.get("runs", []))
+    grids, grid_captions = grid_figures(shown)
     figs.update(grids)
     captions.update(grid_captions)
     notes = []
+    if one_seed:
+        notes.append("image grids (pose sweeps, reconstructions): each model's first seed only; its other seeds draw "
+                     "the same digits")
     no_decoder = [r.get("name", "?") for r in data.manifest.get("runs", []) if r.get("poses") and not r.get("decoder")]
     if no_decoder:
         notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
