@@ -32,7 +32,7 @@ from .components import (
 from .costs import model_costs
 from .efficient_capsnet import EfficientCapsNet
 from .emcaps import EMCapsNet
-from .heads import BackboneHeadNet, head_costs
+from .heads import BackboneHeadNet, Head, get_head, head_costs, list_heads, register_head, unregister_head
 from .layers import (
     capsule_lengths,
     dynamic_routing,
@@ -50,6 +50,7 @@ __all__ = [
     "CapsNet",
     "EMCapsNet",
     "EfficientCapsNet",
+    "Head",
     "ModelAdapter",
     "ModelOutputs",
     "UnknownModelError",
@@ -63,10 +64,12 @@ __all__ = [
     "dynamic_routing",
     "em_routing",
     "get_capsule_loss",
+    "get_head",
     "get_routing",
     "get_vote_map",
     "head_costs",
     "list_capsule_losses",
+    "list_heads",
     "list_routings",
     "list_vote_maps",
     "margin_loss",
@@ -75,11 +78,13 @@ __all__ = [
     "reconstruction_loss",
     "register_capsule_loss",
     "register_family",
+    "register_head",
     "register_routing",
     "register_vote_map",
     "spread_loss",
     "squash",
     "unregister_family",
+    "unregister_head",
     "unwrap",
 ]
 

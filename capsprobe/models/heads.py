@@ -42,6 +42,10 @@ Every head trains with one loss, SR-CapsNet's: the negative log of the true clas
 ``-log(s_t / sum_k s_k)`` (cross entropy on the logits for the CNN heads and for ``inverted``, whose scores are a
 softmax). The capsule heads expose their class-capsule poses ``(B, K, D_out)`` to the probe; :func:`head_costs`
 gives every head's parameters and forward FLOPs, the two budgets a comparison can be matched on.
+
+Each head is one :class:`Head` (its layers, its forward or its primaries and routing, its routing iterations, its
+pose size) in a registry beside the routing one; :class:`BackboneHeadNet` dispatches through it, so a new head is one
+:func:`register_head` call and no edit here.
 """
 
 from __future__ import annotations
