@@ -36,6 +36,9 @@ the report folder's name under ``reports/`` (a protocol's size beside the experi
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
 the report goes to ``reports/<name>`` (or the size's ``report``). A malformed file is a one-line :class:`ExperimentError` naming the
 file, the line and the key.
+Each size's probe is one :class:`~capsprobe.probe.ProbePlan` (:meth:`Experiment.probe_plan`), checked on loading
+against the data set's channels and image side (from the registry, nothing loaded) when the task probes
+transformations.
 """
 
 from __future__ import annotations
