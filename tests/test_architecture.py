@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import grimp
@@ -85,6 +86,46 @@ def test_importing_the_package_face_stays_light():
             "'scipy', 'mlxtend') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+#: what training, the benchmark and `capsprobe train` never load: the probe and report layers, the full tasks, plotting
+APART = ("capsprobe.probe", "capsprobe.report", "capsprobe.tasks", "matplotlib", "seaborn")
+_LOADED = f"print(sorted(m for m in {APART!r} if m in sys.modules))"
+
+
+def test_training_stands_apart_from_probing_and_reporting():
+    """``capsprobe.training`` (the loop, the launchers of ``--jobs`` workers), ``capsprobe.bench`` and the train
+    command's own imports (``--resume --force`` is refused after them) load neither the probe, the report nor the
+    full tasks (pyproject.toml's forbidden contract says the same of the import graph)."""
+    code = textwrap.dedent(f"""
+        import sys
+        import capsprobe.training, capsprobe.bench, capsprobe.training.launch
+        from capsprobe.cli import main
+        for args in (["--help"], ["--resume", "--force"]):
+            sys.argv = ["capsprobe", "train", *args]
+            try:
+                main()
+            except SystemExit as exc:
+                assert exc.code == (0 if args == ["--help"] else 2), exc.code
+        {_LOADED}
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_training_run_loads_no_probe_or_report(tmp_path):
+    """A whole (tiny) run, from the data set to its completion record, without the probe and report layers."""
+    code = textwrap.dedent(f"""
+        import sys
+        from capsprobe.training import RunConfig, fit
+        fit(RunConfig(model="capsnet_small", epochs=1, batch_size=16, limit=16, device="cpu",
+                      model_kwargs={{"conv_channels": 8, "primary_types": 2}}), {str(tmp_path / "run")!r}, progress=False)
+        {_LOADED}
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 #: the module paths of 0.1 that 0.2 moved into subpackages (CHANGELOG.md): they do not import any more

@@ -29,6 +29,7 @@ from capsprobe.models import (
 )
 from capsprobe.models.layers import squash
 from capsprobe.tasks import TASKS, get_task, register_task
+from capsprobe.training.objectives import TRAINING_TASKS
 from capsprobe.transforms import TRANSFORMS, Transform, register_transform
 from capsprobe.transforms.functional import Transformed
 
@@ -100,7 +101,7 @@ ROUTED: list[int] = []
 
 @pytest.fixture(scope="module")
 def registered():
-    tables = (TRANSFORMS, METRICS, TASKS, data_registry._REGISTRY, components._ROUTINGS)
+    tables = (TRANSFORMS, METRICS, TASKS, TRAINING_TASKS, data_registry._REGISTRY, components._ROUTINGS)
     saved = {id(t): dict(t) for t in tables}
     register_transform(Transform(TRANSFORM, invert, (0, 1.0), 0, "blend to the negative", "nuisance", 0, 1,
                                  geometric=False))

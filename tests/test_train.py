@@ -101,7 +101,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     out = fit(TINY, tmp_path / "run", progress=False)
     before = (out / "checkpoint" / "state.safetensors").read_bytes()
     weights = (out / "model.safetensors").read_bytes()
-    import capsprobe.tasks.classify as classify_mod
+    import capsprobe.training.objectives as classify_mod
 
     real = classify_mod.capsule_loss_of  # the classify task's loss asks for it at every step
     monkeypatch.setattr(classify_mod, "capsule_loss_of",

@@ -1,7 +1,8 @@
 """Tasks: what a run learns, how it is scored, and what its report folder shows (see :mod:`.base`).
 
 Importing the package registers the built-in tasks, ``classify``, ``multimnist`` and ``viewpoint``, in that order (the order
-:func:`get_task` lists them in).
+:func:`get_task` lists them in). Their training halves live in :mod:`capsprobe.training.objectives`, which training
+uses alone.
 """
 # isort: skip_file
 

@@ -1,57 +1,32 @@
 """The task registry: what a run learns, how it is scored, and what its report folder shows.
 
-A task bundles, in one place, everything that differs between ``classify`` (one label per image: the
-perturbation suite) and ``multimnist`` (two overlapping digits, :mod:`capsprobe.tasks.multimnist`):
+A task is its training half (:class:`~capsprobe.training.objectives.TrainingTask`: ``input_size``, ``batches``,
+``loss``, ``hits``; all that training asks of it) plus:
 
-- ``input_size``: the model's input side for the data set's image side;
-- ``batches``: ``(images, labels, parts)`` for training (shuffled, augmented) and evaluation;
-- ``loss``: the objective for a model (asked of its :class:`~capsprobe.models.Adapter`: a model with poses gets
-  the margin loss plus the masked reconstruction, any other cross entropy);
-- ``hits``: per sample, 1 when the prediction is right;
 - ``evaluate``: what ``capsprobe perturb`` computes for its report folder (a :class:`~capsprobe.probe.ProbeResult`)
   from the subjects, the images and the :class:`~capsprobe.probe.ProbePlan`;
 - ``suite``: whether ``evaluate`` probes the plan's transformations (then the plan is checked against the data set's
   images before anything is trained or loaded);
 - ``section``: the report's headlines, table and figures, rendered from the folder's files alone.
 
-A new task is one module defining these and one :func:`register_task` call.
+So ``classify`` (one label per image: the perturbation suite) and ``multimnist`` (two overlapping digits,
+:mod:`capsprobe.tasks.multimnist`) differ in one place each. A new task is one module defining these and one
+:func:`register_task` call, which registers its training half with training too
+(:func:`~capsprobe.training.objectives.register_training_task`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
-
-import torch
-from torch import Tensor
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Protocol, Sequence
 
 from ..data import ImageSplit
-from ..errors import InvalidInputError
-from ..models import Adapter
 from ..probe import ProbePlan, ProbeResult
 from ..report import ReportData, Section
+from ..training.objectives import Batches, BatchesFn, LossFn, TrainingTask, UnknownTaskError, register_training_task
 
-__all__ = ["TASKS", "BatchesFn", "EvaluateFn", "LossFn", "Task", "UnknownTaskError", "get_task", "register_task"]
-
-Batches = Iterator[tuple[Tensor, Tensor, "Tensor | None"]]
-
-
-class UnknownTaskError(InvalidInputError):
-    """A task name that is not registered."""
-
-
-class BatchesFn(Protocol):
-    """``(images, labels, parts)`` batches of one split, shuffled and augmented when ``train``."""
-
-    def __call__(self, split: ImageSplit, batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
-                 epoch: int = 0, max_shift: int = 0, rank: int = 0, world_size: int = 1) -> Batches: ...
-
-
-class LossFn(Protocol):
-    """``(loss, scores)`` of a model on one batch."""
-
-    def __call__(self, adapter: Adapter, images: Tensor, labels: Tensor, parts: Tensor | None,
-                 recon_weight: float) -> tuple[Tensor, Tensor]: ...
+__all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "Task", "UnknownTaskError", "get_task",
+           "register_task"]
 
 
 class EvaluateFn(Protocol):
@@ -64,25 +39,34 @@ class EvaluateFn(Protocol):
 
 
 @dataclass(frozen=True)
-class Task:
-    """One task: see the module docstring for what each field does."""
+class Task(TrainingTask):
+    """One task: its training half's fields (name, description, input_size, batches, loss, hits), then evaluate,
+    section and suite; see the module docstring."""
 
-    name: str
-    description: str
-    input_size: Callable[[int], int]
-    batches: BatchesFn
-    loss: LossFn
-    hits: Callable[[Tensor, Tensor], Tensor]
     evaluate: EvaluateFn
     section: Callable[[ReportData], Section]
     suite: bool = True  # evaluate probes the plan's transformations (checked against the data set's images)
+
+    @property
+    def training(self) -> TrainingTask:
+        """The training half alone: what :func:`~capsprobe.training.fit` sees of this task."""
+        return TrainingTask(**{f.name: getattr(self, f.name) for f in fields(TrainingTask)})
+
+    @classmethod
+    def extending(cls, training: TrainingTask, evaluate: EvaluateFn, section: Callable[[ReportData], Section],
+                  suite: bool = True) -> "Task":
+        """The full task of the training task ``training``: the same name, description and training functions."""
+        return cls(**{f.name: getattr(training, f.name) for f in fields(TrainingTask)}, evaluate=evaluate,
+                   section=section, suite=suite)
 
 
 TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    """Add ``task`` to the registry (a later registration under the same name replaces the earlier one)."""
+    """Add ``task`` to the registry, and its training half to training's (a later registration under the same name
+    replaces the earlier one)."""
+    register_training_task(task.training)
     TASKS[task.name] = task
     return task
 

@@ -1,8 +1,8 @@
 """The MultiMNIST task (Sabour et al. 2017, section 6): two overlapping digits of different classes per image.
 
-Training draws fresh pairs every epoch (:func:`capsprobe.data.multimnist`), the model must have class-capsule
-poses (two-label margin loss) and, for the reconstruction term, a decoder: each digit is reconstructed from its
-own capsule, the other masked, against that digit alone. Evaluation: top-2 accuracy (the two longest capsules
+Training (:mod:`capsprobe.training.objectives`) draws fresh pairs every epoch (:func:`capsprobe.data.multimnist`), the
+model must have class-capsule poses (two-label margin loss) and, for the reconstruction term, a decoder: each digit is
+reconstructed from its own capsule, the other masked, against that digit alone. Evaluation (here): top-2 accuracy (the two longest capsules
 are the two digits) and the per-digit reconstruction error, with the paper's red/green segmentation figure.
 """
 
@@ -12,60 +12,19 @@ from typing import Any, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import metrics as M
 from ..data import ImageSplit, multimnist
 from ..errors import InvalidInputError
-from ..models import Adapter, adapt, capsule_loss_of, reconstruction_loss
+from ..models import adapt
 from ..probe import METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, grid_array, metric_row
 from ..report import Section, grid_figures, pct
-from ..runtime import epoch_seed, resolve_device
-from .base import Batches, Task, register_task
+from ..runtime import resolve_device
+from ..training.objectives import MULTIMNIST_SHIFT, get_training_task, multimnist_batches, multimnist_loss, top_k_hits
+from .base import Task, register_task
 
 __all__ = ["multimnist_batches", "multimnist_evaluate", "multimnist_loss", "top_k_hits"]
-
-SHIFT = 4  # px each way: the canvas is the digit's side + 2 * SHIFT (36 for MNIST)
-
-
-def multimnist_batches(split: "ImageSplit", batch_size: int, device: torch.device, *, train: bool, seed: int = 0,
-                       epoch: int = 0, max_shift: int = 0, rank: int = 0, world_size: int = 1) -> Batches:
-    """As many pairs as the split has images (per rank): drawn anew every epoch when ``train``, a fixed draw
-    otherwise. ``max_shift`` is unused (the pairs carry their own shifts)."""
-
-    n = -(-len(split) // world_size)
-    draw = epoch_seed(seed, epoch, rank) if train else 12_345 + rank
-    pairs = multimnist(split, n, seed=draw, max_shift=SHIFT)
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        yield pairs.images[sl].to(device), pairs.labels[sl].to(device), pairs.parts[sl].to(device)
-
-
-def multimnist_loss(adapter: "Adapter", images: Tensor, labels: Tensor, parts: Tensor | None,
-                    recon_weight: float) -> tuple[Tensor, Tensor]:
-    """The two-label margin loss (or the model's own capsule loss), plus each digit reconstructed from its own
-    capsule against that digit alone."""
-
-    if not adapter.has_poses:
-        raise InvalidInputError("two-label (MultiMNIST) training needs a model with class-capsule poses (a CapsNet)")
-    out = adapter.outputs(images)
-    targets = F.one_hot(labels, out.scores.shape[1]).sum(1).clamp(max=1)  # (B, K) two-hot
-    loss = capsule_loss_of(adapter.model)(out.scores, targets)
-    if recon_weight > 0 and adapter.can_decode and parts is not None:
-        for k in range(labels.shape[1]):
-            recon = adapter.decode(out.poses, labels[:, k]).float()  # the other capsules masked
-            loss = loss + reconstruction_loss(recon, parts[:, k].float(), recon_weight)
-    return loss, out.scores
-
-
-def top_k_hits(scores: Tensor, labels: Tensor) -> Tensor:
-    """Per sample, 1 when the ``k`` highest scores are exactly the ``k`` labels ``(B, k)`` (the paper's accuracy)."""
-    if labels.dim() == 1:
-        return (scores.argmax(1) == labels).long()
-    top = scores.topk(labels.shape[1], dim=1).indices.sort(1).values
-    return (top == labels.sort(1).values).all(1).long()
-
 
 def multimnist_evaluate(
     subjects: Sequence[Any],
@@ -93,7 +52,7 @@ def multimnist_evaluate(
     """
 
     dev = resolve_device(device)
-    pairs = multimnist(split, len(split), seed=seed, max_shift=SHIFT)
+    pairs = multimnist(split, len(split), seed=seed, max_shift=MULTIMNIST_SHIFT)
     frames, arrays, entries = [], {}, []
     for item in subjects:
         subject = as_subject(item)
@@ -155,15 +114,5 @@ def _evaluate(subjects: Sequence[Any], split: "ImageSplit", plan: ProbePlan, sur
                                n_boot=plan.bootstrap, progress=plan.progress)
 
 
-register_task(Task(
-    name="multimnist",
-    description="two overlapping digits per 36x36 image (paper section 6): top-2 accuracy, segmentation",
-    input_size=lambda size: size + 2 * SHIFT,
-    batches=multimnist_batches,
-    loss=multimnist_loss,
-    hits=top_k_hits,
-    evaluate=_evaluate,
-    section=multimnist_section,
-    suite=False,
-))
-
+register_task(Task.extending(get_training_task("multimnist"), evaluate=_evaluate, section=multimnist_section,
+                             suite=False))

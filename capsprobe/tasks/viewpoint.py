@@ -3,7 +3,8 @@
 Train on images at familiar viewpoints only, stop every model at the same accuracy on a *familiar* validation split
 (``target_accuracy``; the validation split is carved from the training images, so it never sees a novel viewpoint
 or a test image), then score the test images at familiar and at novel viewpoints (``ImageSplit.familiar``, from the
-data set's pose labels: :mod:`capsprobe.data.viewpoints`). Training and the loss are ``classify``'s.
+data set's pose labels: :mod:`capsprobe.data.viewpoints`). Training and the loss are ``classify``'s
+(:mod:`capsprobe.training.objectives`).
 
 What ``capsprobe perturb`` writes for it: per-image rows under the conditions ``viewpoint / familiar`` and
 ``viewpoint / novel``, so the calibrated comparisons of :mod:`capsprobe.metrics.compare` give every model's
@@ -30,8 +31,8 @@ from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbePlan, ProbeResult, as_su
 from ..report import Section, figure_png
 from ..report.published import NOVEL_VIEWPOINT, published_for_runs
 from ..runtime import autocast_context, autocast_dtype, resolve_device
+from ..training.objectives import get_training_task
 from .base import Task, register_task
-from .classify import classify_batches, classify_loss, top1_hits
 
 __all__ = ["CONDITIONS", "viewpoint_evaluate", "viewpoint_section"]
 
@@ -233,14 +234,5 @@ def viewpoint_section(data) -> Section:
                    figures=figures, captions=captions, notes=notes, tables=tables)
 
 
-register_task(Task(
-    name="viewpoint",
-    description="novel viewpoints (Hinton et al. 2018): trained on familiar poses, tested on familiar and novel",
-    input_size=lambda size: size,
-    batches=classify_batches,
-    loss=classify_loss,
-    hits=top1_hits,
-    evaluate=viewpoint_evaluate,
-    section=viewpoint_section,
-    suite=False,
-))
+register_task(Task.extending(get_training_task("viewpoint"), evaluate=viewpoint_evaluate, section=viewpoint_section,
+                             suite=False))

@@ -1,4 +1,5 @@
-"""Training: run folders (config, weights, metrics; :mod:`.runs`) and the loop (:mod:`.loop`)."""
+"""Training: what a run learns (:mod:`.objectives`), run folders (config, weights, metrics; :mod:`.runs`) and the loop
+(:mod:`.loop`). Nothing here imports the probe, the report or the full tasks (:mod:`capsprobe.tasks`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .loop import (  # noqa: F401
     fit,
     train_step,
 )
+from .objectives import TrainingTask, get_training_task, register_training_task  # noqa: F401
 from .runs import (  # noqa: F401
     COMPLETE,
     MARKER,
@@ -44,16 +46,19 @@ __all__ = [
     "RunConfig",
     "RunError",
     "RunExistsError",
+    "TrainingTask",
     "check_plain_name",
     "compile_objective",
     "completion_problem",
     "evaluate",
     "fit",
+    "get_training_task",
     "library_versions",
     "load_checkpoint",
     "load_run",
     "read_config",
     "read_metrics",
+    "register_training_task",
     "run_name",
     "save_checkpoint",
     "save_weights",

@@ -49,7 +49,7 @@ from ..runtime import (
     resolve_device,
     write_marker,
 )
-from ..tasks import get_task
+from .objectives import get_training_task
 from .runs import (
     CHECKPOINT,
     COMPLETE,
@@ -99,7 +99,7 @@ class NonFiniteLossError(CapsprobeError):
 class Objective(nn.Module):
     """``forward(images, labels, parts=None) -> (loss, scores)`` for any model and task; the unit DDP wraps.
 
-    The loss is the task's (:mod:`capsprobe.tasks`), which asks the model's adapter what it can do: a model with
+    The loss is the task's (:mod:`capsprobe.training.objectives`), which asks the model's adapter what it can do: a model with
     poses gets the margin loss plus the masked reconstruction, any other cross entropy.
 
     Args:
@@ -115,7 +115,7 @@ class Objective(nn.Module):
         super().__init__()
         self.adapter = adapt(model)
         self.recon_weight = recon_weight
-        self.task = get_task(task)
+        self.task = get_training_task(task)
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -322,7 +322,7 @@ def _fit(
     device = resolve_device(config.device, ctx.local_rank)
     dtype = autocast_dtype(device, config.amp)
     spec = get_spec(config.dataset)
-    task = get_task(config.task)
+    task = get_training_task(config.task)
     size = task.input_size(spec.img_size)
     input_spec = {"in_chans": spec.in_chans, "img_size": size, "num_classes": spec.num_classes}
     torch.manual_seed(config.seed)
