@@ -140,13 +140,14 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
-    from .training.loop import fit, with_overrides  # lazy: the command's own layer loads on use
+    from .training.loop import fit  # lazy: the command's own layer loads on use
     from .training.runs import (  # lazy: the command's own layer loads on use
         CONFIG,
         RunConfig,
         read_config,
         read_metrics,
         run_name,
+        with_overrides,
     )
 
     if resume and force:

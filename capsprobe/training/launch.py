@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 from ..errors import InvalidInputError, option
 from ..runtime import tune_cpu_allocator
-from .loop import fit, is_finished
-from .runs import RunConfig
+from .loop import fit
+from .runs import RunConfig, is_finished
 
 __all__ = ["LAUNCHERS", "SlurmOptions", "train_many"]
 

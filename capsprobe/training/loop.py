@@ -15,18 +15,20 @@ bitwise reproducible).
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel (gloo
 on CPU, nccl on CUDA), every rank trains on its shard of each epoch, statistics are all-reduced, and only
 rank 0 writes files; the result is an ordinary run directory.
+
+The module reads in the order :func:`fit` runs: :func:`fit`, its steps (:func:`_fit` calls them top to bottom), the
+objective and the step (:class:`Objective`, :func:`train_step`, :func:`evaluate`), then the checks and the
+distributed helpers. What a run folder holds and how it is read and written is :mod:`.runs`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,36 +40,27 @@ from tqdm.auto import tqdm
 from ..data import ImageSplit, get_spec, load_dataset
 from ..errors import CapsprobeError, option
 from ..models import adapt, unwrap
-from ..runtime import (
-    atomic_write_text,
-    autocast_context,
-    autocast_dtype,
-    epoch_seed,
-    folder_lock,
-    is_capsprobe_folder,
-    replace_dir,
-    resolve_device,
-    write_marker,
-)
+from ..runtime import autocast_context, autocast_dtype, epoch_seed, folder_lock, replace_dir, resolve_device
 from .objectives import get_training_task
 from .runs import (
     CHECKPOINT,
-    COMPLETE,
-    CONFIG,
     HISTORY,
-    METRICS,
     WEIGHTS,
     RunConfig,
     RunError,
+    RunExistsError,
     build_model,
     completion_problem,
-    library_versions,
+    config_changes,
+    is_finished,
     load_checkpoint,
-    read_config,
+    prepare_run_dir,
     save_checkpoint,
     save_weights,
+    start_run_dir,
     write_completion,
     write_history,
+    write_metrics,
 )
 
 __all__ = [
@@ -84,177 +77,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-# keys that may change when a run is resumed: they do not change what is computed
-_RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download", "channels_last", "compile", "label"}
-
-
-class RunExistsError(RunError):
-    """The output folder already holds a run, and neither resume nor force was asked for."""
-
 
 class NonFiniteLossError(CapsprobeError):
     """Training produced a NaN or infinite loss."""
-
-
-class Objective(nn.Module):
-    """``forward(images, labels, parts=None) -> (loss, scores)`` for any model and task; the unit DDP wraps.
-
-    The loss is the task's (:mod:`capsprobe.training.objectives`), which asks the model's adapter what it can do: a model with
-    poses gets the margin loss plus the masked reconstruction, any other cross entropy.
-
-    Args:
-        model: the model.
-        recon_weight: weight of the reconstruction loss for a model with a decoder (0 disables it).
-        task: a registered task name.
-        channels_last: put the model's 4-D weights and every batch in the NHWC memory format (the values are
-            the same to rounding; convolutions on CUDA tensor cores run faster in it).
-    """
-
-    def __init__(self, model: nn.Module, recon_weight: float = 0.0005, task: str = "classify",
-                 channels_last: bool = False):
-        super().__init__()
-        self.adapter = adapt(model)
-        self.recon_weight = recon_weight
-        self.task = get_training_task(task)
-        self.channels_last = channels_last
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-
-    def forward(self, images: Tensor, labels: Tensor, parts: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.task.loss(self.adapter, images, labels, parts, self.recon_weight)
-
-
-def compile_objective(objective: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(objective)`` when ``enabled`` (the compiled module shares the objective's parameters)."""
-    return torch.compile(objective) if enabled else objective  # type: ignore[return-value]
-
-
-def train_step(
-    objective: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: Tensor,
-    labels: Tensor,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    parts: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One optimiser step (autocast forward, scaled backward, step); returns ``(loss, scores)``."""
-    with autocast_context(device, dtype):
-        loss, scores = objective(images, labels, parts)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, scores
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    split: ImageSplit,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    amp: bool = True,
-    recon_weight: float = 0.0005,
-    task: str = "classify",
-) -> dict[str, float]:
-    """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation; MultiMNIST: a
-    fixed draw of pairs, accuracy as the task's ``hits``)."""
-    device = torch.device(device)
-    objective = Objective(unwrap(model), recon_weight, task)
-    task_ = objective.task
-    was_training = objective.training
-    objective.eval()
-    dtype = autocast_dtype(device, amp)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for images, labels, parts in task_.batches(split, batch_size, device, train=False):
-        with autocast_context(device, dtype):
-            loss, scores = objective(images, labels, parts)
-        loss_sum += loss.double() * labels.shape[0]
-        correct += task_.hits(scores, labels).sum()
-        seen += labels.shape[0]
-    objective.train(was_training)
-    n = max(seen, 1)
-    return {"accuracy": correct.item() / n, "loss": loss_sum.item() / n}
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owned: bool = False  # True when fit() created the process group and must destroy it
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_spec: str) -> _Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    owned = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owned = True
-    return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
-
-
-def config_changes(stored: RunConfig, config: RunConfig) -> set[str]:
-    """The keys in which ``config`` differs from a run's ``stored`` config, leaving out those a resumed run may
-    change (epochs, device, data root...): what makes :func:`fit` refuse to resume."""
-    old = stored.to_dict()
-    return {k for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES and old.get(k) != v}
-
-
-def is_finished(config: RunConfig, out: str | Path) -> bool:
-    """True when ``out`` holds a whole run of ``config`` (its config agrees and its completion record checks out):
-    one that ``fit(config, out, resume=True)`` returns at once, so a launcher need not start a worker for it."""
-    out = Path(out)
-    if not (out / CONFIG).is_file():
-        return False
-    try:
-        stored, _ = read_config(out)
-    except RunError:
-        return False
-    return not config_changes(stored, config) and completion_problem(out, config) is None
-
-
-def _prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> tuple[Path, bool]:
-    """Check the output folder (the caller holds its lock). Returns the folder to write into (``out``, or for
-    ``force`` a fresh sibling that replaces ``out`` only once the new run is whole) and whether a checkpoint is there
-    to resume from."""
-    if out.exists() and not out.is_dir():
-        raise RunExistsError(f"{out} exists and is not a folder")
-    occupied = out.is_dir() and any(out.iterdir())
-    if occupied and (resume or force) and not is_capsprobe_folder(out, "run"):
-        raise RunExistsError(f"{out} is not a capsprobe run directory (not written by capsprobe); refusing to write "
-                             f"into it or replace it, even with {option('force')}")
-    if occupied and resume:
-        if (out / CONFIG).is_file():
-            stored, _ = read_config(out)
-            diff = config_changes(stored, config)
-            if diff:
-                raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
-        return out, (out / CHECKPOINT).is_file()
-    if occupied and not force:
-        raise RunExistsError(f"{out} already exists and is not empty; set {option('resume')} to continue it or "
-                             f"{option('force')} to replace it")
-    work = out.parent / f".{out.name}.new" if occupied else out
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    return work, False
 
 
 def fit(
@@ -294,20 +119,6 @@ def fit(
             dist.destroy_process_group()
 
 
-def _broadcast_error(ctx: _Dist, error: BaseException | None) -> None:
-    """Raise on every rank when rank 0 failed a check (so no rank waits forever)."""
-    if ctx.world_size == 1:
-        if error is not None:
-            raise error
-        return
-    message = [f"{type(error).__name__}: {error}" if error is not None else None]
-    dist.broadcast_object_list(message, src=0)
-    if error is not None:
-        raise error
-    if message[0] is not None:
-        raise RunError(f"rank 0 stopped: {message[0]}")
-
-
 def _fit(
     config: RunConfig,
     out: Path,
@@ -318,6 +129,8 @@ def _fit(
     ctx: _Dist,
     stack: ExitStack,
 ) -> Path:
+    """The steps of :func:`fit`: the model and the data, the run folder, the checkpoint to resume from, the epochs,
+    then the test and the files that make the run whole."""
 
     device = resolve_device(config.device, ctx.local_rank)
     dtype = autocast_dtype(device, config.amp)
@@ -331,45 +144,15 @@ def _fit(
         config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0, limit=config.limit
     )
     # only now, with model and data known to be fine, is the output folder locked and checked (rank 0 writes)
-    has_checkpoint, work = False, out
-    error: BaseException | None = None
-    if ctx.main:
-        try:
-            stack.enter_context(folder_lock(out))
-            work, has_checkpoint = _prepare_run_dir(config, out, resume, force)
-        except CapsprobeError as exc:
-            error = exc
-    _broadcast_error(ctx, error)
+    work, has_checkpoint = _claim_run_dir(config, out, resume, force, ctx, stack)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, history = 0, []
-    if resume and ctx.world_size > 1:
-        has_checkpoint = bool(_broadcast_value(ctx, has_checkpoint))
-    if has_checkpoint:
-        ckpt = load_checkpoint(out)
-        model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.optimizer_state)
-        start_epoch, history = ckpt.epoch, ckpt.history
-        reached = _reached(config, history)
-        if start_epoch > config.epochs and not reached:
-            raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
-                           f"{option('epochs')} to at least {start_epoch}")
-        # rank 0 judges completeness before anyone writes, and every rank follows its verdict
-        done = ctx.main and (start_epoch == config.epochs or reached) and completion_problem(out, config) is None
-        if ctx.world_size > 1:
-            done = bool(_broadcast_value(ctx, done))
-        if done:
-            _log.info("%s is already complete (%d epochs)", out, start_epoch)
-            return out
-        _log.info("resuming %s after epoch %d", out, start_epoch)
+    resumed = _resume(config, out, resume, has_checkpoint, model, optimizer, ctx)
+    if resumed is None:
+        return out  # already complete
+    start_epoch, history = resumed
     if ctx.main:
         # from here until the completion record is written again, the run is (and says it is) incomplete
-        (work / COMPLETE).unlink(missing_ok=True)
-        write_marker(work, "run")
-        atomic_write_text(
-            work / CONFIG,
-            _json({"config": config.to_dict(), "input": input_spec, "seed": config.seed, "versions": library_versions(),
-                   "world_size": ctx.world_size}),
-        )
+        start_run_dir(work, config, input_spec, ctx.world_size)
 
     objective: nn.Module = compile_objective(
         Objective(model, config.recon_weight, config.task, channels_last=config.channels_last), config.compile
@@ -465,7 +248,7 @@ def _fit(
         # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
         save_weights(model, work / WEIGHTS)
         write_history(work / HISTORY, history)
-        metrics = {
+        write_metrics(work, {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
             "val_accuracy": history[-1]["val_accuracy"] if history else None,
@@ -479,8 +262,7 @@ def _fit(
             "test_images": len(splits.test),
             "device": str(device),
             "world_size": ctx.world_size,
-        }
-        atomic_write_text(work / METRICS, _json(metrics))
+        })
         write_completion(work, trained, reached if config.target_accuracy is not None else None)
         if work != out:
             replace_dir(work, out)  # --force: the old run goes only now that the new one is whole
@@ -490,18 +272,150 @@ def _fit(
     return out
 
 
+# --- the steps before the first epoch, in order -----------------------------------------------------------------
+
+
+def _claim_run_dir(config: RunConfig, out: Path, resume: bool, force: bool, ctx: _Dist, stack: ExitStack
+                   ) -> tuple[Path, bool]:
+    """Rank 0 locks ``out`` for the rest of the run and checks it (:func:`~.runs.prepare_run_dir`); every rank gets
+    its verdict. Returns the folder rank 0 writes into and whether a checkpoint is there (False on other ranks)."""
+    has_checkpoint, work = False, out
+    error: BaseException | None = None
+    if ctx.main:
+        try:
+            stack.enter_context(folder_lock(out))
+            work, has_checkpoint = prepare_run_dir(config, out, resume, force)
+        except CapsprobeError as exc:
+            error = exc
+    _broadcast_error(ctx, error)
+    return work, has_checkpoint
+
+
+def _resume(config: RunConfig, out: Path, resume: bool, has_checkpoint: bool, model: nn.Module,
+            optimizer: torch.optim.Optimizer, ctx: _Dist) -> tuple[int, list[dict]] | None:
+    """The epoch to start from and the history so far: ``(0, [])`` without a checkpoint, else the checkpoint's, its
+    weights and optimiser state loaded. None when the run is already complete (nothing is to be done or written)."""
+    start_epoch: int = 0
+    history: list[dict] = []
+    if resume and ctx.world_size > 1:
+        has_checkpoint = bool(_broadcast_value(ctx, has_checkpoint))
+    if has_checkpoint:
+        ckpt = load_checkpoint(out)
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        start_epoch, history = ckpt.epoch, ckpt.history
+        reached = _reached(config, history)
+        if start_epoch > config.epochs and not reached:
+            raise RunError(f"{out} has trained {start_epoch} epochs, more than the {config.epochs} asked for; set "
+                           f"{option('epochs')} to at least {start_epoch}")
+        # rank 0 judges completeness before anyone writes, and every rank follows its verdict
+        done = ctx.main and (start_epoch == config.epochs or reached) and completion_problem(out, config) is None
+        if ctx.world_size > 1:
+            done = bool(_broadcast_value(ctx, done))
+        if done:
+            _log.info("%s is already complete (%d epochs)", out, start_epoch)
+            return None
+        _log.info("resuming %s after epoch %d", out, start_epoch)
+    return start_epoch, history
+
+
+# --- the objective and one step ---------------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """``forward(images, labels, parts=None) -> (loss, scores)`` for any model and task; the unit DDP wraps.
+
+    The loss is the task's (:mod:`capsprobe.training.objectives`), which asks the model's adapter what it can do: a
+    model with poses gets the margin loss plus the masked reconstruction, any other cross entropy.
+
+    Args:
+        model: the model.
+        recon_weight: weight of the reconstruction loss for a model with a decoder (0 disables it).
+        task: a registered task name.
+        channels_last: put the model's 4-D weights and every batch in the NHWC memory format (the values are
+            the same to rounding; convolutions on CUDA tensor cores run faster in it).
+    """
+
+    def __init__(self, model: nn.Module, recon_weight: float = 0.0005, task: str = "classify",
+                 channels_last: bool = False):
+        super().__init__()
+        self.adapter = adapt(model)
+        self.recon_weight = recon_weight
+        self.task = get_training_task(task)
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor, labels: Tensor, parts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.task.loss(self.adapter, images, labels, parts, self.recon_weight)
+
+
+def compile_objective(objective: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(objective)`` when ``enabled`` (the compiled module shares the objective's parameters)."""
+    return torch.compile(objective) if enabled else objective  # type: ignore[return-value]
+
+
+def train_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    labels: Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    parts: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step (autocast forward, scaled backward, step); returns ``(loss, scores)``."""
+    with autocast_context(device, dtype):
+        loss, scores = objective(images, labels, parts)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, scores
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: ImageSplit,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    recon_weight: float = 0.0005,
+    task: str = "classify",
+) -> dict[str, float]:
+    """Accuracy and mean training loss of ``model`` on ``split`` (eval mode, no augmentation; MultiMNIST: a
+    fixed draw of pairs, accuracy as the task's ``hits``)."""
+    device = torch.device(device)
+    objective = Objective(unwrap(model), recon_weight, task)
+    task_ = objective.task
+    was_training = objective.training
+    objective.eval()
+    dtype = autocast_dtype(device, amp)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels, parts in task_.batches(split, batch_size, device, train=False):
+        with autocast_context(device, dtype):
+            loss, scores = objective(images, labels, parts)
+        loss_sum += loss.double() * labels.shape[0]
+        correct += task_.hits(scores, labels).sum()
+        seen += labels.shape[0]
+    objective.train(was_training)
+    n = max(seen, 1)
+    return {"accuracy": correct.item() / n, "loss": loss_sum.item() / n}
+
+
+# --- checks -----------------------------------------------------------------------------------------------------
+
+
 def _reached(config: RunConfig, history: list[dict]) -> bool:
     """The run has a target accuracy and its last validated epoch reached it."""
     return (config.target_accuracy is not None and bool(history)
             and float(history[-1]["val_accuracy"]) >= config.target_accuracy)
-
-
-def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise NonFiniteLossError(
-            f"weights are not finite after epoch {epoch + 1} (the last step diverged); nothing of it was saved: the "
-            f"last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
-        )
 
 
 def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:
@@ -512,16 +426,59 @@ def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:
         )
 
 
+def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteLossError(
+            f"weights are not finite after epoch {epoch + 1} (the last step diverged); nothing of it was saved: the "
+            f"last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
+        )
+
+
+# --- distributed: one process per rank under torchrun -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owned: bool = False  # True when fit() created the process group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_spec: str) -> _Dist:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    owned = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owned = True
+    return _Dist(rank=rank, world_size=world_size, local_rank=local_rank, owned=owned)
+
+
+def _broadcast_error(ctx: _Dist, error: BaseException | None) -> None:
+    """Raise on every rank when rank 0 failed a check (so no rank waits forever)."""
+    if ctx.world_size == 1:
+        if error is not None:
+            raise error
+        return
+    message = [f"{type(error).__name__}: {error}" if error is not None else None]
+    dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise RunError(f"rank 0 stopped: {message[0]}")
+
+
 def _broadcast_value(ctx: _Dist, value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _json(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, sort_keys=False) + "\n"
-
-
-def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
-    """``config`` with the non-None ``changes`` applied."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

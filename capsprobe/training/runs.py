@@ -21,7 +21,8 @@ import json
 import math
 import platform
 import re
-from dataclasses import asdict, dataclass, field, fields
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import CapsprobeError, InvalidInputError, option
 from ..models import check_model_kwargs, create_model, unwrap
-from ..runtime import MARKER, atomic_write_bytes, atomic_write_text
+from ..runtime import MARKER, atomic_write_bytes, atomic_write_text, is_capsprobe_folder, write_marker
 
 __all__ = [
     "COMPLETE",
@@ -46,18 +47,25 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunError",
+    "RunExistsError",
     "library_versions",
     "check_plain_name",
     "completion_problem",
+    "config_changes",
+    "is_finished",
     "load_checkpoint",
     "load_run",
+    "prepare_run_dir",
     "read_config",
     "run_name",
     "read_metrics",
     "save_checkpoint",
     "save_weights",
+    "start_run_dir",
+    "with_overrides",
     "write_completion",
     "write_history",
+    "write_metrics",
 ]
 
 CONFIG = "config.json"
@@ -70,6 +78,10 @@ COMPLETE = "complete.json"  # written last: the run is whole
 
 class RunError(CapsprobeError):
     """A run directory that is missing, incomplete or unreadable."""
+
+
+class RunExistsError(RunError):
+    """The output folder already holds a run, and neither resume nor force was asked for."""
 
 
 class ConfigError(InvalidInputError):
@@ -186,6 +198,11 @@ class RunConfig:
         return cls(**data)
 
 
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    """``config`` with the non-None ``changes`` applied."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
 def run_name(model: str, seed: int, dataset: str | None = None) -> str:
     """The one way runs are named: ``<model>[-<dataset>]-seed<N>`` (experiments leave the data set out: their folder
     names it)."""
@@ -204,6 +221,85 @@ def library_versions() -> dict[str, str]:
         "kornia": kornia.__version__,
         "numpy": numpy.__version__,
     }
+
+
+# --- the run folder while fit() writes it, in the order it does -------------------------------------------------
+
+# keys that may change when a run is resumed: they do not change what is computed
+_RESUMABLE_CHANGES = {"epochs", "device", "data_root", "download", "channels_last", "compile", "label"}
+
+
+def prepare_run_dir(config: RunConfig, out: Path, resume: bool, force: bool) -> tuple[Path, bool]:
+    """Check the output folder (the caller holds its lock). Returns the folder to write into (``out``, or for
+    ``force`` a fresh sibling that replaces ``out`` only once the new run is whole) and whether a checkpoint is there
+    to resume from.
+
+    Raises:
+        RunExistsError: ``out`` is a file, holds something not written by capsprobe (even with ``resume`` or
+            ``force``), or holds a run and neither ``resume`` nor ``force`` is set.
+        RunError: ``resume`` of a run whose config differs (:func:`config_changes`).
+    """
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a folder")
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and (resume or force) and not is_capsprobe_folder(out, "run"):
+        raise RunExistsError(f"{out} is not a capsprobe run directory (not written by capsprobe); refusing to write "
+                             f"into it or replace it, even with {option('force')}")
+    if occupied and resume:
+        if (out / CONFIG).is_file():
+            stored, _ = read_config(out)
+            diff = config_changes(stored, config)
+            if diff:
+                raise RunError(f"cannot resume {out}: its config differs in {sorted(diff)}; set {option('force')} to start over")
+        return out, (out / CHECKPOINT).is_file()
+    if occupied and not force:
+        raise RunExistsError(f"{out} already exists and is not empty; set {option('resume')} to continue it or "
+                             f"{option('force')} to replace it")
+    work = out.parent / f".{out.name}.new" if occupied else out
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work, False
+
+
+def config_changes(stored: RunConfig, config: RunConfig) -> set[str]:
+    """The keys in which ``config`` differs from a run's ``stored`` config, leaving out those a resumed run may
+    change (epochs, device, data root...): what makes :func:`~capsprobe.training.fit` refuse to resume."""
+    old = stored.to_dict()
+    return {k for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES and old.get(k) != v}
+
+
+def start_run_dir(run_dir: str | Path, config: RunConfig, input_spec: dict[str, Any], world_size: int = 1) -> None:
+    """Open ``run_dir`` for writing: its completion record removed (until it is written again, the run is, and says it
+    is, incomplete), capsprobe's marker, and ``config.json`` (the config, the input, the seed, the library versions,
+    the number of processes)."""
+    path = Path(run_dir)
+    (path / COMPLETE).unlink(missing_ok=True)
+    write_marker(path, "run")
+    atomic_write_text(path / CONFIG, _json({"config": config.to_dict(), "input": input_spec, "seed": config.seed,
+                                            "versions": library_versions(), "world_size": world_size}))
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics.json`` (final validation and test figures, throughput), atomically."""
+    return atomic_write_text(Path(run_dir) / METRICS, _json(metrics))
+
+
+def is_finished(config: RunConfig, out: str | Path) -> bool:
+    """True when ``out`` holds a whole run of ``config`` (its config agrees and its completion record checks out):
+    one that ``fit(config, out, resume=True)`` returns at once, so a launcher need not start a worker for it."""
+    out = Path(out)
+    if not (out / CONFIG).is_file():
+        return False
+    try:
+        stored, _ = read_config(out)
+    except RunError:
+        return False
+    return not config_changes(stored, config) and completion_problem(out, config) is None
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 # --- weights and history --------------------------------------------------------------------------------------
