@@ -305,6 +305,7 @@ def perturb(
                                       "[0,0.05,0.1,0.2,0.3,0.5]."),
     surrogate: Optional[Path] = typer.Option(None, help="A run (usually a convnet) that pgd-transfer computes its "
                                              "attack on."),
+    attack_steps: int = typer.Option(20, min=1, help="PGD's iterations (pgd-long takes 5x)."),
     dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
     split: str = typer.Option("test", help="test or val."),
@@ -337,7 +338,7 @@ def perturb(
     plan = ProbePlan.from_options(
         transform, magnitudes or [], seed=seed, limit=limit, split=split, bootstrap=bootstrap, reference=reference,
         surrogate=str(surrogate) if surrogate is not None else None, lie=lie, batch_size=batch_size, device=device,
-        progress=progress)
+        progress=progress, attack_steps=attack_steps)
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
     check_report_target(out, force)

@@ -29,9 +29,10 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
 table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
-A size may also set ``dataset``, ``bootstrap``, ``transforms``, ``magnitudes``, ``reference``, ``surrogate`` and a ``train`` table
-that overrides ``[train]`` for it (so one file can hold one set of models under several protocols), and ``report``,
-the report folder's name under ``reports/`` (a protocol's size beside the experiment's own report).
+A size may also set ``dataset``, ``bootstrap``, ``attack_steps`` (PGD's iterations, pgd-long 5x), ``transforms``,
+``magnitudes``, ``reference``, ``surrogate`` and a ``train`` table that overrides ``[train]`` for it (so one file
+can hold one set of models under several protocols), and ``report``, the report folder's name under ``reports/`` (a
+protocol's size beside the experiment's own report).
 
 Runs go to ``runs/<name>-<size>/<model>-seed<N>`` and are reused when finished (an interrupted one resumes);
 the report goes to ``reports/<name>`` (or the size's ``report``). A malformed file is a one-line :class:`ExperimentError` naming the
@@ -55,6 +56,7 @@ from .errors import InvalidInputError
 from .probe import ProbePlan
 from .tasks import get_task
 from .training.runs import ConfigError, RunConfig, check_plain_name
+from .transforms.gradient import PGD_STEPS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,9 +70,9 @@ _log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
-_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie", "surrogate"}
+_PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie", "surrogate", "attack_steps"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "transforms", "magnitudes", "train",
-         "reference", "report", "surrogate"}
+         "reference", "report", "surrogate", "attack_steps"}
 _MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
@@ -118,6 +120,7 @@ class Experiment:
     models: list[ModelSpec]
     report: str | None = None  # the report folder's name under reports/ (None: the experiment's name)
     surrogate: str | None = None  # the model (variant) whose last seed's run pgd-transfer computes its attack on
+    attack_steps: int = PGD_STEPS  # PGD's iterations (pgd-long: 5x)
 
     def probe_plan(self, **options: Any) -> ProbePlan:
         """The probe of this size as one :class:`~capsprobe.probe.ProbePlan` (transformations, magnitudes, probe
@@ -125,7 +128,13 @@ class Experiment:
         ``progress``, ``batch_size``, the surrogate's run directory once it is trained)."""
         return ProbePlan.from_options(self.transforms, self.magnitudes, seed=self.probe_seed, limit=self.probe_limit,
                                       split=self.split, bootstrap=self.bootstrap, reference=self.reference,
-                                      lie=self.lie, **options)
+                                      lie=self.lie, attack_steps=self.attack_steps, **options)
+
+    def run_config(self, spec: ModelSpec, seed: int, **options: Any) -> RunConfig:
+        """The training configuration of one (model, seed) run: the size's ``[train]`` under the model's own;
+        ``options``: what the file does not say (``device``, ``data_root``)."""
+        return RunConfig(model=spec.model, dataset=self.dataset, epochs=spec.epochs, seed=seed, limit=self.limit,
+                         model_kwargs=dict(spec.options), label=spec.label, **{**self.train, **spec.train}, **options)
 
     def jobs(self) -> list[tuple[ModelSpec, int]]:
         """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
@@ -231,6 +240,8 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     transforms = _typed(path, text, spec.get("transforms", transforms), list, "transforms", section)
     magnitudes = _typed(path, text, spec.get("magnitudes", magnitudes), list, "magnitudes", section)
     bootstrap = _typed(path, text, spec.get("bootstrap", probe.get("bootstrap", 1000)), int, "bootstrap", section)
+    attack_steps = _typed(path, text, spec.get("attack_steps", probe.get("attack_steps", PGD_STEPS)), int,
+                          "attack_steps", section if "attack_steps" in spec else "probe")
     limit = spec.get("limit")
     probe_limit = spec.get("probe_limit")
     for key, value in (("limit", limit), ("probe_limit", probe_limit)):
@@ -240,7 +251,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         path=path, name=name, description=str(data.get("description", "")), size=size,
         dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
         data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
-        magnitudes=[str(m) for m in magnitudes], bootstrap=int(bootstrap),
+        magnitudes=[str(m) for m in magnitudes], bootstrap=int(bootstrap), attack_steps=int(attack_steps),
         probe_seed=int(probe.get("seed", 0)),
         reference=_typed(path, text, spec["reference"], str, "reference", section) if "reference" in spec else
         _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
@@ -314,8 +325,7 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
                     f"({', '.join(variants)})")
     for spec, seed in exp.jobs():
         try:
-            RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                      model_kwargs=dict(spec.options), label=spec.label, **{**exp.train, **spec.train})
+            exp.run_config(spec, seed)
         except ConfigError as exc:
             key = exc.field if exc.field != "model_kwargs" else "options"
             raise _fail(path, text, key, None, str(exc)) from None

@@ -182,9 +182,7 @@ def run_experiment(
     planned = exp.jobs()
     items = []
     for i, (spec, seed) in enumerate(planned, 1):
-        config = RunConfig(model=spec.model, dataset=exp.dataset, epochs=spec.epochs, seed=seed, limit=exp.limit,
-                           device=device, data_root=root, model_kwargs=dict(spec.options), label=spec.label,
-                           **{**exp.train, **spec.train})
+        config = exp.run_config(spec, seed, device=device, data_root=root)
         run_dir = runs_dir / run_name(spec.variant, seed)
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(planned), spec.variant, seed,
                   spec.epochs, run_dir)

@@ -34,6 +34,12 @@ def test_every_experiment_file_parses(path, size):
     assert exp.name == path.stem and exp.models and all(m.epochs >= 1 for m in exp.models)
 
 
+def test_a_size_sets_the_attack_steps_and_the_file_the_default():
+    attacks = EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("attacks")]
+    assert load_experiment(attacks, "tiny").probe_plan().attack_steps == 3
+    assert load_experiment(attacks, "quick").probe_plan().attack_steps == 20
+
+
 def test_demo_sizes_set_bootstrap_magnitudes_and_training():
     tiny = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "tiny")
     assert tiny.bootstrap == 50 and "jigsaw=1,4" in tiny.magnitudes and tiny.train["batch_size"] == 16
@@ -93,6 +99,12 @@ def test_finished_runs_are_reused(name, tiny_experiment, monkeypatch):
         ('name = "x"\n[data]\ndataset = "mnist"\n[sizes.quick]\n\nlimt = 3\nmodels = [{ model = "capsnet", epochs = 1 }]\n',
          ":6: unknown key 'limt' in [sizes.quick]"),
         ('name = "x"\n[data\n', "line 2"),
+        ('name = "x"\n[data]\ndataset = "mnist"\n[sizes.quick]\nattack_steps = 0\n'
+         'models = [{ model = "capsnet", epochs = 1 }]\n',
+         "attack_steps must be an integer >= 1"),
+        ('name = "x"\n[data]\ndataset = "mnist"\n[probe]\nattack_steps = "many"\n[sizes.quick]\n'
+         'models = [{ model = "capsnet", epochs = 1 }]\n',
+         ":5: 'attack_steps' must be int"),
     ],
 )
 def test_malformed_file_names_the_line_and_key(tmp_path, body, fragment):
@@ -138,8 +150,25 @@ def test_a_model_entry_can_carry_its_own_training_options(tmp_path):
         load_experiment(path, "tiny")
 
 
-def test_ablation_tiny_trains_every_variant_and_writes_the_ablation_table(tiny_experiment):
-    """Every one-component change is its own labelled run with its options, and the report sets each against the
+def test_every_ablation_variant_gets_its_options_in_its_run_config():
+    """Every one-component change of the full ablation is its own labelled run with its options (checked on the
+    quick size's configurations, without training)."""
+    exp = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("ablation")], "quick")
+    configs = {f"{m.variant}-seed{s}": exp.run_config(m, s) for m, s in exp.jobs() if s == 0}
+    assert len(configs) == 9
+    assert configs["no-routing-seed0"].model_kwargs["routing"] == "none"
+    assert configs["shared-transformation-seed0"].model_kwargs["transformation"] == "shared"
+    assert configs["no-squash-seed0"].model_kwargs["squash"] is False
+    assert configs["cross-entropy-seed0"].model_kwargs["loss"] == "ce"
+    assert configs["no-reconstruction-seed0"].recon_weight == 0 and configs["capsnet_small-seed0"].recon_weight > 0
+    assert configs["cnn-9x9-seed0"].model_kwargs["kernel_size"] == 9
+    assert configs["cnn-avgpool-seed0"].model_kwargs["pool"] == "avg"
+    assert configs["cnn-seed0"].target_accuracy == 0.95 and configs["cnn-seed0"].val_fraction == 0.02
+    assert configs["no-routing-seed0"].label == "no-routing" and configs["capsnet_small-seed0"].label is None
+
+
+def test_ablation_tiny_trains_labelled_variants_and_writes_the_ablation_table(tiny_experiment):
+    """Each variant is its own labelled run with its options (its config.json), and the report sets each against the
     full CapsNet (variant - reference) in ablation.csv and in an Ablation section."""
     import json
 
@@ -147,12 +176,8 @@ def test_ablation_tiny_trains_every_variant_and_writes_the_ablation_table(tiny_e
     runs = folder / "runs" / "ablation-tiny"
     configs = {p.name: json.loads((p / "config.json").read_text())["config"] for p in runs.iterdir()}
     assert configs["no-routing-seed0"]["model_kwargs"]["routing"] == "none"
-    assert configs["shared-transformation-seed0"]["model_kwargs"]["transformation"] == "shared"
-    assert configs["no-squash-seed0"]["model_kwargs"]["squash"] is False
-    assert configs["cross-entropy-seed0"]["model_kwargs"]["loss"] == "ce"
     assert configs["no-reconstruction-seed0"]["recon_weight"] == 0 and configs["capsnet_small-seed0"]["recon_weight"] > 0
-    assert configs["cnn-9x9-seed0"]["model_kwargs"]["kernel_size"] == 9
-    assert configs["cnn-avgpool-seed0"]["model_kwargs"]["pool"] == "avg"
+    assert configs["cnn-seed0"]["model"] == "baseline_cnn_pool"
     assert configs["no-routing-seed0"]["label"] == "no-routing" and configs["capsnet_small-seed0"]["label"] is None
     report = folder / "reports" / "ablation"
     ablation = pd.read_csv(report / "ablation.csv", dtype={"magnitude": str})

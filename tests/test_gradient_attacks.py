@@ -204,3 +204,33 @@ def test_the_probe_detects_attacks_by_the_predicted_capsule_reconstruction():
     expected = roc_auc_score(np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[distance(adv), distance(x)])
     assert det["value"].iloc[0] == pytest.approx(expected, abs=1e-9)
     assert expected != pytest.approx(0.5, abs=0.05)  # the toy separates them, so a wrong class or sign would show
+
+
+def test_the_plans_attack_steps_reach_pgd_and_pgd_long_takes_five_times_them(monkeypatch):
+    """``attack_steps`` travels plan -> Against -> the attack: pgd runs that many iterations, pgd-long 5x, FGSM one
+    step; the default is the module's 20 (100 for pgd-long)."""
+    from capsprobe.probe import ProbePlan
+    from capsprobe.transforms import gradient
+    from capsprobe.transforms.worst import Against
+
+    seen = []
+
+    def record(images, labels, module, loss, method, eps, steps=gradient.PGD_STEPS):
+        seen.append((method, steps))
+        return images
+
+    monkeypatch.setattr(gradient, "gradient_attack", record)
+    net = _linear()
+    x = torch.rand(2, 1, D, D)
+    a = against(_adapter(net), torch.tensor([0, 1]), steps=3)
+    for name in ("pgd", "pgd-long", "pgd-margin", "fgsm"):
+        get_transform(name)(x, 0.1, 0, against=a)
+    assert seen == [("pgd", 3), ("pgd", 15), ("pgd", 3), ("fgsm", 3)]
+    assert Against(labels=torch.zeros(1), scores=net).steps == gradient.PGD_STEPS == 20
+    assert gradient.PGD_LONG_STEPS == 100
+    assert ProbePlan.from_options(["pgd"]).attack_steps == 20
+    assert ProbePlan.from_options(["pgd"], attack_steps=4).attack_steps == 4
+    with pytest.raises(InvalidInputError, match="attack_steps"):
+        ProbePlan.from_options(["pgd"], attack_steps=0)
+    with pytest.raises(InvalidInputError, match="attack steps"):
+        Against(labels=torch.zeros(1), scores=net, steps=0)

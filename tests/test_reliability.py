@@ -311,7 +311,7 @@ def test_kill_matrix_training(tmp_path, done, moment, module, function, nth, aft
 def test_kill_matrix_force_keeps_the_old_run(tmp_path, done):
     out = _copy(done, tmp_path / "run")
     before = _snapshot(out)
-    code = _killed(tmp_path, "train", "save_checkpoint", ["train", *TINY_ARGS, "--seed", "1", "--out", str(out),
+    code = _killed(tmp_path, "training.loop", "save_checkpoint", ["train", *TINY_ARGS, "--seed", "1", "--out", str(out),
                                                           "--force"])
     assert code == -signal.SIGKILL
     assert _snapshot(out) == before  # the old run is intact until the new one exists

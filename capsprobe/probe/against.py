@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..models import Adapter
 from ..models.layers import margin_loss
+from ..transforms.gradient import PGD_STEPS
 from ..transforms.worst import Against
 
 __all__ = [
@@ -56,9 +57,9 @@ class MarginLoss(nn.Module):
 
 
 def against(adapter: Adapter, labels: Tensor, surrogate: Adapter | None = None,
-            autocast: Callable[[], ContextManager[Any]] = nullcontext) -> Against:
+            autocast: Callable[[], ContextManager[Any]] = nullcontext, steps: int = PGD_STEPS) -> Against:
     """The :class:`Against` of ``adapter`` for a batch with true ``labels``; ``autocast`` wraps the scores' search
-    (the probe's autocast on CUDA), the gradient attacks run in float32."""
+    (the probe's autocast on CUDA), the gradient attacks run in float32; ``steps``: PGD's iterations."""
 
     def scores(x: Tensor) -> Tensor:
         with autocast():
@@ -66,4 +67,4 @@ def against(adapter: Adapter, labels: Tensor, surrogate: Adapter | None = None,
 
     objectives = {"ce": (_Logits(adapter), nn.CrossEntropyLoss()), "margin": (_Scores(adapter), MarginLoss())}
     other = (_Logits(surrogate), nn.CrossEntropyLoss()) if surrogate is not None else None
-    return Against(labels=labels, scores=scores, objectives=objectives, surrogate=other)
+    return Against(labels=labels, scores=scores, objectives=objectives, surrogate=other, steps=steps)

@@ -44,6 +44,7 @@ from ..transforms import (
     magnitude_label,
     magnitude_value,
 )
+from ..transforms.gradient import PGD_STEPS
 from .against import against
 from .lie import lie_manifest, lie_tables
 from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
@@ -135,7 +136,8 @@ def _run_pass(
                 moved = None
             elif transform.worst_case:
                 moved = transform(images, magnitude, seeds, against=against(
-                    adapter, labels, ctx.surrogate, autocast=lambda: autocast_context(device, dtype)))
+                    adapter, labels, ctx.surrogate, autocast=lambda: autocast_context(device, dtype),
+                    steps=ctx.plan.attack_steps))
                 if moved.params is not None:  # a spatial worst case names its winner
                     worst.append({k: v.cpu() for k, v in moved.params.items()})
             else:
@@ -394,7 +396,8 @@ def run_probe(
                 decode_rows.append(decoded)
         if adapter.can_decode and adapter.has_poses:
             t0 = time.perf_counter()
-            arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev, other))
+            arrays.update(_capsule_grids(subject.name, adapter, split, chosen, grid, seed, dev, other,
+                                         plan.attack_steps))
             timer.add("pictures", t0)
         if plan.lie:
             t0 = time.perf_counter()
@@ -440,6 +443,8 @@ def run_probe(
     }
     if other is not None:
         manifest["surrogate"] = as_subject(surrogate).name
+    if any(t.name.startswith("pgd") for t in chosen):
+        manifest["attack_steps"] = plan.attack_steps  # pgd-long: 5x
     if plan.lie:
         manifest["lie"] = lie_manifest(len(split))
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
@@ -454,7 +459,7 @@ def _image_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Sequence[Transform],
                    grid: Mapping[str, Sequence[Any]], seed: int, device: torch.device,
-                   surrogate: Adapter | None = None) -> dict[str, dict]:
+                   surrogate: Adapter | None = None, attack_steps: int = PGD_STEPS) -> dict[str, dict]:
     """The reconstruction rows (one showcase magnitude per transformation) and the paper's Figure 4 sweep."""
     out = {}
     conditions = []
@@ -466,7 +471,7 @@ def _capsule_grids(name: str, adapter: Adapter, split: ImageSplit, chosen: Seque
             conditions.append((t, pick))
     if conditions:
         images, rows = reconstruction_examples(adapter, split, conditions, n=8, seed=seed, device=device,
-                                               surrogate=surrogate)
+                                               surrogate=surrogate, attack_steps=attack_steps)
         out[f"reconstructions-{name}"] = grid_array(
             images, rows, title=f"{name}: reconstructions from the transformed images' poses (true-class capsule)",
             caption="Each transformation: the transformed digits, then the decoder's reconstruction from the true "

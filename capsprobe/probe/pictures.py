@@ -15,6 +15,7 @@ from ..transforms import (
     Transform,
     magnitude_label,
 )
+from ..transforms.gradient import PGD_STEPS
 from .against import against
 from .subject import as_subject
 
@@ -35,12 +36,13 @@ def reconstruction_examples(
     seed: int = 0,
     device: str | torch.device = "auto",
     surrogate: Any = None,
+    attack_steps: int = PGD_STEPS,
 ) -> tuple[np.ndarray, list[str]]:
     """Images, transformed images and the model's reconstructions from the transformed images' poses.
 
     One example per class while there are classes (the first of each in ``split``), ``n`` in all. The
     decoder is masked by the true label, so the row shows what the true class's pose says about the
-    transformed digit.
+    transformed digit. ``attack_steps``: PGD's iterations where a condition is a gradient attack.
 
     Returns:
         ``(1 + 2 T, n, C, H, W)`` in [0, 1] (row 0 the clean images, then for each condition the transformed
@@ -62,7 +64,7 @@ def reconstruction_examples(
     rows, names = [x.cpu()], ["image"]
     with torch.inference_mode():
         for t, m in conditions:
-            moved = t(x, m, seeds, against=against(adapter, y, other)).images  # a worst case: against the model
+            moved = t(x, m, seeds, against=against(adapter, y, other, steps=attack_steps)).images  # a worst case: against the model
             recon = adapter.decode(adapter.outputs(moved).poses, y)
             rows += [moved.cpu(), recon.float().cpu()]
             names += [f"{t.name} {magnitude_label(m)}", "reconstruction"]

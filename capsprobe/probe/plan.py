@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from ..data import DatasetSpec
 from ..errors import InvalidInputError
 from ..transforms import Transform, magnitude_label, parse_magnitude_specs, resolve
+from ..transforms.gradient import PGD_STEPS
 
 __all__ = ["SPLITS", "ProbePlan"]
 
@@ -42,6 +43,7 @@ class ProbePlan:
     limit: int | None = None  # probe at most this many images (stratified); None: the whole split
     split: str = "test"  # test or val
     bootstrap: int = 1000  # resamples of the 95% intervals
+    attack_steps: int = PGD_STEPS  # PGD's iterations (pgd-long: 5x); fewer only to see the pipeline work
     reference: str | None = None  # the model every other is set against in ablation.csv
     surrogate: str | None = None  # the run (directory) pgd-transfer computes its attack on
     lie: bool = False  # also the Lie-derivative probe (lie.csv, lie_layers.csv, composition.csv)
@@ -62,6 +64,8 @@ class ProbePlan:
             raise InvalidInputError(f"split must be test or val, got {self.split!r}")
         if self.bootstrap < 1:
             raise InvalidInputError(f"bootstrap must be at least 1, got {self.bootstrap}")
+        if not isinstance(self.attack_steps, int) or self.attack_steps < 1:
+            raise InvalidInputError(f"attack_steps must be an integer >= 1, got {self.attack_steps!r}")
         if self.batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 4:
@@ -81,7 +85,7 @@ class ProbePlan:
             magnitudes: ``--magnitudes`` specs (``rotate=0,45,90``; a bare ``0,45,90`` with one transformation), or
                 per transformation name the magnitudes to use instead of its default grid; the identity is added.
             options: the other fields (``seed``, ``limit``, ``split``, ``bootstrap``, ``reference``, ``surrogate``,
-                ``lie``, ``batch_size``, ``device``, ``amp``, ``progress``); ``n_boot`` is read as ``bootstrap``.
+                ``attack_steps``, ``lie``, ``batch_size``, ``device``, ``amp``, ``progress``); ``n_boot`` is read as ``bootstrap``.
 
         Raises:
             UnknownTransformError, InvalidInputError: an unknown name, a magnitude out of range or for a

@@ -130,12 +130,17 @@ def _html(title: str, section: Section, manifest: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _steps(manifest: dict[str, Any]) -> str:
+    steps = manifest.get("attack_steps")
+    return "" if steps is None else f"; PGD {steps} steps (pgd-long {5 * int(steps)})"
+
+
 def _meta_line(manifest: dict[str, Any]) -> str:
     runs = ", ".join(f"{r['name']} ({r['model']}, seed {r['seed']})" for r in manifest.get("runs", []))
     v = manifest.get("versions", {})
     return (f"{manifest.get('images', '?')} {manifest.get('dataset', '?')} {manifest.get('split', 'test')} images; "
             f"runs: {runs}; transformation seed {manifest.get('seed', '?')}, {manifest.get('bootstrap', '?')} bootstrap "
-            f"resamples; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}.")
+            f"resamples{_steps(manifest)}; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}.")
 
 
 SectionFor = Callable[[ReportData], Section]

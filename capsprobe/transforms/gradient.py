@@ -2,9 +2,11 @@
 
 - ``fgsm``: the fast gradient sign method (Goodfellow, Shlens & Szegedy, ICLR 2015), one step of size ``eps``;
 - ``pgd``: projected gradient descent (Madry et al., ICLR 2018) from the clean image (no random start: the basic
-  iterative method of Kurakin, Goodfellow & Bengio 2017), :data:`PGD_STEPS` steps of ``2.5 eps / steps`` (Madry et
-  al.'s rule), each projected on the ``eps`` ball and on [0, 1];
-- ``pgd-long``: the same with :data:`PGD_LONG_STEPS` steps, to check that more steps never help the model;
+  iterative method of Kurakin, Goodfellow & Bengio 2017), ``Against.steps`` steps (:data:`PGD_STEPS` = 20 unless the
+  probe plan's ``attack_steps`` says otherwise) of ``2.5 eps / steps`` (Madry et al.'s rule), each projected on the
+  ``eps`` ball and on [0, 1];
+- ``pgd-long``: the same with :data:`LONG_FACTOR` (5) times the steps (100 by default), to check that more steps
+  never help the model;
 - ``fgsm-margin``, ``pgd-margin``: the same attacks ascending the margin loss of the class scores (Sabour et al.
   2017, eq. 4) instead of the cross-entropy;
 - ``pgd-transfer``: PGD computed on a surrogate model (a convnet) and applied to the model probed: the black-box
@@ -31,6 +33,7 @@ from .functional import Seed, Transformed, _check_images
 from .worst import Against, needs
 
 __all__ = [
+    "LONG_FACTOR",
     "PGD_LONG_STEPS",
     "PGD_STEPS",
     "STEP_FACTOR",
@@ -44,7 +47,8 @@ __all__ = [
 ]
 
 PGD_STEPS = 20
-PGD_LONG_STEPS = 100
+LONG_FACTOR = 5  # pgd-long's steps over pgd's
+PGD_LONG_STEPS = LONG_FACTOR * PGD_STEPS
 STEP_FACTOR = 2.5  # step size = STEP_FACTOR * eps / steps (Madry et al. 2018)
 
 
@@ -93,7 +97,7 @@ def gradient_attack(images: Tensor, labels: Tensor, module: nn.Module, loss: nn.
 
 
 def _attack(name: str, images: Tensor, eps: float, against: Against | None, method: str, objective: str,
-            steps: int = PGD_STEPS, transfer: bool = False) -> Transformed:
+            factor: int = 1, transfer: bool = False) -> Transformed:
     _check_images(images)
     if eps == 0:
         return Transformed(images.clone())
@@ -106,7 +110,7 @@ def _attack(name: str, images: Tensor, eps: float, against: Against | None, meth
         if objective not in a.objectives:
             raise InvalidInputError(f"{name}: the model exposes no {objective!r} objective to attack")
         module, loss = a.objectives[objective]
-    adv = gradient_attack(images, a.labels, module, loss, method, float(eps), steps)
+    adv = gradient_attack(images, a.labels, module, loss, method, float(eps), factor * a.steps)
     return Transformed(adv.to(images.dtype))
 
 
@@ -116,13 +120,14 @@ def fgsm(images: Tensor, eps: float, seed: Seed = 0, *, against: Against | None 
 
 
 def pgd(images: Tensor, eps: float, seed: Seed = 0, *, against: Against | None = None) -> Transformed:
-    """PGD (BIM) on the cross-entropy, :data:`PGD_STEPS` steps, radius ``eps``."""
+    """PGD (BIM) on the cross-entropy, ``against.steps`` steps (:data:`PGD_STEPS` by default), radius ``eps``."""
     return _attack("pgd", images, eps, against, "pgd", "ce")
 
 
 def pgd_long(images: Tensor, eps: float, seed: Seed = 0, *, against: Against | None = None) -> Transformed:
-    """PGD (BIM) on the cross-entropy with :data:`PGD_LONG_STEPS` steps."""
-    return _attack("pgd-long", images, eps, against, "pgd", "ce", PGD_LONG_STEPS)
+    """PGD (BIM) on the cross-entropy with :data:`LONG_FACTOR` times ``against.steps`` (:data:`PGD_LONG_STEPS` by
+    default)."""
+    return _attack("pgd-long", images, eps, against, "pgd", "ce", LONG_FACTOR)
 
 
 def fgsm_margin(images: Tensor, eps: float, seed: Seed = 0, *, against: Against | None = None) -> Transformed:

@@ -65,12 +65,18 @@ class Against:
             outputs`` and the loss on them (``ce``: cross-entropy of a convnet's logits or a CapsNet's lengths;
             ``margin``: the margin loss of the class scores).
         surrogate: ``(module, loss)`` of another model, for the transfer attack, or None.
+        steps: the iterations of the iterative gradient attacks (PGD; pgd-long takes 5x), from the probe plan.
     """
 
     labels: Tensor
     scores: Scorer
     objectives: Mapping[str, tuple[nn.Module, nn.Module]] = field(default_factory=dict)
     surrogate: tuple[nn.Module, nn.Module] | None = None
+    steps: int = 20  # gradient.PGD_STEPS (Madry et al. 2018 use 40 on MNIST with a random start; see gradient.py)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise InvalidInputError(f"attack steps must be an integer >= 1, got {self.steps!r}")
 
 
 def spatial_matrices(images: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor) -> Tensor:
