@@ -32,12 +32,19 @@ def split():
     return load_dataset("mnist-sample", limit=40).test
 
 
+#: every transformation of the suite at its identity, a nuisance and (rotate) a semantic magnitude: each kind of
+#: condition, without the default grid's every angle (the default grids are the plan's, tests/test_plan.py)
+FEW = {"rotate": [0, 45, 180], "translate": [0, 4], "scale": [1, 0.75], "shear": [0, 0.4], "affine": [0, 1],
+       "jigsaw": [1, 4]}
+
+
 def test_probe_gives_every_metric_for_every_condition(runs, split):
     loaded = [load_run(runs["caps"]), load_run(runs["conv"])]
-    result = run_probe(loaded, split, ["all"], n_boot=50, progress=False)
+    result = run_probe(loaded, split, ["all"], magnitudes=FEW, n_boot=50, progress=False)
     m = result.metrics
     assert list(m.columns) == METRIC_COLUMNS and list(result.images.columns) == IMAGE_COLUMNS
-    conditions = {(n, magnitude_label(g)): (TRANSFORMS[n], g) for n in SUITE for g in TRANSFORMS[n].grid}
+    conditions = {(n, magnitude_label(g)): (TRANSFORMS[n], g) for n in SUITE for g in FEW.get(n, TRANSFORMS[n].grid)}
+    assert set(SUITE) == {n for n, _ in conditions}
     for run in ("caps", "conv"):
         got = m[m["run"] == run]
         assert set(zip(got["transform"], got["magnitude"])) == set(conditions)
@@ -145,7 +152,7 @@ def test_perturb_attacks_a_capsnet_and_a_convnet_from_the_cli(runs, tmp_path):
     out = tmp_path / "attacked"
     result = runner.invoke(app, ["perturb", str(runs["caps"]), str(runs["conv"]), "--attack", "fgsm,pgd,pgd-transfer",
                                  "--eps", "0.1,0.5", "--surrogate", str(runs["conv"]), "-t", "worst-of-k", "-m",
-                                 "worst-of-k=3", "--limit", "12", "--bootstrap", "20", "--no-progress", "--out",
+                                 "worst-of-k=3", "--attack-steps", "4", "--limit", "12", "--bootstrap", "20", "--no-progress", "--out",
                                  str(out)])
     assert result.exit_code == 0, result.output
     data = read_probe_outputs(out)
@@ -156,7 +163,7 @@ def test_perturb_attacks_a_capsnet_and_a_convnet_from_the_cli(runs, tmp_path):
     assert set(det["run"]) == {"caps"} and set(det["magnitude"]) >= {"0.1", "0.5"}  # the CapsNet has a decoder
     masking = pd.read_csv(out / "masking.csv")
     assert set(masking["run"]) == {"caps", "conv"} and "falls to 0" in set(masking["check"])
-    assert data.manifest["surrogate"] == "conv"
+    assert data.manifest["surrogate"] == "conv" and data.manifest["attack_steps"] == 4
     worst = data.images[data.images["transform"] == "worst-of-k"]
     assert worst.loc[worst["magnitude"] == "3", "worst_angle"].abs().le(30).all()
     acc = m[(m["metric"] == "accuracy") & (m["run"] == "conv")].set_index(["transform", "magnitude"])["value"]

@@ -20,6 +20,11 @@ from capsprobe.report.render import report_title
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent for p in (REPO / "reports").glob("*/manifest.json"))
+#: one committed report per kind of page (rebuilding a page draws its figures: seconds each, so not all eleven):
+#: the suite with the Lie probe (demo), several seeds per model with the ablation table (ablation), the worst cases
+#: and attacks (attacks), the viewpoint task's own section (viewpoint). Every committed page is rebuilt from its
+#: tracked files by tests/test_architecture.py; the fresh tiny report below is opened too.
+PAGE_KINDS = ("ablation", "attacks", "demo", "viewpoint")
 WIDTHS = (1280, 390)
 
 
@@ -70,7 +75,7 @@ def _check(browser, html: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.name for p in COMMITTED])
+@pytest.mark.parametrize("name", PAGE_KINDS)
 def test_a_committed_report_reads_well_in_a_browser(browser, name, tmp_path):
     folder = tmp_path / name
     shutil.copytree(REPO / "reports" / name, folder)  # report.html is rebuilt, never committed
@@ -84,6 +89,10 @@ def test_a_fresh_tiny_report_reads_well_in_a_browser(browser, tiny_experiment):
     html = folder / "reports" / "demo" / "report.html"
     problems = _check(browser, html)
     assert not problems, "\n".join(problems)
+
+
+def test_the_page_kinds_are_committed_reports():
+    assert set(PAGE_KINDS) <= {p.name for p in COMMITTED}
 
 
 def test_the_check_catches_a_page_that_scrolls_sideways_and_a_broken_image(browser, tmp_path):

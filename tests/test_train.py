@@ -75,20 +75,27 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(out: Path, mode: str) -> subprocess.CompletedProcess:
+def _start_script(out: Path, mode: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", _SCRIPT, str(out), mode], env=env, capture_output=True, text=True)
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(out), mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _run_script(out: Path, mode: str) -> subprocess.CompletedProcess:
+    proc = _start_script(out, mode)
+    stdout, stderr = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
+    straight = _start_script(tmp_path / "b", "plain")  # one thread each: the uninterrupted run beside the killed one
     killed = _run_script(tmp_path / "a", "die")
     assert killed.returncode == -9, killed.stderr
     assert not (tmp_path / "a" / "model.safetensors").exists()
     assert load_checkpoint(tmp_path / "a").epoch == 1 and _no_temp_files(tmp_path / "a")
     resumed = _run_script(tmp_path / "a", "resume")
     assert resumed.returncode == 0, resumed.stderr
-    straight = _run_script(tmp_path / "b", "plain")
-    assert straight.returncode == 0, straight.stderr
+    assert straight.wait() == 0, straight.communicate()[1]
 
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
