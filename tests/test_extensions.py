@@ -103,22 +103,51 @@ ROUTED: list[int] = []
 def registered():
     tables = (TRANSFORMS, METRICS, TASKS, TRAINING_TASKS, data_registry._REGISTRY, components._ROUTINGS)
     saved = {id(t): dict(t) for t in tables}
-    register_transform(Transform(TRANSFORM, invert, (0, 1.0), 0, "blend to the negative", "nuisance", 0, 1,
-                                 geometric=False))
-    register_metric(Metric(METRIC, dark_share, frozenset({"scores"}), "top score fell (toy)", "lower"))
-    register_head(Head(HEAD, build_mean_head, primary=lambda m, raw, maps: (squash(raw), None), route=route_mean,
-                       classifier="conv_pose"))
-    register_family(BackboneHeadNet)(toy_ext_net)
-    register_dataset(DatasetSpec(DATASET, 1, 28, 10, "random digits (tests)"), toy_digits)
-    register_routing(HEAD)(mean_routing)
-    register_task(replace(get_task("classify"), name=TASK, description="classify, counted", evaluate=evaluate_and_mark))
-    yield
-    unregister_family(FAMILY)
-    unregister_head(HEAD)
-    for table in tables:
-        table.clear()
-        table.update(saved[id(table)])
+    done = []  # what was registered so far: a failing registration leaves nothing behind either
+    try:
+        register_transform(Transform(TRANSFORM, invert, (0, 1.0), 0, "blend to the negative", "nuisance", 0, 1,
+                                     geometric=False))
+        register_metric(Metric(METRIC, dark_share, frozenset({"scores"}), "top score fell (toy)", "lower"))
+        register_head(Head(HEAD, build_mean_head, primary=lambda m, raw, maps: (squash(raw), None), route=route_mean,
+                           classifier="conv_pose"))
+        done.append("head")
+        register_family(BackboneHeadNet)(toy_ext_net)
+        done.append("family")
+        register_dataset(DatasetSpec(DATASET, 1, 28, 10, "random digits (tests)"), toy_digits)
+        register_routing(HEAD)(mean_routing)
+        register_task(replace(get_task("classify"), name=TASK, description="classify, counted",
+                              evaluate=evaluate_and_mark))
+        yield
+    finally:
+        if "family" in done:
+            unregister_family(FAMILY)
+        if "head" in done:
+            unregister_head(HEAD)
+        for table in tables:
+            table.clear()
+            table.update(saved[id(table)])
     assert FAMILY not in native_models() and HEAD not in list_heads() and not timm.is_model(FAMILY)
+
+
+def test_a_family_is_unregistered_without_timms_private_helper(monkeypatch):
+    """timm releases without ``_registry._clear_model_entries``: the name leaves every registry table all the same."""
+    from timm.models import _registry
+
+    monkeypatch.delattr(_registry, "_clear_model_entries", raising=False)
+    name = "toy_ext_bare_net"
+
+    def toy_ext_bare_net(pretrained: bool = False, **kwargs) -> BackboneHeadNet:
+        return BackboneHeadNet(head="avg", planes=4, blocks=(1, 1, 1), **kwargs)
+
+    try:
+        register_family(BackboneHeadNet)(toy_ext_bare_net)
+        assert timm.is_model(name) and name in native_models()
+    finally:
+        unregister_family(name)
+    assert not timm.is_model(name) and name not in native_models() and name not in timm.list_models()
+    assert name not in _registry._model_to_module and name not in _registry._model_default_cfgs
+    assert not any(name in models for models in _registry._module_to_models.values())
+    unregister_family(name)  # twice: nothing left to remove, nothing raised
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,37 @@ def register_family(cls: type) -> Callable[[_Entry], _Entry]:
 
 
 def unregister_family(name: str) -> None:
-    """Remove ``name`` from capsprobe's families and timm's registry (tests that register a toy family)."""
+    """Remove ``name`` from capsprobe's families and timm's registry (tests that register a toy family).
+
+    timm has no public way to unregister; its private ``_clear_model_entries`` is used where the installed release
+    has it, else the name is taken out of each of the registry's tables that exists (never raises).
+    """
     from timm.models import _registry
 
     _FAMILIES.pop(name, None)
-    _registry._model_entrypoints.pop(name, None)
-    _registry._clear_model_entries(name)
+    entries = getattr(_registry, "_model_entrypoints", None)
+    if isinstance(entries, dict):
+        entries.pop(name, None)
+    clear = getattr(_registry, "_clear_model_entries", None)
+    if callable(clear):
+        clear(name)
+        return
+    module = getattr(_registry, "_model_to_module", {}).pop(name, None)
+    by_module = getattr(_registry, "_module_to_models", None)
+    if module is not None and isinstance(by_module, dict) and module in by_module:
+        by_module[module].discard(name)
+        if not by_module[module]:
+            del by_module[module]
+    tagged = getattr(_registry, "_model_with_tags", None)
+    names = [*(tagged.pop(name, None) or []), name] if isinstance(tagged, dict) else [name]  # "model.tag" names too
+    for table_name in ("_model_pretrained_cfgs", "_model_default_cfgs", "_deprecated_models"):
+        table = getattr(_registry, table_name, None)
+        if isinstance(table, dict):
+            for n in names:
+                table.pop(n, None)
+    has_pretrained = getattr(_registry, "_model_has_pretrained", None)
+    if isinstance(has_pretrained, set):
+        has_pretrained.difference_update(names)
 
 
 def family_classes() -> dict[str, type]:
