@@ -439,7 +439,7 @@ def run(
     from .training.launch import SlurmOptions  # lazy: the command's own layer loads on use
 
     if dry_run:
-        for line in plan_only(experiment, size=size, device=device):
+        for line in plan_only(experiment, size=size, device=device, out=out):
             typer.echo(line)
         return
 

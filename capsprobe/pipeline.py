@@ -24,6 +24,7 @@ from .probe.schema import MANIFEST
 from .report import (
     ReportData,
     ReportError,
+    ReportExistsError,
     Section,
     check_report_target,
     write_probe_outputs,
@@ -35,13 +36,39 @@ from .training import RunConfig
 from .training.launch import SlurmOptions, train_many
 from .training.runs import RunError, library_versions, load_run, run_name
 
-__all__ = ["dry_run", "perturb", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
+__all__ = ["dry_run", "perturb", "plan_of", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
 
 _log = logging.getLogger(__name__)
 
+def plan_of(plan: ProbePlan | Sequence[str] | None, options: dict[str, Any]) -> ProbePlan:
+    """:func:`perturb`'s plan from what it was given: a :class:`~capsprobe.probe.ProbePlan` alone, or the plan's
+    options (:meth:`ProbePlan.from_options`). The calls of 0.2.0's development versions are read too: a list of
+    transformation names in the plan's place (``perturb(dirs, ["rotate"])``) and ``magnitude_specs=`` for
+    ``magnitudes=``.
+
+    Raises:
+        InvalidInputError: a plan and options both, or the same option twice.
+    """
+    options = dict(options)
+    if "magnitude_specs" in options:
+        if "magnitudes" in options:
+            raise InvalidInputError("give magnitudes or magnitude_specs (its older name), not both")
+        options["magnitudes"] = options.pop("magnitude_specs")
+    if isinstance(plan, (list, tuple)) and all(isinstance(t, str) for t in plan):
+        if "transforms" in options:
+            raise InvalidInputError("transformation names given twice: in the plan's place and as transforms=")
+        options["transforms"] = list(plan)
+        plan = None
+    if plan is None:
+        return ProbePlan.from_options(**options)
+    if not isinstance(plan, ProbePlan) or options:
+        raise InvalidInputError("perturb takes a ProbePlan or the plan's options (ProbePlan.from_options), not both")
+    return plan
+
+
 def perturb(
     run_dirs: Sequence[str],
-    plan: ProbePlan | None = None,
+    plan: ProbePlan | Sequence[str] | None = None,
     *,
     dataset: str | None = None,
     data_root: str | None = None,
@@ -61,7 +88,8 @@ def perturb(
         dataset: the data set to probe (default: the one the runs were trained on).
         data_root, download: where torchvision data sets are, and whether to fetch a missing one.
         options: without ``plan``, what :meth:`ProbePlan.from_options` takes (``transforms``, ``magnitudes``,
-            ``seed``, ``n_boot``...).
+            ``seed``, ``n_boot``...). The older calls still work (:func:`plan_of`): transformation names in
+            ``plan``'s place, ``magnitude_specs`` for ``magnitudes``.
 
     Returns:
         The result, its manifest completed with the runs, data, task and library versions.
@@ -72,10 +100,7 @@ def perturb(
         RunError: a run directory is missing or unreadable, or runs need different input shapes or tasks.
     """
 
-    if plan is None:
-        plan = ProbePlan.from_options(**options)
-    elif not isinstance(plan, ProbePlan) or options:
-        raise InvalidInputError("perturb takes a ProbePlan or the plan's options (ProbePlan.from_options), not both")
+    plan = plan_of(plan, options)
     chosen = plan.transforms
     if not run_dirs:
         raise RunError("no run directory given")
@@ -213,13 +238,15 @@ _TRAIN_IMAGES = {"mnist": 60_000, "fashion-mnist": 60_000, "mnist-sample": 5_000
 _TEST_IMAGES = 10_000  # images probed when the size sets no probe_limit (the dry run's estimate only)
 
 
-def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure: bool = True) -> list[str]:
+def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure: bool = True,
+            out: str | Path | None = None) -> list[str]:
     """What ``capsprobe run PATH --size SIZE`` would do, as lines to print: the runs (model x seed, epochs), the probe
     plan (transformations x magnitudes), and an estimated wall time from a throughput measured now (one training
     step and one inference batch of each model, after one warm-up, at its batch size on ``device``; ``measure=False``
     skips it).
     Every check :func:`run_experiment` makes before training is made (the plan against the data set's images
-    included); nothing is trained, loaded or written.
+    included); nothing is trained, loaded or written. A report folder (``out``, default ``reports/<name>``) that the
+    run would refuse without ``--force`` is named in a line; the dry run does not fail on it.
 
     Raises:
         ExperimentError: the file, the size or its plan is invalid.
@@ -254,6 +281,16 @@ def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure
         passes = 1
     if measure:
         lines.append(_estimate(exp, jobs, batch, spec, side, device, probed * passes))
+    report = Path(out) if out is not None else Path("reports") / (exp.report or exp.name)
+    try:
+        check_report_target(report, force=False)
+    except ReportExistsError:
+        try:
+            check_report_target(report, force=True)
+            lines.append(f"report folder {report} exists: the run needs --force")
+        except ReportExistsError:
+            lines.append(f"report folder {report} exists and was not written by capsprobe: the run refuses it, "
+                         "even with --force")
     lines.append("dry run: nothing trained, loaded or written")
     return lines
 

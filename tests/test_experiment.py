@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,10 @@ def test_there_are_experiment_files():
 
 
 def _sizes(path: Path) -> list[str]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     return list(tomllib.loads(path.read_text())["sizes"])
 

@@ -4,6 +4,7 @@ training, and a dry run that prints it and writes nothing."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 
 def _sizes(path: Path) -> list[str]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     return list(tomllib.loads(path.read_text())["sizes"])
 
@@ -37,6 +41,7 @@ def no_data(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", refuse)
     monkeypatch.setattr("capsprobe.data.load_dataset", refuse)
+    monkeypatch.setattr("capsprobe.pipeline.load_dataset", refuse)  # bound when the pipeline was imported
 
 
 @pytest.mark.parametrize("path, size", [(p, s) for p in EXPERIMENTS for s in _sizes(p)],
@@ -58,6 +63,9 @@ def test_the_plan_resolves_names_and_adds_the_identity():
     assert [t.name for t in plan.transforms] == ["rotate", "jigsaw"]
     assert plan.magnitudes["rotate"] == (0, 45.0, 90.0) and plan.magnitudes["jigsaw"] == (1, 2, 4, 7)
     assert plan.conditions == 7 and plan.seed == 3 and plan.bootstrap == 20
+    same = ProbePlan.from_options(["rotate", "jigsaw"], ["rotate=45,90"], seed=3, n_boot=20)
+    assert hash(plan) == hash(same) and plan == same and len({plan, same}) == 1  # a frozen plan is hashable
+    assert plan != ProbePlan.from_options(["rotate", "jigsaw"], ["rotate=45"], seed=3, n_boot=20)
     assert ProbePlan.from_options(["rotate"], {"rotate": [0, 30]}).magnitudes["rotate"] == (0.0, 30.0)
     with pytest.raises(InvalidInputError, match="not probed"):
         ProbePlan.from_options(["rotate"], {"flip": ["horizontal"]})
@@ -132,14 +140,49 @@ def test_perturb_refuses_a_plan_that_does_not_fit_the_runs_data(tiny_runs, tmp_p
     assert not (tmp_path / "r").exists()
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, no_data):
     monkeypatch.chdir(tmp_path)
     demo = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
     result = runner.invoke(app, ("run", str(demo), "--size", "tiny", "--dry-run", "--device", "cpu"))
     assert result.exit_code == 0, result.output
     out = result.output
     assert "capsnet_small x seed 0: 1 epoch" in out and "resnet18 x seed 0: 1 epoch" in out
-    # tiny: rotate 4, flip 3, translate 2, scale 2, shear 2, affine 2, jigsaw 2, swap 3 magnitudes
-    assert "20 conditions per run (8 transformations x their magnitudes)" in out and "jigsaw: 1, 4" in out
+    # tiny: rotate 3, flip 3, translate 2, scale 2, shear 2, affine 2, jigsaw 2, swap 3 magnitudes
+    assert "19 conditions per run (8 transformations x their magnitudes)" in out and "jigsaw: 1, 4" in out
     assert "estimated wall time" in out and "img/s for capsnet_small" in out and "measured now on cpu" in out
+    assert "report folder" not in out
     assert list(tmp_path.iterdir()) == []
+    # a report folder the run would refuse without --force is named, and the dry run still succeeds (no
+    # throughput measured this time: the lines are the command's)
+    from capsprobe.pipeline import dry_run
+    from capsprobe.runtime import write_marker
+
+    older = tmp_path / "reports" / "demo"
+    older.mkdir(parents=True)
+    (older / "report.md").write_text("an older report\n")
+    named = f"report folder {Path('reports') / 'demo'} exists"
+    lines = dry_run(demo, "tiny", device="cpu", measure=False)
+    assert f"{named} and was not written by capsprobe: the run refuses it, even with --force" in lines
+    write_marker(older, "report")
+    lines = dry_run(demo, "tiny", device="cpu", measure=False)
+    assert f"{named}: the run needs --force" in lines and lines[-1].startswith("dry run: nothing")
+    assert not any("report folder" in line for line in dry_run(demo, "tiny", measure=False, out=tmp_path / "new"))
+    assert list(tmp_path.iterdir()) == [tmp_path / "reports"]
+    assert sorted(os.listdir(older)) == [".capsprobe", "report.md"]
+
+
+def test_perturb_reads_the_older_calls_into_one_plan():
+    """``perturb(dirs, ["rotate"], magnitude_specs=[...])``, as before the plan: the same plan as the new call."""
+    from capsprobe.pipeline import plan_of
+
+    plan = ProbePlan.from_options(["rotate"], ["rotate=0,45"], seed=2)
+    assert plan_of(["rotate"], {"magnitude_specs": ["rotate=0,45"], "seed": 2}) == plan
+    assert plan_of(("rotate",), {"magnitudes": {"rotate": [45]}, "seed": 2}) == plan
+    assert plan_of(None, {"transforms": ["rotate"], "magnitude_specs": ["rotate=45"], "seed": 2}) == plan
+    assert plan_of(plan, {}) is plan
+    with pytest.raises(InvalidInputError, match="not both"):
+        plan_of(plan, {"seed": 1})
+    with pytest.raises(InvalidInputError, match="magnitudes or magnitude_specs"):
+        plan_of(None, {"magnitudes": {}, "magnitude_specs": []})
+    with pytest.raises(InvalidInputError, match="given twice"):
+        plan_of(["rotate"], {"transforms": ["flip"]})

@@ -16,7 +16,7 @@ first when it was not asked for (it anchors every curve and the clean accuracy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -38,7 +38,9 @@ class ProbePlan:
     """
 
     transforms: tuple[Transform, ...]  # the transformations, resolved ("all" expanded), in probe order
-    magnitudes: Mapping[str, tuple[Any, ...]]  # per transformation name: its magnitudes, validated, identity first
+    # per transformation name: its magnitudes, validated, identity first; compared, but left out of the hash (a
+    # read-only mapping is unhashable): plans that differ only in their grids hash alike and compare unequal
+    magnitudes: Mapping[str, tuple[Any, ...]] = field(hash=False)
     seed: int = 0  # the random transformations (per image: seed * 1000003 + image id), the fit/held-out split, bootstrap
     limit: int | None = None  # probe at most this many images (stratified); None: the whole split
     split: str = "test"  # test or val
