@@ -168,7 +168,8 @@ class Head:
         name: the registry name, ``BackboneHeadNet(head=name)``.
         build: ``(model, width) -> pre-logits width``: adds the head's layers to ``model``, which reads the backbone's
             ``width``-channel map; ``model.caps_types``, ``pose_dim``, ``out_dim``, ``num_classes``, ``hidden`` and
-            ``num_in`` are set.
+            ``num_in`` are set. A capsule head's ``build`` must add the module named by ``pose_layer``: the layer
+            that maps ``(B, width, h, w)`` to the ``caps_types x pose_dim`` primary pose channels.
         forward: a CNN head's ``(model, maps (B, C, h, w)) -> (logits (B, K), classifier input (B, F))``.
         primary: a capsule head's ``(model, raw (B, N_in, D), maps) -> (poses (B, N_in, D), activations (B, N_in)
             or None)``.
@@ -177,7 +178,10 @@ class Head:
         votes: ``(model, poses (B, N_in, D)) -> votes (B, K, N_in, D_out)``; default one matrix per pair.
         num_iters: the default routing iterations; None: the head has none (``num_iters`` is refused).
         pose_dim: the pose dimension the head requires of its primaries and class capsules (``em``: 16); None: any.
-        classifier: the module timm's config names as the classifier.
+        classifier: the module timm's config names as the classifier (``get_classifier`` falls back to the
+            ``pose_layer`` of a capsule head that has no module of that name).
+        pose_layer: a capsule head's module of primary poses, read by
+            :meth:`BackboneHeadNet.primary_capsules` (``build`` adds it).
     """
 
     name: str
@@ -189,6 +193,7 @@ class Head:
     num_iters: int | None = None
     pose_dim: int | None = None
     classifier: str = "classifier"
+    pose_layer: str = "conv_pose"
 
     @property
     def capsule(self) -> bool:
@@ -459,8 +464,8 @@ class BackboneHeadNet(nn.Module):
         routes on poses alone)."""
         primary = self.head_spec.primary
         assert primary is not None, f"the {self.head} head has no capsules"
-        net: Net = self  # the head's layers are the head's, not the class's
-        return primary(self, _capsules(net.conv_pose(maps), self.caps_types), maps)
+        layer = getattr(self, self.head_spec.pose_layer)  # the head's layers are the head's, not the class's
+        return primary(self, _capsules(layer(maps), self.caps_types), maps)
 
     def votes(self, poses: Tensor) -> Tensor:
         """Primary poses ``(B, N_in, D)`` -> votes ``(B, K, N_in, D_out)`` (parent-major)."""
@@ -516,7 +521,10 @@ class BackboneHeadNet(nn.Module):
         return self.backbone
 
     def get_classifier(self) -> nn.Module:
-        return getattr(self, self.head_spec.classifier)
+        spec = self.head_spec
+        if spec.capsule and not hasattr(self, spec.classifier):
+            return getattr(self, spec.pose_layer)
+        return getattr(self, spec.classifier)
 
     def reset_classifier(self, num_classes: int, *args, **kwargs) -> None:
         raise NotImplementedError("build a new BackboneHeadNet with num_classes")
