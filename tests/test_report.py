@@ -18,6 +18,7 @@ from capsprobe.metrics.compare import comparison_tables
 from capsprobe.pipeline import recompare, write_report
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbeResult, identity_labels
 from capsprobe.report import ReportError, headlines, read_probe_outputs, write_probe_outputs
+from capsprobe.report.folder import csv_float
 
 runner = CliRunner()
 GRIDS = {"rotate": [("0", 0.0), ("45", 45.0), ("90", 90.0)], "flip": [("none", 0.0), ("horizontal", 1.0)],
@@ -321,13 +322,19 @@ def test_figures_are_stored_as_palette_pngs_that_keep_their_colours():
     assert (got == ref).all()  # 65 colours: the palette holds every one
 
 
-def test_derived_tables_keep_seven_significant_digits_and_the_summary_every_digit(tmp_path):
+def test_derived_tables_keep_six_significant_digits_and_the_summary_every_digit(tmp_path):
     result = _synthetic()
     result.metrics.loc[result.metrics.index[0], "value"] = 0.123456789012
-    result.tables["overview"] = result.tables["overview"].assign(probe_value=0.123456789012)
+    held = pd.Series([0.123456789012] + [None] * (len(result.tables["overview"]) - 1), dtype=object)
+    result.tables["overview"] = result.tables["overview"].assign(probe_value=0.123456789012, held=held.to_numpy())
     folder = write_probe_outputs(result, tmp_path / "r")
     assert ",0.123456789012," in (folder / "summary.csv").read_text().splitlines()[1]  # what --recompare reads
     overview = (folder / "overview.csv").read_text()
-    assert "0.1234568" in overview and "0.123456789012" not in overview
-    back = pd.read_csv(folder / "overview.csv")["probe_value"].to_numpy(float)
-    assert np.allclose(back, 0.123456789012, rtol=5e-7, atol=0)
+    assert "0.123457" in overview and "0.1234568" not in overview and "0.123456789012" not in overview
+    back = pd.read_csv(folder / "overview.csv")
+    assert np.allclose(back["probe_value"].to_numpy(float), 0.123456789012, rtol=5e-6, atol=0)
+    assert back["held"].iloc[0] == 0.123457 and back["held"].iloc[1:].isna().all()  # floats held as objects too
+    # a sixth digit 5 that is not exact would be a tie for a page showing fewer digits: more digits are written
+    assert [csv_float(x) for x in (0.48550004, 0.4855, 0.12345, 2.5e-07, 1.0)] == [
+        "0.48550004", "0.4855", "0.12345", "2.5e-07", "1"]
+    assert f"{float(csv_float(0.48550004)):.3f}" == f"{0.48550004:.3f}" == "0.486"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,21 +29,38 @@ __all__ = [
     "ReportExistsError",
     "check_report_target",
     "compact_table",
+    "csv_float",
     "read_probe_outputs",
     "write_csv",
     "write_probe_outputs",
 ]
 
-# significant digits of the floats in a report's derived CSV tables: past 7 a double holds only the noise of its
-# arithmetic (a metric over at most tens of thousands of images), and the full 17 would double every committed table.
-# summary.csv keeps every digit: `report --recompare` starts from it and must reproduce the tables exactly.
-CSV_FLOAT_FORMAT = "%.7g"
+# significant digits of the floats in a report's derived CSV tables: 6 are far beyond the precision of any interval
+# a report gives (a metric over at most tens of thousands of images; a relative error under 5e-6), and the full 17
+# would double every committed table. summary.csv keeps every digit: `report --recompare` starts from it (and the
+# per-image table) and must reproduce the tables exactly.
+CSV_DIGITS = 6
+
+
+def csv_float(x: float) -> str:
+    """``x`` to :data:`CSV_DIGITS` significant digits, or to the fewest more whose last digit is not an inexact 5: a
+    value rounded onto a tie would round the other way on a page that shows fewer digits (0.48550004 is written
+    0.48550004, not 0.4855, which a page showing three decimals would read as 0.485 instead of 0.486)."""
+    text = "%.*g" % (CSV_DIGITS, x)
+    for digits in range(CSV_DIGITS + 1, 18):
+        if not math.isfinite(x) or text.split("e")[0][-1] != "5" or float(text) == x:
+            break
+        text = "%.*g" % (digits, x)
+    return text
 
 
 def write_csv(frame: pd.DataFrame, path: Path, exact: bool = False) -> None:
-    """One of a report's tables as CSV, floats to :data:`CSV_FLOAT_FORMAT` (every digit with ``exact``)."""
-    frame.to_csv(path, index=False, float_format=None if exact else CSV_FLOAT_FORMAT)
-
+    """One of a report's tables as CSV, floats by :func:`csv_float` (every digit with ``exact``); a column of floats
+    and missing values held as objects is written as floats too."""
+    if exact:
+        frame.to_csv(path, index=False)
+    else:
+        frame.infer_objects().to_csv(path, index=False, float_format=csv_float)
 
 
 class ReportError(CapsprobeError):
