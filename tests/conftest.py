@@ -1,5 +1,7 @@
-"""Shared fixtures: small, seeded, CPU-only, no network. Tiny trained runs and tiny experiment reports are built
-once per test session and shared (read-only) by every test that needs them."""
+"""Shared fixtures: small, seeded, CPU-only, no network. Tiny experiment reports are built once per test session and
+shared (read-only) by every test that needs them; the tiny trained runs the probe tests share are in
+``tests/probe/conftest.py``. The folders mirror the package (``tests/models`` tests ``capsprobe/models``...); the
+tests at this level cover the package as a whole (its shape, the CLI, experiment files, the extension points)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-TINY_RUN = dict(epochs=1, batch_size=16, limit=48)
 
 
 @pytest.fixture(autouse=True)
@@ -39,22 +40,6 @@ def _test_datasets():
     from capsprobe.data import DatasetSpec, register_dataset
 
     register_dataset(DatasetSpec("test-rgb32", 3, 32, 10, "random 3x32x32 images (tests)"), _rgb_loader)
-
-
-@pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, _test_datasets):
-    """Three one-epoch runs on 48 images: a tiny CapsNet, resnet18, and a tiny CapsNet on 3x32x32 images."""
-    from capsprobe.training.loop import fit
-    from capsprobe.training.runs import RunConfig
-
-    root = tmp_path_factory.mktemp("runs")
-    caps = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 16, "primary_types": 4}, **TINY_RUN),
-               root / "caps", progress=False)
-    conv = fit(RunConfig(model="resnet18", model_kwargs={"stem": "imagenet"}, **TINY_RUN), root / "conv",
-               progress=False)
-    rgb = fit(RunConfig(model="capsnet_small", dataset="test-rgb32", model_kwargs={"conv_channels": 8, "primary_types": 2},
-                        **TINY_RUN), root / "rgb", progress=False)
-    return {"caps": caps, "conv": conv, "rgb": rgb}
 
 
 @pytest.fixture(scope="session")

@@ -290,3 +290,14 @@ def test_a_committed_report_rebuilds_from_its_tracked_files(tmp_path):
     again = runner.invoke(app, ["report", "--recompare", str(dst)])
     assert again.exit_code == 1 and "results.parquet is missing" in again.output
     assert len(again.output.strip().splitlines()) == 1
+
+
+def test_the_tests_mirror_the_package():
+    """Each test folder is a subpackage of capsprobe (``tests/models`` tests ``capsprobe/models``); test modules at the
+    top cover the package as a whole; no test module sits deeper."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    subpackages = {p.parent.name for p in (ROOT / "capsprobe").glob("*/__init__.py")}
+    assert folders and folders <= subpackages, sorted(folders - subpackages)
+    assert not list(tests.glob("*/*/test_*.py"))
+    assert all((tests / f / "__init__.py").is_file() for f in folders)

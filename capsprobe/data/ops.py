@@ -114,7 +114,7 @@ def box_overlap(parts: Tensor) -> Tensor:
     """Per MultiMNIST sample, the area shared by the two digits' ink boxes over the smaller box's area.
 
     The paper reports its pairs' boxes overlapping by 80% on average; :func:`multimnist` with 4 px shifts gives
-    about 73% on the embedded sample (``tests/test_data.py`` checks the range).
+    about 73% on the embedded sample (``tests/data/test_data.py`` checks the range).
     """
     a, b = ink_boxes(parts[:, 0]), ink_boxes(parts[:, 1])
     iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0]) + 1).clamp(min=0)

@@ -490,7 +490,7 @@ def em_routing(
     no iteration makes a temporary of the votes' size and autograd keeps only the votes and their squares: a training
     step of ``capsnet_em_small`` ran 3.7x faster on 2 CPU cores than with the plain elementwise form (30 against 8
     images/s at batch 128), and the result equals a plain loop-by-loop reference of the procedure to 1.4e-15 in
-    float64 (``tests/test_emcaps.py``).
+    float64 (``tests/models/test_emcaps.py``).
 
     Args:
         votes: ``V (B, N_in, N_out, P)``, e.g. ``P = 16`` flattened 4x4 pose matrices.

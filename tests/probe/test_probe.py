@@ -33,7 +33,7 @@ def split():
 
 
 #: every transformation of the suite at its identity, a nuisance and (rotate) a semantic magnitude: each kind of
-#: condition, without the default grid's every angle (the default grids are the plan's, tests/test_plan.py)
+#: condition, without the default grid's every angle (the default grids are the plan's, tests/probe/test_plan.py)
 FEW = {"rotate": [0, 45, 180], "translate": [0, 4], "scale": [1, 0.75], "shear": [0, 0.4], "affine": [0, 1],
        "jigsaw": [1, 4]}
 

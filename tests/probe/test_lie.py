@@ -25,7 +25,7 @@ from capsprobe.probe.lie import (
 from capsprobe.transforms import apply_matrix, rotate, scale, shear, translate
 
 H = W = 28
-EXPERIMENTS_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "experiments"
 STEPS = {"rotate": 0.01, "translate-x": 1e-2, "translate-y": 1e-2, "scale": 1e-4, "shear": 1e-3}
 
 

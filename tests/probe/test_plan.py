@@ -21,7 +21,7 @@ from capsprobe.tasks import get_task
 from capsprobe.transforms import Transform, Transformed
 
 runner = CliRunner()
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
 
 
 def _sizes(path: Path) -> list[str]:
@@ -142,7 +142,7 @@ def test_perturb_refuses_a_plan_that_does_not_fit_the_runs_data(tiny_runs, tmp_p
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, no_data):
     monkeypatch.chdir(tmp_path)
-    demo = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
+    demo = Path(__file__).resolve().parents[2] / "experiments" / "demo.toml"
     result = runner.invoke(app, ("run", str(demo), "--size", "tiny", "--dry-run", "--device", "cpu"))
     assert result.exit_code == 0, result.output
     out = result.output

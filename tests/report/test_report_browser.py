@@ -18,7 +18,7 @@ import pytest
 from capsprobe.pipeline import write_report
 from capsprobe.report.render import report_title
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED = sorted(p.parent for p in (REPO / "reports").glob("*/manifest.json"))
 #: one committed report per kind of page (rebuilding a page draws its figures: seconds each, so not all eleven):
 #: the suite with the Lie probe (demo), several seeds per model with the ablation table (ablation), the worst cases

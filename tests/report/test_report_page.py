@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import _synthetic
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
@@ -18,6 +17,7 @@ from capsprobe.pipeline import write_report
 from capsprobe.report import Section, read_probe_outputs, render_report, write_probe_outputs
 from capsprobe.report.render import latex_table, parse_formats
 from capsprobe.report.verdicts import verdict_cells, verdict_claims, verdict_table
+from tests.report.test_report import _synthetic
 
 runner = CliRunner()
 

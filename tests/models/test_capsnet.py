@@ -11,7 +11,7 @@ import capsprobe  # noqa: F401  (registers the models)
 from capsprobe.models import CapsNet, capsule_lengths, dynamic_routing, margin_loss, reconstruction_loss, squash
 from capsprobe.models.capsnet import PrimaryCaps
 
-CAPSNETS = timm.list_models(module="capsnet")  # dynamic routing; the EM family: tests/test_emcaps.py
+CAPSNETS = timm.list_models(module="capsnet")  # dynamic routing; the EM family: tests/models/test_emcaps.py
 
 
 def _count(model, skip_prefix=None):

@@ -389,7 +389,7 @@ def test_routing_experiment_matches_the_heads_parameters(size):
     from capsprobe.data import get_spec
     from capsprobe.experiment import load_experiment
 
-    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "routing.toml", size)
+    exp = load_experiment(Path(__file__).resolve().parents[2] / "experiments" / "routing.toml", size)
     spec = get_spec(exp.dataset)
     params = {}
     for m in exp.models:

@@ -17,7 +17,7 @@ from capsprobe.data import (
     shift_images,
 )
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
