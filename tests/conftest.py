@@ -69,6 +69,40 @@ def tiny_experiment(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def committed_report(tmp_path_factory):
+    """``committed_report(name)``: the tracked files of ``reports/<name>`` (git's list: no report.html, no
+    results.parquet) copied once per session, figures removed, and rendered by ``capsprobe report``; returns
+    ``(folder, result)`` with the CLI's result. Tests only read the folder."""
+    import shutil
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    root = EXPERIMENTS.parent
+    done: dict[str, tuple[Path, object]] = {}
+
+    def build(name: str):
+        if name not in done:
+            listed = subprocess.run(["git", "ls-files", "-z", f"reports/{name}"], cwd=root, capture_output=True,
+                                    text=True)
+            files = [root / f for f in listed.stdout.split("\0") if f] if listed.returncode == 0 else []
+            if not files:
+                pytest.skip(f"reports/{name} is not tracked here")
+            dst = tmp_path_factory.mktemp("committed") / name
+            for p in files:
+                target = dst / p.relative_to(root / "reports" / name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, target)
+            shutil.rmtree(dst / "figures", ignore_errors=True)
+            done[name] = (dst, CliRunner().invoke(app, ["report", str(dst)]))
+        return done[name]
+
+    return build
+
+
 # --- tiers: `make test-fast` leaves out every test that trains a model -------------------------------------------
 
 _TRAINING_FIXTURES = {"tiny_runs", "tiny_experiment"}

@@ -264,26 +264,17 @@ def test_image_grids_are_stored_in_8_bits_and_read_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_committed_report_rebuilds_from_its_tracked_files(tmp_path):
-    """The tracked files of reports/demo (no report.html, no results.parquet) render the committed report.md again;
-    recomputing the comparisons, which needs the per-image table, says so in one line."""
-    import shutil
-
+def test_a_committed_report_rebuilds_from_its_tracked_files(committed_report):
+    """The tracked files of reports/demo (no report.html, no results.parquet, figures removed) render the committed
+    report.md and every figure again; recomputing the comparisons, which needs the per-image table, says so in one
+    line."""
     from typer.testing import CliRunner
 
     from capsprobe.cli import app
 
     src = ROOT / "reports" / "demo"
-    files = [p for p in _tracked() if src in p.parents]
-    if not files:
-        pytest.skip("reports/demo is not tracked here")
-    dst = tmp_path / "demo"
-    for p in files:
-        (dst / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, dst / p.relative_to(src))
-    shutil.rmtree(dst / "figures")
+    dst, done = committed_report("demo")
     runner = CliRunner()
-    done = runner.invoke(app, ["report", str(dst)])
     assert done.exit_code == 0, done.output
     assert (dst / "report.md").read_text() == (src / "report.md").read_text()
     assert sorted(p.name for p in (dst / "figures").iterdir()) == sorted(p.name for p in (src / "figures").iterdir())

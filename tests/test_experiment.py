@@ -295,7 +295,7 @@ def test_attacks_tiny_writes_the_masking_checks_detection_and_the_attack_figure(
     folder, _ = tiny_experiment("attacks")
     report = folder / "reports" / "attacks"
     masking = pd.read_csv(report / "masking.csv")
-    runs = {f"{m}-seed{s}" for m in ("capsnet_small", "baseline_cnn_pool") for s in (0, 1)}
+    runs = {"capsnet_small-seed0", "baseline_cnn_pool-seed0", "baseline_cnn_pool-seed1"}
     assert set(masking["run"]) == runs
     assert {"falls to 0", "pgd >= fgsm", "more steps", "transfer <= white-box"} <= set(masking["check"])
     manifest = json.loads((report / "manifest.json").read_text())
