@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..probe import decodability_rows
 from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, identity_labels
-from ..runtime import MARKER, atomic_dir, folder_lock, write_marker
+from ..runtime import MARKER, atomic_dir, folder_lock
 from .folder import ReportData, ReportError, read_probe_outputs, write_csv
 from .section import Section, _markdown_table, figure_formats
 from .verdicts import verdict_table
@@ -183,10 +184,25 @@ def render_report(folder: str | Path, section_for: SectionFor, formats: str | Se
     """
     folder = Path(folder)
     chosen = parse_formats(formats)
-    if not folder.is_dir():
-        raise ReportError(f"report folder {folder} does not exist")
+    _check_owned(folder)
     with folder_lock(folder):
         return _write_report(folder, section_for, chosen)
+
+
+def _check_owned(folder: Path) -> None:
+    """Refuse a folder that ``capsprobe perturb`` did not write: rendering replaces ``report.md``, ``report.html``,
+    ``figures/`` and ``tables/`` whole, so it touches only a folder holding capsprobe's report marker (a folder with
+    a copied ``manifest.json`` and the reader's own files beside it is not one)."""
+    if not folder.is_dir():
+        raise ReportError(f"report folder {folder} does not exist")
+    marker = folder / MARKER
+    try:
+        kind = json.loads(marker.read_text()).get("kind") if marker.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        kind = None
+    if kind != "report":
+        raise ReportError(f"{folder} was not written by `capsprobe perturb` (no {MARKER} report marker): rendering "
+                          f"replaces report.md, figures/ and tables/, so only such a folder is rendered")
 
 
 def _slug(title: str) -> str:
@@ -267,8 +283,6 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
                 (tmp / TABLES / f"{name}.tex").write_text(latex_table(table, table_title))
         (tmp / REPORT_MD).write_text("\n".join(md) + "\n")
         (tmp / REPORT_HTML).write_bytes(page.encode())
-        if not (tmp / MARKER).exists():
-            write_marker(tmp, "report")
     return folder / REPORT_HTML
 
 
@@ -290,8 +304,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
 
     folder = Path(folder)
     chosen = parse_formats(formats)
-    if not folder.is_dir():
-        raise ReportError(f"report folder {folder} does not exist")
+    _check_owned(folder)
     with folder_lock(folder):
         if not (folder / RESULTS).is_file():
             raise ReportError(f"{folder / RESULTS} is missing: the comparisons are recomputed from the per-image table, "

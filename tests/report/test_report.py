@@ -338,3 +338,31 @@ def test_derived_tables_keep_six_significant_digits_and_the_summary_every_digit(
     assert [csv_float(x) for x in (0.48550004, 0.4855, 0.12345, 2.5e-07, 1.0)] == [
         "0.48550004", "0.4855", "0.12345", "2.5e-07", "1"]
     assert f"{float(csv_float(0.48550004)):.3f}" == f"{0.48550004:.3f}" == "0.486"
+
+
+def test_report_refuses_a_folder_perturb_did_not_write_and_destroys_nothing(folder, tmp_path):
+    """The data-loss case: a report's tables and manifest copied into the reader's own folder (their report.md,
+    figures/mine.png, draft.tmp) are refused by `report` and `report --recompare`, which write nothing there (no
+    marker planted that would later let `perturb --force` replace the folder)."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    for p in folder.iterdir():
+        if p.is_file() and p.name != ".capsprobe":
+            shutil.copy2(p, mine / p.name)
+    own = {"report.md": b"my notes\n", "figures/mine.png": b"\x89PNG mine", "draft.tmp": b"draft"}
+    for name, data in own.items():
+        (mine / name).write_bytes(data)
+    before = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    for args in (["report", str(mine)], ["report", "--recompare", str(mine)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "was not written by `capsprobe perturb`" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    with pytest.raises(ReportError, match="no .capsprobe report marker"):
+        write_report(mine)
+    assert {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+    # a run folder's marker is not a report's
+    (mine / ".capsprobe").write_text('{"kind": "run"}\n')
+    assert CliRunner().invoke(app, ["report", str(mine)]).exit_code == 1
+    assert (mine / "report.md").read_bytes() == b"my notes\n"

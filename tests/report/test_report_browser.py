@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMMITTED = sorted(p.parent for p in (REPO / "reports").glob("*/manifest.json"))
 #: one committed report per kind of page (rebuilding a page draws its figures: seconds each, so not all eleven):
 #: the suite with the Lie probe (demo), several seeds per model with the ablation table (ablation), the worst cases
-#: and attacks (attacks), the viewpoint task's own section (viewpoint). Every committed page is rebuilt from its
-#: tracked files by tests/test_architecture.py; the fresh tiny report below is opened too.
+#: and attacks (attacks), the viewpoint task's own section (viewpoint). The fresh tiny report below is opened too;
+#: every committed page's figures are checked against its report.md by tests/test_architecture.py.
 PAGE_KINDS = ("ablation", "attacks", "demo", "viewpoint")
 WIDTHS = (1280, 390)
 
