@@ -29,7 +29,7 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
 table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.
-A size may also set ``dataset``, ``bootstrap``, ``attack_steps`` (PGD's iterations, pgd-long 5x), ``transforms``,
+A size may also set ``dataset``, ``bootstrap``, ``attack_steps`` (PGD's iterations, pgd-long 5x), ``lie``, ``transforms``,
 ``magnitudes``, ``reference``, ``surrogate`` and a ``train`` table that overrides ``[train]`` for it (so one file
 can hold one set of models under several protocols), and ``report``, the report folder's name under ``reports/`` (a
 protocol's size beside the experiment's own report).
@@ -72,7 +72,7 @@ _TOP = {"name", "description", "data", "train", "probe", "sizes"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie", "surrogate", "attack_steps"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "transforms", "magnitudes", "train",
-         "reference", "report", "surrogate", "attack_steps"}
+         "reference", "report", "surrogate", "attack_steps", "lie"}
 _MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
@@ -255,7 +255,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         probe_seed=int(probe.get("seed", 0)),
         reference=_typed(path, text, spec["reference"], str, "reference", section) if "reference" in spec else
         _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
-        lie=_typed(path, text, probe.get("lie", False), bool, "lie", "probe"),
+        lie=_typed(path, text, spec.get("lie", probe.get("lie", False)), bool, "lie", section if "lie" in spec else "probe"),
         split=str(probe.get("split", "test")), limit=limit,
         probe_limit=probe_limit, seeds=list(_seed_list(path, text, spec.get("seeds", [0]), section)),
         models=models,

@@ -44,6 +44,12 @@ def test_a_size_sets_the_attack_steps_and_the_file_the_default():
     assert load_experiment(attacks, "quick").probe_plan().attack_steps == 20
 
 
+def test_a_size_can_leave_out_the_lie_probe_the_file_asks_for():
+    demo = EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")]
+    assert load_experiment(demo, "small").probe_plan().lie is True
+    assert load_experiment(demo, "tiny").probe_plan().lie is False
+
+
 def test_demo_sizes_set_bootstrap_magnitudes_and_training():
     tiny = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "tiny")
     assert tiny.bootstrap == 50 and "jigsaw=1,4" in tiny.magnitudes and tiny.train["batch_size"] == 16

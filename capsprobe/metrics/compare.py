@@ -181,18 +181,22 @@ def comparison_tables(
     keys = ["transform", "magnitude"]
     conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
     per_image = {name: _per_image(images, name, identity) for name in PER_IMAGE if name in set(metrics["metric"])}
+    # grouped once: each condition's rows are looked up, not masked out of the whole table (same rows, same order)
+    cells = {name: {key: frame for key, frame in table.groupby(["model", "transform", "magnitude"], sort=False,
+                                                               dropna=False)}
+             for name, table in per_image.items()}
+    by_condition = {key: frame for key, frame in metrics.groupby(keys, sort=False, dropna=False)}
 
     def matrix(name: str, model: str, transform: str, magnitude: str) -> np.ndarray | None:
-        table = per_image[name]
-        sel = table[(table["model"] == model) & (table["transform"] == transform) & (table["magnitude"] == magnitude)]
-        if sel.empty:
+        sel = cells[name].get((model, transform, magnitude))
+        if sel is None or sel.empty:
             return None
         wide = sel.pivot_table(index="run", columns="image_id", values="_v").reindex(runs_of[model])
         return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
 
     comp, diffs = [], []
     for cond in conditions.itertuples(index=False):
-        rows = metrics[(metrics["transform"] == cond.transform) & (metrics["magnitude"] == cond.magnitude)]
+        rows = by_condition[(cond.transform, cond.magnitude)]
         base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
                 "magnitude_value": cond.magnitude_value}
         for name in dict.fromkeys(rows["metric"]):
