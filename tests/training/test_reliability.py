@@ -189,13 +189,20 @@ def _bad_inputs(tmp: Path, done: Path) -> list[tuple[str, list[str], str]]:
     (rep / "summary.csv").write_text("model,run,seed,transform,kind,magnitude,magnitude_value,metric,value\n1,2")
     (rep / "manifest.json").write_text("{}")
     (rep / "results.parquet").write_bytes(b"")
+    marker = '{"kind": "report"}\n'  # capsprobe's report marker: the folders below are read, then refused
+    (rep / ".capsprobe").write_text(marker)
     rep_list = tmp / "rep-list"
     rep_list.mkdir()
     for name in ("summary.csv", "results.parquet"):
         (rep_list / name).write_bytes((rep / name).read_bytes())
     (rep_list / "manifest.json").write_text("[]")
+    (rep_list / ".capsprobe").write_text(marker)
     empty = tmp / "rep-empty"
     empty.mkdir()
+    (empty / ".capsprobe").write_text(marker)
+    unmarked = tmp / "rep-unmarked"
+    unmarked.mkdir()
+    (unmarked / "summary.csv").write_bytes((rep / "summary.csv").read_bytes())
     toml0 = tmp / "zero.toml"
     toml0.write_text('name = "zero"\n[data]\ndataset = "mnist-sample"\n[train]\nbatch_size = 0\n[sizes.tiny]\n'
                      'models = [{ model = "capsnet_small", epochs = 1 }]\n')
@@ -220,6 +227,7 @@ def _bad_inputs(tmp: Path, done: Path) -> list[tuple[str, list[str], str]]:
         ("unknown experiment size", ["run", str(split), "--size", "huge"], "no size"),
         ("missing run", ["perturb", str(tmp / "nope")], "does not exist"),
         ("empty report folder", ["report", str(empty)], "missing"),
+        ("a folder perturb did not write", ["report", str(unmarked)], "was not written by `capsprobe perturb`"),
     ]
 
 
