@@ -312,7 +312,8 @@ def perturb(
     limit: Optional[int] = typer.Option(None, min=4, help="Probe at most this many images (stratified)."),
     batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
     device: Device = "auto",
-    seed: int = typer.Option(0, help="Seed of random transformations, equivariance split and bootstrap."),
+    seed: int = typer.Option(0, min=0, max=2**31 - 1, help="Seed of random transformations, equivariance split and "
+                             "bootstrap."),
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the 95% intervals."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
     reference: Optional[str] = typer.Option(None, help="A model (or run label) to set every other model against "

@@ -252,7 +252,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         dataset=_typed(path, text, spec.get("dataset", dat["dataset"]), str, "dataset", section),
         data_root=dat.get("data_root"), train=dict(train), transforms=[str(t) for t in transforms],
         magnitudes=[str(m) for m in magnitudes], bootstrap=int(bootstrap), attack_steps=int(attack_steps),
-        probe_seed=int(probe.get("seed", 0)),
+        probe_seed=_typed(path, text, probe.get("seed", 0), int, "seed", "probe"),
         reference=_typed(path, text, spec["reference"], str, "reference", section) if "reference" in spec else
         _typed(path, text, probe["reference"], str, "reference", "probe") if "reference" in probe else None,
         lie=_typed(path, text, spec.get("lie", probe.get("lie", False)), bool, "lie", section if "lie" in spec else "probe"),

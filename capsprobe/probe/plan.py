@@ -62,6 +62,8 @@ class ProbePlan:
         if missing or extra:
             raise InvalidInputError(f"a probe plan needs magnitudes for exactly its transformations (missing: "
                                     f"{', '.join(missing) or 'none'}; not probed: {', '.join(extra) or 'none'})")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
+            raise InvalidInputError(f"the probe seed must be an integer in [0, 2**31), got {self.seed!r}")
         if self.split not in SPLITS:
             raise InvalidInputError(f"split must be test or val, got {self.split!r}")
         if self.bootstrap < 1:
@@ -107,6 +109,11 @@ class ProbePlan:
         grid = {}
         for t in chosen:
             values = [t.validate(m) for m in asked.get(t.name, t.grid)]
+            labels = [magnitude_label(v) for v in values]
+            twice = sorted({label for label in labels if labels.count(label) > 1})
+            if twice:
+                raise InvalidInputError(f"{t.name} magnitude {', '.join(twice)} is given twice; each condition is "
+                                        "probed once")
             grid[t.name] = tuple(values if t.identity in values else [t.identity, *values])
         return cls(transforms=tuple(chosen), magnitudes=grid, **options)
 

@@ -262,6 +262,8 @@ def parse_magnitude_specs(specs: Sequence[str], transforms: Sequence[Transform])
             raise InvalidInputError(f"magnitudes {spec!r}: name the transformation (e.g. rotate=0,45,90) when probing several")
         if name not in names:
             raise InvalidInputError(f"magnitudes {spec!r}: {name!r} is not among the transformations probed ({', '.join(names)})")
+        if name in out:
+            raise InvalidInputError(f"magnitudes for {name} are given twice; list them once (e.g. {name}=0,45,90)")
         t = TRANSFORMS[name]
         items = [v.strip() for v in values.split(",") if v.strip()]
         if not items:

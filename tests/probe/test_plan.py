@@ -186,3 +186,35 @@ def test_perturb_reads_the_older_calls_into_one_plan():
         plan_of(None, {"magnitudes": {}, "magnitude_specs": []})
     with pytest.raises(InvalidInputError, match="given twice"):
         plan_of(["rotate"], {"transforms": ["flip"]})
+
+
+def test_a_condition_given_twice_is_refused_before_anything_runs():
+    """Duplicate magnitudes crashed after the whole probe; ``-m`` given twice for one transformation kept the last."""
+    with pytest.raises(InvalidInputError, match="rotate magnitude 45 is given twice"):
+        ProbePlan.from_options(["rotate"], ["rotate=0,45,45"])
+    with pytest.raises(InvalidInputError, match="rotate magnitude 45 is given twice"):
+        ProbePlan.from_options(["rotate"], {"rotate": [45, 45.0]})
+    with pytest.raises(InvalidInputError, match="magnitudes for rotate are given twice"):
+        ProbePlan.from_options(["rotate", "flip"], ["rotate=0,45", "rotate=90"])
+    with pytest.raises(InvalidInputError, match="fgsm magnitude 0.1 is given twice"):
+        ProbePlan.from_options(["fgsm"], ["fgsm=0.1,0.1"])
+    assert ProbePlan.from_options(["rotate"], ["rotate=0,45,90"]).magnitudes["rotate"] == (0.0, 45.0, 90.0)
+
+
+@pytest.mark.parametrize("seed", [-5, 2**31, 1.7, True])
+def test_the_probe_seed_is_a_nonnegative_32_bit_integer(seed):
+    with pytest.raises(InvalidInputError, match="probe seed"):
+        ProbePlan.from_options(["rotate"], seed=seed)
+
+
+def test_bad_seeds_are_refused_at_the_edge(tmp_path):
+    result = runner.invoke(app, ["perturb", "--seed", "-5", str(tmp_path)])
+    assert result.exit_code == 2 and "--seed" in result.output  # a usage error, before any run is read
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[data]\ndataset = "mnist-sample"\n[probe]\nseed = "abc"\n[sizes.tiny]\n'
+                    'models = [{ model = "capsnet_small", epochs = 1 }]\n')
+    with pytest.raises(ExperimentError, match=r"s.toml:5: 'seed' must be int, got 'abc'"):
+        load_experiment(path, "tiny")
+    path.write_text(path.read_text().replace('seed = "abc"', "seed = 1.7"))
+    with pytest.raises(ExperimentError, match="'seed' must be int, got 1.7"):
+        load_experiment(path, "tiny")
