@@ -23,7 +23,15 @@ from typing import Any, Callable, Protocol, Sequence
 from ..data import ImageSplit
 from ..probe import ProbePlan, ProbeResult
 from ..report import ReportData, Section
-from ..training.objectives import Batches, BatchesFn, LossFn, TrainingTask, UnknownTaskError, register_training_task
+from ..training.objectives import (
+    Batches,
+    BatchesFn,
+    LossFn,
+    TrainingTask,
+    UnknownTaskError,
+    lookup_task,
+    register_training_task,
+)
 
 __all__ = ["TASKS", "Batches", "BatchesFn", "EvaluateFn", "LossFn", "Task", "UnknownTaskError", "get_task",
            "register_task"]
@@ -77,6 +85,5 @@ def get_task(name: str) -> Task:
     Raises:
         UnknownTaskError: the name is not registered; the message lists the valid ones.
     """
-    if name not in TASKS:
-        raise UnknownTaskError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
+    task: Task = lookup_task(TASKS, name)
+    return task

@@ -21,7 +21,7 @@ novel ones back).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +86,15 @@ def get_training_task(name: str) -> TrainingTask:
     Raises:
         UnknownTaskError: the name is not registered; the message lists the valid ones.
     """
-    if name not in TRAINING_TASKS:
-        raise UnknownTaskError(f"unknown task {name!r}; choose one of: {', '.join(TRAINING_TASKS)}")
-    return TRAINING_TASKS[name]
+    return lookup_task(TRAINING_TASKS, name)
+
+
+def lookup_task(registry: dict[str, Any], name: str) -> Any:
+    """``registry[name]``, or :class:`UnknownTaskError` listing the registered names (the training tasks' registry and
+    the full tasks' share it)."""
+    if name not in registry:
+        raise UnknownTaskError(f"unknown task {name!r}; choose one of: {', '.join(registry)}")
+    return registry[name]
 
 
 # --- classify: one label per image ------------------------------------------------------------------------------
