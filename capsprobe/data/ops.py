@@ -63,12 +63,14 @@ def shift_images(images: Tensor, shifts: Tensor) -> Tensor:
     if batch == 0:
         return images
     shifts = shifts.to(device=images.device, dtype=torch.long)
-    m = int(shifts.abs().max())
-    padded = F.pad(images, (m, m, m, m))
-    rows = torch.arange(h, device=images.device)[None] - shifts[:, :1] + m  # (B, H)
-    cols = torch.arange(w, device=images.device)[None] - shifts[:, 1:] + m  # (B, W)
+    # the source pixel of every output pixel, clamped into the frame and masked where it falls outside: no padding
+    # sized by the largest shift, so nothing is read back to the host (a training step stays free of syncs)
+    rows = torch.arange(h, device=images.device)[None] - shifts[:, :1]  # (B, H)
+    cols = torch.arange(w, device=images.device)[None] - shifts[:, 1:]  # (B, W)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, H, W)
     b = torch.arange(batch, device=images.device)[:, None, None]
-    out = padded[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    out = images[b, :, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]  # (B, H, W, C)
+    out = torch.where(inside[..., None], out, torch.zeros((), dtype=images.dtype, device=images.device))
     return out.permute(0, 3, 1, 2).contiguous()
 
 

@@ -40,7 +40,7 @@ from .components import (
     get_routing,
     get_vote_map,
 )
-from .layers import StemConv2d, capsule_lengths, fast_kernels_apply, squash
+from .layers import StemConv2d, capsule_lengths, fast_kernels_apply, full_precision, squash
 
 __all__ = [
     "CapsNet",
@@ -189,7 +189,7 @@ class DigitCaps(nn.Module):
         votes = self.votes(u)
         if votes.dtype in (torch.float16, torch.bfloat16):
             votes = votes.float()  # half-precision votes are routed in float32; float64 stays float64
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with full_precision(u.device):
             if record is None or not self._records:
                 if self._fuses and fast_kernels_apply(self):
                     v = self._route(votes, self.num_iters, self.detach_inner, self._activation,

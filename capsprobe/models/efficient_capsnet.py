@@ -42,7 +42,7 @@ from ..errors import InvalidInputError
 from ._cfg import cfg_of, register_family, small_image_cfg
 from .capsnet import CapsuleDecoder, LengthCapsules, _pair
 from .components import get_capsule_loss
-from .layers import attention_routing, efficient_squash
+from .layers import attention_routing, efficient_squash, full_precision
 
 __all__ = ["EfficientCapsNet", "FCCaps", "efficient_capsnet"]
 
@@ -73,7 +73,7 @@ class FCCaps(nn.Module):
         votes = self.votes(u)
         if votes.dtype in (torch.float16, torch.bfloat16):
             votes = votes.float()
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with full_precision(u.device):
             return efficient_squash(attention_routing(votes, self.prior))
 
 

@@ -55,7 +55,7 @@ from ._cfg import cfg_of, register_family, small_image_cfg
 from .adapter import ModelOutputs
 from .capsnet import _conv_out as _out  # the side of an unpadded convolution's output
 from .capsnet import _pair
-from .layers import em_route_parent_major, spread_loss
+from .layers import em_route_parent_major, full_precision, spread_loss
 
 __all__ = ["ClassCapsules", "ConvCaps", "EMCapsNet", "PrimaryMatCaps", "capsnet_em", "capsnet_em_small",
            "receptive_field_centres"]
@@ -124,7 +124,7 @@ class _Routed(nn.Module):
             votes, acts = votes.float(), acts.float()
         n_out, n_in = votes.shape[1], votes.shape[2]
         scale = 100.0 * n_out / n_in if self.normalise_cost else 1.0  # Gritzman (2019): information per parent
-        with torch.autocast(device_type=votes.device.type, enabled=False):
+        with full_precision(votes.device):
             return em_route_parent_major(votes, acts.to(votes.dtype), self.beta_u.to(votes.dtype),
                                          self.beta_a.to(votes.dtype), self.num_iters, self.final_lambda,
                                          self.var_floor, cost_scale=scale, record=record)

@@ -70,6 +70,7 @@ from .layers import (
     efficient_squash,
     em_route_parent_major,
     fast_kernels_apply,
+    full_precision,
     inverted_dot_product_routing,
     self_routing,
     squash,
@@ -477,7 +478,7 @@ class BackboneHeadNet(nn.Module):
         assert route is not None, f"the {self.head} head has no capsules"
         poses, act = self.primary_capsules(maps)
         votes = self.votes(poses)
-        with torch.autocast(device_type=maps.device.type, enabled=False):
+        with full_precision(maps.device):
             return route(self, votes.float(), poses, act)
 
     def _cnn_head(self, maps: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,7 @@ gradient (:class:`StemConv2d`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -27,6 +28,7 @@ __all__ = [
     "em_routing",
     "efficient_squash",
     "fast_kernels_apply",
+    "full_precision",
     "fused_route_by_agreement",
     "inverted_dot_product_routing",
     "margin_loss",
@@ -40,6 +42,14 @@ __all__ = [
 ]
 
 _EPS = 1e-8
+
+
+def full_precision(device: torch.device):
+    """``torch.autocast(device.type, enabled=False)``: routing runs in float32 under mixed precision. On the meta
+    device (shapes without values: the tests' dry runs) a no-op, as autocast knows no such device type."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _contract(x: Tensor, y: Tensor) -> Tensor:
