@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,11 +62,42 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+def _worker_gpus(configs: Sequence[RunConfig], visible: Sequence[str]) -> list[str]:
+    """The GPUs the workers share out: the ones the runs name (``cuda:N`` is this process's N-th visible GPU), or
+    every visible one when no run names an index (``auto``, ``cuda``).
+
+    Raises:
+        InvalidInputError: a run names a GPU this process cannot see.
+    """
+    named: set[int] = set()
+    for config in configs:
+        if config.device.startswith("cuda:"):
+            index = _cuda_index(config.device)
+            if not 0 <= index < len(visible):
+                raise InvalidInputError(f"device {config.device!r} asked for, but {len(visible)} GPUs are visible "
+                                        f"here ({', '.join(visible) or 'none'})")
+            named.add(index)
+    return [visible[i] for i in sorted(named)] if named else list(visible)
+
+
+def _cuda_index(spec: str) -> int:
+    """The index of a ``cuda:N`` device spec."""
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+_OWN_GPU = False  # in a worker process: whether it was given a GPU of its own (CUDA_VISIBLE_DEVICES, one entry)
+
+
 def _worker_init(slots: Any, gpus: Sequence[str], threads: int) -> None:
     """A worker's share: its own GPU (round-robin over ``gpus``, set before CUDA starts), else ``threads`` threads."""
+    global _OWN_GPU
     slot = slots.get()
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        _OWN_GPU = True
     import torch
 
     torch.set_num_threads(threads)
@@ -77,6 +108,8 @@ def _fit_one(config: RunConfig, out: str) -> str:
     command line, so it keeps freed memory as the command line does (without, each CPU training step page-faults its
     large blocks anew: 67-95 MB a capsnet_small step)."""
     tune_cpu_allocator()
+    if _OWN_GPU and config.device.startswith("cuda:"):
+        config = replace(config, device="cuda:0")  # the worker's one visible GPU is the run's (see train_many)
     return str(fit(config, out, resume=True, progress=False))
 
 
@@ -86,8 +119,10 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
 
     Args:
         jobs: worker processes on this machine (``launcher="local"``). With GPUs each worker gets one, handed out
-            round-robin through ``CUDA_VISIBLE_DEVICES``; on CPU the threads are split between the workers. 1 trains
-            in this process, one run after the other, with progress bars.
+            round-robin through ``CUDA_VISIBLE_DEVICES`` (over the GPUs the runs name as ``cuda:N``, else over every
+            visible one), and trains on it (a run's ``cuda:N`` is the worker's own GPU, cuda:0 inside it); on CPU the
+            threads are split between the workers. 1 trains in this process, one run after the other, with progress
+            bars.
         launcher: ``local`` or ``slurm`` (one Slurm array job, a run per task, through submitit; this call returns
             once every task has finished).
         slurm: the array job's resources (``launcher="slurm"``).
@@ -116,7 +151,7 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked CUDA or thread pools
     workers = min(jobs, len(todo))
-    gpus = _visible_gpus() if any(c.device != "cpu" for c, _ in todo) else []
+    gpus = _worker_gpus([c for c, _ in todo], _visible_gpus()) if any(c.device != "cpu" for c, _ in todo) else []
     threads = max(1, (os.cpu_count() or 1) // workers)
     slots = ctx.Queue()
     for i in range(workers):

@@ -22,6 +22,7 @@ foolbox (last release 2024) pulls GitPython and eagerpy. The attacks are determi
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -77,7 +78,10 @@ def gradient_attack(images: Tensor, labels: Tensor, module: nn.Module, loss: nn.
     if not (math.isfinite(eps) and eps >= 0):
         raise InvalidInputError(f"eps must be a finite number >= 0, got {eps}")
     device = next(iter(module.parameters()), torch.empty(0)).device
-    with torch.inference_mode(False), torch.enable_grad():
+    # ART's PyTorchClassifier(device_type="gpu") moves the model to cuda:{torch.cuda.current_device()}, whatever
+    # device it is on: the model's own GPU (--device cuda:N, a worker's, a rank's) is made the current one meanwhile
+    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_gpu, torch.inference_mode(False), torch.enable_grad():
         x = images.detach().float().cpu().numpy().copy()
         k = int(module(torch.from_numpy(x[:1]).to(device)).shape[1])
         classifier = PyTorchClassifier(

@@ -72,6 +72,9 @@ def test_a_failing_run_is_raised_not_swallowed(tmp_path):
 def test_workers_get_gpus_round_robin_and_a_share_of_the_threads(monkeypatch):
     import multiprocessing
 
+    from capsprobe.training import launch
+
+    monkeypatch.setattr(launch, "_OWN_GPU", False)  # _worker_init sets it in this process; restored afterwards
     slots = multiprocessing.get_context("spawn").Queue()
     for i in range(3):
         slots.put(i)
@@ -116,3 +119,55 @@ def test_a_worker_process_tunes_the_allocator_as_the_command_line_does(monkeypat
     monkeypatch.setattr(launch, "fit", lambda config, out, **kw: calls.append("fit") or out)
     assert launch._fit_one(RunConfig(seed=0, **TINY), str(tmp_path)) == str(tmp_path)
     assert calls == ["tune", "fit"]
+
+
+def test_each_worker_trains_on_its_own_gpu_and_a_named_gpu_is_honoured(monkeypatch, tmp_path):
+    """Workers see one GPU each (CUDA_VISIBLE_DEVICES), so inside a worker that GPU is cuda:0: a run asking for
+    ``cuda:1`` trains there on the worker's GPU, which is visible GPU 1, not on a missing or another worker's device.
+    The pool runs in this process (a fresh worker per run); fit is a recorder."""
+    from concurrent.futures import Future
+
+    from capsprobe.training import launch
+
+    class InlinePool:
+        def __init__(self, max_workers, mp_context, initializer, initargs):
+            self.start = lambda: initializer(*initargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            before = os.environ.get("CUDA_VISIBLE_DEVICES")
+            self.start()
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            finally:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before  # type: ignore[assignment]
+            return future
+
+    seen = []
+    monkeypatch.setattr(launch, "_OWN_GPU", False)  # the in-process "workers" set it; restored afterwards
+    monkeypatch.setattr(launch, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(launch, "tune_cpu_allocator", lambda: True)
+    monkeypatch.setattr(launch, "fit", lambda config, out, **kw: seen.append(
+        (os.environ["CUDA_VISIBLE_DEVICES"], config.device)) or out)
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # this process's GPUs: cuda:0, cuda:1, cuda:2 here
+    try:
+        items = [(RunConfig(seed=s, **{**TINY, "device": "auto"}), tmp_path / f"auto{s}") for s in range(3)]
+        launch.train_many(items, jobs=3)
+        assert seen == [("4", "auto"), ("6", "auto"), ("7", "auto")]  # auto: cuda:0 in each worker, its own GPU
+        seen.clear()
+        items = [(RunConfig(seed=s, **{**TINY, "device": "cuda:1"}), tmp_path / f"one{s}") for s in range(2)]
+        launch.train_many(items, jobs=2)
+        assert seen == [("6", "cuda:0"), ("6", "cuda:0")]  # visible GPU 1 is "6", cuda:0 inside the worker
+        seen.clear()
+        items = [(RunConfig(seed=0, **{**TINY, "device": "cuda:5"}), tmp_path / "x"), items[0]]
+        with pytest.raises(InvalidInputError, match="cuda:5"):
+            launch.train_many(items, jobs=2)
+    finally:
+        torch.set_num_threads(threads)

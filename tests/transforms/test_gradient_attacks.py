@@ -234,3 +234,77 @@ def test_the_plans_attack_steps_reach_pgd_and_pgd_long_takes_five_times_them(mon
         ProbePlan.from_options(["pgd"], attack_steps=0)
     with pytest.raises(InvalidInputError, match="attack steps"):
         Against(labels=torch.zeros(1), scores=net, steps=0)
+
+
+def test_art_runs_the_attack_on_the_models_own_gpu_not_the_current_one(monkeypatch):
+    """ART's PyTorchClassifier(device_type="gpu") takes ``cuda:{torch.cuda.current_device()}``, not the model's
+    device, so a model on ``cuda:2`` (``--device cuda:2``, a worker's or a rank's GPU) was moved to cuda:0. Without a
+    GPU: CUDA is faked (is_available, the current device), every move to a CUDA device is recorded and kept on the
+    CPU, ART's own classifier is built, and the attack is a stand-in that records the device it was handed."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import art.attacks.evasion
+
+    from capsprobe.transforms.gradient import gradient_attack
+
+    gpu = torch.device("cuda", 2)
+    state = {"current": 0}
+    moved: list[torch.device] = []
+
+    @contextlib.contextmanager
+    def cuda_device(device):  # torch.cuda.device(device): the current device inside
+        before, state["current"] = state["current"], torch.device(device).index
+        try:
+            yield
+        finally:
+            state["current"] = before
+
+    module_to, tensor_to = nn.Module.to, torch.Tensor.to
+
+    def to(original):
+        def move(obj, *args, **kwargs):
+            target = kwargs.get("device", args[0] if args else None)
+            if isinstance(target, (str, torch.device)) and torch.device(target).type == "cuda":
+                moved.append(torch.device(target))
+                return obj  # recorded, kept on the CPU
+            return original(obj, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: state.update(current=torch.device(d).index))
+    monkeypatch.setattr(torch.cuda, "device", cuda_device)
+    monkeypatch.setattr(nn.Module, "to", to(module_to))
+    monkeypatch.setattr(torch.Tensor, "to", to(tensor_to))
+    handed: list[tuple[torch.device, int]] = []
+
+    class Attack:  # FGSM's stand-in: the classifier's device and the current device while it runs
+        def __init__(self, classifier, **kwargs):
+            self.classifier = classifier
+
+        def generate(self, x, y):
+            handed.append((self.classifier.device, state["current"]))
+            return x
+
+    monkeypatch.setattr(art.attacks.evasion, "FastGradientMethod", Attack)
+
+    class OnGpu2(nn.Module):
+        """A linear model whose parameters say they are on cuda:2 (the attack asks them where the model is)."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = _linear()
+
+        def parameters(self, recurse=True):
+            yield SimpleNamespace(device=gpu)
+
+        def forward(self, x):
+            return self.net(x)
+
+    x = 0.3 + 0.4 * torch.rand(3, 1, D, D, generator=torch.Generator().manual_seed(1))
+    adv = gradient_attack(x, torch.tensor([0, 1, 2]), OnGpu2(), nn.CrossEntropyLoss(), "fgsm", 0.05)
+    assert handed == [(gpu, 2)], f"ART's classifier was on {handed[0][0]}, the model on {gpu}"
+    assert moved and set(moved) == {gpu}  # ART moved the model (and the probe batch went) to cuda:2 only
+    assert state["current"] == 0  # the current device is the caller's again afterwards
+    assert torch.equal(adv, x)
