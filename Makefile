@@ -38,12 +38,15 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/capsprobe bench
 
-# what experiments/gpu.sh needs on a lent GPU machine (Python 3.12 there): the three missing wheels, MNIST gzipped
+# what experiments/gpu.sh needs on a lent GPU machine (Python 3.12 there, with torch, timm, typer, seaborn, pandas,
+# pyarrow, safetensors, numpy, scipy, scikit-learn): the wheels of the modules it lacks, for Python 3.12 (gpu.sh
+# installs one only where its module is missing), and MNIST gzipped; about 16 MB, under the device tool's 64 MiB carry
+GPU_WHEELS := kornia==0.9.0 kornia-rs==0.2.0 mlxtend==0.25.0 adversarial-robustness-toolbox==1.20.1 six tqdm
 gpu-pack:
 	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/MNIST/raw
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	    -d .gpu/wheels kornia==0.9.0 kornia-rs==0.2.0 mlxtend==0.25.0
+	    -d .gpu/wheels $(GPU_WHEELS)
 	for f in ../shared/data/MNIST/raw/*-ubyte; do gzip -c "$$f" > .gpu/MNIST/raw/$$(basename "$$f").gz; done
 
 clean:
