@@ -4,12 +4,18 @@ Sabour, Frosst & Hinton (2017): the margin loss (eq. 4) and the reconstruction l
 self-routing (Hahn, Pyeon & Kim 2019), Efficient-CapsNet's self-attention routing and squash (Mazzia, Salvetti &
 Chiaberge 2021) and inverted dot-product attention routing (Tsai et al. 2020); and the training-speed kernels:
 Procedure 1 as one autograd node (:func:`fused_route_by_agreement`) and a first convolution with a faster CPU weight
-gradient (:class:`StemConv2d`)."""
+gradient (:class:`StemConv2d`).
+
+Mixed precision: under autocast the custom autograd functions (the routing's products, the fused routing, the stem's
+weight gradient) compute in float32, forward and backward, whatever dtype their inputs come in (as
+``torch.amp.custom_fwd(cast_inputs=torch.float32)`` would have them), so every routing function trains under bf16 or
+fp16 autocast; the shipped models also route with autocast off."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -60,6 +66,30 @@ def _contract(x: Tensor, y: Tensor) -> Tensor:
     return torch.matmul(x, y)
 
 
+def _apply_in_float32(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)`` under autocast as :func:`torch.amp.custom_fwd` with ``cast_inputs=torch.float32`` runs a
+    custom function: on the inputs' device with autocast on, the floating-point tensors are cast to float32 and the
+    forward runs with autocast off, so the function sees one dtype (the cast is an ordinary autograd node: an input
+    made in bf16 or fp16 gets its gradient in its own dtype). The backwards run with autocast off
+    (:func:`_autocast_off`), as :func:`torch.amp.custom_bwd` would after such a forward.
+
+    ``custom_fwd`` itself does not fit these functions: it names one device type when the class is defined, and it
+    expects the forward's first argument to be ``ctx`` (these forwards take none: ``setup_context``).
+    """
+    device_type = next(a.device.type for a in args if isinstance(a, Tensor))
+    if not torch.is_autocast_enabled(device_type):
+        return fn.apply(*args)
+    cast = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    with torch.autocast(device_type, enabled=False):
+        return fn.apply(*cast)
+
+
+def _autocast_off(grad: Tensor | None):
+    """Autocast off on ``grad``'s device: a backward computes in the dtypes its forward saved (what
+    :func:`torch.amp.custom_bwd` does after a forward that cast its inputs)."""
+    return torch.autocast(grad.device.type, enabled=False) if grad is not None else nullcontext()
+
+
 class _ThinMatmul(torch.autograd.Function):
     """``torch.matmul`` for the routing's matrix-vector products (one side has a length-1 axis), with a backward
     that forms the outer products elementwise (see :func:`_contract`) and a forward-mode rule, so
@@ -79,10 +109,11 @@ class _ThinMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         x, y = ctx.saved_tensors
         gx = gy = None
-        if ctx.needs_input_grad[0]:
-            gx = _sum_to(_contract(grad, y.transpose(-1, -2)), x.shape)
-        if ctx.needs_input_grad[1]:
-            gy = _sum_to(_contract(x.transpose(-1, -2), grad), y.shape)
+        with _autocast_off(grad):
+            if ctx.needs_input_grad[0]:
+                gx = _sum_to(_contract(grad, y.transpose(-1, -2)), x.shape)
+            if ctx.needs_input_grad[1]:
+                gy = _sum_to(_contract(x.transpose(-1, -2), grad), y.shape)
         return gx, gy
 
     @staticmethod
@@ -104,7 +135,7 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 def thin_matmul(x: Tensor, y: Tensor) -> Tensor:
     """``x @ y`` for the routing's matrix-vector products: same values as :func:`torch.matmul`, a faster
     backward on CPU (a training step of a routed capsule layer spends most of its time in those outer products)."""
-    return _ThinMatmul.apply(x, y)
+    return _apply_in_float32(_ThinMatmul, x, y)
 
 
 class _StemConv2d(torch.autograd.Function):
@@ -125,14 +156,15 @@ class _StemConv2d(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.ops.aten.convolution_backward(grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
-                                                     (0, 0), 1, (True, False, False))[0]
-        if ctx.needs_input_grad[1]:
-            cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding, stride=ctx.stride)  # (B, C kh kw, L)
-            gw = torch.matmul(grad.flatten(2), cols.transpose(1, 2)).sum(0).view_as(weight)  # (C_out, C kh kw)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad.sum((0, 2, 3))
+        with _autocast_off(grad):
+            if ctx.needs_input_grad[0]:
+                gx = torch.ops.aten.convolution_backward(grad, x, weight, None, ctx.stride, ctx.padding, (1, 1),
+                                                         False, (0, 0), 1, (True, False, False))[0]
+            if ctx.needs_input_grad[1]:
+                cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding, stride=ctx.stride)  # (B, C kh kw, L)
+                gw = torch.matmul(grad.flatten(2), cols.transpose(1, 2)).sum(0).view_as(weight)  # (C_out, C kh kw)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None
 
 
@@ -161,7 +193,7 @@ class StemConv2d(nn.Conv2d):
                 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"
                 or isinstance(self.padding, str) or torch.is_autocast_enabled("cpu")):
             return super().forward(x)
-        return _StemConv2d.apply(x, self.weight, self.bias, self.stride, self.padding)
+        return _apply_in_float32(_StemConv2d, x, self.weight, self.bias, self.stride, self.padding)
 
 
 def fast_kernels_apply(module: nn.Module) -> bool:
@@ -391,32 +423,33 @@ class _FusedRouting(torch.autograd.Function):
         votes, cs, ss, vs = ctx.saved_tensors
         if grad_v is None or not ctx.needs_input_grad[0]:
             return None, None, None, None
-        # Iteration t: c_t = softmax(b_t), s_t = c_t u, v_t = f(s_t), b_{t+1} = b_t + a_t with a_t = <u, v_t>.
-        # d/du = sum_t c_t (x) ds_t + sum_t da_t (x) v_t: every outer product is gathered and formed in one product
-        # at the end, so the votes are read once per matrix-vector product and the (B, N_out, N_in, D) gradient is
-        # written once.
-        coefs: list[Tensor] = []  # (B, N_out, N_in) each
-        vecs: list[Tensor] = []  # (B, N_out, D) each
-        grad_b: Tensor | None = None  # dL/da_{t-1} = sum over later iterations of dL/db
-        g_v = grad_v
-        for t in range(len(cs) - 1, -1, -1):
-            with torch.enable_grad():
-                s = ss[t].detach().requires_grad_(True)
-                (g_s,) = torch.autograd.grad(ctx.activation(s), s, g_v)  # through the activation, (B, N_out, D)
-            coefs.append(cs[t])
-            vecs.append(g_s)
-            if t == 0 or ctx.detach_inner:
-                break  # c_0 is constant; with detach_inner no earlier iteration sees the votes
-            c = cs[t]
-            g_c = _agreement(votes, g_s)  # (B, N_out, N_in)
-            g_logits = c * (g_c - (c * g_c).sum(dim=1, keepdim=True))  # softmax over the parents, backward
-            grad_b = g_logits if grad_b is None else grad_b + g_logits
-            coefs.append(grad_b)
-            vecs.append(vs[t - 1])
-            g_v = torch.matmul(grad_b.unsqueeze(2), votes).squeeze(2)  # through a_{t-1} = <u, v_{t-1}>
-        # (B, N_out, N_in, 2T-1) @ (B, N_out, 2T-1, D): the coefficients stacked row-wise, read transposed
-        grad_votes = torch.matmul(torch.stack(coefs, dim=-2).transpose(-1, -2), torch.stack(vecs, dim=-2))
-        return grad_votes, None, None, None
+        with _autocast_off(grad_v):  # the iterates are in the dtype the forward ran in
+            # Iteration t: c_t = softmax(b_t), s_t = c_t u, v_t = f(s_t), b_{t+1} = b_t + a_t with a_t = <u, v_t>.
+            # d/du = sum_t c_t (x) ds_t + sum_t da_t (x) v_t: every outer product is gathered and formed in one product
+            # at the end, so the votes are read once per matrix-vector product and the (B, N_out, N_in, D) gradient is
+            # written once.
+            coefs: list[Tensor] = []  # (B, N_out, N_in) each
+            vecs: list[Tensor] = []  # (B, N_out, D) each
+            grad_b: Tensor | None = None  # dL/da_{t-1} = sum over later iterations of dL/db
+            g_v = grad_v
+            for t in range(len(cs) - 1, -1, -1):
+                with torch.enable_grad():
+                    s = ss[t].detach().requires_grad_(True)
+                    (g_s,) = torch.autograd.grad(ctx.activation(s), s, g_v)  # through the activation, (B, N_out, D)
+                coefs.append(cs[t])
+                vecs.append(g_s)
+                if t == 0 or ctx.detach_inner:
+                    break  # c_0 is constant; with detach_inner no earlier iteration sees the votes
+                c = cs[t]
+                g_c = _agreement(votes, g_s)  # (B, N_out, N_in)
+                g_logits = c * (g_c - (c * g_c).sum(dim=1, keepdim=True))  # softmax over the parents, backward
+                grad_b = g_logits if grad_b is None else grad_b + g_logits
+                coefs.append(grad_b)
+                vecs.append(vs[t - 1])
+                g_v = torch.matmul(grad_b.unsqueeze(2), votes).squeeze(2)  # through a_{t-1} = <u, v_{t-1}>
+            # (B, N_out, N_in, 2T-1) @ (B, N_out, 2T-1, D): the coefficients stacked row-wise, read transposed
+            grad_votes = torch.matmul(torch.stack(coefs, dim=-2).transpose(-1, -2), torch.stack(vecs, dim=-2))
+            return grad_votes, None, None, None
 
 
 def fused_route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool = False,
@@ -446,7 +479,8 @@ def fused_route_by_agreement(votes: Tensor, num_iters: int, detach_inner: bool =
     """
     if num_iters < 1:
         raise InvalidInputError(f"num_iters must be >= 1, got {num_iters}")
-    v, _, _, _ = _FusedRouting.apply(votes, num_iters, detach_inner, squash if activation is None else activation)
+    v, _, _, _ = _apply_in_float32(_FusedRouting, votes, num_iters, detach_inner,
+                                   squash if activation is None else activation)
     return v
 
 
