@@ -77,7 +77,7 @@ def _apply_in_float32(fn: type[torch.autograd.Function], *args):
     expects the forward's first argument to be ``ctx`` (these forwards take none: ``setup_context``).
     """
     device_type = next(a.device.type for a in args if isinstance(a, Tensor))
-    if not torch.is_autocast_enabled(device_type):
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):  # meta: autocast knows no such device
         return fn.apply(*args)
     cast = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
     with torch.autocast(device_type, enabled=False):
@@ -87,7 +87,7 @@ def _apply_in_float32(fn: type[torch.autograd.Function], *args):
 def _autocast_off(grad: Tensor | None):
     """Autocast off on ``grad``'s device: a backward computes in the dtypes its forward saved (what
     :func:`torch.amp.custom_bwd` does after a forward that cast its inputs)."""
-    return torch.autocast(grad.device.type, enabled=False) if grad is not None else nullcontext()
+    return full_precision(grad.device) if grad is not None else nullcontext()
 
 
 class _ThinMatmul(torch.autograd.Function):
