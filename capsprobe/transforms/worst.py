@@ -17,26 +17,41 @@ correct. Ties keep the first candidate in the order the grid (the identity first
 conventions (:mod:`.functional`: about the image centre, angles counter-clockwise on screen, the rotation first, then
 the shift; bilinear, zero fill); the winner's matrix and parameters (``angle``, ``shift_x``, ``shift_y``) come back
 in the :class:`~.functional.Transformed`, so the probe records per image which warp won.
+
+Memory: the warped images are scored in chunks that keep within a byte budget (:data:`CHUNK_BYTES`, 1 GiB, or
+``Against.chunk_bytes``), sized from the model: the peak bytes of the tensors alive while one block is warped and
+scored are measured on one and two images (:func:`footprint`, on the images' own device), and the chunk is what the
+straight line through them fits in the budget (:func:`images_per_chunk`). A fixed count of images does not do: 4,096
+warped images a call held about 200 GiB for the paper's EM model and 27 GiB for CapsNet on 40-pixel canvases, 2 MiB
+for a small convnet. The budget counts tensors, not the allocator's slack or a library's workspace.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..errors import InvalidInputError
 from .functional import Seed, Transformed, _about_centre, _check_images, _eye, _generators, _rotation, apply_matrix
 
 __all__ = [
+    "CHUNK_BYTES",
     "Against",
+    "Footprint",
     "GRID_ANGLES",
     "GRID_SHIFTS",
     "MAX_ANGLE",
     "MAX_SHIFT",
     "Scorer",
+    "activation_bytes",
+    "footprint",
+    "images_per_chunk",
     "margins",
     "spatial_grid",
     "spatial_grid_candidates",
@@ -49,7 +64,7 @@ MAX_ANGLE = 30.0  # degrees (Engstrom et al. 2019, MNIST and CIFAR-10)
 MAX_SHIFT = 3.0  # pixels per axis
 GRID_ANGLES = 31  # every 2 degrees over [-30, 30]
 GRID_SHIFTS = 5  # every 1.5 px over [-3, 3], per axis
-CHUNK_IMAGES = 4096  # warped images scored in one call
+CHUNK_BYTES = 2**30  # the tensors alive while one chunk of warped images is scored (Against.chunk_bytes overrides)
 
 Scorer = Callable[[Tensor], Tensor]  # images (B, C, H, W) -> class scores (B, K)
 
@@ -66,6 +81,7 @@ class Against:
             ``margin``: the margin loss of the class scores).
         surrogate: ``(module, loss)`` of another model, for the transfer attack, or None.
         steps: the iterations of the iterative gradient attacks (PGD; pgd-long takes 5x), from the probe plan.
+        chunk_bytes: the memory budget of one scoring call of the spatial worst cases (:func:`images_per_chunk`).
     """
 
     labels: Tensor
@@ -73,10 +89,13 @@ class Against:
     objectives: Mapping[str, tuple[nn.Module, nn.Module]] = field(default_factory=dict)
     surrogate: tuple[nn.Module, nn.Module] | None = None
     steps: int = 20  # gradient.PGD_STEPS (Madry et al. 2018 use 40 on MNIST with a random start; see gradient.py)
+    chunk_bytes: int = CHUNK_BYTES
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise InvalidInputError(f"attack steps must be an integer >= 1, got {self.steps!r}")
+        if not (isinstance(self.chunk_bytes, int) and self.chunk_bytes >= 1):
+            raise InvalidInputError(f"the chunk budget must be a number of bytes >= 1, got {self.chunk_bytes!r}")
 
 
 def spatial_matrices(images: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor) -> Tensor:
@@ -94,8 +113,87 @@ def margins(scores: Tensor, labels: Tensor) -> Tensor:
     return true - others.amax(1)
 
 
-def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor,
-             chunk_images: int = CHUNK_IMAGES) -> Transformed:
+class _LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the storages that the operators run under it create, while they are alive: the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage (its C++ address) -> [bytes, tensors on it]
+        self.now = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.live[key]
+                self.now -= entry[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata  # a view shares its base's storage: counted once
+                if key not in self.live:
+                    self.live[key] = [storage.nbytes(), 0]
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                self.live[key][1] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def activation_bytes(fn: Callable[..., Any], *args: Any) -> int:
+    """The peak bytes of the tensors that ``fn(*args)`` creates, counted while they are alive (a view once, with its
+    base); what existed before (the arguments, the weights) is not counted. Any device, the meta one included
+    (shapes without values: a footprint computed, not run)."""
+    with _LiveBytes() as meter:
+        fn(*args)
+    return meter.peak
+
+
+def _block(images: Tensor, labels: Tensor, scores: Scorer, block: Tensor) -> Tensor:
+    """The margins ``(B, c)`` of ``images (B, C, H, W)`` under each of their candidates ``block (B, c, 3)``."""
+    b, c = block.shape[:2]
+    flat = block.reshape(b * c, 3)
+    tiled = images.repeat_interleave(c, 0)
+    warped = apply_matrix(tiled, spatial_matrices(tiled, flat[:, 0], flat[:, 1], flat[:, 2]))
+    return margins(scores(warped).float(), labels.repeat_interleave(c)).view(b, c)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The bytes of warping and scoring ``n`` images in one call: ``fixed + n * per_image``."""
+
+    fixed: int
+    per_image: int
+
+    def images(self, budget: int = CHUNK_BYTES) -> int:
+        """The most images one call may take within ``budget`` bytes (at least 1: a model over the budget for one
+        image is scored an image at a time)."""
+        return max(1, (int(budget) - self.fixed) // self.per_image)
+
+
+def footprint(images: Tensor, labels: Tensor, scores: Scorer) -> Footprint:
+    """The :class:`Footprint` of a block: the peak measured on one and on two warped copies of ``images[0]``
+    (:func:`activation_bytes`, in the caller's grad mode, on its device), ``per_image`` the difference and ``fixed``
+    what one image needs beyond it (at least 0)."""
+    _check_images(images)
+    one = torch.zeros(1, 1, 3, dtype=torch.float64)
+    peaks = [activation_bytes(_block, images[:1], labels[:1].to(images.device), scores, one.expand(1, n, 3))
+             for n in (1, 2)]
+    per_image = max(peaks[1] - peaks[0], 1)
+    return Footprint(max(peaks[0] - per_image, 0), per_image)
+
+
+def images_per_chunk(images: Tensor, labels: Tensor, scores: Scorer, budget: int = CHUNK_BYTES) -> int:
+    """How many warped images one scoring call may take in ``budget`` bytes (:func:`footprint` of this model)."""
+    return footprint(images, labels, scores).images(budget)
+
+
+def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor, chunk_images: int | None = None,
+             chunk_bytes: int = CHUNK_BYTES) -> Transformed:
     """Per image, the candidate warp with the smallest margin (the first of equal ones).
 
     Args:
@@ -103,7 +201,9 @@ def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor,
         labels: true classes ``(B,)``.
         scores: the model's class scores of a batch of images.
         candidates: ``(K, 3)`` (the same for every image) or ``(B, K, 3)`` rows ``(angle, shift_x, shift_y)``.
-        chunk_images: warped images scored per call (memory, not the result).
+        chunk_images: warped images scored per call (memory, not the result); None: as many as ``chunk_bytes``
+            holds for this model (:func:`images_per_chunk`).
+        chunk_bytes: the memory budget of one call when ``chunk_images`` is None.
 
     Returns:
         The images under their winning warps, the ``(B, 3, 3)`` matrices and ``params`` (``angle``, ``shift_x``,
@@ -118,20 +218,20 @@ def worst_of(images: Tensor, labels: Tensor, scores: Scorer, candidates: Tensor,
     candidates = candidates.to(torch.float64).cpu()
     k = candidates.shape[1]
     labels = labels.to(images.device)
+    if chunk_images is None:
+        chunk_images = images_per_chunk(images, labels, scores, chunk_bytes) if b else 1
     best = torch.full((b,), float("inf"), device=images.device)
     pick = torch.zeros(b, dtype=torch.long, device=images.device)
-    step = max(1, chunk_images // max(b, 1))
-    for start in range(0, k, step):
-        block = candidates[:, start:start + step]  # (B, c, 3)
-        c = block.shape[1]
-        flat = block.reshape(b * c, 3)
-        tiled = images.repeat_interleave(c, 0)
-        warped = apply_matrix(tiled, spatial_matrices(tiled, flat[:, 0], flat[:, 1], flat[:, 2]))
-        m = margins(scores(warped).float(), labels.repeat_interleave(c)).view(b, c)
-        low, where = m.min(1)  # the first of equal minima within the block
-        better = low < best  # strict: an earlier block keeps a tie
-        best = torch.where(better, low, best)
-        pick = torch.where(better, where + start, pick)
+    rows = max(1, min(b, chunk_images))  # images per call: all of them unless the budget holds fewer
+    step = max(1, chunk_images // rows)  # candidates per image per call
+    for first in range(0, b, rows):
+        part = slice(first, first + rows)
+        for start in range(0, k, step):
+            m = _block(images[part], labels[part], scores, candidates[part, start:start + step])  # (rows, c)
+            low, where = m.min(1)  # the first of equal minima within the block
+            better = low < best[part]  # strict: an earlier block keeps a tie
+            best[part] = torch.where(better, low, best[part])
+            pick[part] = torch.where(better, where + start, pick[part])
     won = candidates[torch.arange(b), pick.cpu()]  # (B, 3)
     matrix = spatial_matrices(images, won[:, 0], won[:, 1], won[:, 2])
     params = {"angle": won[:, 0], "shift_x": won[:, 1], "shift_y": won[:, 2], "margin": best.cpu().double()}
@@ -172,7 +272,7 @@ def spatial_grid(images: Tensor, strength: float, seed: Seed = 0, *, against: Ag
     if strength == 0:
         return _identity(images)
     a = needs("spatial-grid", against)
-    return worst_of(images, a.labels, a.scores, spatial_grid_candidates(strength))
+    return worst_of(images, a.labels, a.scores, spatial_grid_candidates(strength), chunk_bytes=a.chunk_bytes)
 
 
 def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, against: Against | None = None) -> Transformed:
@@ -186,4 +286,4 @@ def worst_of_k(images: Tensor, k: int, seed: Seed = 0, *, against: Against | Non
     a = needs("worst-of-k", against)
     draws = torch.stack([torch.rand(k, 3, generator=g, dtype=torch.float64) for g in _generators(seed, images.shape[0])])
     scale = torch.tensor([MAX_ANGLE, MAX_SHIFT, MAX_SHIFT], dtype=torch.float64)
-    return worst_of(images, a.labels, a.scores, (2 * draws - 1) * scale)
+    return worst_of(images, a.labels, a.scores, (2 * draws - 1) * scale, chunk_bytes=a.chunk_bytes)
