@@ -26,7 +26,8 @@ timm interface: ``forward_features(x) -> poses (B, K, 16)``, ``forward_head(pose
 ``forward(x) -> activations (B, K)`` in (0, 1), the class scores. ``class_capsules(x)`` returns both;
 ``pose_matrices(x)`` the poses as ``(B, K, 4, 4)``. No decoder (the paper has none): ``can_decode`` is False.
 Training loss: the spread loss, its margin raised from 0.2 by 0.1 per epoch to 0.9 (``set_epoch``, called by the
-training loop at every epoch).
+training loop at every epoch). The loss reads the margin from a buffer, so a compiled training step (``--compile``) is
+traced once, not at every epoch (a Python number would be a constant of the graph, guarded on).
 
 ==================  ===================================  ======================  ======================
 name                A, B, C, D                           params (1x32x32, K=5)   params (1x28x28, K=10)
@@ -243,6 +244,8 @@ class EMCapsNet(nn.Module):
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, _pair(img_size)
         self.margin_start, self.margin_step, self.margin_max = margin_start, margin_step, margin_max
         self.epoch = 0
+        # the spread loss's margin at this epoch, as a tensor: torch.compile reads it, it does not guard on it
+        self.register_buffer("margin_now", torch.tensor(self.margin), persistent=False)
         self.layers = ((5, 2), (1, 1), (3, 2), (3, 1))  # (kernel, stride): conv1, primary, caps1, caps2
         h, w = self.img_size
         for k, s in self.layers:
@@ -280,10 +283,14 @@ class EMCapsNet(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop before every epoch (0-based): sets the spread loss margin."""
         self.epoch = int(epoch)
+        margin: Tensor = self.margin_now  # type: ignore[assignment]  # a buffer
+        with torch.no_grad():
+            margin.fill_(self.margin)
 
     def capsule_loss(self, scores: Tensor, targets: Tensor) -> Tensor:
         """The spread loss on the class activations at this epoch's margin."""
-        return spread_loss(scores, targets, self.margin)
+        margin: Tensor = self.margin_now  # type: ignore[assignment]  # a buffer
+        return spread_loss(scores, targets, margin)
 
     def _check(self, x: Tensor) -> None:
         if x.shape[1:] != (self.in_chans, *self.img_size):

@@ -134,7 +134,14 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 
 def thin_matmul(x: Tensor, y: Tensor) -> Tensor:
     """``x @ y`` for the routing's matrix-vector products: same values as :func:`torch.matmul`, a faster
-    backward on CPU (a training step of a routed capsule layer spends most of its time in those outer products)."""
+    backward on CPU (a training step of a routed capsule layer spends most of its time in those outer products).
+    While ``torch.compile`` traces it, the plain product (dynamo cannot trace a Function with a custom ``jvp``: a
+    graph break at every call; the compiler writes its own backward)."""
+    if torch.compiler.is_compiling():
+        if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # float32, as _apply_in_float32
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.matmul(x.float(), y.float())
+        return torch.matmul(x, y)
     return _apply_in_float32(_ThinMatmul, x, y)
 
 
@@ -605,7 +612,7 @@ def em_route_parent_major(votes: Tensor, activations: Tensor, beta_u: Tensor, be
     return mu, a_out
 
 
-def spread_loss(activations: Tensor, targets: Tensor, margin: float = 0.2) -> Tensor:
+def spread_loss(activations: Tensor, targets: Tensor, margin: float | Tensor = 0.2) -> Tensor:
     """Spread loss (Hinton, Sabour & Frosst 2018, section 3.1), summed over the wrong classes, averaged over the batch.
 
     ``L = sum_{i != t} max(0, m - (a_t - a_i))^2`` for the target class ``t``; the paper raises ``m`` from 0.2 by
@@ -615,7 +622,7 @@ def spread_loss(activations: Tensor, targets: Tensor, margin: float = 0.2) -> Te
     Args:
         activations: class activations ``(B, K)``.
         targets: class indices ``(B,)``.
-        margin: ``m``.
+        margin: ``m`` (a 0-d tensor too: a compiled step reads it without recompiling when it changes).
 
     Returns:
         Scalar loss.
