@@ -30,18 +30,26 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import ImageSplit, get_spec, load_dataset
+from ..data import ImageSplit, Splits, get_spec, load_dataset
 from ..errors import CapsprobeError, option
 from ..models import adapt, unwrap
-from ..runtime import autocast_context, autocast_dtype, epoch_seed, folder_lock, replace_dir, resolve_device
-from .objectives import get_training_task
+from ..runtime import (
+    autocast_context,
+    autocast_dtype,
+    device_record,
+    epoch_seed,
+    folder_lock,
+    replace_dir,
+    resolve_device,
+)
+from .objectives import TrainingTask, get_training_task
 from .runs import (
     CHECKPOINT,
     HISTORY,
@@ -52,6 +60,7 @@ from .runs import (
     build_model,
     completion_problem,
     config_changes,
+    device_change,
     is_finished,
     load_checkpoint,
     prepare_run_dir,
@@ -68,6 +77,7 @@ __all__ = [
     "Objective",
     "RunExistsError",
     "compile_objective",
+    "data_parallel",
     "evaluate",
     "fit",
     "train_step",
@@ -76,6 +86,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class NonFiniteLossError(CapsprobeError):
@@ -90,6 +101,7 @@ def fit(
     force: bool = False,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    allow_device_change: bool = False,
 ) -> Path:
     """Train ``config`` into the run directory ``out`` and return its path.
 
@@ -101,6 +113,8 @@ def fit(
         force: replace a finished or partial run in ``out``.
         progress: show a progress bar (rank 0).
         on_batch: called as ``on_batch(epoch, batch_index)`` after every optimiser step.
+        allow_device_change: resume even where the checkpoint was trained on another kind of device or in another
+            precision (:func:`~capsprobe.runtime.device_record`'s ``device_type`` and ``autocast``); refused otherwise.
 
     Returns:
         The run directory.
@@ -113,7 +127,7 @@ def fit(
     ctx = _init_distributed(config.device)
     try:
         with ExitStack() as stack:
-            return _fit(config, Path(out), resume, force, progress, on_batch, ctx, stack)
+            return _fit(config, Path(out), resume, force, progress, on_batch, ctx, stack, allow_device_change)
     finally:
         if ctx.owned and dist.is_initialized():
             dist.destroy_process_group()
@@ -128,39 +142,37 @@ def _fit(
     on_batch: Callable[[int, int], None] | None,
     ctx: _Dist,
     stack: ExitStack,
+    allow_device_change: bool = False,
 ) -> Path:
     """The steps of :func:`fit`: the model and the data, the run folder, the checkpoint to resume from, the epochs,
     then the test and the files that make the run whole."""
 
     device = resolve_device(config.device, ctx.local_rank)
     dtype = autocast_dtype(device, config.amp)
+    record = device_record(device, dtype)  # where and in what precision this session trains
     spec = get_spec(config.dataset)
     task = get_training_task(config.task)
     size = task.input_size(spec.img_size)
     input_spec = {"in_chans": spec.in_chans, "img_size": size, "num_classes": spec.num_classes}
     torch.manual_seed(config.seed)
     model = build_model(config, input_spec).to(device)  # an unknown model fails here, before any data is read
-    splits = load_dataset(
-        config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0, limit=config.limit
-    )
+    splits = _load_data(config, ctx)
     # only now, with model and data known to be fine, is the output folder locked and checked (rank 0 writes)
     work, has_checkpoint = _claim_run_dir(config, out, resume, force, ctx, stack)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    resumed = _resume(config, out, resume, has_checkpoint, model, optimizer, ctx)
+    resumed = _resume(config, out, resume, has_checkpoint, model, optimizer, ctx,
+                      None if allow_device_change else record)
     if resumed is None:
         return out  # already complete
     start_epoch, history = resumed
     if ctx.main:
         # from here until the completion record is written again, the run is (and says it is) incomplete
-        start_run_dir(work, config, input_spec, ctx.world_size)
+        start_run_dir(work, config, input_spec, ctx.world_size, record)
 
-    objective: nn.Module = compile_objective(
-        Objective(model, config.recon_weight, config.task, channels_last=config.channels_last), config.compile
-    )
+    plain = Objective(model, config.recon_weight, config.task, channels_last=config.channels_last)
+    objective: nn.Module = compile_objective(plain, config.compile)
     if ctx.world_size > 1:
-        objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        objective = data_parallel(objective, _sample_batch(task, splits.train, device), device, plain)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     per_rank = math.ceil(len(splits.train) / ctx.world_size)
     num_batches = math.ceil(per_rank / config.batch_size)
@@ -194,18 +206,22 @@ def _fit(
             if on_batch is not None:
                 on_batch(epoch, i)
             if i % 10 == 0 or i == num_batches - 1:
+                bad = stats[3:].clone()
+                if ctx.world_size > 1:
+                    dist.all_reduce(bad)  # a non-finite loss on any rank stops every rank at this step
                 s = stats.tolist()  # one host sync every 10 steps
-                _check_finite(s[3], epoch, i, out)
+                _check_finite(bad.item(), epoch, i, out)
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}", img_s=f"{s[2] * ctx.world_size / elapsed:.0f}")
             bar.update(1)
             if config.val_every is not None and (i + 1) % config.val_every == 0 and i < num_batches - 1:
                 # matched training within an epoch: a model that passes the target in its first epoch stops near
-                # it, not a whole epoch beyond. Every rank validates the same weights on the whole split, so all
-                # agree; the global RNG is set aside, so the rest of the epoch draws what it would have drawn.
+                # it, not a whole epoch beyond. Rank 0 validates and every rank follows its verdict (the ranks'
+                # batch norm statistics differ); the global RNG is set aside, so the rest of the epoch draws what it
+                # would have drawn.
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    mid = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp,
-                                   config.recon_weight, config.task)
+                    mid = _on_main(ctx, lambda: evaluate(model, splits.val, max(config.batch_size, 256), device,
+                                                         config.amp, config.recon_weight, config.task))
                 if config.target_accuracy is not None and mid["accuracy"] >= config.target_accuracy:
                     val, steps = mid, i + 1
                     break
@@ -215,9 +231,9 @@ def _fit(
         seconds = time.perf_counter() - start
         loss_sum, correct, seen, bad = stats.tolist()
         _check_finite(bad, epoch, steps - 1, out)
-        if val is None:
-            val = evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp, config.recon_weight,
-                           config.task)
+        if val is None:  # rank 0's, so that every rank's history (and its target decisions) is the same
+            val = _on_main(ctx, lambda: evaluate(model, splits.val, max(config.batch_size, 256), device, config.amp,
+                                                 config.recon_weight, config.task))
         row = {
             "epoch": epoch + 1,
             "steps": steps,  # of the epoch's num_batches: fewer when a mid-epoch validation reached the target
@@ -234,17 +250,22 @@ def _fit(
             "epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  %.0f img/s",
             epoch + 1, config.epochs, row["train_loss"], row["train_accuracy"], row["val_accuracy"], row["images_per_s"],
         )
+        _check_weights(model, epoch, work, ctx)  # a diverged step never reaches a checkpoint
+        error: Exception | None = None
         if ctx.main:
-            _check_weights(model, epoch, work)  # a diverged step never reaches a checkpoint
-            save_checkpoint(work, model, optimizer, epoch + 1, history)
-            write_history(work / HISTORY, history)
+            try:
+                save_checkpoint(work, model, optimizer, epoch + 1, history, extra={"device_record": record})
+                write_history(work / HISTORY, history)
+            except Exception as exc:  # every rank stops with rank 0
+                error = exc
+        _broadcast_error(ctx, error)
 
     test = evaluate(model, splits.test, max(config.batch_size, 256), device, config.amp, config.recon_weight,
                     config.task)
     trained = len(history)
     reached = _reached(config, history)
+    _check_weights(model, trained - 1, work, ctx)
     if ctx.main:
-        _check_weights(model, trained - 1, work)
         # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
         save_weights(model, work / WEIGHTS)
         write_history(work / HISTORY, history)
@@ -261,6 +282,7 @@ def _fit(
             "train_images_per_s": (sum(r["images_per_s"] * r["seconds"] for r in history) / max(sum(r["seconds"] for r in history), 1e-9)),
             "test_images": len(splits.test),
             "device": str(device),
+            "device_record": record,
             "world_size": ctx.world_size,
         })
         write_completion(work, trained, reached if config.target_accuracy is not None else None)
@@ -273,6 +295,28 @@ def _fit(
 
 
 # --- the steps before the first epoch, in order -----------------------------------------------------------------
+
+
+def _load_data(config: RunConfig, ctx: _Dist) -> Splits:
+    """The data set: rank 0 loads it first (downloading what is missing), the other ranks once it has (from the files
+    it left; ranks downloading into one folder at once would trample each other's files). A failure on rank 0 stops
+    every rank."""
+
+    def load() -> Splits:
+        return load_dataset(config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0,
+                            limit=config.limit)
+
+    if ctx.world_size == 1:
+        return load()
+    splits: Splits | None = None
+    error: Exception | None = None
+    if ctx.main:
+        try:
+            splits = load()
+        except Exception as exc:
+            error = exc
+    _broadcast_error(ctx, error)  # the barrier: the others wait for rank 0's load
+    return splits if splits is not None else load()
 
 
 def _claim_run_dir(config: RunConfig, out: Path, resume: bool, force: bool, ctx: _Dist, stack: ExitStack
@@ -292,9 +336,12 @@ def _claim_run_dir(config: RunConfig, out: Path, resume: bool, force: bool, ctx:
 
 
 def _resume(config: RunConfig, out: Path, resume: bool, has_checkpoint: bool, model: nn.Module,
-            optimizer: torch.optim.Optimizer, ctx: _Dist) -> tuple[int, list[dict]] | None:
+            optimizer: torch.optim.Optimizer, ctx: _Dist, record: dict[str, Any] | None = None
+            ) -> tuple[int, list[dict]] | None:
     """The epoch to start from and the history so far: ``(0, [])`` without a checkpoint, else the checkpoint's, its
-    weights and optimiser state loaded. None when the run is already complete (nothing is to be done or written)."""
+    weights and optimiser state loaded. None when the run is already complete (nothing is to be done or written).
+    With ``record`` (this session's :func:`~capsprobe.runtime.device_record`), a run to be continued on another kind
+    of device or in another precision than its checkpoint's is refused (:func:`~.runs.device_change`)."""
     start_epoch: int = 0
     history: list[dict] = []
     if resume and ctx.world_size > 1:
@@ -315,8 +362,19 @@ def _resume(config: RunConfig, out: Path, resume: bool, has_checkpoint: bool, mo
         if done:
             _log.info("%s is already complete (%d epochs)", out, start_epoch)
             return None
+        change = device_change(ckpt.extra.get("device_record"), record, out) if record is not None else None
+        if change is not None:
+            raise RunError(change)
         _log.info("resuming %s after epoch %d", out, start_epoch)
     return start_epoch, history
+
+
+def _sample_batch(task: TrainingTask, split: ImageSplit, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Two of the split's images as one evaluation batch of ``task`` (of two classes where the split has two: a
+    two-digit task pairs them), for :func:`data_parallel`'s search of the parameters no loss reaches."""
+    others = (split.labels != split.labels[0]).nonzero().flatten()
+    index = torch.tensor([0, int(others[0]) if len(others) else min(1, len(split) - 1)])
+    return next(iter(task.batches(split.subset(index).centre_cropped(), 2, device, train=False)))
 
 
 # --- the objective and one step ---------------------------------------------------------------------------------
@@ -350,6 +408,53 @@ class Objective(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.task.loss(self.adapter, images, labels, parts, self.recon_weight)
+
+
+def data_parallel(objective: nn.Module, sample: tuple[Tensor, Tensor, Tensor | None], device: torch.device,
+                  plain: nn.Module | None = None) -> nn.Module:
+    """``objective`` in DistributedDataParallel (the process group must be initialised), told to look for unused
+    parameters only when it has some.
+
+    A parameter that no loss reaches gets no gradient, and DDP's reducer then waits for it forever ("Expected to
+    have finished reduction in the prior iteration"): a decoder when ``recon_weight`` is 0, ``backbone_head_self``'s
+    vote matrices (they feed only the poses, which no loss reads). They stay in the model (its weights file and the
+    probe's poses keep them), and DDP is told ``find_unused_parameters=True``, which costs a traversal of the
+    autograd graph after every forward, only when one forward and backward on ``sample`` finds such a parameter;
+    every rank follows the same answer (an all-reduce).
+
+    Args:
+        objective: what is trained (an :class:`Objective`, or its :func:`compile_objective` form).
+        sample: one small training batch ``(images, labels, parts)`` on ``device``; the model's buffers (batch norm
+            statistics) and the RNG are left as they were.
+        device: the rank's device.
+        plain: the uncompiled :class:`Objective` when ``objective`` is compiled (the search runs on it).
+    """
+    unused = _unused_parameters(plain if plain is not None else objective, sample)
+    flag = torch.tensor([float(bool(unused))], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        _log.info("no loss reaches %d parameter tensors (%s): DDP looks for unused parameters at every step",
+                  len(unused), ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else ""))
+    return nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=bool(flag.item()))
+
+
+def _unused_parameters(objective: nn.Module, sample: tuple[Tensor, Tensor, Tensor | None]) -> list[str]:
+    """The trainable parameters of ``objective`` that the loss on ``sample`` does not depend on (train mode; buffers,
+    RNG and the mode restored, no gradient stored)."""
+    params = [(name, p) for name, p in objective.named_parameters() if p.requires_grad]
+    buffers = {name: b.clone() for name, b in objective.named_buffers()}
+    was_training = objective.training
+    cuda = sorted({p.device for _, p in params if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=cuda):
+        objective.train()
+        loss, _ = objective(*sample)
+        grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    objective.train(was_training)
+    with torch.no_grad():
+        for name, b in objective.named_buffers():
+            b.copy_(buffers[name])
+    return [name for (name, _), g in zip(params, grads) if g is None]
 
 
 def compile_objective(objective: nn.Module, enabled: bool) -> nn.Module:
@@ -426,8 +531,9 @@ def _check_finite(bad: float, epoch: int, batch: int, out: Path) -> None:
         )
 
 
-def _check_weights(model: nn.Module, epoch: int, out: Path) -> None:
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+def _check_weights(model: nn.Module, epoch: int, out: Path, ctx: _Dist) -> None:
+    """Rank 0 checks the weights it is about to save, and every rank follows its verdict (raises the same error)."""
+    if not _on_main(ctx, lambda: all(bool(torch.isfinite(p).all()) for p in model.parameters())):
         raise NonFiniteLossError(
             f"weights are not finite after epoch {epoch + 1} (the last step diverged); nothing of it was saved: the "
             f"last good checkpoint stays in {out / CHECKPOINT.parent} (lower {option('lr')}?)"
@@ -482,3 +588,20 @@ def _broadcast_value(ctx: _Dist, value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _on_main(ctx: _Dist, compute: Callable[[], _T]) -> _T:
+    """``compute()`` on rank 0 alone, its result on every rank: a decision taken once for all (a rank deciding from
+    its own copy, whose batch norm statistics differ, could stop while the others wait for it forever). A failure on
+    rank 0 raises on every rank."""
+    if ctx.world_size == 1:
+        return compute()
+    result: Any = None
+    error: Exception | None = None
+    if ctx.main:
+        try:
+            result = compute()
+        except Exception as exc:
+            error = exc
+    _broadcast_error(ctx, error)
+    return _broadcast_value(ctx, result)
