@@ -265,7 +265,8 @@ def _fit(
     trained = len(history)
     reached = _reached(config, history)
     _check_weights(model, trained - 1, work, ctx)
-    if ctx.main:
+
+    def write_run() -> None:  # rank 0's
         # weights, history (rebuilt from the checkpoint's when resuming a killed run), metrics, then the record
         save_weights(model, work / WEIGHTS)
         write_history(work / HISTORY, history)
@@ -289,8 +290,8 @@ def _fit(
         if work != out:
             replace_dir(work, out)  # --force: the old run goes only now that the new one is whole
         _log.info("test accuracy %.4f on %d images; run saved to %s", test["accuracy"], len(splits.test), out)
-    if ctx.world_size > 1:
-        dist.barrier()
+
+    _on_main(ctx, write_run)  # the other ranks wait until the run is whole, and stop with rank 0 when it fails
     return out
 
 

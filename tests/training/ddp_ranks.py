@@ -12,6 +12,7 @@ after the other, each on its own port:
    rank 1 notes whether rank 0 had finished loading before it began.
 2. ``nan``: rank 1's loss is NaN from the first step; both ranks must raise :class:`NonFiniteLossError`.
 3. ``weights``: after the epoch's last step one of rank 0's weights is made infinite; both ranks must raise.
+4. ``write``: rank 0 cannot write the run's metrics; rank 1 must stop with it, not wait.
 
 Each rank prints ``rank R PART: WHAT`` lines; a run that hangs is killed after ``--timeout`` seconds (exit 124).
 """
@@ -33,7 +34,7 @@ import torch
 import capsprobe.training.loop as loop
 from capsprobe.data import DatasetSpec, ImageSplit, load_dataset, register_dataset
 from capsprobe.training.loop import NonFiniteLossError, fit
-from capsprobe.training.runs import RunConfig
+from capsprobe.training.runs import RunConfig, RunError
 
 DATASET = "ddp-test-digits"
 # batch norm, and parameters no loss reaches (the vote matrices feed only the poses): DDP looks for unused ones
@@ -109,7 +110,24 @@ def _weights(rank: int, out: Path, model: Callable[[], torch.nn.Module]) -> str:
     return "no error"
 
 
-PARTS = {"agree": _agree, "nan": _nan, "weights": _weights}
+def _write(rank: int, out: Path, model: Callable[[], torch.nn.Module]) -> str:
+    """Rank 0 fails to write the run's metrics (a full disk, say); rank 1 must not wait for it."""
+    write_metrics = loop.write_metrics
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    loop.write_metrics = full  # type: ignore[assignment]
+    try:
+        fit(RunConfig(**ONE_BATCH, epochs=1), out / "write", progress=False)
+    except (OSError, RunError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        loop.write_metrics = write_metrics
+    return "no error"
+
+
+PARTS = {"agree": _agree, "nan": _nan, "weights": _weights, "write": _write}
 
 
 def _worker(rank: int, ports: list[int], out: Path, parts: list[str]) -> bool:
@@ -169,5 +187,5 @@ def main(out: Path, timeout: float, parts: list[str]) -> int:
 
 if __name__ == "__main__":
     timeout = float(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 40.0
-    parts = sys.argv[sys.argv.index("--parts") + 1].split(",") if "--parts" in sys.argv else ["agree", "nan", "weights"]
+    parts = sys.argv[sys.argv.index("--parts") + 1].split(",") if "--parts" in sys.argv else list(PARTS)
     sys.exit(main(Path(sys.argv[1]), timeout, parts))

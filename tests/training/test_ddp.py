@@ -74,8 +74,9 @@ def test_every_native_model_trains_under_ddp_without_reconstruction(one_rank, na
 def test_two_ranks_decide_together_and_fail_together(tmp_path):
     """Two gloo ranks (tests/training/ddp_ranks.py): rank 1's batch norm statistics are spoilt after every step, so
     its own evaluation never reaches the target that rank 0's reaches at once, yet both stop at that step; a NaN
-    loss on rank 1 alone, and weights diverged on rank 0 alone, raise the same NonFiniteLossError on both ranks;
-    rank 1 loads the data only once rank 0 has. A rank left waiting is a hang, killed after the driver's timeout."""
+    loss on rank 1 alone, and weights diverged on rank 0 alone, raise the same NonFiniteLossError on both ranks; rank
+    0 failing to write the run stops rank 1 too; rank 1 loads the data only once rank 0 has. A rank left waiting is
+    a hang, killed after the driver's timeout."""
     driver = Path(__file__).with_name("ddp_ranks.py")
     proc = subprocess.run([sys.executable, str(driver), str(tmp_path), "--timeout", "45"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -87,10 +88,12 @@ def test_two_ranks_decide_together_and_fail_together(tmp_path):
     summary = json.loads(proc.stdout.splitlines()[-1]) if proc.stdout.strip() else {}
     assert summary.get("hung") == [] and summary.get("exitcodes") == [3, 3], proc.stdout[-4000:] + proc.stderr[-2000:]
 
-    assert said["rank 1 load"] == ["after rank 0: True"] * 3
+    assert said["rank 1 load"] == ["after rank 0: True"] * 4
     assert said["rank 0 agree"] == said["rank 1 agree"] == ["stopped after (0, 0)"]  # the first step of epoch 1
     metrics = json.loads((tmp_path / "agree" / "metrics.json").read_text())
     assert metrics["reached_target"] is True and metrics["steps"] == 1 and metrics["world_size"] == 2
     for part, message in (("nan", "non-finite loss in epoch 1 (by batch 1)"), ("weights", "weights are not finite")):
         assert said[f"rank 0 {part}"] == said[f"rank 1 {part}"], said
         assert said[f"rank 0 {part}"][0].startswith(f"NonFiniteLossError: {message}")
+    full = "OSError: [Errno 28] No space left on device"
+    assert said["rank 0 write"] == [full] and said["rank 1 write"] == [f"RunError: rank 0 stopped: {full}"]
