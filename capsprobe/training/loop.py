@@ -13,8 +13,11 @@ replays epochs ``e+1, ...`` exactly as an uninterrupted run would (on CPU; CUDA 
 bitwise reproducible).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel (gloo
-on CPU, nccl on CUDA), every rank trains on its shard of each epoch, statistics are all-reduced, and only
-rank 0 writes files; the result is an ordinary run directory.
+on CPU, nccl on CUDA; :func:`data_parallel`), every rank trains on its shard of each epoch, statistics are
+all-reduced, and only rank 0 writes files; the result is an ordinary run directory. Every decision is taken once
+for all ranks, so that none stops while another waits for it: rank 0 loads (downloads) the data before the
+others, validates (the target and ``val_every`` stops) and checks the weights, and the others follow its verdict;
+a non-finite loss on any rank is all-reduced; a failure on rank 0 raises on every rank.
 
 The module reads in the order :func:`fit` runs: :func:`fit`, its steps (:func:`_fit` calls them top to bottom), the
 objective and the step (:class:`Objective`, :func:`train_step`, :func:`evaluate`), then the checks and the
