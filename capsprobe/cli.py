@@ -25,6 +25,10 @@ except ImportError:  # pragma: no cover - Python 3.10
 # the one module-level import of the suite: the --transform help is generated from the registry (kornia loads)
 from .transforms.suite import TRANSFORMS
 
+# the options' upper bounds (the library's: a config or an experiment file is held to the same)
+MAX_EPOCHS, MAX_BATCH, MAX_SHIFT = 100_000, 65_536, 256
+MAX_BOOTSTRAP, MAX_ATTACK_STEPS = 100_000, 10_000
+
 _TRANSFORM_HELP = ("Transformation (repeatable): " + ", ".join(f"{n} ({t.unit})" if t.unit else n
                                                              for n, t in TRANSFORMS.items()) + ", or all (the suite).")
 
@@ -108,12 +112,12 @@ def train(
     model: Optional[str] = typer.Option(None, help="capsnet, capsnet_small, capsnet_em, capsnet_em_small, "
                                         "baseline_cnn or any timm convnet [capsnet]."),
     dataset: Optional[str] = typer.Option(None, help="Data set, see `capsprobe list` [mnist-sample]."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs (with --target-accuracy: the most) [10]."),
+    epochs: Optional[int] = typer.Option(None, min=1, max=MAX_EPOCHS, help="Epochs (with --target-accuracy: the most) [10]."),
     target_accuracy: Optional[float] = typer.Option(
         None, help="Stop after the first epoch whose validation accuracy reaches this fraction (matched training)."),
     val_every: Optional[int] = typer.Option(
-        None, min=1, help="With --target-accuracy: also validate every N steps and stop at the first that reaches it."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per step (per process) [128]."),
+        None, min=1, max=10**9, help="With --target-accuracy: also validate every N steps and stop at the first that reaches it."),
+    batch_size: Optional[int] = typer.Option(None, min=1, max=MAX_BATCH, help="Images per step (per process) [128]."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate [1e-3]."),
     lr_decay: Optional[float] = typer.Option(None, min=0.0, help="Learning-rate decay per epoch [0.96]."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation, dropout [0]."),
@@ -121,9 +125,9 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA [on]."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC weights and inputs [off]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training objective [off]."),
-    max_shift: Optional[int] = typer.Option(None, min=0, help="Random shift augmentation in px, 0 = off [2]."),
+    max_shift: Optional[int] = typer.Option(None, min=0, max=MAX_SHIFT, help="Random shift augmentation in px, 0 = off [2]."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many images per split (quick runs)."),
-    num_iters: Optional[int] = typer.Option(None, min=1, help="CapsNet routing iterations [3]."),
+    num_iters: Optional[int] = typer.Option(None, min=1, max=100, help="CapsNet routing iterations [3]."),
     option: Optional[List[str]] = typer.Option(
         None, "--option", "-o", help="A model option KEY=VALUE (repeatable; TOML values): routing=none, "
         "transformation=shared, squash=false, loss=ce, kernel_size=9, pool=avg, channels=[64,64,32]."),
@@ -137,6 +141,9 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory [runs/<model>-<dataset>]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete epoch."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
+    allow_device_change: bool = typer.Option(
+        False, "--allow-device-change", help="With --resume: go on even on another kind of device or in another "
+        "precision than the run's checkpoint was trained in (refused otherwise)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a model and write a run directory (config, weights, history, metrics, checkpoint)."""
@@ -170,7 +177,7 @@ def train(
         label=label, task=task,
     )
     config = with_overrides(config, model_kwargs=kwargs)
-    path = fit(config, out, resume=resume, force=force, progress=progress)
+    path = fit(config, out, resume=resume, force=force, progress=progress, allow_device_change=allow_device_change)
     metrics = read_metrics(path)
     typer.echo(f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}  run: {path}")
 
@@ -203,8 +210,8 @@ def list_(
 @_clean_errors
 def bench(
     model: Optional[List[str]] = typer.Option(None, help="Model to measure (repeatable) [capsnet, capsnet_small, baseline_cnn, resnet18]."),
-    batch_size: int = typer.Option(128, min=1, help="Images per step."),
-    steps: int = typer.Option(5, min=1, help="Timed steps per measurement (after 2 warm-up steps)."),
+    batch_size: int = typer.Option(128, min=1, max=MAX_BATCH, help="Images per step."),
+    steps: int = typer.Option(5, min=1, max=10_000, help="Timed steps per measurement (after 2 warm-up steps)."),
     device: Device = "auto",
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC weights and inputs."),
@@ -212,7 +219,7 @@ def bench(
     kernels: str = typer.Option("fast", help="fast (fused routing, the stem convolution's CPU weight gradient), "
                                 "eager (their references), or both: eager and fast steps alternated in one process, "
                                 "with the speed-up."),
-    profile: int = typer.Option(0, min=0, help="Also list the N operators with the most self time in a training "
+    profile: int = typer.Option(0, min=0, max=1000, help="Also list the N operators with the most self time in a training "
                                 "step (both paths with --kernels both)."),
 ) -> None:
     """Print training and inference images/s and peak memory per model on this machine."""
@@ -252,11 +259,11 @@ def bench(
 @app.command()
 @_clean_errors
 def calibrate(
-    reps: int = typer.Option(2000, min=100, help="Simulated replicates per cell."),
-    images: int = typer.Option(300, min=10, help="Test images per replicate."),
+    reps: int = typer.Option(2000, min=100, max=1_000_000, help="Simulated replicates per cell."),
+    images: int = typer.Option(300, min=10, max=1_000_000, help="Test images per replicate."),
     old: bool = typer.Option(False, "--old/--no-old", help="Also the old two-stage bootstrap z test (slow)."),
-    power_images: int = typer.Option(1000, min=10, help="Test images per replicate of the power table."),
-    family: int = typer.Option(1, min=1, help="Conditions in the family: the power table's level is 5% / family."),
+    power_images: int = typer.Option(1000, min=10, max=1_000_000, help="Test images per replicate of the power table."),
+    family: int = typer.Option(1, min=1, max=100_000, help="Conditions in the family: the power table's level is 5% / family."),
 ) -> None:
     """Print the paired test's false-positive rate and coverage by simulation (2-10 seeds, three seed-variance
     regimes and unequal seed variances), then its power for accuracy differences of 1, 2 and 5 points."""
@@ -305,16 +312,18 @@ def perturb(
                                       "[0,0.05,0.1,0.2,0.3,0.5]."),
     surrogate: Optional[Path] = typer.Option(None, help="A run (usually a convnet) that pgd-transfer computes its "
                                              "attack on."),
-    attack_steps: int = typer.Option(20, min=1, help="PGD's iterations (pgd-long takes 5x)."),
+    attack_steps: int = typer.Option(20, min=1, max=MAX_ATTACK_STEPS, help="PGD's iterations (pgd-long takes 5x)."),
     dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
-    data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets."),
+    data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets [the runs' own]."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download a missing data set "
+                                            "[the runs' own setting]."),
     split: str = typer.Option("test", help="test or val."),
     limit: Optional[int] = typer.Option(None, min=4, help="Probe at most this many images (stratified)."),
-    batch_size: int = typer.Option(256, min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(256, min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: Device = "auto",
     seed: int = typer.Option(0, min=0, max=2**31 - 1, help="Seed of random transformations, equivariance split and "
                              "bootstrap."),
-    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples for the 95% intervals."),
+    bootstrap: int = typer.Option(1000, min=10, max=MAX_BOOTSTRAP, help="Bootstrap resamples for the 95% intervals."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<runs>]."),
     reference: Optional[str] = typer.Option(None, help="A model (or run label) to set every other model against "
                                             "in ablation.csv (e.g. the full CapsNet of an ablation)."),
@@ -325,13 +334,9 @@ def perturb(
     progress: Progress = True,
 ) -> None:
     """Probe trained runs with the transformation suite; write results.parquet, summary.csv, manifest.json."""
-    from .pipeline import perturb as run_perturb  # lazy: the command's own layer loads on use
+    from .pipeline import perturb_to  # lazy: the command's own layer loads on use
     from .probe import ProbePlan  # lazy: the command's own layer loads on use
-    from .report import (  # lazy: the command's own layer loads on use
-        check_report_target,
-        compact_table,
-        write_probe_outputs,
-    )
+    from .report import compact_table  # lazy: the command's own layer loads on use
 
     transform, magnitudes = _with_attacks(transform, magnitudes or [], attack, eps)
     # the plan, built once: unknown names and magnitudes fail before anything is loaded; perturb checks it against
@@ -342,10 +347,8 @@ def perturb(
         progress=progress, attack_steps=attack_steps)
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
-    check_report_target(out, force)
-    result = run_perturb([str(p) for p in run_dirs], plan, dataset=dataset,
-                         data_root=str(data_root) if data_root else None)
-    path = write_probe_outputs(result, out, force=force)
+    result, path = perturb_to([str(p) for p in run_dirs], plan, out, force=force, dataset=dataset,
+                              data_root=str(data_root) if data_root else None, download=download)
     typer.echo(compact_table(result.metrics))
     t = result.timing
     if "images" in t and "total" in t:  # a task's own evaluation (MultiMNIST) may time nothing
@@ -421,15 +424,15 @@ def run(
     runs_dir: RunsDir = None,
     force: ReplaceReport = False,
     progress: Progress = True,
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=(
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=1024, help=(
         "Train this many runs at once in worker processes: one GPU each (round-robin over CUDA_VISIBLE_DEVICES), "
         "or the CPU threads split between them. Finished runs are reused, a killed one resumes.")),
     launcher: str = typer.Option("local", help="local (this machine, --jobs workers) or slurm (one array job "
                                  "through submitit, a run per task; the probe and report run here once all finish)."),
     partition: Optional[str] = typer.Option(None, help="Slurm partition [the cluster's default]."),
-    time_min: int = typer.Option(240, help="Slurm: each run's time limit, minutes."),
-    gpus_per_run: int = typer.Option(1, help="Slurm: GPUs per run."),
-    cpus_per_run: int = typer.Option(8, help="Slurm: CPU cores per run."),
+    time_min: int = typer.Option(240, min=1, max=60 * 24 * 365, help="Slurm: each run's time limit, minutes."),
+    gpus_per_run: int = typer.Option(1, min=0, max=64, help="Slurm: GPUs per run."),
+    cpus_per_run: int = typer.Option(8, min=1, max=1024, help="Slurm: CPU cores per run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and print the plan (runs, conditions, an "
                                  "estimated wall time from a training step per model measured now); train, load "
                                  "and write nothing."),

@@ -3,7 +3,10 @@
 One home for the conventions that training, the probe and the benchmark share:
 
 - **Device**: ``auto`` is ``cuda:<local rank>`` when CUDA is present, else ``cpu``.
-- **Autocast**: on CUDA bf16 where supported, else fp16 (with loss scaling in training); off on CPU.
+- **Autocast**: training on CUDA in bf16 where the card computes it natively (Ampere and later), else fp16 (with loss
+  scaling); off on CPU. The probe computes in float32 with TF32 off (:func:`tf32_off`) unless asked for autocast.
+- **Provenance**: every run and report records the device, its name, the library versions and the precision
+  (:func:`device_record`); a run is resumed only on the same kind of device in the same precision.
 - **Seeds**: per epoch ``((seed * 1000003) + epoch) * 1009 + rank`` (data order, augmentation, dropout);
   per probed image ``image_id + seed * 1000003`` (random transformations), so batching never changes a result.
 - **Files**: every file is written to a temporary name in its folder and renamed over the target; a folder is
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -38,17 +42,21 @@ from .errors import CapsprobeError, InvalidInputError, option
 __all__ = [
     "BusyError",
     "MARKER",
+    "AUTOCAST_CPU_ENV",
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_text",
     "autocast_context",
     "autocast_dtype",
+    "check_device",
+    "device_record",
     "epoch_seed",
     "folder_lock",
     "image_seeds",
     "is_capsprobe_folder",
     "replace_dir",
     "resolve_device",
+    "tf32_off",
     "tune_cpu_allocator",
     "write_marker",
 ]
@@ -90,20 +98,48 @@ def tune_cpu_allocator() -> bool:
 # --- devices and precision --------------------------------------------------------------------------------------
 
 
+SUPPORTED_DEVICES = ("cpu", "cuda")  # what capsprobe runs on (autocast, streams, memory records): not mps, meta, xla
+
+
+def check_device(spec: str | torch.device) -> torch.device | None:
+    """Check a device name without touching the device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a config written
+    here may run where CUDA is); the parsed device, None for ``auto``.
+
+    Raises:
+        InvalidInputError: not a device name, or a device type capsprobe does not run on (``meta``, ``mps``...).
+    """
+    if isinstance(spec, torch.device):
+        device = spec
+    elif spec == "auto":
+        return None
+    else:
+        try:
+            device = torch.device(spec) if isinstance(spec, str) and spec.strip() == spec and spec else None
+        except (RuntimeError, ValueError, TypeError):
+            device = None
+        if device is None:
+            raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    if device.type not in SUPPORTED_DEVICES:
+        raise InvalidInputError(f"device {str(spec)!r} is not supported (capsprobe runs on cpu and cuda); set "
+                                f"{option('device')} to auto, cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise InvalidInputError(f"unknown device {str(spec)!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
 def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; otherwise ``torch.device(spec)``.
 
     Raises:
-        InvalidInputError: an unknown device, or CUDA asked for where there is none.
+        InvalidInputError: an unknown or unsupported device (:func:`check_device`), or CUDA asked for where there is
+            none.
     """
     if isinstance(spec, torch.device):
         return spec
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    device = check_device(spec)
+    assert device is not None  # "auto" was answered above
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {spec!r} asked for, but CUDA is not available here; set {option('device')} "
                                 "to cpu")
@@ -112,16 +148,92 @@ def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> to
     return device
 
 
+AUTOCAST_CPU_ENV = "CAPSPROBE_AUTOCAST_CPU"  # tests only: bf16 or fp16 turns autocast on on CPU
+_CPU_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype for ``device``: bf16 on CUDA where supported, else fp16; None (off) on CPU."""
-    if not amp or device.type != "cuda":
+    """The autocast dtype for ``device`` when ``amp`` is asked for: on CUDA bf16 where the card computes it natively
+    (compute capability 8.0, Ampere, and later; ROCm), else fp16 (training adds loss scaling); None (off) on CPU.
+
+    :func:`torch.cuda.is_bf16_supported` is not asked: by default it also counts bf16 that a pre-Ampere card only
+    emulates, several times slower than fp16 with loss scaling. The card's capability is read here, when a command
+    runs, never at import.
+
+    For tests: ``CAPSPROBE_AUTOCAST_CPU=bf16`` (or ``fp16``) turns autocast on on CPU too, so the training loop's
+    CUDA path (fp16 with the gradient scaler included) runs on a machine without a GPU. Nothing else sets it.
+
+    Raises:
+        InvalidInputError: ``CAPSPROBE_AUTOCAST_CPU`` is set to something other than bf16 or fp16.
+    """
+    if not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        asked = os.environ.get(AUTOCAST_CPU_ENV, "")
+        if asked and asked not in _CPU_AUTOCAST:
+            raise InvalidInputError(f"{AUTOCAST_CPU_ENV}={asked!r} is not bf16 or fp16 (it is for tests; unset it)")
+        return _CPU_AUTOCAST.get(asked)
+    if device.type != "cuda":
+        return None
+    native = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    return torch.bfloat16 if native else torch.float16
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@contextmanager
+def tf32_off() -> Iterator[None]:
+    """Float32 products and convolutions on CUDA in full float32 while inside: TF32 off for cuBLAS
+    (``torch.backends.cuda.matmul.allow_tf32``) and cuDNN (``torch.backends.cudnn.allow_tf32``, on by default),
+    the previous settings restored on the way out (TF32 keeps 10 of float32's 23 bits of mantissa, about three
+    decimal digits). Also a decorator. Touches only the two flags: no CUDA query."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_record(device: str | torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """What a run or a report records of where and in what precision it computed: ``device`` (``cuda:0``),
+    ``device_type``, ``device_name`` (the GPU's name, or the CPU model), ``compute_capability`` (CUDA), the
+    ``torch``, ``cuda`` and ``cudnn`` versions (the last two None on CPU), ``autocast`` (``bfloat16``, ``float16``,
+    or None: float32) and whether TF32 is on for cuBLAS (``tf32_matmul``) and cuDNN (``tf32_cudnn``) now (False
+    on CPU, which has none).
+
+    Args:
+        device: the device computed on.
+        dtype: the autocast dtype in use (:func:`autocast_dtype`), None for float32.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        "device": str(device),
+        "device_type": device.type,
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "tf32_matmul": cuda and bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": cuda and bool(torch.backends.cudnn.allow_tf32),
+    }
 
 
 # --- seeds ------------------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 For every model the clean pass is computed once; then, for every (transformation, magnitude), each batch is
 transformed on the device (per-image seeds from the image id, so batching does not change the result),
-evaluated under ``torch.inference_mode`` (and autocast on CUDA), and reduced to per-image values on the
-host. Every metric of the table in :mod:`capsprobe.metrics` that the model can feed is computed, each with a
-95% bootstrap interval over images. The probe also computes what the report's figures need (the overview
+evaluated under ``torch.inference_mode`` in float32 with TF32 off (autocast only when the plan's ``amp`` asks for
+it: bf16 moves an invariance error by about half its interval), and reduced to per-image values on the host. Every
+metric of the table in :mod:`capsprobe.metrics` that the model can feed is computed, each with a 95% bootstrap
+interval over images. The probe also computes what the report's figures need (the overview
 aggregates, ROC points, reconstructions and the pose sweep), so the report only reads files.
 
 Tidy metrics (one row per model x transformation x magnitude x metric)::
@@ -37,7 +38,8 @@ from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..models import Adapter, adapt
-from ..runtime import autocast_context, autocast_dtype, image_seeds, resolve_device
+from ..models.adapter import check_outputs
+from ..runtime import autocast_context, autocast_dtype, device_record, image_seeds, resolve_device, tf32_off
 from ..transforms import (
     Transform,
     apply_matrix,
@@ -150,6 +152,7 @@ def _run_pass(
                 changes.append(torch.zeros(labels.shape[0]))
             with autocast_context(device, dtype):
                 out = adapter.outputs(images)
+                check_outputs(out, images.shape[0], labels)  # shapes the metrics index by, before they do
                 if decodes:
                     recon = adapter.decode(out.poses, labels).float()  # (B, C, H, W), masked by the true label
                 if detects:
@@ -303,6 +306,7 @@ def _selectivity_rows(metrics_df: pd.DataFrame, selectivity: pd.DataFrame) -> pd
     return pd.DataFrame(extra, columns=METRIC_COLUMNS)
 
 
+@tf32_off()
 def run_probe(
     subjects: Sequence[Any],
     split: ImageSplit,
@@ -330,7 +334,8 @@ def run_probe(
             convnet trained like the others), or None.
         options: without ``plan``, its other fields, e.g. ``seed`` (base seed of the random transformations, per
             image ``seed * 1000003 + image id``, the equivariance split and the bootstrap), ``n_boot`` (or
-            ``bootstrap``: resamples of the 95% intervals), ``batch_size``, ``device``, ``amp``, ``progress``,
+            ``bootstrap``: resamples of the 95% intervals), ``batch_size``, ``device``, ``amp`` (autocast; off by
+            default: float32 with TF32 off), ``progress``,
             ``reference`` (a ``model`` name the ablation table sets every other against), ``lie`` (also the
             Lie-derivative probe, :mod:`capsprobe.probe.lie`: the ``lie``, ``lie_layers`` and ``composition`` tables).
 
@@ -440,6 +445,7 @@ def run_probe(
         "bootstrap": n_boot,
         "reference": reference,
         "device": str(dev),
+        "device_record": device_record(dev, dtype),  # TF32 off here: the probe's own precision
     }
     if other is not None:
         manifest["surrogate"] = as_subject(surrogate).name

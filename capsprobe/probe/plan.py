@@ -22,12 +22,18 @@ from typing import Any, Mapping, Sequence
 
 from ..data import DatasetSpec
 from ..errors import InvalidInputError
+from ..runtime import check_device
 from ..transforms import Transform, magnitude_label, parse_magnitude_specs, resolve
 from ..transforms.gradient import PGD_STEPS
 
 __all__ = ["SPLITS", "ProbePlan"]
 
 SPLITS = ("test", "val")  # the splits a probe may read (never the training split)
+
+
+MAX_BOOTSTRAP = 100_000  # upper bounds of a probe's sizes
+MAX_ATTACK_STEPS = 10_000
+MAX_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ProbePlan:
     lie: bool = False  # also the Lie-derivative probe (lie.csv, lie_layers.csv, composition.csv)
     batch_size: int = 256  # images per forward pass
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: bool = True  # autocast on CUDA
+    amp: bool = False  # autocast (bf16 on CUDA where native); off: float32 with TF32 off, what the metrics assume
     progress: bool = True  # a progress bar
 
     def __post_init__(self) -> None:
@@ -66,14 +72,15 @@ class ProbePlan:
             raise InvalidInputError(f"the probe seed must be an integer in [0, 2**31), got {self.seed!r}")
         if self.split not in SPLITS:
             raise InvalidInputError(f"split must be test or val, got {self.split!r}")
-        if self.bootstrap < 1:
-            raise InvalidInputError(f"bootstrap must be at least 1, got {self.bootstrap}")
-        if not isinstance(self.attack_steps, int) or self.attack_steps < 1:
-            raise InvalidInputError(f"attack_steps must be an integer >= 1, got {self.attack_steps!r}")
-        if self.batch_size < 1:
-            raise InvalidInputError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 4:
-            raise InvalidInputError(f"the probe needs at least 4 images, got limit {self.limit}")
+        # upper bounds far past any real probe: a typo (10**9 resamples) is refused at once instead of hanging
+        for name, low, high in (("bootstrap", 1, MAX_BOOTSTRAP), ("attack_steps", 1, MAX_ATTACK_STEPS),
+                                ("batch_size", 1, MAX_BATCH)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise InvalidInputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 4):
+            raise InvalidInputError(f"the probe needs at least 4 images, got limit {self.limit!r}")
+        check_device(self.device)
 
     @classmethod
     def from_options(

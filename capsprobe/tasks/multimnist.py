@@ -20,19 +20,20 @@ from ..errors import InvalidInputError
 from ..models import adapt
 from ..probe import METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, grid_array, metric_row
 from ..report import Section, grid_figures, pct
-from ..runtime import resolve_device
+from ..runtime import autocast_context, autocast_dtype, device_record, resolve_device, tf32_off
 from ..training.objectives import MULTIMNIST_SHIFT, get_training_task, multimnist_batches, multimnist_loss, top_k_hits
 from .base import Task, register_task
 
 __all__ = ["multimnist_batches", "multimnist_evaluate", "multimnist_loss", "top_k_hits"]
 
+@tf32_off()
 def multimnist_evaluate(
     subjects: Sequence[Any],
     split: "ImageSplit",
     *,
     batch_size: int = 256,
     device: str = "auto",
-    amp: bool = True,
+    amp: bool = False,
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
@@ -52,6 +53,7 @@ def multimnist_evaluate(
     """
 
     dev = resolve_device(device)
+    dtype = autocast_dtype(dev, amp)  # None by default: float32, TF32 off
     pairs = multimnist(split, len(split), seed=seed, max_shift=MULTIMNIST_SHIFT)
     frames, arrays, entries = [], {}, []
     for item in subjects:
@@ -67,9 +69,10 @@ def multimnist_evaluate(
             for start in range(0, len(pairs.labels), batch_size):
                 sl = slice(start, start + batch_size)
                 x, y, parts = pairs.images[sl].to(dev), pairs.labels[sl].to(dev), pairs.parts[sl].to(dev)
-                out = adapter.outputs(x)
+                with autocast_context(dev, dtype):
+                    out = adapter.outputs(x)
+                    recons = torch.stack([adapter.decode(out.poses, y[:, k]) for k in range(2)], 1).float()
                 correct.append(top_k_hits(out.scores, y).cpu())
-                recons = torch.stack([adapter.decode(out.poses, y[:, k]) for k in range(2)], 1).float()
                 err = (recons - parts).pow(2).flatten(2).sum(2) / parts.pow(2).flatten(2).sum(2).clamp(min=1e-6)
                 errors.append(err.cpu())
                 if sum(len(o) for o in overlays) < show:
@@ -91,7 +94,8 @@ def multimnist_evaluate(
             "its own capsule", caption="Top: the overlaid pair. Bottom: the reconstruction from the first digit's "
             "capsule in red, from the second's in green, over the input.")
     return ProbeResult(metrics=pd.concat(frames, ignore_index=True), images=pd.DataFrame(), arrays=arrays,
-                       manifest={"runs": entries, "pairs": len(pairs.labels)})
+                       manifest={"runs": entries, "pairs": len(pairs.labels),
+                                 "device_record": device_record(dev, dtype)})
 
 
 def multimnist_section(data) -> Any:
@@ -110,8 +114,8 @@ def multimnist_section(data) -> Any:
 
 
 def _evaluate(subjects: Sequence[Any], split: "ImageSplit", plan: ProbePlan, surrogate: Any = None) -> ProbeResult:
-    return multimnist_evaluate(subjects, split, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
-                               n_boot=plan.bootstrap, progress=plan.progress)
+    return multimnist_evaluate(subjects, split, batch_size=plan.batch_size, device=plan.device, amp=plan.amp,
+                               seed=plan.seed, n_boot=plan.bootstrap, progress=plan.progress)
 
 
 register_task(Task.extending(get_training_task("multimnist"), evaluate=_evaluate, section=multimnist_section,

@@ -30,7 +30,7 @@ from ..models import adapt
 from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, metric_row
 from ..report import Section, figure_png
 from ..report.published import NOVEL_VIEWPOINT, published_for_runs
-from ..runtime import autocast_context, autocast_dtype, resolve_device
+from ..runtime import autocast_context, autocast_dtype, device_record, resolve_device, tf32_off
 from ..training.objectives import get_training_task
 from .base import Task, register_task
 
@@ -40,6 +40,7 @@ TRANSFORM = "viewpoint"
 CONDITIONS = ("familiar", "novel")
 
 
+@tf32_off()
 def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePlan, surrogate: Any = None
                        ) -> ProbeResult:
     """Familiar and novel test accuracy of every subject on ``split`` (which must carry ``familiar`` flags).
@@ -58,7 +59,7 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePl
         raise InvalidInputError(f"the split has {int(familiar.sum())} familiar and {int((~familiar).sum())} novel "
                                 "images: the viewpoint test needs both")
     dev = resolve_device(plan.device)
-    dtype = autocast_dtype(dev, True)
+    dtype = autocast_dtype(dev, plan.amp)  # None by default: float32, TF32 off
     frames, metric_rows, entries = [], [], []
     start = time.perf_counter()
     forward = 0.0
@@ -102,7 +103,8 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePl
     if split.poses is not None:
         tables["viewpoint_poses"] = _by_pose(images, split.poses.cpu().numpy(), familiar)
     manifest = {"runs": entries, "images": len(split), "familiar_images": int(familiar.sum()),
-                "novel_images": int((~familiar).sum()), "transforms": {TRANSFORM: list(CONDITIONS)}}
+                "novel_images": int((~familiar).sum()), "transforms": {TRANSFORM: list(CONDITIONS)},
+                "device_record": device_record(dev, dtype)}
     timing = {"forward": forward, "metrics": time.perf_counter() - start - forward,
               "total": time.perf_counter() - start, "images": float(len(split))}
     return ProbeResult(metrics=metrics, images=images, timing=timing, tables=tables, manifest=manifest)

@@ -2,14 +2,19 @@
 
 A run directory holds::
 
-    config.json          {"config": RunConfig, "input": {in_chans, img_size, num_classes}, "versions": {...}}
+    config.json          {"config": RunConfig, "input": {in_chans, img_size, num_classes}, "versions": {...},
+                          "device_record": {device, device_name, versions, autocast, TF32}}
     model.safetensors    final weights (safetensors: nothing is ever unpickled)
     history.csv          one row per finished epoch
-    metrics.json         final validation and test figures
-    checkpoint/state.safetensors   weights + optimiser state + epoch + history, for ``--resume``
+    metrics.json         final validation and test figures, and the device record of the last session
+    checkpoint/state.safetensors   weights + optimiser state + epoch + history (+ the device record), for ``--resume``
 
 Every file is written to a temporary name in the same folder and renamed over the target, so an
 interrupted command never leaves a half-written file: a reader sees the old file or the new one.
+
+Provenance: each training session records where and in what precision it computes
+(:func:`capsprobe.runtime.device_record`) in ``config.json``, in every checkpoint and in ``metrics.json``; a run is
+resumed only on the same kind of device in the same precision (:func:`device_change`), unless asked.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from torch import nn
 from .._version import __version__
 from ..errors import CapsprobeError, InvalidInputError, option
 from ..models import check_model_kwargs, create_model, unwrap
-from ..runtime import MARKER, atomic_write_bytes, atomic_write_text, is_capsprobe_folder, write_marker
+from ..runtime import (
+    MARKER,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_device,
+    is_capsprobe_folder,
+    write_marker,
+)
 
 __all__ = [
     "COMPLETE",
@@ -51,7 +63,9 @@ __all__ = [
     "library_versions",
     "check_plain_name",
     "completion_problem",
+    "config_digest",
     "config_changes",
+    "device_change",
     "is_finished",
     "load_checkpoint",
     "load_run",
@@ -118,6 +132,11 @@ def _check_number(name: str, value: Any, kind: type, low: float | None = None, *
         raise ConfigError(name, f"must be < {below:g}, got {value!r}")
 
 
+MAX_EPOCHS = 100_000  # upper bounds of a run's sizes: far past any real run, far below a typo's hang
+MAX_BATCH = 65_536
+MAX_SHIFT = 256
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run (frozen; stored in ``config.json``)."""
@@ -164,10 +183,15 @@ class RunConfig:
         for name in ("amp", "download", "channels_last", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        _check_number("epochs", self.epochs, int, 1)
-        _check_number("batch_size", self.batch_size, int, 1)
+        try:
+            check_device(self.device)
+        except InvalidInputError as exc:
+            raise ConfigError("device", str(exc)) from None
+        # upper bounds far beyond any real run: a typo (10**7) is refused at once, not left to hang or exhaust memory
+        _check_number("epochs", self.epochs, int, 1, below=MAX_EPOCHS + 1)
+        _check_number("batch_size", self.batch_size, int, 1, below=MAX_BATCH + 1)
         _check_number("seed", self.seed, int)
-        _check_number("max_shift", self.max_shift, int, 0)
+        _check_number("max_shift", self.max_shift, int, 0, below=MAX_SHIFT + 1)
         _check_number("limit", self.limit, int, 1, optional=True)
         _check_number("lr", self.lr, float, 0, above=True)
         _check_number("lr_decay", self.lr_decay, float, 0, above=True)
@@ -269,15 +293,37 @@ def config_changes(stored: RunConfig, config: RunConfig) -> set[str]:
     return {k for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES and old.get(k) != v}
 
 
-def start_run_dir(run_dir: str | Path, config: RunConfig, input_spec: dict[str, Any], world_size: int = 1) -> None:
+def start_run_dir(run_dir: str | Path, config: RunConfig, input_spec: dict[str, Any], world_size: int = 1,
+                  device_record: dict[str, Any] | None = None) -> None:
     """Open ``run_dir`` for writing: its completion record removed (until it is written again, the run is, and says it
     is, incomplete), capsprobe's marker, and ``config.json`` (the config, the input, the seed, the library versions,
-    the number of processes)."""
+    the number of processes, and where and in what precision this session trains: ``device_record``)."""
     path = Path(run_dir)
     (path / COMPLETE).unlink(missing_ok=True)
     write_marker(path, "run")
     atomic_write_text(path / CONFIG, _json({"config": config.to_dict(), "input": input_spec, "seed": config.seed,
-                                            "versions": library_versions(), "world_size": world_size}))
+                                            "versions": library_versions(), "world_size": world_size,
+                                            "device_record": device_record}))
+
+
+def _precision(record: dict[str, Any]) -> str:
+    autocast = record.get("autocast")
+    return f"{autocast} autocast" if autocast else "float32"
+
+
+def device_change(stored: dict[str, Any] | None, current: dict[str, Any], out: str | Path) -> str | None:
+    """Why the run in ``out``, whose checkpoint was trained as ``stored`` says (a
+    :func:`~capsprobe.runtime.device_record`), should not go on as ``current``: another kind of device or another
+    autocast dtype (float32 epochs after bf16 ones would change what the run computes, silently). None when both
+    agree, or when nothing was stored (a run of an older capsprobe). Another card of the same kind is no change."""
+    if not isinstance(stored, dict):
+        return None
+    old = (stored.get("device_type"), _precision(stored))
+    new = (current.get("device_type"), _precision(current))
+    if old == new:
+        return None
+    return (f"cannot resume {out}: its epochs so far ran on {old[0]} in {old[1]}, this one would run on {new[0]} in "
+            f"{new[1]}; set {option('allow_device_change')} to mix them, or {option('force')} to start over")
 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
@@ -390,23 +436,32 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header size, then JSON header
         meta = json.loads(data[8 : 8 + header_len])["__metadata__"]
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        for idx, values in json.loads(meta["optim_scalars"]).items():
+            state.setdefault(int(idx), {}).update(values)
+        checkpoint = Checkpoint(
+            epoch=int(meta["epoch"]),
+            history=json.loads(meta["history"]),
+            model_state=model_state,
+            optimizer_state={"state": state, "param_groups": json.loads(meta["param_groups"])},
+            extra=json.loads(meta["extra"]),
+        )
     except Exception as exc:  # noqa: BLE001 - any parse failure is an unreadable checkpoint
-        raise RunError(f"checkpoint {path} is unreadable: {exc}") from None
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    for idx, values in json.loads(meta["optim_scalars"]).items():
-        state.setdefault(int(idx), {}).update(values)
-    return Checkpoint(
-        epoch=int(meta["epoch"]),
-        history=json.loads(meta["history"]),
-        model_state=model_state,
-        optimizer_state={"state": state, "param_groups": json.loads(meta["param_groups"])},
-        extra=json.loads(meta["extra"]),
-    )
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunError(f"checkpoint {path} is unreadable: {reason}") from None
+    # written after a whole epoch, with one history row per epoch: anything else was not written by fit
+    history = checkpoint.history
+    if checkpoint.epoch < 1 or not isinstance(history, list) or not all(isinstance(r, dict) for r in history) \
+            or len(history) != checkpoint.epoch or not isinstance(checkpoint.extra, dict):
+        rows = len(history) if isinstance(history, list) else "no"
+        raise RunError(f"checkpoint {path} is inconsistent: epoch {checkpoint.epoch} with {rows} history rows; start "
+                       f"over with {option('force')}")
+    return checkpoint
 
 
 # --- reading a run --------------------------------------------------------------------------------------------
@@ -432,9 +487,29 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"{path} is missing: is {path.parent} a capsprobe run directory?")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path} is unreadable: {exc}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: malformed JSON or bytes that are not UTF-8
+        raise RunError(f"{path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is malformed: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    """``history.csv``'s rows (none when the file is missing).
+
+    Raises:
+        RunError: the file is not UTF-8 CSV.
+    """
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, ValueError, csv.Error) as exc:  # ValueError: bytes that are not UTF-8
+        raise RunError(f"{path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
 
 
 def read_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -480,10 +555,21 @@ def write_completion(run_dir: str | Path, epochs: int, reached: bool | None = No
     with a target accuracy whether it reached it."""
     path = Path(run_dir)
     digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
-    record = {"epochs": int(epochs), "weights_sha256": digest}
+    record: dict[str, Any] = {"epochs": int(epochs), "weights_sha256": digest, "config_sha256": config_digest(path)}
     if reached is not None:
         record["reached_target"] = bool(reached)
     return atomic_write_text(path / COMPLETE, json.dumps(record) + "\n")
+
+
+def config_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 of ``config.json``'s config and input (canonical JSON), which the completion record vouches for, so
+    a hand-edited ``data_root``, dataset or input size is refused; None when the file is unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+        text = json.dumps({"config": data["config"], "input": data["input"]}, sort_keys=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | None = None) -> str | None:
@@ -497,7 +583,7 @@ def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | 
     if not (path / COMPLETE).is_file():
         return "its completion record is missing"
     try:
-        record = json.loads((path / COMPLETE).read_text())
+        record = json.loads((path / COMPLETE).read_text(encoding="utf-8"))
         epochs, digest = int(record["epochs"]), str(record["weights_sha256"])
         reached = bool(record.get("reached_target", False))
     except (OSError, ValueError, KeyError, TypeError):
@@ -513,12 +599,16 @@ def completion_problem(run_dir: str | Path, config: RunConfig, weights: bytes | 
         return f"{WEIGHTS} does not match its completion record"
     if not (path / METRICS).is_file():
         return f"{METRICS} is missing"
-    rows = 0
-    if (path / HISTORY).is_file():
-        with open(path / HISTORY, newline="") as fh:
-            rows = len(list(csv.DictReader(fh)))
+    try:
+        rows = len(_read_history(path / HISTORY))
+    except RunError:
+        return f"{HISTORY} is unreadable"
     if rows != epochs:
         return f"{HISTORY} has {rows} rows for {epochs} epochs"
+    vouched = record.get("config_sha256")
+    if vouched is not None and vouched != config_digest(path):
+        return (f"{CONFIG} was changed after training (its config or input, e.g. data_root, is not the one the "
+                "completion record vouches for)")
     return None
 
 
@@ -551,9 +641,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     except RuntimeError as exc:
         raise RunError(f"{weights} does not fit model {config.model}: {str(exc).splitlines()[0]}") from None
     model.to(device).eval()
-    history: list[dict[str, str]] = []
-    if (path / HISTORY).is_file():
-        with open(path / HISTORY, newline="") as fh:
-            history = list(csv.DictReader(fh))
+    history = _read_history(path / HISTORY)
     metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
     return Run(path=path, model=model, config=config, input=input_spec, history=history, metrics=metrics)

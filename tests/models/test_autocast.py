@@ -9,6 +9,16 @@ from torch import nn
 
 from capsprobe.models import layers as L
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tensors this small gain nothing from a second thread, and lose much to it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 B, N_OUT, N_IN, D = 2, 3, 5, 4
 
 
