@@ -217,6 +217,18 @@ def test_resume_in_another_precision_or_on_another_device_is_refused(bf16_run, t
     assert json.loads((run / "metrics.json").read_text())["device_record"]["device_type"] == "cpu"
 
 
+def test_an_experiments_runs_and_report_record_their_device(tiny_experiment):
+    """The demo experiment the report tests share (built once per session): each of its runs and its report's
+    manifest.json (what perturb wrote through the pipeline) carry the record; the probe's says float32."""
+    folder, _ = tiny_experiment("demo")
+    manifest = json.loads((folder / "reports" / "demo" / "manifest.json").read_text())
+    assert set(manifest["device_record"]) == RECORD_KEYS and manifest["device_record"]["autocast"] is None
+    runs = sorted(folder.glob("runs/**/metrics.json"))
+    assert len(runs) == 2
+    for path in runs:
+        assert set(json.loads(path.read_text())["device_record"]) == RECORD_KEYS, path
+
+
 # --- the probe computes in float32 and says so ------------------------------------------------------------------
 
 
