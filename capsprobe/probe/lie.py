@@ -13,7 +13,7 @@ warp's tangent ``w'(0)`` is its symmetric derivative (:func:`warp_tangent` says 
 PyTorch has no forward-mode rule for ``grid_sampler_2d`` either); the model's Jacobian-vector product is forward mode
 (:func:`torch.func.jvp`), one pass that also carries every tapped layer. Gruver et al. use the double-backward trick
 through the sampler instead, and name the pixel grid's discretisation a source of measured equivariance error.
-Everything runs in float32 without autocast.
+Everything runs in float32 without autocast, TF32 off.
 
 Generators and units (the suite's conventions, :mod:`capsprobe.transforms`): ``rotate`` per degree
 (counter-clockwise on screen, about the centre), ``translate-x`` / ``translate-y`` per pixel (right / down),
@@ -35,6 +35,7 @@ from .. import metrics as M
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..models.adapter import Adapter, unwrap
+from ..runtime import tf32_off
 from ..transforms import get_transform, rotation_matrix, shear_matrix
 
 __all__ = [
@@ -376,6 +377,7 @@ def composition_rows(ident: dict, clean: tuple, moved: dict, angles: Sequence[fl
     return rows
 
 
+@tf32_off()
 def lie_tables(subjects: Sequence[tuple[dict, Adapter]], split: ImageSplit,
                generators: Sequence[str] = tuple(GENERATORS), *, angles: Sequence[float] = COMPOSITION_ANGLES,
                layers: bool = True, layer_images: int = LAYER_IMAGES, batch_size: int = 128,
