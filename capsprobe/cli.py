@@ -321,6 +321,8 @@ def perturb(
     limit: Optional[int] = typer.Option(None, min=4, help="Probe at most this many images (stratified)."),
     batch_size: int = typer.Option(256, min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: Device = "auto",
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="Probe under autocast (bf16 on CUDA) instead of float32 "
+                             "with TF32 off; the manifest records which."),
     seed: int = typer.Option(0, min=0, max=2**31 - 1, help="Seed of random transformations, equivariance split and "
                              "bootstrap."),
     bootstrap: int = typer.Option(1000, min=10, max=MAX_BOOTSTRAP, help="Bootstrap resamples for the 95% intervals."),
@@ -344,7 +346,7 @@ def perturb(
     plan = ProbePlan.from_options(
         transform, magnitudes or [], seed=seed, limit=limit, split=split, bootstrap=bootstrap, reference=reference,
         surrogate=str(surrogate) if surrogate is not None else None, lie=lie, batch_size=batch_size, device=device,
-        progress=progress, attack_steps=attack_steps)
+        amp=amp, progress=progress, attack_steps=attack_steps)
     if out is None:
         out = Path("reports") / "+".join(p.resolve().name for p in run_dirs)
     result, path = perturb_to([str(p) for p in run_dirs], plan, out, force=force, dataset=dataset,

@@ -230,6 +230,16 @@ def test_an_experiments_runs_and_report_record_their_device(tiny_experiment):
         assert set(json.loads(path.read_text())["device_record"]) == RECORD_KEYS, path
 
 
+def test_perturb_takes_autocast_only_when_asked_and_records_it(bf16_run, tmp_path, monkeypatch):
+    monkeypatch.setenv(AUTOCAST_CPU_ENV, "bf16")  # CPU autocast, for the test
+    for flag, expected in (("--no-amp", None), ("--amp", "bfloat16")):
+        out = tmp_path / flag
+        result = CliRunner().invoke(app, ["perturb", str(bf16_run), "-t", "flip", "--limit", "8", "--bootstrap", "10",
+                                          "--device", "cpu", "--no-progress", flag, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "manifest.json").read_text())["device_record"]["autocast"] == expected
+
+
 # --- the probe computes in float32 and says so ------------------------------------------------------------------
 
 
