@@ -215,7 +215,19 @@ def _bench_in_child(kwargs: dict) -> dict:
 
 
 def run_benchmarks(models=DEFAULT_MODELS, isolate: bool = True, **kwargs) -> list[BenchResult]:
-    """Benchmark every model, each in its own process when ``isolate``; kwargs go to :func:`bench_model`."""
+    """Benchmark every model, each in its own process when ``isolate``; kwargs go to :func:`bench_model`.
+
+    Raises:
+        InvalidInputError: an unknown model or an unsupported device, before any process starts.
+    """
+    import timm  # lazy: the model registry
+
+    from .models import UnknownModelError, native_models
+
+    resolve_device(kwargs.get("device", "auto"))
+    unknown = [n for n in models if not (n in native_models() or timm.is_model(n))]
+    if unknown:
+        raise UnknownModelError(f"unknown model {unknown[0]!r}; see `capsprobe list`")
     results = []
     for name in models:
         if isolate:

@@ -184,9 +184,14 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         ExperimentError: syntax error, unknown key, wrong type, missing key or size (file, line and key named).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ExperimentError(f"experiment file {path} is a folder")
     if not path.is_file():
         raise ExperimentError(f"experiment file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(f"{path} is not UTF-8 text (byte {exc.start}): an experiment file is TOML") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -30,13 +30,13 @@ from .report import (
     write_probe_outputs,
 )
 from .report import render as _render
-from .runtime import resolve_device
+from .runtime import folder_lock, resolve_device
 from .tasks import UnknownTaskError, get_task
 from .training import RunConfig
-from .training.launch import SlurmOptions, train_many
+from .training.launch import SlurmOptions, check_launcher, train_many
 from .training.runs import RunError, library_versions, load_run, run_name
 
-__all__ = ["dry_run", "perturb", "plan_of", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
+__all__ = ["dry_run", "perturb", "perturb_to", "plan_of", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def perturb(
     *,
     dataset: str | None = None,
     data_root: str | None = None,
-    download: bool = True,
+    download: bool | None = None,
     **options: Any,
 ) -> ProbeResult:
     """Load runs and data, check that they fit together, and evaluate them as their task says: what
@@ -86,7 +86,8 @@ def perturb(
         plan: the probe (:class:`~capsprobe.probe.ProbePlan`: transformations, magnitudes, seed, limit, split,
             bootstrap, reference, surrogate run, Lie probe, batch size, device).
         dataset: the data set to probe (default: the one the runs were trained on).
-        data_root, download: where torchvision data sets are, and whether to fetch a missing one.
+        data_root, download: where torchvision data sets are (default: the runs' own), and whether to fetch a
+            missing one (default: the runs' own setting, off when any run has it off).
         options: without ``plan``, what :meth:`ProbePlan.from_options` takes (``transforms``, ``magnitudes``,
             ``seed``, ``n_boot``...). The older calls still work (:func:`plan_of`): transformation names in
             ``plan``'s place, ``magnitude_specs`` for ``magnitudes``.
@@ -139,6 +140,8 @@ def perturb(
                        f"classes for task {task.name}, the runs expect {c}x{s}x{s} with {k}")
     if task.suite:
         plan.validate_for(spec, size)
+    if download is None:
+        download = all(r.config.download for r in runs)
     splits = load_dataset(dataset, data_root, download, limit=plan.limit)
     images = splits.test if plan.split == "test" else splits.val
     result = task.evaluate(runs, images, plan, other)
@@ -146,6 +149,40 @@ def perturb(
                        "split": plan.split, "images": len(images), "seed": plan.seed, "bootstrap": plan.bootstrap,
                        "device": str(resolve_device(plan.device)), "versions": library_versions()}
     return result
+
+
+def perturb_to(
+    run_dirs: Sequence[str],
+    plan: ProbePlan,
+    out: str | Path,
+    *,
+    force: bool = False,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    download: bool | None = None,
+) -> tuple[ProbeResult, Path]:
+    """:func:`perturb` into the report folder ``out`` (``capsprobe perturb``): the folder's lock is taken and the
+    folder checked first, so a second writer is refused at once instead of after the whole probe.
+
+    Raises:
+        BusyError: another capsprobe command is writing ``out``.
+        ReportExistsError: ``out`` holds something and ``force`` is off, or it is not capsprobe's.
+        What :func:`perturb` raises.
+    """
+    out = Path(out)
+    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    try:
+        with folder_lock(out):
+            check_report_target(out, force)
+            result = perturb(run_dirs, plan, dataset=dataset, data_root=data_root, download=download)
+            return result, write_probe_outputs(result, out, force=force, lock=False)
+    except BaseException:
+        for folder in created:  # the folders the lock made for a report never written
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def section_of(data: ReportData) -> Section:
@@ -199,6 +236,7 @@ def run_experiment(
         The path of ``report.html``.
     """
     exp = load_experiment(path, size)  # checks the probe plan against the data set's images: before any training
+    check_launcher(launcher, slurm, jobs)
     plan = exp.probe_plan(device=device, progress=progress)
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"

@@ -108,17 +108,17 @@ def check_device(spec: str | torch.device) -> torch.device | None:
     Raises:
         InvalidInputError: not a device name, or a device type capsprobe does not run on (``meta``, ``mps``...).
     """
-    if isinstance(spec, torch.device):
-        device = spec
-    elif spec == "auto":
+    if spec == "auto":
         return None
-    else:
+    parsed: torch.device | None = spec if isinstance(spec, torch.device) else None
+    if parsed is None:
         try:
-            device = torch.device(spec) if isinstance(spec, str) and spec.strip() == spec and spec else None
+            parsed = torch.device(spec) if isinstance(spec, str) and spec.strip() == spec and spec else None
         except (RuntimeError, ValueError, TypeError):
-            device = None
-        if device is None:
-            raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+            parsed = None
+    if parsed is None:
+        raise InvalidInputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    device = parsed
     if device.type not in SUPPORTED_DEVICES:
         raise InvalidInputError(f"device {str(spec)!r} is not supported (capsprobe runs on cpu and cuda); set "
                                 f"{option('device')} to auto, cpu, cuda or cuda:N")

@@ -43,6 +43,17 @@ def _test_datasets():
 
 
 @pytest.fixture(scope="session")
+def done(tmp_path_factory):
+    """A finished tiny run (capsnet_small, 1 epoch, 32 images), trained once per session and never modified by the
+    tests: they copy it (``tests/test_bad_inputs.py``, ``tests/training/test_reliability.py``)."""
+    from capsprobe.training.loop import fit
+    from capsprobe.training.runs import RunConfig
+
+    return fit(RunConfig(model="capsnet_small", epochs=1, batch_size=16, limit=32),
+               tmp_path_factory.mktemp("done") / "run", progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_experiment(tmp_path_factory):
     """``tiny_experiment(name)``: run ``experiments/<name>.toml --size tiny`` once per session (in its own folder)
     and return ``(folder, output)``; the report is ``folder / "reports" / name``."""
@@ -105,7 +116,7 @@ def committed_report(tmp_path_factory):
 
 # --- tiers: `make test-fast` leaves out every test that trains a model -------------------------------------------
 
-_TRAINING_FIXTURES = {"tiny_runs", "tiny_experiment"}
+_TRAINING_FIXTURES = {"tiny_runs", "tiny_experiment", "done"}
 _TRAINS = re.compile(r"\bfit\(|\[\"(train|run|demo|bench)\"|run_experiment\(|run_demo\(|_killed\(|_run_script\(")
 
 

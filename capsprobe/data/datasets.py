@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import numpy as np
 import torch
@@ -180,9 +180,12 @@ def _stratified_split(labels: np.ndarray, test_size: int | float, seed: int) -> 
 
     index = np.arange(len(labels))
     n_test = test_size if isinstance(test_size, int) else int(np.ceil(test_size * len(labels)))
-    n_classes = len(np.unique(labels))
-    # too few images for one of every class on both sides: a plain seeded split
-    stratify = labels if min(n_test, len(labels) - n_test) >= n_classes else None
+    if not 1 <= n_test < len(labels):
+        raise DatasetUnavailableError(f"{len(labels)} images cannot be split {len(labels) - n_test} + {n_test}: the "
+                                      "data set has too few images")
+    classes, counts = np.unique(labels, return_counts=True)
+    # too few images for one of every class on both sides, or a class of one image: a plain seeded split
+    stratify = labels if min(n_test, len(labels) - n_test) >= len(classes) and counts.min() >= 2 else None
     from sklearn.model_selection import train_test_split  # lazy: sklearn loads when a split is carved
 
     a, b = train_test_split(index, test_size=test_size, stratify=stratify, random_state=seed)
@@ -196,6 +199,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     limit: int | None = None,
+    check_size: bool = True,
 ) -> Splits:
     """Load a registered data set with a validation split carved from its training data.
 
@@ -206,25 +210,53 @@ def load_dataset(
         val_fraction: share of the training data held out for validation (stratified).
         split_seed: seed of the train/validation split (kept fixed so runs with other seeds share splits).
         limit: keep at most this many images in each split (stratified), for quick runs.
+        check_size: refuse images of another size than the data set's (a model built for it would fail inside);
+            off only for tests that read small stand-in files.
 
     Returns:
         The splits.
 
     Raises:
         UnknownDatasetError: ``name`` is not registered.
-        DatasetUnavailableError: the data is not on disk and cannot be downloaded.
+        DatasetUnavailableError: the data is not on disk and cannot be downloaded, or its files hold no images,
+            images of another shape or labels outside the data set's classes.
     """
     spec = get_spec(name)
     if not 0 < val_fraction < 1:
         raise InvalidInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
     loader = _REGISTRY[name][1]
     train_full, test = loader(Path(root) if root is not None else default_data_root(), download)
+    for what, split in (("training", train_full), ("test", test)):
+        _check_split(spec, what, split, check_size)
     tr, va = _stratified_split(train_full.labels.numpy(), val_fraction, split_seed)
     train, val = train_full.subset(tr), train_full.subset(va)
     if limit is not None:
         train, val, test = (_limit(s, limit, split_seed) for s in (train, val, test))
     # a data set trained on random crops (smallNORB) is validated and tested on the centre crop
     return Splits(spec, train, val.centre_cropped(), test.centre_cropped())
+
+
+def _check_split(spec: DatasetSpec, what: str, split: ImageSplit, check_size: bool = True) -> None:
+    """A loaded split holds images of the data set's shape and labels of its classes.
+
+    Raises:
+        DatasetUnavailableError: no images (training needs two, for a validation split), images of another shape
+            (a model built for the data set would fail inside), or labels outside ``[0, num_classes)``.
+    """
+    least = 2 if what == "training" else 1
+    if len(split) < least:
+        raise DatasetUnavailableError(f"{spec.name}: the {what} split has {'no images' if not len(split) else 'one image'}"
+                                      f" (at least {least} needed)")
+    side = split.crop or None
+    c, h, w = split.images.shape[1:]
+    if c != spec.in_chans or check_size and ((side or h) != spec.img_size or (side or w) != spec.img_size):
+        shown = f"{c}x{h}x{w}" + (f" (crops of {side})" if side else "")
+        raise DatasetUnavailableError(f"{spec.name}: the {what} images are {shown}, the data set's are "
+                                      f"{spec.in_chans}x{spec.img_size}x{spec.img_size}")
+    low, high = int(split.labels.min()), int(split.labels.max())
+    if low < 0 or high >= spec.num_classes:
+        raise DatasetUnavailableError(f"{spec.name}: the {what} labels run from {low} to {high}, outside the data "
+                                      f"set's classes 0-{spec.num_classes - 1}")
 
 
 def _limit(split: ImageSplit, n: int, seed: int) -> ImageSplit:
@@ -331,18 +363,30 @@ def _torchvision(kind: str) -> Loader:
 
         try:
             parts = [build(True), build(False)]
-        except (RuntimeError, OSError) as exc:
-            if download:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                how = f"is not under {root} and could not be downloaded ({reason})"
-            else:
-                how = f"is not under {root} (download is off)"
-            raise DatasetUnavailableError(
-                f"{kind} {how}; set {option('data_root')} to a folder holding it, or {option('dataset')} to mnist-sample"
-            ) from None
+        except (AssertionError, ValueError, EOFError, IndexError, TypeError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in ("not found", "download")):
+                _unavailable(kind, root, download, exc)  # missing (or its download failed), not malformed
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatasetUnavailableError(f"{kind}: the files under {root} are not readable as {entry.cls} ({reason}); "
+                                          f"replace them or set {option('data_root')} to a folder holding the "
+                                          "official ones") from None
+        except OSError as exc:
+            _unavailable(kind, root, download, exc)
         return tuple(_to_split(entry, ds) for ds in parts)  # type: ignore[return-value]
 
     return load
+
+
+def _unavailable(kind: str, root: Path, download: bool, exc: Exception) -> NoReturn:
+    """The one-line error of a torchvision data set that is missing (or whose download failed)."""
+    if download:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        how = f"is not under {root} and could not be downloaded ({reason})"
+    else:
+        how = f"is not under {root} (download is off)"
+    raise DatasetUnavailableError(
+        f"{kind} {how}; set {option('data_root')} to a folder holding it, or {option('dataset')} to mnist-sample"
+    ) from None
 
 
 def _to_split(entry: TorchvisionSet, ds) -> ImageSplit:

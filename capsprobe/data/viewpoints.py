@@ -40,6 +40,7 @@ import math
 import os
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,12 @@ def read_norb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # EOFError: click would print "Aborted!" alone
+        raise NorbFormatError(f"{path}: {'truncated' if isinstance(exc, EOFError) else 'not'} gzip data "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if len(raw) < 8:
         raise NorbFormatError(f"{path}: {len(raw)} bytes, too short for a NORB header")
     magic, ndim = (int(v) for v in np.frombuffer(raw[:8], "<i4"))
@@ -206,6 +211,9 @@ def _smallnorb(familiar_on: str | None) -> Loader:
         flag = {name: torch.isin(s.poses[:, column].long(), torch.tensor(values))  # type: ignore[index]
                 for name, s in (("train", train), ("test", test))}
         familiar_train = train.subset(torch.nonzero(flag["train"]).squeeze(1))
+        if len(train) and not len(familiar_train):
+            raise DatasetUnavailableError(f"smallNORB: no training image at a familiar {familiar_on} "
+                                          f"({', '.join(map(str, values))} in the info file's column {column})")
         return (ImageSplit(familiar_train.images, familiar_train.labels, familiar_train.poses,
                            torch.ones(len(familiar_train), dtype=torch.bool), familiar_train.crop),
                 ImageSplit(test.images, test.labels, test.poses, flag["test"], test.crop))

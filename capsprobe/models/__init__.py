@@ -113,6 +113,17 @@ _CONVNET_OPTIONS = ("stem", "drop_rate", "drop_path_rate")
 _NOT_OPTIONS = {"self", "head", "num_classes", "in_chans", "img_size", "kwargs"}
 
 
+# the integer options' sane ranges: far past any real model, far below a typo that hangs (10**7 routing
+# iterations) or asks for terabytes
+_SIZES = ("conv_channels", "caps1_types", "caps2_types", "caps_types", "primary_types", "primary_caps", "planes")
+_OPTION_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_iters": (1, 100),
+    **{k: (1, 4096) for k in _SIZES},
+    **{k: (1, 1024) for k in ("capsule_dim", "out_dim", "pose_dim", "primary_dim")},
+    **{k: (1, 64) for k in ("kernel_size", "conv_kernel", "primary_kernel", "primary_stride")},
+}
+
+
 def _native_options(name: str) -> tuple[str, ...]:
     init = family_classes()[name].__dict__["__init__"]  # the family's own constructor
     return tuple(p for p in inspect.signature(init).parameters if p not in _NOT_OPTIONS)
@@ -126,10 +137,16 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
         InvalidInputError: an option the family does not take; the message lists those it does.
     """
     allowed = _native_options(name) if name in native_models() else _CONVNET_OPTIONS
-    for key in kwargs:
+    for key, value in kwargs.items():
         if key not in allowed:
             raise InvalidInputError(f"model {name} takes no option {key!r} (model_kwargs); it takes: "
                                     f"{', '.join(allowed)}")
+        bounds = _OPTION_BOUNDS.get(key)
+        if bounds is None or (value is None and key == "num_iters"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not bounds[0] <= value <= bounds[1]:
+            raise InvalidInputError(f"model option {key} must be an integer in [{bounds[0]}, {bounds[1]}], got "
+                                    f"{value!r}")
 
 
 def create_model(

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 
-__all__ = ["Adapter", "ModelAdapter", "ModelOutputs", "adapt", "unwrap"]
+__all__ = ["Adapter", "ModelAdapter", "ModelOutputs", "adapt", "check_outputs", "unwrap"]
 
 
 @dataclass(frozen=True)
@@ -169,17 +169,21 @@ class ModelAdapter(Adapter):
 
     def outputs(self, x: Tensor) -> ModelOutputs:
         if self._outputs is not None:
-            return self._from_dict(self._outputs(self.model, x))
+            return self._checked(self._from_dict(self._outputs(self.model, x)), x)
         logits = None
         if self._scores is not None:
-            scores = self._scores(self.model, x).float()
+            scores = _tensor("scores", self._scores(self.model, x)).float()
         else:
-            logits = self.model(x).float()
+            logits = _tensor("model(x)", self.model(x)).float()
             scores = torch.softmax(logits, dim=-1)
-        poses = self._poses(self.model, x).float() if self._poses is not None else None
+        poses = _tensor("poses", self._poses(self.model, x)).float() if self._poses is not None else None
         assert self._representation is not None  # __init__: outputs= or representation=
-        rep = self._representation(self.model, x).flatten(1).float()
-        return ModelOutputs(scores=scores, representation=rep, poses=poses, logits=logits)
+        rep = _flat(_tensor("representation", self._representation(self.model, x)))
+        return self._checked(ModelOutputs(scores=scores, representation=rep, poses=poses, logits=logits), x)
+
+    def _checked(self, out: ModelOutputs, x: Tensor) -> ModelOutputs:
+        check_outputs(out, x.shape[0])
+        return out
 
     def _from_dict(self, out: Mapping[str, Tensor]) -> ModelOutputs:
         if not isinstance(out, Mapping):
@@ -193,11 +197,12 @@ class ModelAdapter(Adapter):
         if ("poses" in out) != self.has_poses:
             raise InvalidInputError("ModelAdapter outputs= returned poses: pass has_poses=True" if "poses" in out else
                                     "ModelAdapter(has_poses=True): outputs= returned no 'poses'")
-        logits = out["logits"].float() if out.get("logits") is not None else None
-        scores = out["scores"].float() if "scores" in out else torch.softmax(logits, dim=-1)  # type: ignore[arg-type]
-        poses = out["poses"].float() if "poses" in out else None
-        return ModelOutputs(scores=scores, representation=out["representation"].flatten(1).float(), poses=poses,
-                            logits=logits)
+        logits = _tensor("logits", out["logits"]).float() if out.get("logits") is not None else None
+        scores = (_tensor("scores", out["scores"]).float() if "scores" in out
+                  else torch.softmax(logits, dim=-1))  # type: ignore[arg-type]
+        poses = _tensor("poses", out["poses"]).float() if "poses" in out else None
+        return ModelOutputs(scores=scores, representation=_flat(_tensor("representation", out["representation"])),
+                            poses=poses, logits=logits)
 
     def logits(self, x: Tensor) -> Tensor | None:
         if self._outputs is not None:
@@ -207,7 +212,54 @@ class ModelAdapter(Adapter):
     def decode(self, poses: Tensor | None, labels: Tensor | None = None) -> Tensor:
         if self._decode is None or poses is None:
             return super().decode(poses, labels)
-        return self._decode(self.model, poses, labels)
+        images = _tensor("decode", self._decode(self.model, poses, labels))
+        if images.dim() != 4 or images.shape[0] != poses.shape[0]:
+            raise InvalidInputError(f"ModelAdapter decode= must return images ({poses.shape[0]}, C, H, W), got "
+                                    f"{tuple(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise InvalidInputError("ModelAdapter decode= returned images that are not finite (NaN or infinite)")
+        return images
+
+
+def _tensor(name: str, value: object) -> Tensor:
+    """``value`` when it is a real-valued tensor; else the one-line error naming the output."""
+    if not isinstance(value, Tensor):
+        raise InvalidInputError(f"ModelAdapter: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise InvalidInputError(f"ModelAdapter: {name} must be real numbers, got {value.dtype}")
+    return value
+
+
+def _flat(rep: Tensor) -> Tensor:
+    if rep.dim() < 1:
+        raise InvalidInputError("ModelAdapter: representation must be (B, F), got a scalar")
+    return rep.flatten(1).float() if rep.dim() > 1 else rep[:, None].float()
+
+
+def check_outputs(out: ModelOutputs, batch: int, labels: Tensor | None = None) -> None:
+    """Every output of a batch of ``batch`` images has the shape the probe reads: scores ``(B, K)``, representation
+    ``(B, F)``, poses ``(B, K, D)``, logits ``(B, K)``; with ``labels``, ``K`` covers every label.
+
+    Raises:
+        InvalidInputError: what was expected and what came.
+    """
+    scores = out.scores
+    if scores.dim() != 2 or scores.shape[0] != batch:
+        raise InvalidInputError(f"model outputs: scores must be ({batch}, K) for {batch} images, got "
+                                f"{tuple(scores.shape)}")
+    k = scores.shape[1]
+    if out.representation.dim() != 2 or out.representation.shape[0] != batch:
+        raise InvalidInputError(f"model outputs: representation must be ({batch}, F), got "
+                                f"{tuple(out.representation.shape)}")
+    if out.poses is not None and (out.poses.dim() != 3 or out.poses.shape[:2] != (batch, k)):
+        raise InvalidInputError(f"model outputs: poses must be ({batch}, {k}, D) (one per class score), got "
+                                f"{tuple(out.poses.shape)}")
+    if out.logits is not None and out.logits.shape != scores.shape:
+        raise InvalidInputError(f"model outputs: logits must be {tuple(scores.shape)} like the scores, got "
+                                f"{tuple(out.logits.shape)}")
+    if labels is not None and len(labels) and int(labels.max()) >= k:
+        raise InvalidInputError(f"model outputs: {k} class scores, but the images have labels up to "
+                                f"{int(labels.max())}")
 
 
 def adapt(model: nn.Module) -> Adapter:

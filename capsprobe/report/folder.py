@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,15 @@ def check_report_target(out: str | Path, force: bool) -> Path:
     return out
 
 
-def write_probe_outputs(result, out: str | Path, force: bool = False) -> Path:
+def write_probe_outputs(result, out: str | Path, force: bool = False, lock: bool = True) -> Path:
     """Write everything a probe computed into the report folder ``out`` as one atomic step.
 
     With ``force`` an existing folder is replaced whole (figures made from an older probe would no longer
-    match its numbers).
+    match its numbers). ``lock=False``: the caller holds the folder's lock already (it took it before computing).
     """
 
     out = Path(out)
-    with folder_lock(out), atomic_dir(check_report_target(out, force)) as tmp:
+    with (folder_lock(out) if lock else nullcontext()), atomic_dir(check_report_target(out, force)) as tmp:
         write_marker(tmp, "report")
         images = result.images if len(result.images.columns) else pd.DataFrame(columns=IMAGE_COLUMNS)
         images.to_parquet(tmp / RESULTS, index=False, compression="zstd")
@@ -135,11 +136,82 @@ class ReportData:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+# the numeric columns of the tables perturb writes (a hand-edited word in one is refused, not met by a traceback
+# deep in a figure), and those of them that are never NaN or infinite (a metric's value, a difference)
+_NUMERIC: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "summary": (("seed", "magnitude_value", "value", "ci_low", "ci_high", "n_images", "penalty"), ("value",)),
+    "comparison": (("magnitude_value", "value", "ci_low", "ci_high", "df", "seeds"), ("value",)),
+    "differences": (("magnitude_value", "difference", "ci_low", "ci_high", "se", "se_seeds", "df", "p_value",
+                     "df_adjusted", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "family_size", "seeds_a",
+                     "seeds_b"), ("difference",)),
+}
+
+
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
+    numeric, finite = _NUMERIC.get(path.stem, ((), ()))
+    for column in numeric:
+        if column not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ReportError(f"{path} is malformed: column {column} holds {str(frame[column].iloc[row])[:40]!r} "
+                              f"(row {row + 2}), not a number")
+        frame[column] = values
+        if column in finite and not np.isfinite(values.to_numpy(dtype=float)).all():
+            row = int((~np.isfinite(values.to_numpy(dtype=float))).nonzero()[0][0])
+            raise ReportError(f"{path} is malformed: column {column} is not finite in row {row + 2}")
+    return frame
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a (hand-edited) manifest's structure, or None: every section reads these keys."""
+    runs = manifest.get("runs", [])
+    if not isinstance(runs, list):
+        return "runs must be a list"
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict):
+            return f"run {i + 1} must be an object, got {type(run).__name__}"
+        for key in ("name", "model"):
+            if not isinstance(run.get(key), str):
+                return f"run {i + 1} has no {key}"
+        if not isinstance(run.get("seed", 0), int) or isinstance(run.get("seed"), bool):
+            return f"run {i + 1}'s seed must be an integer"
+    for key in ("versions", "experiment", "timing", "transforms", "lie"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"{key} must be an object, got {type(manifest[key]).__name__}"
+    for key in ("task", "dataset", "split", "reference"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            return f"{key} must be a string, got {type(manifest[key]).__name__}"
+    for key in ("images", "seed", "bootstrap", "attack_steps"):
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            return f"{key} must be a whole number, got {value!r}"
+    return None
+
+
+def _grid_problem(grid: dict[str, np.ndarray]) -> str | None:
+    """What keeps a stored image grid from being drawn, or None: images ``(R, K, C, H, W)`` (C 1 or 3), ``R`` row
+    labels, ``K`` column labels or none."""
+    images, rows = grid.get("images"), grid.get("row_labels")
+    if images is None or rows is None:
+        return "no images or row_labels"
+    if images.ndim != 5 or images.shape[2] not in (1, 3) or images.dtype.kind not in "fiu":
+        return f"images must be numbers (R, K, C, H, W) with C 1 or 3, got {images.dtype} {images.shape}"
+    if rows.shape != (images.shape[0],):
+        return f"{rows.shape} row labels for {images.shape[0]} rows"
+    cols = grid.get("col_labels")
+    if cols is not None and cols.size and cols.shape != (images.shape[1],):
+        return f"{cols.shape} column labels for {images.shape[1]} columns"
+    cell = grid.get("cell")
+    if cell is not None and (cell.size != 1 or cell.dtype.kind not in "fiu" or not 0 < float(cell) < 100):
+        return "cell must be one positive number"
+    return None
 
 
 def read_probe_outputs(folder: str | Path) -> ReportData:
@@ -157,11 +229,14 @@ def read_probe_outputs(folder: str | Path) -> ReportData:
         if not (folder / name).is_file():
             raise ReportError(f"{folder / name} is missing: is {folder} a folder written by `capsprobe perturb`?")
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"{folder / MANIFEST} is malformed: {exc}") from None
     if not isinstance(manifest, dict):
         raise ReportError(f"{folder / MANIFEST} is malformed: expected a JSON object")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ReportError(f"{folder / MANIFEST} is malformed: {problem}")
 
     def check(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
         missing = [c for c in columns if c not in frame.columns]
@@ -184,9 +259,14 @@ def read_probe_outputs(folder: str | Path) -> ReportData:
     for path in sorted((folder / ARRAYS).glob("*.npz")):
         try:
             with np.load(path, allow_pickle=False) as data:
+                if not hasattr(data, "files"):  # a bare .npy under the .npz name
+                    raise ValueError("not an .npz archive")
                 arrays[path.stem] = {k: _loaded(k, data[k]) for k in data.files}
         except Exception as exc:  # noqa: BLE001 - zip and format errors
             raise ReportError(f"{path} is malformed: {str(exc).splitlines()[0]}") from None
+        problem = _grid_problem(arrays[path.stem])
+        if problem is not None:
+            raise ReportError(f"{path} is malformed: {problem}")
     return ReportData(folder=folder, metrics=metrics, images=images, manifest=manifest, tables=tables, arrays=arrays)
 
 

@@ -182,17 +182,30 @@ def render_report(folder: str | Path, section_for: SectionFor, formats: str | Se
         InvalidInputError: an unknown format.
         BusyError: another capsprobe command is writing the folder.
     """
-    folder = Path(folder)
+    folder = _report_folder(folder)
     chosen = parse_formats(formats)
     _check_owned(folder)
     with folder_lock(folder):
         return _write_report(folder, section_for, chosen)
 
 
+def _report_folder(folder: str | Path) -> Path:
+    """The folder to render, as an absolute path with symbolic links resolved (``.`` is rendered from beside itself,
+    never into itself; a linked report folder is rendered where it is and the link kept); a folder a killed writer
+    left under its backup name (between the two renames of a replacement) is put back first."""
+    folder = Path(os.path.realpath(folder))
+    if not folder.exists() and any(folder.parent.glob(f".{folder.name}.old-*")):
+        with folder_lock(folder):  # the lock's entry restores it (no live writer holds it)
+            pass
+    return folder
+
+
 def _check_owned(folder: Path) -> None:
     """Refuse a folder that ``capsprobe perturb`` did not write: rendering replaces ``report.md``, ``report.html``,
     ``figures/`` and ``tables/`` whole, so it touches only a folder holding capsprobe's report marker (a folder with
     a copied ``manifest.json`` and the reader's own files beside it is not one)."""
+    if folder.exists() and not folder.is_dir():
+        raise ReportError(f"report folder {folder} is not a folder")
     if not folder.is_dir():
         raise ReportError(f"report folder {folder} does not exist")
     marker = folder / MARKER
@@ -203,6 +216,17 @@ def _check_owned(folder: Path) -> None:
     if kind != "report":
         raise ReportError(f"{folder} was not written by `capsprobe perturb` (no {MARKER} report marker): rendering "
                           f"replaces report.md, figures/ and tables/, so only such a folder is rendered")
+    linked = next((p for p in _walk(folder) if p.is_symlink()), None)
+    if linked is not None:
+        raise ReportError(f"{linked} is a symbolic link: a report folder holds its own files (rendering rebuilds the "
+                          "folder and would replace the link by a copy); put the file itself there")
+
+
+def _walk(folder: Path):
+    """Every path under ``folder``, without following symbolic links."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            yield Path(root) / name
 
 
 def _slug(title: str) -> str:
@@ -302,7 +326,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
         BusyError: another capsprobe command is writing the folder.
     """
 
-    folder = Path(folder)
+    folder = _report_folder(folder)
     chosen = parse_formats(formats)
     _check_owned(folder)
     with folder_lock(folder):

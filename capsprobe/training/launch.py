@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any, Sequence
 from ..errors import InvalidInputError, option
 from ..runtime import tune_cpu_allocator
 from .loop import fit
-from .runs import RunConfig, is_finished
+from .runs import RunConfig, RunError, is_finished
 
-__all__ = ["LAUNCHERS", "SlurmOptions", "train_many"]
+__all__ = ["LAUNCHERS", "SlurmOptions", "check_launcher", "train_many"]
 
 _log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
@@ -37,9 +38,13 @@ class SlurmOptions:
         cpus: CPU cores per task.
         mem_gb: memory per task (None: the partition's default).
         parallelism: at most this many tasks of the array at once.
-        log_dir: where submitit keeps each task's logs and pickled result.
-        cluster: submitit's cluster (None: Slurm when ``sbatch`` is there; ``"local"`` runs the tasks as local
-            processes, for tests and for trying a configuration out).
+        log_dir: where submitit keeps each task's logs and pickled result (None: ``.slurm`` beside the runs, in the
+            folder that holds them, never the working directory).
+        cluster: submitit's cluster (None: Slurm, which needs ``sbatch`` on ``PATH``; ``"local"`` runs the tasks as
+            local processes, for tests and for trying a configuration out).
+
+    Raises:
+        InvalidInputError: a time limit under a minute, or a count below its least (0 GPUs, 1 CPU, 1 GB, 1 task).
     """
 
     partition: str | None = None
@@ -48,8 +53,18 @@ class SlurmOptions:
     cpus: int = 8
     mem_gb: int | None = None
     parallelism: int = 64
-    log_dir: str = "runs/.slurm"
+    log_dir: str | None = None
     cluster: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (("time_min", 1), ("gpus", 0), ("cpus", 1), ("mem_gb", 1), ("parallelism", 1)):
+            value = getattr(self, name)
+            if value is None and name == "mem_gb":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidInputError(f"Slurm {name} must be an integer >= {low}, got {value!r}")
+        if self.cluster not in (None, "slurm", "local", "debug"):
+            raise InvalidInputError(f"unknown submitit cluster {self.cluster!r}: choose slurm, local or debug")
 
 
 def _visible_gpus() -> list[str]:
@@ -131,10 +146,7 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
         InvalidInputError: ``jobs`` below 1, an unknown launcher, or submitit missing for Slurm.
         The first error of a run (the runs not yet started are cancelled; finished ones stay and are reused).
     """
-    if jobs < 1:
-        raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
-    if launcher not in LAUNCHERS:
-        raise InvalidInputError(f"unknown launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
+    check_launcher(launcher, slurm, jobs)
     if launcher == "slurm":
         return _slurm(items, slurm or SlurmOptions())
     # finished runs are reused here, without a worker: starting an interpreter (and loading the data) for each cost
@@ -172,12 +184,34 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
     return [trained.get(id(item), Path(item[1])) for item in items]
 
 
-def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> list[Path]:
+def check_launcher(launcher: str, slurm: SlurmOptions | None = None, jobs: int = 1) -> None:
+    """Refuse, before anything runs, a launch that cannot work here.
+
+    Raises:
+        InvalidInputError: ``jobs`` below 1, an unknown launcher, or Slurm asked for where ``sbatch`` is not on
+            ``PATH`` (submitit would run the tasks on this machine instead) or submitit is missing.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
+    if launcher not in LAUNCHERS:
+        raise InvalidInputError(f"unknown launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
+    if launcher != "slurm":
+        return
+    if (slurm or SlurmOptions()).cluster in (None, "slurm") and shutil.which("sbatch") is None:
+        raise InvalidInputError(f"{option('launcher')} slurm needs Slurm, and sbatch is not on PATH here: run where "
+                                f"Slurm is, or train here with {option('launcher')} local ({option('jobs')} N)")
     try:
-        import submitit
+        import submitit  # noqa: F401 - only whether it is there
     except ImportError:
         raise InvalidInputError(f"{option('launcher')} slurm needs submitit: pip install -e '.[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=options.log_dir, cluster=options.cluster)
+
+
+def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> list[Path]:
+    import submitit  # lazy: check_launcher saw it is there
+    if not items:
+        return []
+    folder = Path(options.log_dir) if options.log_dir is not None else Path(items[0][1]).parent / ".slurm"
+    executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster or "slurm")
     params: dict[str, Any] = {"timeout_min": options.time_min, "gpus_per_node": options.gpus,
                               "cpus_per_task": options.cpus, "tasks_per_node": 1, "nodes": 1,
                               "name": "capsprobe-train"}
@@ -192,4 +226,17 @@ def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> li
         submitted = [executor.submit(_fit_one, config, str(Path(out).resolve())) for config, out in items]
     _log.info("submitted %d runs to %s (job %s); waiting for them", len(submitted), executor.cluster,
               submitted[0].job_id if submitted else "-")
-    return [Path(job.result()) for job in submitted]
+    failures = []
+    for job, (config, out) in zip(submitted, items):
+        try:
+            job.result()  # waits; the returned path is not trusted: the run folder itself is checked below
+        except Exception as exc:  # noqa: BLE001 - submitit's FailedJobError, UncompletedJobError, a task's own error
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            failures.append(f"{out} (task {job.job_id}): {lines[-1] if lines else type(exc).__name__}")
+            continue
+        if not is_finished(config, out):
+            failures.append(f"{out} (task {job.job_id}): the task ended without a complete run")
+    if failures:
+        raise RunError(f"{len(failures)} of {len(items)} Slurm tasks failed; the first: {failures[0]} (logs in "
+                       f"{folder}; rerun to resume)")
+    return [Path(out) for _, out in items]

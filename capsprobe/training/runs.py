@@ -628,6 +628,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     weights = path / WEIGHTS
     data = weights.read_bytes() if weights.is_file() else None
     problem = completion_problem(path, config, data)
+    if problem is not None and problem.startswith(f"{CONFIG} was changed"):
+        raise RunError(f"{path}: {problem}; put back the config it was trained with, or train it again with "
+                       f"{option('force')}")
     if problem is not None:
         raise RunError(f"{path} is incomplete ({problem}): finish it with {option('resume')} (it rebuilds what is "
                        f"missing from the checkpoint), or start over with {option('force')}")

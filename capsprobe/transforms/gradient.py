@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
 
 import numpy as np
 import torch
@@ -53,6 +55,39 @@ PGD_LONG_STEPS = LONG_FACTOR * PGD_STEPS
 STEP_FACTOR = 2.5  # step size = STEP_FACTOR * eps / steps (Madry et al. 2018)
 
 
+def _art_folder() -> str:
+    """Where ART keeps its config and data: capsprobe's cache (``$XDG_CACHE_HOME/capsprobe/art``), never ``~/.art``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "capsprobe", "art")
+
+
+def _art():
+    """ART's attack and estimator classes, imported on first use with its home in capsprobe's cache folder (ART's
+    ``art.config`` writes ``~/.art/config.json`` on import, whatever ``ART_DATA_PATH`` says) and its logger quiet
+    (its INFO lines would reach the command line's stderr)."""
+    import logging
+
+    logging.getLogger("art").setLevel(logging.WARNING)
+    if "art.config" not in sys.modules:
+        folder = _art_folder()
+        os.makedirs(folder, exist_ok=True)
+        home = os.environ.get("HOME")
+        os.environ["HOME"] = folder  # art.config places its folder under expanduser("~") at import
+        try:
+            import art.config  # lazy: ART loads on first use
+
+            art.config.set_data_path(os.path.join(folder, "data"))
+        finally:
+            if home is None:
+                os.environ.pop("HOME", None)
+            else:
+                os.environ["HOME"] = home
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent  # lazy: ART loads on first use
+    from art.estimators.classification import PyTorchClassifier
+
+    return FastGradientMethod, ProjectedGradientDescent, PyTorchClassifier
+
+
 def gradient_attack(images: Tensor, labels: Tensor, module: nn.Module, loss: nn.Module, method: str, eps: float,
                     steps: int = PGD_STEPS) -> Tensor:
     """Untargeted L-inf adversarial images for ``module`` under ``loss``, through ART.
@@ -70,8 +105,7 @@ def gradient_attack(images: Tensor, labels: Tensor, module: nn.Module, loss: nn.
         The adversarial images, ``(B, C, H, W)`` float32 on ``images``' device, within ``eps`` of ``images`` and in
         [0, 1].
     """
-    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent  # lazy: ART loads on first use
-    from art.estimators.classification import PyTorchClassifier
+    FastGradientMethod, ProjectedGradientDescent, PyTorchClassifier = _art()
 
     if method not in ("fgsm", "pgd"):
         raise InvalidInputError(f"unknown gradient attack {method!r}; choose fgsm or pgd")

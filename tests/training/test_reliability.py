@@ -31,10 +31,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished tiny run, never modified by the tests (they copy it)."""
-    return fit(RunConfig(**TINY), tmp_path_factory.mktemp("done") / "run", progress=False)
+# `done`: the finished tiny run of TINY, trained once per session (tests/conftest.py); the tests copy it
 
 
 def _copy(src: Path, dst: Path) -> Path:
