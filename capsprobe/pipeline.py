@@ -239,6 +239,15 @@ def run_experiment(
     check_launcher(launcher, slurm, jobs)
     plan = exp.probe_plan(device=device, progress=progress)
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
+    with folder_lock(out):  # a second command writing the same report is refused now, not after the training
+        return _run_experiment(exp, plan, out, size, device, data_root, runs_dir, force, progress, jobs, launcher,
+                               slurm)
+
+
+def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, device: str, data_root: str | None,
+                    runs_dir: str | Path | None, force: bool, progress: bool, jobs: int, launcher: str,
+                    slurm: SlurmOptions | None) -> Path:
+    check_report_target(out, force)  # again, under the lock
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
     surrogate = None
@@ -257,9 +266,9 @@ def run_experiment(
     result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
                                      "description": exp.description, "reference": exp.reference}
-    write_probe_outputs(result, out, force=force)
+    write_probe_outputs(result, out, force=force, lock=False)
     _log.info("%s: writing the report in %s", exp.name, out)
-    return write_report(out)
+    return _render.render_report(out, section_of, None, lock=False)
 
 
 def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: str | Path | None = None,

@@ -402,6 +402,22 @@ def test_a_second_perturb_into_a_locked_folder_is_refused_before_loading(done, t
         _one_line(tmp_path, [*PERTURB, str(done), "--out", str(tmp_path / "rep")], "another capsprobe command")
 
 
+def test_a_second_run_into_a_locked_report_is_refused_before_training(tmp_path, monkeypatch):
+    import capsprobe.pipeline as pipeline
+    from capsprobe.runtime import folder_lock
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the report folder's lock was taken")
+
+    monkeypatch.setattr(pipeline, "train_many", no_training)
+    path = tmp_path / "x.toml"
+    path.write_text(EXPERIMENT.format(extra="", options=""))
+    monkeypatch.chdir(tmp_path)
+    with folder_lock(tmp_path / "rep"):
+        _one_line(tmp_path, ["run", str(path), "--size", "tiny", "--out", str(tmp_path / "rep"), "--no-progress"],
+                  "another capsprobe command")
+
+
 # --- perturb creates no folder it was not told to ----------------------------------------------------------------
 
 def test_perturb_download_defaults_to_the_runs_setting_and_can_be_turned_off(done, tmp_path, monkeypatch):

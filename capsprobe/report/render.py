@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -166,7 +167,8 @@ def parse_formats(formats: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["png", *names]))
 
 
-def render_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None) -> Path:
+def render_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None,
+                  lock: bool = True) -> Path:
     """Render ``figures/``, ``tables/``, ``report.md`` and ``report.html`` from the files of a perturb folder, with
     the section ``section_for(data)`` gives (:func:`capsprobe.pipeline.write_report` passes the folder's task's
     section).
@@ -176,17 +178,19 @@ def render_report(folder: str | Path, section_for: SectionFor, formats: str | Se
     Args:
         formats: what to write besides the page (:data:`REPORT_FORMATS`): every figure as PNG (always), PDF and SVG
             (vector, fonts embedded); the shown tables as CSV and LaTeX (booktabs) under ``tables/`` with ``tex``.
+        lock: take the folder's lock (False: the caller holds it, e.g. since before it computed the folder).
 
     Raises:
         ReportError: a file perturb writes is missing or malformed (the message names it).
         InvalidInputError: an unknown format.
         BusyError: another capsprobe command is writing the folder.
     """
-    folder = _report_folder(folder)
+    given, folder = Path(folder), _report_folder(folder)
     chosen = parse_formats(formats)
     _check_owned(folder)
-    with folder_lock(folder):
-        return _write_report(folder, section_for, chosen)
+    with folder_lock(folder) if lock else nullcontext():
+        _write_report(folder, section_for, chosen)
+    return given / REPORT_HTML  # the path as the caller named it
 
 
 def _report_folder(folder: str | Path) -> Path:
@@ -326,7 +330,7 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
         BusyError: another capsprobe command is writing the folder.
     """
 
-    folder = _report_folder(folder)
+    given, folder = Path(folder), _report_folder(folder)
     chosen = parse_formats(formats)
     _check_owned(folder)
     with folder_lock(folder):
@@ -356,7 +360,8 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
             for name, frame in tables.items():
                 if not frame.empty:
                     write_csv(frame, tmp / f"{name}.csv")
-        return _write_report(folder, section_for, chosen)
+        _write_report(folder, section_for, chosen)
+    return given / REPORT_HTML  # the path as the caller named it
 
 
 def _link_tree(src: Path, dst: Path) -> None:
