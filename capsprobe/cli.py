@@ -422,6 +422,8 @@ def run(
     size: str = typer.Option("quick", help="A size the file defines: tiny, quick (2 CPU cores), paper (GPU)."),
     device: Device = "auto",
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets (e.g. ../shared/data)."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download a missing data set into "
+                                            "the data root [the file's [train] download, on]."),
     out: Optional[Path] = typer.Option(None, help="Report folder [reports/<experiment name>]."),
     runs_dir: RunsDir = None,
     force: ReplaceReport = False,
@@ -452,7 +454,7 @@ def run(
     slurm = SlurmOptions(partition=partition, time_min=time_min, gpus=gpus_per_run, cpus=cpus_per_run)
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
                           out=out, runs_dir=runs_dir, force=force, progress=progress, jobs=jobs, launcher=launcher,
-                          slurm=slurm)
+                          slurm=slurm, download=download)
     typer.echo(f"report: {path}")
 
 

@@ -223,6 +223,7 @@ def run_experiment(
     jobs: int = 1,
     launcher: str = "local",
     slurm: SlurmOptions | None = None,
+    download: bool | None = None,
 ) -> Path:
     """Train (or reuse) every model and seed of the experiment, evaluate them as their task says, write the report.
 
@@ -231,6 +232,8 @@ def run_experiment(
     interrupted one resumes. Every check of the file, the transformations and the report folder comes first.
     ``jobs`` trains that many runs at once in worker processes, ``launcher="slurm"`` as a Slurm array job
     (:func:`capsprobe.training.launch.train_many`); the probe and the report run once every run is complete.
+    ``download`` (None: the file's ``[train] download``, on by default) lets a missing data set be fetched into
+    ``data_root``; off, nothing is created there.
 
     Returns:
         The path of ``report.html``.
@@ -241,12 +244,12 @@ def run_experiment(
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     with folder_lock(out):  # a second command writing the same report is refused now, not after the training
         return _run_experiment(exp, plan, out, size, device, data_root, runs_dir, force, progress, jobs, launcher,
-                               slurm)
+                               slurm, download)
 
 
 def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, device: str, data_root: str | None,
                     runs_dir: str | Path | None, force: bool, progress: bool, jobs: int, launcher: str,
-                    slurm: SlurmOptions | None) -> Path:
+                    slurm: SlurmOptions | None, download: bool | None) -> Path:
     check_report_target(out, force)  # again, under the lock
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
@@ -255,6 +258,8 @@ def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, devi
     items = []
     for i, (spec, seed) in enumerate(planned, 1):
         config = exp.run_config(spec, seed, device=device, data_root=root)
+        if download is not None:
+            config = replace(config, download=download)
         run_dir = runs_dir / run_name(spec.variant, seed)
         _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(planned), spec.variant, seed,
                   spec.epochs, run_dir)
@@ -263,7 +268,7 @@ def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, devi
             surrogate = str(run_dir)  # its last seed's run
     paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress)]
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
-    result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root)
+    result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root, download=download)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
                                      "description": exp.description, "reference": exp.reference}
     write_probe_outputs(result, out, force=force, lock=False)

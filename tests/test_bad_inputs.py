@@ -437,6 +437,20 @@ def test_perturb_download_defaults_to_the_runs_setting_and_can_be_turned_off(don
     assert result.exit_code == 1 and seen["download"] is True, result.output  # the run's own setting (on)
 
 
+def test_run_no_download_creates_no_data_folder(tmp_path, monkeypatch):
+    """An experiment's ``[data] data_root`` is fetched into only with download on: ``run --no-download`` refuses a
+    missing data set in one error line and creates nothing (no data folder, no run folder, no report)."""
+    path = tmp_path / "x.toml"
+    path.write_text(EXPERIMENT.format(extra="", options="").replace(
+        'dataset = "mnist-sample"', 'dataset = "mnist"\ndata_root = "nodata"'))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", str(path), "--size", "tiny", "--no-download", "--out", "rep", "--runs-dir",
+                                 "runs", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: mnist is not under nodata (download is off)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.toml"]
+
+
 def test_art_keeps_its_files_in_capsprobes_cache_and_is_quiet(tmp_path, monkeypatch):
     """ART's ``art.config`` writes ``~/.art/config.json`` when imported: capsprobe imports it with its home in
     capsprobe's cache folder, and keeps its INFO lines off stderr. A stand-in ``art`` package records where its
