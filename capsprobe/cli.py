@@ -120,7 +120,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1, max=MAX_BATCH, help="Images per step (per process) [128]."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate [1e-3]."),
     lr_decay: Optional[float] = typer.Option(None, min=0.0, help="Learning-rate decay per epoch [0.96]."),
-    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order, augmentation, dropout [0]."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**31 - 1, help="Seed for weights, data order, "
+                                       "augmentation, dropout [0]."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N [auto]."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA [on]."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC weights and inputs [off]."),

@@ -77,7 +77,7 @@ class ProbePlan:
                                 ("batch_size", 1, MAX_BATCH)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise InvalidInputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+                raise InvalidInputError(f"{name} must be an integer >= {low} (at most {high:,}), got {value!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 4):
             raise InvalidInputError(f"the probe needs at least 4 images, got limit {self.limit!r}")
         check_device(self.device)

@@ -190,7 +190,7 @@ class RunConfig:
         # upper bounds far beyond any real run: a typo (10**7) is refused at once, not left to hang or exhaust memory
         _check_number("epochs", self.epochs, int, 1, below=MAX_EPOCHS + 1)
         _check_number("batch_size", self.batch_size, int, 1, below=MAX_BATCH + 1)
-        _check_number("seed", self.seed, int)
+        _check_number("seed", self.seed, int, 0, below=2**31)  # torch's generators, epoch_seed's arithmetic
         _check_number("max_shift", self.max_shift, int, 0, below=MAX_SHIFT + 1)
         _check_number("limit", self.limit, int, 1, optional=True)
         _check_number("lr", self.lr, float, 0, above=True)
