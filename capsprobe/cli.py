@@ -441,6 +441,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and print the plan (runs, conditions, an "
                                  "estimated wall time from a training step per model measured now); train, load "
                                  "and write nothing."),
+    allow_device_change: bool = typer.Option(
+        False, "--allow-device-change", help="Resume a killed run even on another kind of device or in another "
+        "precision than its checkpoint was trained in (refused otherwise)."),
 ) -> None:
     """Run an experiment file: train (reusing finished runs), perturb, report."""
     from .pipeline import dry_run as plan_only  # lazy: the command's own layer loads on use
@@ -455,7 +458,7 @@ def run(
     slurm = SlurmOptions(partition=partition, time_min=time_min, gpus=gpus_per_run, cpus=cpus_per_run)
     path = run_experiment(experiment, size=size, device=device, data_root=str(data_root) if data_root else None,
                           out=out, runs_dir=runs_dir, force=force, progress=progress, jobs=jobs, launcher=launcher,
-                          slurm=slurm, download=download)
+                          slurm=slurm, download=download, allow_device_change=allow_device_change)
     typer.echo(f"report: {path}")
 
 

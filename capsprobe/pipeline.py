@@ -224,6 +224,7 @@ def run_experiment(
     launcher: str = "local",
     slurm: SlurmOptions | None = None,
     download: bool | None = None,
+    allow_device_change: bool = False,
 ) -> Path:
     """Train (or reuse) every model and seed of the experiment, evaluate them as their task says, write the report.
 
@@ -233,7 +234,8 @@ def run_experiment(
     ``jobs`` trains that many runs at once in worker processes, ``launcher="slurm"`` as a Slurm array job
     (:func:`capsprobe.training.launch.train_many`); the probe and the report run once every run is complete.
     ``download`` (None: the file's ``[train] download``, on by default) lets a missing data set be fetched into
-    ``data_root``; off, nothing is created there.
+    ``data_root``; off, nothing is created there. ``allow_device_change`` resumes a killed run even where its
+    epochs so far ran on another kind of device or in another precision (refused otherwise).
 
     Returns:
         The path of ``report.html``.
@@ -244,12 +246,12 @@ def run_experiment(
     out = check_report_target(Path(out) if out is not None else Path("reports") / (exp.report or exp.name), force)
     with folder_lock(out):  # a second command writing the same report is refused now, not after the training
         return _run_experiment(exp, plan, out, size, device, data_root, runs_dir, force, progress, jobs, launcher,
-                               slurm, download)
+                               slurm, download, allow_device_change)
 
 
 def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, device: str, data_root: str | None,
                     runs_dir: str | Path | None, force: bool, progress: bool, jobs: int, launcher: str,
-                    slurm: SlurmOptions | None, download: bool | None) -> Path:
+                    slurm: SlurmOptions | None, download: bool | None, allow_device_change: bool = False) -> Path:
     check_report_target(out, force)  # again, under the lock
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
@@ -266,7 +268,8 @@ def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, devi
         items.append((config, run_dir))
         if spec.variant == exp.surrogate:
             surrogate = str(run_dir)  # its last seed's run
-    paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress)]
+    paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress,
+                                                allow_device_change=allow_device_change)]
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root, download=download)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,

@@ -118,18 +118,19 @@ def _worker_init(slots: Any, gpus: Sequence[str], threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _fit_one(config: RunConfig, out: str) -> str:
+def _fit_one(config: RunConfig, out: str, allow_device_change: bool = False) -> str:
     """One run in a worker process (a local worker or a Slurm task): a fresh interpreter that did not come through the
     command line, so it keeps freed memory as the command line does (without, each CPU training step page-faults its
     large blocks anew: 67-95 MB a capsnet_small step)."""
     tune_cpu_allocator()
     if _OWN_GPU and config.device.startswith("cuda:"):
         config = replace(config, device="cuda:0")  # the worker's one visible GPU is the run's (see train_many)
-    return str(fit(config, out, resume=True, progress=False))
+    return str(fit(config, out, resume=True, progress=False, allow_device_change=allow_device_change))
 
 
 def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher: str = "local",
-               slurm: SlurmOptions | None = None, progress: bool = True) -> list[Path]:
+               slurm: SlurmOptions | None = None, progress: bool = True, allow_device_change: bool = False
+               ) -> list[Path]:
     """Train every ``(config, run_dir)``, reusing finished runs and resuming killed ones; the run folders in order.
 
     Args:
@@ -141,6 +142,8 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
         launcher: ``local`` or ``slurm`` (one Slurm array job, a run per task, through submitit; this call returns
             once every task has finished).
         slurm: the array job's resources (``launcher="slurm"``).
+        allow_device_change: resume a killed run even where its epochs so far ran on another kind of device or in
+            another precision (:func:`~capsprobe.training.loop.fit`).
 
     Raises:
         InvalidInputError: ``jobs`` below 1, an unknown launcher, or submitit missing for Slurm.
@@ -148,7 +151,7 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
     """
     check_launcher(launcher, slurm, jobs)
     if launcher == "slurm":
-        return _slurm(items, slurm or SlurmOptions())
+        return _slurm(items, slurm or SlurmOptions(), allow_device_change)
     # finished runs are reused here, without a worker: starting an interpreter (and loading the data) for each cost
     # 24 s of 92 when 9 finished tiny-ablation runs were "resumed" by 2 workers
     finished = [is_finished(config, out) for config, out in items]
@@ -157,7 +160,8 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
             _log.info("%s is already complete: reused", out)
     todo = [item for item, whole in zip(items, finished) if not whole]
     if jobs == 1 or len(todo) <= 1:
-        return [Path(out) if whole else fit(config, out, resume=True, progress=progress)
+        return [Path(out) if whole else fit(config, out, resume=True, progress=progress,
+                                            allow_device_change=allow_device_change)
                 for (config, out), whole in zip(items, finished)]
     import multiprocessing
 
@@ -173,7 +177,7 @@ def train_many(items: Sequence[tuple[RunConfig, Path]], jobs: int = 1, launcher:
               f"; {len(items) - len(todo)} finished runs reused" if len(todo) < len(items) else "")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(slots, gpus, threads)) as pool:
-        futures = [pool.submit(_fit_one, config, str(out)) for config, out in todo]
+        futures = [pool.submit(_fit_one, config, str(out), allow_device_change) for config, out in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
@@ -206,7 +210,8 @@ def check_launcher(launcher: str, slurm: SlurmOptions | None = None, jobs: int =
         raise InvalidInputError(f"{option('launcher')} slurm needs submitit: pip install -e '.[slurm]'") from None
 
 
-def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> list[Path]:
+def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions, allow_device_change: bool = False
+           ) -> list[Path]:
     import submitit  # lazy: check_launcher saw it is there
     if not items:
         return []
@@ -223,7 +228,7 @@ def _slurm(items: Sequence[tuple[RunConfig, Path]], options: SlurmOptions) -> li
             params["slurm_partition"] = options.partition
     executor.update_parameters(**params)
     with executor.batch():  # one array job
-        submitted = [executor.submit(_fit_one, config, str(Path(out).resolve())) for config, out in items]
+        submitted = [executor.submit(_fit_one, config, str(Path(out).resolve()), allow_device_change) for config, out in items]
     _log.info("submitted %d runs to %s (job %s); waiting for them", len(submitted), executor.cluster,
               submitted[0].job_id if submitted else "-")
     failures = []

@@ -171,3 +171,24 @@ def test_each_worker_trains_on_its_own_gpu_and_a_named_gpu_is_honoured(monkeypat
             launch.train_many(items, jobs=2)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_allow_device_change_reaches_every_run_of_an_experiment(tmp_path, monkeypatch):
+    """``run --allow-device-change`` is passed down to each run's ``fit`` (the flag the refusal names), and a run
+    without it resumes only on its own kind of device (``allow_device_change=False``)."""
+    from typer.testing import CliRunner
+
+    import capsprobe.pipeline as pipeline
+    import capsprobe.training.launch as launch
+    from capsprobe.cli import app
+
+    seen = []
+    monkeypatch.setattr(launch, "fit", lambda config, out, **kw: seen.append(kw["allow_device_change"]) or out)
+    train_many(_items(tmp_path), allow_device_change=True)
+    train_many(_items(tmp_path, seeds=(2,)))
+    assert seen == [True, True, False]
+    asked = {}
+    monkeypatch.setattr(pipeline, "run_experiment", lambda *a, **kw: asked.update(kw) or tmp_path / "report.html")
+    result = CliRunner().invoke(app, ["run", "experiments/demo.toml", "--size", "tiny", "--allow-device-change"])
+    assert result.exit_code == 0, result.output
+    assert asked["allow_device_change"] is True
