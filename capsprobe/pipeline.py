@@ -286,11 +286,18 @@ def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: st
                           progress=progress)
 
 
-# training images per epoch of the registered data sets when an experiment sets no ``limit`` (the registry knows
-# shapes, not counts; the longest matching prefix counts: mnist-canvas40 is MNIST's): the dry run's estimate only
-_TRAIN_IMAGES = {"mnist": 60_000, "fashion-mnist": 60_000, "mnist-sample": 5_000, "cifar10": 50_000, "svhn": 73_257,
-                 "smallnorb": 24_300}
-_TEST_IMAGES = 10_000  # images probed when the size sets no probe_limit (the dry run's estimate only)
+# (training pool, test split) of the registered data sets, for the dry run's estimate only (the registry knows shapes,
+# not counts; the longest matching prefix counts: mnist-canvas40 is MNIST's). An epoch trains on the pool less the
+# validation fraction (mnist-sample: 4,000 - 10% = 3,600 digits), and the probe reads the test split (1,000 digits).
+_IMAGES = {"mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "mnist-sample": (4_000, 1_000),
+           "cifar10": (50_000, 10_000), "svhn": (73_257, 26_032), "smallnorb": (24_300, 24_300)}
+
+
+def _known_counts(dataset: str) -> tuple[str | None, int, int]:
+    """The registered name whose counts ``dataset`` takes (None: unknown, MNIST's assumed), its pool and test size."""
+    known = max((k for k in _IMAGES if dataset.startswith(k)), key=len, default=None)
+    pool, test = _IMAGES.get(known or "", (60_000, 10_000))
+    return known, pool, test
 
 
 def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure: bool = True,
@@ -322,7 +329,7 @@ def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure
         options = f", options {dict(model.options)}" if model.options else ""
         lines.append(f"  {model.variant} x seed {seed}: {model.epochs} epoch{'s' * (model.epochs != 1)}, batch "
                      f"{batch[model.variant]}{options}")
-    probed = plan.limit if plan.limit is not None else _TEST_IMAGES
+    probed = plan.limit if plan.limit is not None else _known_counts(exp.dataset)[2]
     if task.suite:
         lines.append(f"probe: {plan.conditions} conditions per run ({len(plan.transforms)} transformations x their "
                      f"magnitudes), {plan.limit or 'all'} {plan.split} images, bootstrap {plan.bootstrap}, seed "
@@ -355,8 +362,9 @@ def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[st
     """The wall-time line of :func:`dry_run`: each variant's training and inference rate measured now."""
     from .bench import bench_model  # lazy: the measurement loads the models
 
-    known = max((k for k in _TRAIN_IMAGES if exp.dataset.startswith(k)), key=len, default=None)
-    per_epoch = exp.limit if exp.limit is not None else _TRAIN_IMAGES.get(known or "", 60_000)
+    known, pool, _ = _known_counts(exp.dataset)
+    val_fraction = float(exp.train.get("val_fraction", RunConfig().val_fraction))
+    per_epoch = exp.limit if exp.limit is not None else round(pool * (1 - val_fraction))
     rates: dict[str, tuple[float, float]] = {}
     train_s = probe_s = 0.0
     for model, _ in jobs:
@@ -372,7 +380,8 @@ def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[st
     measured = ", ".join(f"{train:,.0f} train / {infer:,.0f} eval img/s for {name}"
                          for name, (train, infer) in rates.items())
     source = ("the size's limit" if exp.limit is not None else
-              f"the full training split{' of ' + known if known else ', assumed'}")
+              f"the training split of {known} (less {val_fraction:.0%} for validation)" if known else
+              f"a training split of {pool:,} (less {val_fraction:.0%} for validation), assumed")
     return (f"estimated wall time: {_duration(train_s + probe_s)} ({_duration(train_s)} training, one run at a time, "
             f"{per_epoch:,} images per epoch from {source}; {_duration(probe_s)} of probe forward passes; metrics, "
             f"bootstrap, data loading and the report not counted), estimated from {measured} measured now on {dev}")
