@@ -137,12 +137,27 @@ def _steps(manifest: dict[str, Any]) -> str:
     return "" if steps is None else f"; PGD {steps} steps (pgd-long {5 * int(steps)})"
 
 
+def _computed_on(manifest: dict[str, Any]) -> str:
+    """Where and in what precision the probe computed (its ``device_record``), or "" for a report without one."""
+    record = manifest.get("device_record")
+    if not isinstance(record, dict):
+        return ""
+    name = record.get("device_name")
+    where = f"{record.get('device', '?')}" + (f" ({name})" if name else "")
+    cuda = f", CUDA {record['cuda']}, cuDNN {record.get('cudnn', '?')}" if record.get("cuda") else ""
+    autocast = record.get("autocast")
+    precision = f"{autocast} autocast" if autocast else "float32"
+    tf32 = "on" if record.get("tf32_matmul") or record.get("tf32_cudnn") else "off"
+    return f" Computed on {where} in {precision}, TF32 {tf32}{cuda}."
+
+
 def _meta_line(manifest: dict[str, Any]) -> str:
     runs = ", ".join(f"{r['name']} ({r['model']}, seed {r['seed']})" for r in manifest.get("runs", []))
     v = manifest.get("versions", {})
     return (f"{manifest.get('images', '?')} {manifest.get('dataset', '?')} {manifest.get('split', 'test')} images; "
             f"runs: {runs}; transformation seed {manifest.get('seed', '?')}, {manifest.get('bootstrap', '?')} bootstrap "
-            f"resamples{_steps(manifest)}; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}.")
+            f"resamples{_steps(manifest)}; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}."
+            + _computed_on(manifest))
 
 
 SectionFor = Callable[[ReportData], Section]

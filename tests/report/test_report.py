@@ -366,3 +366,18 @@ def test_report_refuses_a_folder_perturb_did_not_write_and_destroys_nothing(fold
     (mine / ".capsprobe").write_text('{"kind": "run"}\n')
     assert CliRunner().invoke(app, ["report", str(mine)]).exit_code == 1
     assert (mine / "report.md").read_bytes() == b"my notes\n"
+
+
+def test_the_page_says_where_and_in_what_precision_the_probe_computed(tiny_experiment):
+    """The manifest's device record on the page: the tiny demo's (CPU, float32, TF32 off), a GPU's in bf16 autocast
+    with TF32 on, and nothing for an older report without a record."""
+    from capsprobe.report.render import _computed_on
+
+    folder, _ = tiny_experiment("demo")
+    page = (folder / "reports" / "demo" / "report.md").read_text()
+    assert " Computed on cpu (" in page and ") in float32, TF32 off." in page
+    gpu = {"device_record": {"device": "cuda:1", "device_name": "NVIDIA H100 80GB HBM3", "cuda": "12.8",
+                             "cudnn": 91002, "autocast": "bfloat16", "tf32_matmul": True, "tf32_cudnn": False}}
+    assert _computed_on(gpu) == (" Computed on cuda:1 (NVIDIA H100 80GB HBM3) in bfloat16 autocast, TF32 on, "
+                                 "CUDA 12.8, cuDNN 91002.")
+    assert _computed_on({}) == "" and _computed_on({"device_record": "cpu"}) == ""
