@@ -1,9 +1,17 @@
 """Metrics: array functions (:mod:`.functional`), the per-condition registry (:mod:`.registry`), the report's
-aggregates (:mod:`.tables`) and the Lie-derivative terms (:mod:`.lie`). The seed-aware tests live in
+aggregates (:mod:`.tables`), the Lie-derivative terms (:mod:`.lie`) and calibration (:mod:`.confidence`: the expected
+calibration error, temperature scaling, reliability bins). The seed-aware tests live in
 :mod:`.stats`, the model comparisons in :mod:`.compare` and the simulation in :mod:`.calibration` (imported on use)."""
 
 from __future__ import annotations
 
+from .confidence import (  # noqa: F401
+    ECE_BINS,
+    bootstrap_ece_ci,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
 from .functional import (  # noqa: F401
     FLOOR,
     LEVEL,
@@ -67,6 +75,7 @@ from .tables import (  # noqa: F401
 
 __all__ = [
     "Condition",
+    "ECE_BINS",
     "Estimate",
     "FLOOR",
     "LEVEL",
@@ -82,6 +91,7 @@ __all__ = [
     "accuracy",
     "auroc_rows",
     "bootstrap_auroc_ci",
+    "bootstrap_ece_ci",
     "bootstrap_ci",
     "bootstrap_mean_ci",
     "bootstrap_ratio_ci",
@@ -93,9 +103,11 @@ __all__ = [
     "decodability_estimate",
     "decodability_terms",
     "equivariance_error",
+    "expected_calibration_error",
     "equivariance_gain",
     "equivariance_ratio",
     "equivariance_terms",
+    "fit_temperature",
     "gain_value",
     "generator_terms",
     "invariance_error",
@@ -109,6 +121,7 @@ __all__ = [
     "ratio",
     "reconstruction_terms",
     "register_metric",
+    "reliability_bins",
     "resample_index",
     "roc_table",
     "masking_table",

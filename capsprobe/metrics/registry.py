@@ -7,6 +7,12 @@ from typing import Callable
 
 import numpy as np
 
+from .confidence import (
+    bootstrap_ece_ci,
+    cross_fitted_probabilities,
+    expected_calibration_error,
+    scores_in_unit_interval,
+)
 from .functional import (
     FLOOR,
     LinearFit,
@@ -77,8 +83,11 @@ class Condition:
 
     @property
     def available(self) -> frozenset[str]:
-        """What this condition can feed: ``scores``, ``representation``, ``poses``, ``reconstruction``, ``semantic``."""
+        """What this condition can feed: ``scores``, ``representation``, ``poses``, ``reconstruction``, ``semantic``,
+        ``unit_scores`` (every clean and transformed score in ``[0, 1]``: softmax probabilities, capsule lengths)."""
         have = {"scores", "representation"}
+        if scores_in_unit_interval(self.clean_scores) and scores_in_unit_interval(self.scores):
+            have.add("unit_scores")
         if self.pose is not None:
             have.add("poses")
         if self.recon_terms is not None:
@@ -194,6 +203,22 @@ def _true_class_score(c: Condition, seed: int, n_boot: int) -> Estimate:
     return _mean_estimate(true, true_class_score(c.scores, c.labels), seed, n_boot)
 
 
+def _ece(c: Condition, seed: int, n_boot: int) -> Estimate:
+    conf, correct = c.scores.max(1), c.scores.argmax(1) == c.labels
+    return Estimate(expected_calibration_error(conf, correct), bootstrap_ece_ci(conf, correct, n_boot, seed),
+                    len(conf))
+
+
+def _ece_scaled(c: Condition, seed: int, n_boot: int) -> Estimate:
+    key = ("temperature", seed)
+    if key not in c.fits:  # the clean halves' temperatures: cross-fitted, so no image is scored by its own fit
+        c.fits[key] = cross_fitted_probabilities(c.clean_scores, c.scores, c.labels, seed)[0]
+    probs = c.fits[key]
+    conf, correct = probs.max(1), probs.argmax(1) == c.labels
+    return Estimate(expected_calibration_error(conf, correct), bootstrap_ece_ci(conf, correct, n_boot, seed),
+                    len(conf))
+
+
 def _invariance(pose: bool) -> Callable[[Condition, int, int], Estimate]:
     def fn(c: Condition, seed: int, n_boot: int) -> Estimate:
         if pose:
@@ -254,11 +279,19 @@ _S, _R, _P = frozenset({"scores"}), frozenset({"representation"}), frozenset({"p
 _LV = "Lenc & Vedaldi, CVPR 2015 (standardised ridge, held-out)"
 _MAHA = "Mahalanobis distance in the clean covariance (ridge-regularised); basis-free as in Kornblith et al., ICML 2019"
 _NEVER = frozenset({"computed across conditions"})
+_U = frozenset({"unit_scores"})
+_ECE = ("Naeini et al., AAAI 2015; Guo et al., ICML 2017: 15 equal-width confidence bins ((m-1)/15, m/15], "
+        "sum_m |B_m|/N |acc(B_m) - conf(B_m)|")
 for _metric in (
     Metric("accuracy", _accuracy, _S, "accuracy", "higher", "acc"),
     Metric("consistency", _consistency, _S, "consistency (decision kept)", "higher", "cons"),
     Metric("confidence_drop", _confidence_drop, _S, "confidence drop", "lower", "cdrop"),
     Metric("true_class_score", _true_class_score, _S, "true-class score", "higher", "true"),
+    Metric("ece", _ece, _U, "ECE, raw scores (15 bins)", "lower", "ece",
+           source=_ECE + "; confidence = the top raw score (softmax probability, capsule length)"),
+    Metric("ece_scaled", _ece_scaled, _U, "ECE, temperature-scaled (15 bins)", "lower", "ece_ts",
+           source=_ECE + "; softmax(log s / T), T fitted by NLL (Guo et al. 2017) on the clean scores of the other "
+           "seeded half (two-fold cross-fitting)"),
     Metric("invariance_error", _invariance(False), _R, "invariance error (whitened, full-D)", "lower", "inv",
            overview=True, source=_MAHA),
     Metric("equivariance_error", _equivariance("full"), _R, "equivariance error (full-D)", "lower", "eq", source=_LV),

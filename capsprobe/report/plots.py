@@ -33,6 +33,7 @@ __all__ = [
     "plot_image_grid",
     "plot_invariance_vs_equivariance",
     "plot_polar_accuracy",
+    "plot_reliability",
     "plot_roc_curves",
     "plot_scramble_auroc",
     "plot_viewpoint_error",
@@ -409,6 +410,50 @@ def plot_composition(composition: pd.DataFrame) -> Figure:
             ax.set_ylabel("a (degrees, applied first)")
             ax.set_title(which, fontsize=9)
         fig.suptitle(f"{composition['run'].iloc[0]}: composition error of rotation maps", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def plot_reliability(reliability: pd.DataFrame) -> Figure:
+    """Reliability diagrams (DeGroot & Fienberg 1983; Guo et al. 2017): accuracy against mean confidence per bin of
+    the raw top score, a panel per model, its clean images (solid) and its worst condition (dashed); a point's area
+    follows its bin's images; on the diagonal a model is calibrated, below it overconfident. The legend gives each
+    condition's ECE, raw and temperature-scaled.
+
+    Args:
+        reliability: :func:`capsprobe.metrics.confidence.reliability_table` rows (``model condition role ece
+            ece_scaled confidence accuracy count``).
+    """
+    _require(reliability, ["model", "condition", "role", "ece", "ece_scaled", "confidence", "accuracy", "count"],
+             "plot_reliability")
+    models = list(dict.fromkeys(reliability["model"]))
+    colours = _palette(models)
+    cols = min(4, len(models))
+    rows_n = -(-len(models) // cols)
+    largest = max(float(reliability["count"].max()), 1.0)
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.6 * rows_n), squeeze=False)
+        for ax, model in zip(axes.flat, models):
+            ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=0.8)
+            part = reliability[reliability["model"] == model]
+            for role, style, marker in (("clean", "-", "o"), ("worst", "--", "^")):
+                curve = part[part["role"] == role].sort_values("confidence")
+                if curve.empty:
+                    continue
+                first = curve.iloc[0]
+                label = f"{first['condition']} ({role}): ECE {first['ece']:.3f}, scaled {first['ece_scaled']:.3f}"
+                ax.plot(curve["confidence"], curve["accuracy"], ls=style, color=colours[model], lw=1.2, label=label)
+                ax.scatter(curve["confidence"], curve["accuracy"], s=8 + 60 * curve["count"] / largest,
+                           marker=marker, color=colours[model], zorder=3)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+            ax.set_title(model)
+            ax.set_xlabel("confidence (top score, 15 bins)")
+            ax.set_ylabel("accuracy")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=6, frameon=False)
+        for ax in list(axes.flat)[len(models):]:
+            ax.set_visible(False)
         fig.tight_layout()
     return fig
 

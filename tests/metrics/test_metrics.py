@@ -185,8 +185,8 @@ def test_metrics_are_computed_only_when_the_condition_feeds_them():
     plain = M.Condition(labels=c.labels, clean_scores=c.clean_scores, scores=c.scores, clean_rep=c.clean_rep,
                         rep=c.rep)
     assert set(M.condition_metrics(plain, n_boot=10)) == {
-        "accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error", "equivariance_error",
-        "equivariance_error_pca16", "equivariance_gain", "label_r2"}
+        "accuracy", "consistency", "confidence_drop", "true_class_score", "ece", "ece_scaled", "invariance_error",
+        "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2"}
     assert "scramble_auroc" not in M.condition_metrics(c, n_boot=10)
     assert {m.better for m in M.METRICS.values()} == {"lower", "higher", "neither"}
     assert M.METRICS["scramble_auroc"].better == "higher" and M.METRICS["invariance_error"].better == "lower"

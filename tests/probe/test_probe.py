@@ -16,7 +16,7 @@ from capsprobe.training.runs import load_run
 from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
 runner = CliRunner()
-COMMON = {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
+COMMON = {"accuracy", "consistency", "confidence_drop", "true_class_score", "ece", "ece_scaled", "invariance_error",
           "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2"}
 CAPSULE_ONLY = {"invariance_error_pose", "equivariance_error_pose", "equivariance_gain_pose", "recon_equivariance_error",
                 "recon_fidelity_error"}
