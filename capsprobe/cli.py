@@ -307,13 +307,16 @@ def perturb(
     magnitudes: Optional[List[str]] = typer.Option(None, "--magnitudes", "-m", help=(
         "Magnitudes instead of the default grid: rotate=0,45,90 (or 0,45,90 with one --transform); repeatable.")),
     attack: Optional[str] = typer.Option(None, "--attack", help=(
-        "White-box gradient attacks, comma-separated: fgsm, pgd, pgd-long, fgsm-margin, pgd-margin, pgd-transfer "
-        "(L-inf, untargeted; the same as -t with --eps as their magnitudes).")),
+        "White-box gradient attacks, comma-separated: fgsm, pgd, pgd-long, fgsm-margin, pgd-margin, pgd-transfer, "
+        "and the AutoAttack-style ensemble autoattack (per image the worst of apgd-ce, apgd-t: targeted APGD-DLR, "
+        "square: 250 x --attack-steps queries) and its parts by name, also apgd-dlr (L-inf; the same as -t with "
+        "--eps as their magnitudes).")),
     eps: Optional[str] = typer.Option(None, "--eps", help="The attacks' L-inf radii in [0, 1] pixels, comma-separated "
                                       "[0,0.05,0.1,0.2,0.3,0.5]."),
     surrogate: Optional[Path] = typer.Option(None, help="A run (usually a convnet) that pgd-transfer computes its "
                                              "attack on."),
-    attack_steps: int = typer.Option(20, min=1, max=MAX_ATTACK_STEPS, help="PGD's iterations (pgd-long takes 5x)."),
+    attack_steps: int = typer.Option(20, min=1, max=MAX_ATTACK_STEPS, help="PGD's iterations (pgd-long and APGD "
+                                     "take 5x, Square 250x queries)."),
     dataset: Optional[str] = typer.Option(None, help="Data set to probe [the one the runs were trained on]."),
     data_root: Optional[Path] = typer.Option(None, help="Folder holding torchvision data sets [the runs' own]."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download a missing data set "

@@ -11,6 +11,14 @@ Per run, on the probe's accuracies (the same images under every attack):
 - ``more steps``: ``pgd-long`` (5x the steps) is never weaker than ``pgd``;
 - ``transfer <= white-box``: the black-box transfer attack (``pgd-transfer``, computed on a surrogate) never leaves
   fewer images correct than the white-box PGD.
+- ``ensemble >= member``: the AutoAttack-style ensemble (``autoattack``, per image the worst of its members) is
+  never weaker than any of its members (``apgd-ce``, ``apgd-t``, ``square``) probed at the same radius;
+- ``square <= white-box``: Square, which uses no gradient, never leaves fewer images correct than the best white-box
+  attack probed at the same radius (the one of lowest accuracy among :data:`WHITE_BOX`, named in ``versus``) by more
+  than the tolerance: a gradient-free attack beating the gradient ones says their gradients mislead them;
+- ``square falls to 0``: Square at :data:`SQUARE_EPS` (0.3, or the smallest radius above it that was probed) leaves
+  at most :data:`FALLS_TO` of the images correct, as on undefended MNIST models (capsprobe trains no adversarial
+  defence, so every run is held to it; at 0.3 a working attack breaks any undefended MNIST model).
 
 Each comparison allows :data:`TOLERANCE` of accuracy (a few images of 2,000 that the stronger attack's own path
 misses); a check that could not be made (the attacks it compares were not probed) gives no row.
@@ -23,14 +31,20 @@ import pandas as pd
 __all__ = [
     "FALLS_TO",
     "LARGE_EPS",
+    "ENSEMBLE",
     "MASKING_COLUMNS",
+    "SQUARE_EPS",
     "TOLERANCE",
+    "WHITE_BOX",
     "masking_table",
 ]
 
 LARGE_EPS = 0.5
 FALLS_TO = 0.02
 TOLERANCE = 0.005
+SQUARE_EPS = 0.3
+ENSEMBLE = ("apgd-ce", "apgd-t", "square")  # autoattack's members (capsprobe.transforms.gradient.ENSEMBLE)
+WHITE_BOX = ("fgsm", "pgd", "pgd-long", "fgsm-margin", "pgd-margin", "apgd-ce", "apgd-dlr", "apgd-t")
 
 MASKING_COLUMNS = ["model", "run", "check", "eps", "attack", "accuracy", "versus", "versus_accuracy", "passed"]
 
@@ -40,6 +54,7 @@ _PAIRS = (
     ("pgd >= fgsm", "pgd-margin", "fgsm-margin", True),
     ("more steps", "pgd-long", "pgd", True),
     ("transfer <= white-box", "pgd-transfer", "pgd", False),
+    *(("ensemble >= member", "autoattack", member, True) for member in ENSEMBLE),
 )
 
 
@@ -61,4 +76,17 @@ def masking_table(metrics: pd.DataFrame) -> pd.DataFrame:
                 passed = a <= b + TOLERANCE if at_most else a >= b - TOLERANCE
                 rows.append({"model": model, "run": run, "check": check, "eps": eps, "attack": attack, "accuracy": a,
                              "versus": versus, "versus_accuracy": b, "passed": bool(passed)})
+        for eps in sorted(e for t, e in at if t == "square" and e > 0):
+            probed = [(at[(w, eps)], w) for w in WHITE_BOX if (w, eps) in at]
+            if probed:
+                best, name = min(probed, key=lambda p: p[0])  # ties: the first in WHITE_BOX
+                a = at[("square", eps)]
+                rows.append({"model": model, "run": run, "check": "square <= white-box", "eps": eps,
+                             "attack": "square", "accuracy": a, "versus": name, "versus_accuracy": best,
+                             "passed": a >= best - TOLERANCE})
+        large = sorted(e for t, e in at if t == "square" and e >= SQUARE_EPS)
+        if large:
+            value = at[("square", large[0])]
+            rows.append({"model": model, "run": run, "check": "square falls to 0", "eps": large[0], "attack": "square",
+                         "accuracy": value, "versus": "", "versus_accuracy": FALLS_TO, "passed": value <= FALLS_TO})
     return pd.DataFrame(rows, columns=MASKING_COLUMNS)

@@ -25,7 +25,19 @@ from .functional import (
     swap,
     translate,
 )
-from .gradient import fgsm, fgsm_margin, pgd, pgd_long, pgd_margin, pgd_transfer
+from .gradient import (
+    apgd_ce,
+    apgd_dlr,
+    apgd_t,
+    autoattack,
+    fgsm,
+    fgsm_margin,
+    pgd,
+    pgd_long,
+    pgd_margin,
+    pgd_transfer,
+    square,
+)
 from .worst import Against, spatial_grid, worst_of_k
 
 __all__ = [
@@ -181,7 +193,9 @@ TRANSFORMS: dict[str, Transform] = {
           for name, fn, grid in (
               ("fgsm", fgsm, EPS_GRID), ("pgd", pgd, EPS_GRID), ("pgd-long", pgd_long, EPS_CHECK),
               ("fgsm-margin", fgsm_margin, EPS_CHECK), ("pgd-margin", pgd_margin, EPS_CHECK),
-              ("pgd-transfer", pgd_transfer, EPS_CHECK))),
+              ("pgd-transfer", pgd_transfer, EPS_CHECK), ("apgd-ce", apgd_ce, EPS_CHECK),
+              ("apgd-dlr", apgd_dlr, EPS_CHECK), ("apgd-t", apgd_t, EPS_CHECK), ("square", square, EPS_CHECK),
+              ("autoattack", autoattack, EPS_CHECK))),
     )
 }
 # "all" is the DESIGN suite; affnist (the affNIST protocol's test warp) and the worst cases against the model
