@@ -329,9 +329,8 @@ def _apgd(images: Tensor, a: Against, loss_name: str, eps: float, seed: Seed, ta
         loss = DLRLoss(targeted=target is not None)
         if target is not None:
             y = y + 0.5 * _onehot(target, k)
-    from art.attacks.evasion import AutoProjectedGradientDescent  # lazy: ART loads on first use (after _art())
-
-    _art()
+    _art()  # first: ART's home in capsprobe's cache folder before anything of ART is imported
+    from art.attacks.evasion import AutoProjectedGradientDescent  # lazy: ART loads on first use
     build = functools.partial(
         AutoProjectedGradientDescent, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=APGD_FACTOR * a.steps,
         targeted=False, nb_random_init=1, batch_size=len(images), loss_type=None, verbose=False)
@@ -348,9 +347,8 @@ def _square(images: Tensor, a: Against, eps: float, seed: Seed) -> Tensor:
         raise InvalidInputError(f"square needs an image side of at least 2 pixels, got {h}x{w}")
     # ART's first square is round(sqrt(p h w)) pixels a side and must be smaller than the image's
     p_init = min(SQUARE_P_INIT, 0.99 * (side - 0.5) ** 2 / (h * w))
-    from art.attacks.evasion import SquareAttack  # lazy: ART loads on first use (after _art())
-
-    _art()
+    _art()  # first: ART's home in capsprobe's cache folder before anything of ART is imported
+    from art.attacks.evasion import SquareAttack  # lazy: ART loads on first use
     build = functools.partial(
         SquareAttack, norm=np.inf, eps=eps, max_iter=SQUARE_QUERIES_PER_STEP * a.steps, p_init=p_init,
         nb_restarts=SQUARE_RESTARTS, batch_size=len(images), verbose=False)
