@@ -488,6 +488,21 @@ def _draw_key(data: ReportData) -> Any:
     return plots.plot_accuracy_curves(_key_rows(data), metric_names=("accuracy",), width=plots.TEXT_WIDTH)
 
 
+def _reliability_rows(data: ReportData) -> pd.DataFrame:
+    """Per model, the reliability bins of the clean images and of its worst-calibrated condition (``ece``)."""
+    from ..metrics.confidence import reliability_table
+
+    if data.images.empty or not (data.metrics["metric"] == "ece").any():
+        return pd.DataFrame()
+    return reliability_table(data.images, data.metrics, identity_labels())
+
+
+def _draw_reliability(data: ReportData) -> Any:
+    from . import plots  # lazy: plots imports matplotlib and seaborn
+
+    return plots.plot_reliability(_reliability_rows(data))
+
+
 KEY_FIGURE = "key_accuracy.png"
 
 SUITE_FIGURES: list[FigureSpec] = [
@@ -508,6 +523,11 @@ SUITE_FIGURES: list[FigureSpec] = [
                "ROC curves: clean images positive, transformed negative, scored by confidence."),
     FigureSpec("rotation_polar.png", _plot("plot_polar_accuracy"), _has("accuracy", "rotate"),
                "Accuracy over the rotation angle."),
+    FigureSpec("reliability.png", _draw_reliability, lambda d: not _reliability_rows(d).empty,
+               "Reliability diagrams of the raw top score (softmax probability; capsule length), 15 equal-width bins, "
+               "a model's seeds pooled: its clean images and its condition of highest ECE; the legend gives the ECE "
+               "(mean over seeds) raw and after temperature scaling fitted on clean scores (summary.csv: ece, "
+               "ece_scaled)."),
     FigureSpec("attack_accuracy.png", _draw_attacks, lambda d: not _worst_cases(d.metrics).empty,
                "Accuracy under the worst cases chosen against each model (spatial-grid, worst-of-k: the strength or "
                "the number of draws; gradient attacks: the L-inf radius eps); with several seeds one thin line per "

@@ -154,7 +154,7 @@ def test_demo_tiny_end_to_end(tiny_experiment, monkeypatch):
     assert output.strip().endswith("report: reports/demo/report.html")
     names = {p.name for p in (out / "figures").iterdir()}
     assert {"reconstructions-capsnet_small-seed0.png", "pose_sweep-capsnet_small-seed0.png",
-            "accuracy_curves.png"} <= names
+            "accuracy_curves.png", "reliability.png"} <= names
     overview = pd.read_csv(out / "overview.csv")
     assert set(overview["run"]) == {"capsnet_small-seed0", "resnet18-seed0"}
     assert set(overview["transform"]) == {"rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap"}
