@@ -199,15 +199,21 @@ def test_the_fitted_maps_of_a_c4_model_compose_like_the_group(c4_composition):
             assert c4_composition[(a, b)] <= 0.02, (a, b)
 
 
-def test_the_lie_derivative_of_a_c4_invariant_output_is_c4_invariant_not_zero(digits, c4):
+@pytest.fixture(scope="module")
+def c4_lie(digits, c4):
+    """The C4 model's Lie derivatives along ``rotate`` at 64 digits and at the same digits turned by 90 degrees."""
+    adapter = ModelAdapter(c4, outputs=_pooled)
+    split = digits.test.subset(np.arange(64))
+    turned = ImageSplit(torch.rot90(split.images, 1, dims=(-2, -1)).contiguous(), split.labels)
+    return lie_pass(adapter, split, "rotate"), lie_pass(adapter, turned, "rotate")
+
+
+def test_the_lie_derivative_of_a_c4_invariant_output_is_c4_invariant_not_zero(c4_lie):
     """C4 is a discrete group: invariance to quarter turns says nothing about infinitesimal rotations, so the Lie
     derivative of the pooled output is not 0 (the issue's expectation cannot hold). What the group does fix: the
     derivative at ``r x`` equals the derivative at ``x`` (rotations commute), per image, to float rounding; this
     also checks that the Lie probe's tangent turns about the same centre as ``torch.rot90``."""
-    adapter = ModelAdapter(c4, outputs=_pooled)
-    split = digits.test.subset(np.arange(64))
-    turned = ImageSplit(torch.rot90(split.images, 1, dims=(-2, -1)).contiguous(), split.labels)
-    here, there = lie_pass(adapter, split, "rotate"), lie_pass(adapter, turned, "rotate")
+    here, there = c4_lie
     scale = np.abs(here.dscores).max()
     assert scale > 1e-3  # not zero: the model is not invariant to small rotations
     assert np.abs(here.dscores - there.dscores).max() <= 1e-4 * scale
@@ -261,6 +267,30 @@ def test_an_exactly_invariant_representation_has_no_gain_to_report(ink_probe):
     assert (row["ci_low"], row["ci_high"]) == (0.0, 0.0)
 
 
+@pytest.fixture(scope="module")
+def ink_lie(digits):
+    """The ink model's Lie derivatives (``lie_tables``) on the digits whose ink stays off the frame's edge (250 of the
+    256; on the others ink leaves the frame under any motion, a real derivative)."""
+    edge = digits.test.images.clone()
+    edge[..., 1:-1, 1:-1] = 0
+    inside = np.flatnonzero(edge.flatten(1).sum(1).numpy() == 0)
+    lie = lie_tables([({"model": "ink", "run": "ink", "seed": 0}, ModelAdapter(nn.Identity(), outputs=_ink))],
+                     digits.test.subset(inside), generators=("rotate", "translate-x", "scale"), angles=(),
+                     layers=False, n_boot=N_BOOT)
+    return lie.lie.set_index(["generator", "metric"])["value"]
+
+
+def test_an_ink_only_models_lie_derivative_is_zero_to_float_rounding(ink_lie):
+    """Rotation and translation move ink without creating any (divergence-free motion, central differences): the
+    derivatives are float rounding, and with nothing moving there is no generator to fit (NaN, not a ratio of
+    rounding errors). Scaling adds ink: the same measures are not blind."""
+    for gen in ("rotate", "translate-x"):
+        assert ink_lie[(gen, "lee_scores")] <= 1e-9, gen
+        assert ink_lie[(gen, "lee_representation")] <= 1e-15, gen
+        assert np.isnan(ink_lie[(gen, "elee_representation")]), gen
+    assert ink_lie[("scale", "lee_scores")] > 0.01 and ink_lie[("scale", "lee_representation")] > 1
+
+
 # --- between the group's rotations --------------------------------------------------------------------------------
 
 
@@ -306,9 +336,12 @@ def _doc_rows() -> list[list[str]]:
     return rows
 
 
-def _measured(c4_probe, c4_composition, ink_probe, image_probe) -> dict[str, float]:
+def _measured(c4_probe, c4_composition, ink_probe, image_probe, c4_lie, ink_lie) -> dict[str, float]:
     table, overview = ink_probe
-    out = {}
+    out = {"lee_scores c4-pooled rotate": float(M.lie_score_values(c4_lie[0].dscores).mean())}
+    for gen in ("rotate", "translate-x"):
+        for metric in ("lee_scores", "lee_representation"):
+            out[f"{metric} ink {gen}"] = float(ink_lie[(gen, metric)])
     for angle in (90, *OFF_GROUP):
         for run, metric in (("c4-pooled", "accuracy"), ("c4-pooled", "consistency"), ("c4-pooled", "invariance_error"),
                             ("c4-fields", "equivariance_gain"), ("c4-fields", "equivariance_error"),
@@ -326,10 +359,10 @@ def _measured(c4_probe, c4_composition, ink_probe, image_probe) -> dict[str, flo
     return out
 
 
-def test_the_reference_states_the_measured_values(c4_probe, c4_composition, ink_probe, image_probe):
+def test_the_reference_states_the_measured_values(c4_probe, c4_composition, ink_probe, image_probe, c4_lie, ink_lie):
     """Each row of the "Known answers" table names a measurement (``metric``, model, condition) and its value:
     ``0.73`` (agrees to the digits shown), or ``< 1e-4`` (a bound)."""
-    measured = _measured(c4_probe, c4_composition, ink_probe, image_probe)
+    measured = _measured(c4_probe, c4_composition, ink_probe, image_probe, c4_lie, ink_lie)
     rows = _doc_rows()
     assert len(rows) >= 10
     for metric, model, condition, _expected, shown in rows:
