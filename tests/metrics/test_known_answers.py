@@ -62,7 +62,8 @@ class C4Orbit(nn.Module):
 
 def _fields(model: C4Orbit, x: torch.Tensor) -> dict:
     o = model.orbit(x)
-    return {"logits": model.head(o.mean(1)), "representation": o.flatten(1)}
+    poses = (o @ model.head.weight.T).transpose(1, 2)  # (B, 10, 4): each class's logit at the four quarter turns
+    return {"logits": model.head(o.mean(1)), "representation": o.flatten(1), "poses": poses}
 
 
 def _pooled(model: C4Orbit, x: torch.Tensor) -> dict:
@@ -118,7 +119,7 @@ def _table(result) -> pd.Series:
 
 @pytest.fixture(scope="module")
 def c4_probe(digits, c4):
-    subjects = [Subject(name, ModelAdapter(c4, outputs=fn), model_name="c4")
+    subjects = [Subject(name, ModelAdapter(c4, outputs=fn, has_poses=fn is _fields), model_name="c4")
                 for name, fn in (("c4-fields", _fields), ("c4-pooled", _pooled), ("plain", _plain))]
     result = run_probe(subjects, digits.test, ["rotate"], {"rotate": [0, *QUARTER_TURNS, *OFF_GROUP]},
                        n_boot=N_BOOT, progress=False, device="cpu")
@@ -127,9 +128,10 @@ def c4_probe(digits, c4):
 
 @pytest.fixture(scope="module")
 def c4_composition(digits, c4):
-    lie = lie_tables([({"model": "c4", "run": "c4-fields", "seed": 0}, ModelAdapter(c4, outputs=_fields))],
+    lie = lie_tables([({"model": "c4", "run": "c4-fields", "seed": 0}, ModelAdapter(c4, outputs=_fields,
+                                                                                    has_poses=True))],
                      digits.test, generators=(), angles=(-90, 90, 15, 30), layers=False, n_boot=N_BOOT)
-    return lie.composition.set_index(["a", "b"])["composition_error"]
+    return lie.composition.set_index(["which", "a", "b"])["composition_error"]
 
 
 @pytest.fixture(scope="module")
@@ -186,17 +188,20 @@ def test_a_c4_models_fields_move_by_a_permutation_the_fitted_map_recovers(c4_pro
         assert _value(c4_probe, "c4-fields", "equivariance_error", angle) <= 0.02, angle
         assert _value(c4_probe, "c4-fields", "equivariance_error_pca16", angle) <= 0.02, angle
         assert _value(c4_probe, "c4-fields", "invariance_error", angle) > 1  # they do move: no metric is blind
+        # the true-class pose (each class's logit at the four quarter turns, one map per class) is permuted alike
+        assert _value(c4_probe, "c4-fields", "equivariance_gain_pose", angle) >= 0.98, angle
+        assert _value(c4_probe, "c4-fields", "equivariance_error_pose", angle) <= 0.02, angle
+        assert _value(c4_probe, "c4-fields", "invariance_error_pose", angle) > 1, angle
 
 
 def test_the_fitted_maps_of_a_c4_model_compose_like_the_group(c4_composition):
     """``M_(a+b) = M_b M_a`` for quarter turns (measured 3e-5: the ridge penalty's shrinkage), and for a quarter turn
-    after any rotation ``a`` (the fields of ``r R_a x`` are the permuted fields of ``R_a x``)."""
-    for a in (-90, 90):
-        for b in (-90, 90):
-            assert c4_composition[(a, b)] <= 0.02, (a, b)
-    for a in (15, 30):
-        for b in (-90, 90):
-            assert c4_composition[(a, b)] <= 0.02, (a, b)
+    after any rotation ``a`` (the fields of ``r R_a x`` are the permuted fields of ``R_a x``); the fields and the
+    true-class pose (per class) alike."""
+    for which in ("representation", "pose"):
+        for a in (-90, 90, 15, 30):
+            for b in (-90, 90):
+                assert c4_composition[(which, a, b)] <= 0.02, (which, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +327,7 @@ def test_rotations_off_the_group_read_in_between(c4_probe, c4_composition, unrel
             assert unrelated[metric] < _value(c4_probe, "c4-pooled", metric, angle) < exact, (metric, angle)
         assert _value(c4_probe, "c4-pooled", "invariance_error", angle) > 1e-2
     for a, b in ((15, 15), (15, 30), (30, 15), (30, 30)):
-        assert 0.02 < c4_composition[(a, b)] < 1, (a, b)
+        assert 0.02 < c4_composition[("representation", a, b)] < 1, (a, b)
 
 
 # --- the table in the reference -----------------------------------------------------------------------------------
@@ -345,12 +350,13 @@ def _measured(c4_probe, c4_composition, ink_probe, image_probe, c4_lie, ink_lie)
     for angle in (90, *OFF_GROUP):
         for run, metric in (("c4-pooled", "accuracy"), ("c4-pooled", "consistency"), ("c4-pooled", "invariance_error"),
                             ("c4-fields", "equivariance_gain"), ("c4-fields", "equivariance_error"),
-                            ("c4-fields", "equivariance_error_pca16"), ("plain", "equivariance_gain"),
+                            ("c4-fields", "equivariance_error_pca16"), ("c4-fields", "equivariance_gain_pose"),
+                            ("c4-fields", "equivariance_error_pose"), ("plain", "equivariance_gain"),
                             ("plain", "equivariance_error"), ("plain", "invariance_error")):
             out[f"{metric} {run} {angle}"] = _value(c4_probe, run, metric, angle)
     out["accuracy c4-pooled 0"] = _value(c4_probe, "c4-pooled", "accuracy", 0)
-    for (a, b), v in c4_composition.items():
-        out[f"composition_error c4-fields {a:g},{b:g}"] = float(v)
+    for (which, a, b), v in c4_composition.items():
+        out[f"composition_error {'c4-fields' if which == 'representation' else 'c4-pose'} {a:g},{b:g}"] = float(v)
     for shift in (4, 8):
         out[f"equivariance_gain image {shift}"] = _value(image_probe, "image", "equivariance_gain", shift)
     out["equivariance_gain ink 90"] = _value(table, "ink", "equivariance_gain", 90)
