@@ -113,7 +113,7 @@ def c4(digits):
     return model
 
 
-def _table(result) -> pd.Series:
+def _table(result) -> pd.DataFrame:
     return result.metrics.set_index(["run", "metric", "magnitude"])
 
 
