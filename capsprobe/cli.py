@@ -30,7 +30,8 @@ MAX_EPOCHS, MAX_BATCH, MAX_SHIFT = 100_000, 65_536, 256
 MAX_BOOTSTRAP, MAX_ATTACK_STEPS = 100_000, 10_000
 
 _TRANSFORM_HELP = ("Transformation (repeatable): " + ", ".join(f"{n} ({t.unit})" if t.unit else n
-                                                             for n, t in TRANSFORMS.items()) + ", or all (the suite).")
+                                                             for n, t in TRANSFORMS.items())
+                   + ", or all (the suite), mnist-c (its 15 corruptions).")
 
 
 def _setting(r) -> str:

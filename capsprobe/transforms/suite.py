@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from .corruptions import CORRUPTIONS, GEOMETRIC, MNISTC
 from .functional import (
     AFFNIST,
     FLIPS,
@@ -41,6 +42,7 @@ from .gradient import (
 from .worst import Against, spatial_grid, worst_of_k
 
 __all__ = [
+    "GROUPS",
     "headline_conditions",
     "register_transform",
     "SUITE",
@@ -202,6 +204,15 @@ TRANSFORMS: dict[str, Transform] = {
 # (spatial-grid, worst-of-k: Engstrom et al. 2019; the gradient attacks of .gradient) are asked for by name
 SUITE = ("rotate", "flip", "translate", "scale", "shear", "affine", "jigsaw", "swap")
 
+# MNIST-C (Mu & Gilmer 2019), asked for together as "mnist-c": the benchmark's 15 corruptions at its one severity
+# each (magnitude "mnist-c"; "none" the identity). All are nuisances: the paper keeps only corruptions that human
+# readers still label correctly, and none scrambles the digit's parts (stripe and Canny edges change its look, rotate
+# stays at 23 degrees, far from the 90 where rotate turns semantic)
+for _name, _fn in CORRUPTIONS.items():
+    TRANSFORMS[_name] = Transform(_name, _fn, MNISTC, "none", "MNIST-C severity", "nuisance", choices=MNISTC,
+                                  geometric=_name in GEOMETRIC, showcase="mnist-c")
+GROUPS = {"mnist-c": tuple(CORRUPTIONS)}
+
 
 def register_transform(transform: Transform) -> Transform:
     """Add ``transform`` to the registry (by name; asked for by name, or in ``SUITE`` for ``all``)."""
@@ -222,7 +233,7 @@ def get_transform(name: str) -> Transform:
         return TRANSFORMS[name]
     except KeyError:
         raise UnknownTransformError(
-            f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)}, or all"
+            f"unknown transformation {name!r}; choose from: {', '.join(TRANSFORMS)}, or all, mnist-c"
         ) from None
 
 
@@ -247,14 +258,16 @@ def magnitude_value(transform: Transform, magnitude: Any) -> float:
 
 
 def resolve(names: Sequence[str]) -> list[Transform]:
-    """Suite entries for ``names``; ``all`` expands to the whole suite; duplicates are dropped."""
+    """Suite entries for ``names``; ``all`` expands to the whole suite, ``mnist-c`` to MNIST-C's 15 corruptions;
+    duplicates are dropped."""
     out: list[Transform] = []
     for name in names:
-        for t in [TRANSFORMS[n] for n in SUITE] if name == "all" else [get_transform(name)]:
+        group = SUITE if name == "all" else GROUPS.get(name)
+        for t in [TRANSFORMS[n] for n in group] if group is not None else [get_transform(name)]:
             if t not in out:
                 out.append(t)
     if not out:
-        raise UnknownTransformError(f"no transformation given; choose from: {', '.join(TRANSFORMS)}, or all")
+        raise UnknownTransformError(f"no transformation given; choose from: {', '.join(TRANSFORMS)}, or all, mnist-c")
     return out
 
 
