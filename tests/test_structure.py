@@ -53,7 +53,8 @@ def test_bring_your_own_model(split):
     m = result.metrics
     assert set(m["run"]) == {"mine"} and set(m["model"]) == {"TinyNet"}
     assert set(m["metric"]) == {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
-                                "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2"}
+                                "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2", "ece",
+                                "ece_scaled"}  # ece: softmax scores are in [0, 1]
     # scores default to the softmax of model(x)
     x = split.float_images()
     torch.testing.assert_close(adapter.outputs(x).scores, torch.softmax(net(x), -1))
