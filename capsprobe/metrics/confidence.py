@@ -28,6 +28,7 @@ images that holds the temperatures fixed.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping
 
 import numpy as np
@@ -171,6 +172,21 @@ def fit_temperature(logits, labels) -> float:
     return float(np.exp(res.x[0]))
 
 
+_FITTED: dict[bytes, tuple[float, float]] = {}  # a run's clean halves' temperatures, fitted once for all its conditions
+
+
+def _clean_temperatures(z0: np.ndarray, y: np.ndarray, first: np.ndarray, second: np.ndarray, seed: int
+                        ) -> tuple[float, float]:
+    """The temperatures of the two clean halves: every condition of a run shares its clean scores, so the fit is made
+    once per (clean scores, labels, seed) and remembered (by a digest of their bytes; at most 64 kept)."""
+    key = hashlib.blake2b(np.ascontiguousarray(z0).tobytes() + y.tobytes() + str(seed).encode(), digest_size=16).digest()
+    if key not in _FITTED:
+        if len(_FITTED) >= 64:
+            _FITTED.clear()
+        _FITTED[key] = (fit_temperature(z0[first], y[first]), fit_temperature(z0[second], y[second]))
+    return _FITTED[key]
+
+
 def cross_fitted_probabilities(clean_scores, scores, labels, seed: int = 0) -> tuple[np.ndarray, tuple[float, float]]:
     """``p_T`` of ``scores`` for every image, ``T`` fitted on the *clean* scores of the other seeded half.
 
@@ -190,7 +206,7 @@ def cross_fitted_probabilities(clean_scores, scores, labels, seed: int = 0) -> t
         raise TooFewImagesError(f"temperature scaling needs at least 4 images (2 per half), got {len(y)}")
     z0, z = score_logits(clean_scores), score_logits(scores)
     first, second = split_halves(len(y), seed)
-    t_first, t_second = fit_temperature(z0[first], y[first]), fit_temperature(z0[second], y[second])
+    t_first, t_second = _clean_temperatures(z0, y, first, second, seed)
     out = np.empty_like(z)
     out[second] = tempered(z[second], t_first)
     out[first] = tempered(z[first], t_second)
