@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,33 @@ def pytest_collection_modifyitems(config, items):
                         pass
         if fixtures & _TRAINING_FIXTURES or _TRAINS.search(source) or any(_TRAINS.search(s) for s in closure_sources):
             item.add_marker(pytest.mark.trains)
+
+
+def _art_modules() -> list[str]:
+    return [k for k in sys.modules if k == "art" or k.startswith("art.")]
+
+
+@pytest.fixture
+def fake_art(tmp_path, monkeypatch):
+    """A stand-in ``art`` package: ``fake_art(files)`` writes ``{relative path: source}`` under ``tmp_path/fake``, puts
+    it first on ``sys.path``, points ``HOME`` and ``XDG_CACHE_HOME`` into ``tmp_path`` and unloads ART, so the next
+    import of ``art`` is the stand-in's; returns ``(home, cache)``. The real ART modules are put back afterwards."""
+    saved = {k: sys.modules[k] for k in _art_modules()}
+
+    def install(files: dict[str, str]) -> tuple[Path, Path]:
+        for name, text in files.items():
+            (tmp_path / "fake" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "fake" / name).write_text(text)
+        home, cache = tmp_path / "home", tmp_path / "cache"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+        monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+        for k in _art_modules():
+            del sys.modules[k]
+        return home, cache
+
+    yield install
+    for k in _art_modules():
+        del sys.modules[k]
+    sys.modules.update(saved)

@@ -454,15 +454,14 @@ def test_run_no_download_creates_no_data_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.toml"]
 
 
-def test_art_keeps_its_files_in_capsprobes_cache_and_is_quiet(tmp_path, monkeypatch):
+def test_art_keeps_its_files_in_capsprobes_cache_and_is_quiet(fake_art):
     """ART's ``art.config`` writes ``~/.art/config.json`` when imported: capsprobe imports it with its home in
     capsprobe's cache folder, and keeps its INFO lines off stderr. A stand-in ``art`` package records where its
-    import looked (the real one is imported once per process; the test puts the loaded one back)."""
+    import looked (the real one is imported once per process; the fixture puts the loaded one back)."""
     import logging
     import sys
 
-    fake = tmp_path / "fake"
-    for name, text in {
+    home, cache = fake_art({
         "art/__init__.py": "",
         "art/config.py": ("import os\nHOME = os.path.expanduser('~')\nART_DATA_PATH = None\n"
                           "def set_data_path(path):\n    global ART_DATA_PATH\n    ART_DATA_PATH = path\n"),
@@ -470,28 +469,13 @@ def test_art_keeps_its_files_in_capsprobes_cache_and_is_quiet(tmp_path, monkeypa
         "art/attacks/evasion.py": "FastGradientMethod = ProjectedGradientDescent = object\n",
         "art/estimators/__init__.py": "",
         "art/estimators/classification.py": "PyTorchClassifier = object\n",
-    }.items():
-        (fake / name).parent.mkdir(parents=True, exist_ok=True)
-        (fake / name).write_text(text)
-    home, cache = tmp_path / "home", tmp_path / "cache"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.syspath_prepend(str(fake))
-    saved = {k: v for k, v in sys.modules.items() if k == "art" or k.startswith("art.")}
-    for k in saved:
-        del sys.modules[k]
-    try:
-        from capsprobe.transforms.gradient import _art
+    })
+    from capsprobe.transforms.gradient import _art
 
-        _art()
-        config = sys.modules["art.config"]
-        assert config.HOME == str(cache / "capsprobe" / "art")  # where ART put its ~/.art
-        assert config.ART_DATA_PATH == str(cache / "capsprobe" / "art" / "data")
-    finally:
-        for k in [k for k in sys.modules if k == "art" or k.startswith("art.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+    _art()
+    config = sys.modules["art.config"]
+    assert config.HOME == str(cache / "capsprobe" / "art")  # where ART put its ~/.art
+    assert config.ART_DATA_PATH == str(cache / "capsprobe" / "art" / "data")
     assert os.environ["HOME"] == str(home) and list(home.iterdir()) == []
     assert logging.getLogger("art").getEffectiveLevel() >= logging.WARNING
 

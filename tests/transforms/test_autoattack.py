@@ -288,15 +288,14 @@ def test_the_probe_runs_the_ensemble_and_writes_its_masking_checks():
     assert 0 < members.sum() < len(members)
 
 
-def test_the_new_attacks_import_art_with_its_home_in_capsprobes_cache(tmp_path, monkeypatch):
+def test_the_new_attacks_import_art_with_its_home_in_capsprobes_cache(fake_art):
     """The first use of ART may be APGD or Square: ART's ``art.config`` (imported by the package) must see capsprobe's
     cache folder as its home, not ``~`` (where it writes ``~/.art``). A stand-in ``art`` package records where its
-    import looked and stops at the classifier (the real one is put back)."""
+    import looked and stops at the classifier (the fixture puts the real one back)."""
     import os
     import sys
 
-    fake = tmp_path / "fake"
-    for name, text in {
+    home, cache = fake_art({
         "art/__init__.py": "from art import config\n",
         "art/config.py": ("import os\nHOME = os.path.expanduser('~')\n"
                           "def set_data_path(path):\n    pass\n"),
@@ -306,27 +305,14 @@ def test_the_new_attacks_import_art_with_its_home_in_capsprobes_cache(tmp_path, 
         "art/estimators/__init__.py": "",
         "art/estimators/classification.py": ("def PyTorchClassifier(**kwargs):\n"
                                              "    raise RuntimeError('stand-in classifier')\n"),
-    }.items():
-        (fake / name).parent.mkdir(parents=True, exist_ok=True)
-        (fake / name).write_text(text)
-    home, cache = tmp_path / "home", tmp_path / "cache"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.syspath_prepend(str(fake))
-    saved = {k: v for k, v in sys.modules.items() if k == "art" or k.startswith("art.")}
+    })
     net = _linear()
     x = _images(2)
     a = against(_logits_adapter(net), torch.zeros(2, dtype=torch.long))
-    try:
-        for name in ("square", "apgd-ce"):
-            for k in [k for k in sys.modules if k == "art" or k.startswith("art.")]:
-                del sys.modules[k]
-            with pytest.raises(RuntimeError, match="stand-in"):
-                get_transform(name)(x, 0.1, against=a)
-            assert sys.modules["art.config"].HOME == str(cache / "capsprobe" / "art"), name
-    finally:
+    for name in ("square", "apgd-ce"):
         for k in [k for k in sys.modules if k == "art" or k.startswith("art.")]:
             del sys.modules[k]
-        sys.modules.update(saved)
+        with pytest.raises(RuntimeError, match="stand-in"):
+            get_transform(name)(x, 0.1, against=a)
+        assert sys.modules["art.config"].HOME == str(cache / "capsprobe" / "art"), name
     assert os.environ["HOME"] == str(home) and list(home.iterdir()) == []
