@@ -310,16 +310,7 @@ def _load_data(config: RunConfig, ctx: _Dist) -> Splits:
         return load_dataset(config.dataset, config.data_root, config.download, config.val_fraction, split_seed=0,
                             limit=config.limit)
 
-    if ctx.world_size == 1:
-        return load()
-    splits: Splits | None = None
-    error: Exception | None = None
-    if ctx.main:
-        try:
-            splits = load()
-        except Exception as exc:
-            error = exc
-    _broadcast_error(ctx, error)  # the barrier: the others wait for rank 0's load
+    splits = _first_on_main(ctx, load)  # the barrier: the others wait for rank 0's load
     return splits if splits is not None else load()
 
 
@@ -600,7 +591,14 @@ def _on_main(ctx: _Dist, compute: Callable[[], _T]) -> _T:
     rank 0 raises on every rank."""
     if ctx.world_size == 1:
         return compute()
-    result: Any = None
+    return _broadcast_value(ctx, _first_on_main(ctx, compute))
+
+
+def _first_on_main(ctx: _Dist, compute: Callable[[], _T]) -> _T | None:
+    """``compute()`` on rank 0 while the other ranks wait (None there); a failure on rank 0 raises on every rank."""
+    if ctx.world_size == 1:
+        return compute()
+    result: _T | None = None
     error: Exception | None = None
     if ctx.main:
         try:
@@ -608,4 +606,4 @@ def _on_main(ctx: _Dist, compute: Callable[[], _T]) -> _T:
         except Exception as exc:
             error = exc
     _broadcast_error(ctx, error)
-    return _broadcast_value(ctx, result)
+    return result
