@@ -210,3 +210,24 @@ def test_the_reliability_diagram_draws_a_panel_per_model():
     assert "rotate 180" in " ".join(t.get_text() for t in axes[0].get_legend().get_texts())
     with pytest.raises(ValueError, match="plot_reliability needs columns .*missing: condition"):
         plots.plot_reliability(pd.DataFrame({"model": ["a"]}))
+
+
+def test_each_half_is_scored_by_the_temperature_of_the_other():
+    """Cross-fitting: the images of one seeded half get the temperature fitted on the other half's clean scores, never
+    their own. The halves are made to want different temperatures (one half's logits 4x sharper), so scoring a half
+    by its own fit gives other probabilities."""
+    from capsprobe.metrics.functional import split_halves
+
+    rng = np.random.default_rng(3)
+    n, k = 400, 5
+    labels = rng.integers(0, k, n)
+    z = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[labels]
+    first, second = split_halves(n, 0)
+    z[first] *= 4.0
+    scores = softmax(z, axis=1)
+    probs, (t_first, t_second) = C.cross_fitted_probabilities(scores, scores, labels, seed=0)
+    assert t_first == pytest.approx(C.fit_temperature(np.log(scores[first]), labels[first]))
+    assert t_second == pytest.approx(C.fit_temperature(np.log(scores[second]), labels[second]))
+    assert t_first > 2 * t_second  # the sharper half wants the higher temperature
+    np.testing.assert_allclose(probs[second], C.tempered(np.log(scores[second]), t_first), rtol=1e-6)
+    np.testing.assert_allclose(probs[first], C.tempered(np.log(scores[first]), t_second), rtol=1e-6)
