@@ -18,13 +18,20 @@ probe, and one or more sizes, each listing the models (with epochs and options) 
     bootstrap = 1000
     reference = "capsnet_small"  # optional: the ablation table sets every other model against this one
     lie = true                   # optional: also the Lie-derivative probe (capsprobe.probe.lie)
-    surrogate = "resnet18"       # optional: the model whose last seed's run pgd-transfer attacks through
+    surrogate = { model = "resnet18", epochs = 3 }  # optional: the model pgd-transfer computes its attack on
 
     [sizes.quick]
     limit = 10000                # images per split for training (None: all)
     probe_limit = 2000           # images probed
     seeds = [0]
     models = [{ model = "capsnet_small", epochs = 3 }, { model = "baseline_cnn_pool", epochs = 3, options = { channels = [128, 128, 64] } }]
+
+The ``surrogate`` of the transfer attack (``pgd-transfer``) is a model of a third family, trained as its own run
+(``runs/<name>-<size>/surrogate-<model>-seed<N>``, with the size's training options) and never probed or compared:
+a table with ``model`` and optionally ``epochs`` (default: the most of the size's models), ``options``, ``train``
+and ``seed`` (default: the size's first), or a model name alone (``surrogate = "resnet18"``). A surrogate that is
+one of the compared models is refused: the "transfer" attack would be white-box for its run. It is trained only
+when the size probes ``pgd-transfer``, which needs one.
 
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
@@ -44,15 +51,17 @@ transformations.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .data import UnknownDatasetError, get_spec
 from .errors import InvalidInputError
+from .metrics.claims import Claim, ClaimError, parse_claims
 from .probe import ProbePlan
 from .tasks import get_task
 from .training.runs import ConfigError, RunConfig, check_plain_name
@@ -68,12 +77,14 @@ __all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_expe
 
 _log = logging.getLogger(__name__)
 
-_TOP = {"name", "description", "data", "train", "probe", "sizes"}
+_TOP = {"name", "description", "data", "train", "probe", "sizes", "claims"}
 _DATA = {"dataset", "data_root"}
 _PROBE = {"transforms", "magnitudes", "bootstrap", "seed", "split", "reference", "lie", "surrogate", "attack_steps"}
 _SIZE = {"limit", "probe_limit", "seeds", "models", "dataset", "bootstrap", "transforms", "magnitudes", "train",
          "reference", "report", "surrogate", "attack_steps", "lie"}
 _MODEL = {"model", "epochs", "options", "train", "label", "seeds"}
+_SURROGATE = {"model", "epochs", "options", "train", "seed"}
+SURROGATE_PREFIX = "surrogate-"  # a surrogate's run folder: surrogate-<model>-seed<N>, beside the compared runs
 _TRAIN = {f.name for f in fields(RunConfig)} - {"model", "dataset", "epochs", "seed", "limit", "model_kwargs", "device",
                                                 "data_root", "label"}
 
@@ -119,8 +130,10 @@ class Experiment:
     seeds: list[int]
     models: list[ModelSpec]
     report: str | None = None  # the report folder's name under reports/ (None: the experiment's name)
-    surrogate: str | None = None  # the model (variant) whose last seed's run pgd-transfer computes its attack on
+    surrogate: ModelSpec | None = None  # the model pgd-transfer computes its attack on: trained, never compared
     attack_steps: int = PGD_STEPS  # PGD's iterations (pgd-long: 5x)
+    claims: tuple[Claim, ...] = ()  # the declared primary endpoints ([[claims]]: capsprobe.metrics.claims)
+    sha256: str = ""  # the file's bytes, as read: the manifest records it beside the claims
 
     def probe_plan(self, **options: Any) -> ProbePlan:
         """The probe of this size as one :class:`~capsprobe.probe.ProbePlan` (transformations, magnitudes, probe
@@ -137,8 +150,17 @@ class Experiment:
                          model_kwargs=dict(spec.options), label=spec.label, **{**self.train, **spec.train}, **options)
 
     def jobs(self) -> list[tuple[ModelSpec, int]]:
-        """Every (model, seed) run of this size: a model's own ``seeds`` where it has them, else the size's."""
+        """Every (model, seed) run of this size that is probed and compared: a model's own ``seeds`` where it has
+        them, else the size's (the surrogate is not one of them: :meth:`surrogate_job`)."""
         return [(m, s) for m in self.models for s in (m.seeds if m.seeds is not None else self.seeds)]
+
+    def surrogate_job(self) -> tuple[ModelSpec, int] | None:
+        """The surrogate's (model, seed) run when this size probes ``pgd-transfer`` (its variant is
+        ``surrogate-<model>``), else None: trained like the others, never probed or compared."""
+        if self.surrogate is None or "pgd-transfer" not in {t.name for t in self.probe_plan().transforms}:
+            return None
+        assert self.surrogate.seeds is not None  # parsed with its one seed
+        return self.surrogate, self.surrogate.seeds[0]
 
 
 def _line_of(text: str, key: str, section: str | None = None, header: bool = True) -> int:
@@ -265,11 +287,47 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
         probe_limit=probe_limit, seeds=list(_seed_list(path, text, spec.get("seeds", [0]), section)),
         models=models,
         report=_typed(path, text, spec["report"], str, "report", section) if "report" in spec else None,
-        surrogate=_typed(path, text, spec["surrogate"], str, "surrogate", section) if "surrogate" in spec else
-        _typed(path, text, probe["surrogate"], str, "surrogate", "probe") if "surrogate" in probe else None,
+        surrogate=_surrogate(path, text, spec["surrogate"] if "surrogate" in spec else probe.get("surrogate"),
+                             section if "surrogate" in spec else "probe", models, spec),
     )
     _validate(exp, text, section)
-    return exp
+    try:
+        claims = parse_claims(data.get("claims", []), models=[m.variant for m in models])
+    except ClaimError as exc:
+        raise _fail(path, text, "claims", None, str(exc)) from None
+    return replace(exp, claims=tuple(claims), sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def _surrogate(path: Path, text: str, value: Any, section: str, models: list[ModelSpec], size: dict
+               ) -> ModelSpec | None:
+    """The ``surrogate`` entry as a :class:`ModelSpec` labelled ``surrogate-<model>`` with its one seed, or None.
+
+    A model name alone or a table (``model``; ``epochs``, default the most of the size's models; ``options``;
+    ``train``; ``seed``, default the size's first). Refused when it is one of the compared models (by model or
+    label): pgd-transfer would then be a white-box attack on that model's run, not a transfer."""
+    if value is None:
+        return None
+    entry = {"model": value} if isinstance(value, str) else _typed(path, text, value, (str, dict), "surrogate", section)
+    _check_keys(path, text, entry, _SURROGATE, f"{section}.surrogate")
+    if "model" not in entry:
+        raise _fail(path, text, "surrogate", section, "the surrogate needs 'model'")
+    model = _typed(path, text, entry["model"], str, "surrogate", section)
+    compared = {m.model for m in models} | {m.variant for m in models}
+    if model in compared:
+        raise _fail(path, text, "surrogate", section, f"surrogate {model!r} is one of the compared models "
+                    f"({', '.join(sorted(compared))}): pgd-transfer would be white-box for its run; declare a model of "
+                    "a third family, e.g. surrogate = { model = \"resnet18\", epochs = 1 }")
+    own = dict(_typed(path, text, entry.get("train", {}), dict, "train", section))
+    _check_keys(path, text, own, _TRAIN, f"{section}.surrogate.train")
+    defaults = RunConfig()
+    for key, val in own.items():
+        _check_train_type(path, text, defaults, key, val, f"{section}.surrogate.train")
+    epochs = _typed(path, text, entry["epochs"], int, "epochs", section) if "epochs" in entry else \
+        max(m.epochs for m in models)
+    seed = _typed(path, text, entry["seed"], int, "seed", section) if "seed" in entry else \
+        _seed_list(path, text, size.get("seeds", [0]), section)[0]
+    return ModelSpec(model, epochs, dict(_typed(path, text, entry.get("options", {}), dict, "options", section)), own,
+                     label=f"{SURROGATE_PREFIX}{model}", seeds=(seed,))
 
 
 def _seed_list(path: Path, text: str, value: Any, section: str) -> tuple[int, ...]:
@@ -325,10 +383,11 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
     if exp.reference is not None and exp.reference not in variants:
         raise _fail(path, text, "reference", "probe", f"reference {exp.reference!r} is none of [{section}]'s models "
                     f"({', '.join(variants)})")
-    if exp.surrogate is not None and exp.surrogate not in variants:
-        raise _fail(path, text, "surrogate", "probe", f"surrogate {exp.surrogate!r} is none of [{section}]'s models "
-                    f"({', '.join(variants)})")
-    for spec, seed in exp.jobs():
+    if exp.surrogate is None and any(t.name == "pgd-transfer" for t in plan.transforms):
+        raise _fail(path, text, probed, "probe", "pgd-transfer needs a surrogate model to compute the attack on: "
+                    "surrogate = { model = ..., epochs = ... } (a third family, trained for it and not compared)")
+    surrogate = exp.surrogate_job()
+    for spec, seed in exp.jobs() + ([surrogate] if surrogate is not None else []):
         try:
             exp.run_config(spec, seed)
         except ConfigError as exc:

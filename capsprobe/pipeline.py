@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from .data import DatasetSpec, get_spec, load_dataset
 from .errors import InvalidInputError, option
 from .experiment import Experiment, ModelSpec, demo_file, load_experiment
+from .metrics.claims import claims_table
 from .probe import ProbePlan, ProbeResult
 from .probe.schema import MANIFEST
 from .report import (
@@ -255,25 +256,30 @@ def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, devi
     check_report_target(out, force)  # again, under the lock
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / f"{exp.name}-{size}"
     root = data_root or exp.data_root
-    surrogate = None
     planned = exp.jobs()
+    job = exp.surrogate_job()  # pgd-transfer's surrogate: a third model, trained with the others, never probed
     items = []
-    for i, (spec, seed) in enumerate(planned, 1):
+    for i, (spec, seed) in enumerate(planned + ([job] if job is not None else []), 1):
         config = exp.run_config(spec, seed, device=device, data_root=root)
         if download is not None:
             config = replace(config, download=download)
         run_dir = runs_dir / run_name(spec.variant, seed)
-        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s", exp.name, i, len(planned), spec.variant, seed,
-                  spec.epochs, run_dir)
+        _log.info("%s [%d/%d]: %s, seed %d, %d epochs -> %s%s", exp.name, i, len(planned) + (job is not None),
+                  spec.variant, seed, spec.epochs, run_dir, " (pgd-transfer's surrogate: not probed)" if i >
+                  len(planned) else "")
         items.append((config, run_dir))
-        if spec.variant == exp.surrogate:
-            surrogate = str(run_dir)  # its last seed's run
-    paths = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress,
-                                                allow_device_change=allow_device_change)]
+    trained = [str(p) for p in train_many(items, jobs=jobs, launcher=launcher, slurm=slurm, progress=progress,
+                                          allow_device_change=allow_device_change)]
+    paths, surrogate = trained[:len(planned)], (trained[-1] if job is not None else None)
     _log.info("%s: evaluating %d runs", exp.name, len(paths))
     result = perturb(paths, replace(plan, surrogate=surrogate), dataset=exp.dataset, data_root=root, download=download)
     result.manifest["experiment"] = {"file": str(exp.path), "name": exp.name, "size": size,
-                                     "description": exp.description, "reference": exp.reference}
+                                     "description": exp.description, "reference": exp.reference,
+                                     "sha256": exp.sha256}
+    if exp.claims:  # the declared primary endpoints, fixed with the file's hash before the runs
+        result.manifest["claims"] = [c.as_dict() for c in exp.claims]
+        result.tables["claims"] = claims_table(exp.claims, result.tables, result.manifest.get("runs", []),
+                                               n_classes=get_spec(exp.dataset).num_classes)
     write_probe_outputs(result, out, force=force, lock=False)
     _log.info("%s: writing the report in %s", exp.name, out)
     return _render.render_report(out, section_of, None, lock=False)
@@ -323,12 +329,14 @@ def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure
              f"{spec.num_classes} classes), task {task.name}"]
     defaults = RunConfig()
     batch = {}
-    for model, seed in jobs:
+    surrogate = exp.surrogate_job()
+    for model, seed in jobs + ([surrogate] if surrogate is not None else []):
         train = {**exp.train, **model.train}
         batch[model.variant] = int(train.get("batch_size", defaults.batch_size))
         options = f", options {dict(model.options)}" if model.options else ""
+        role = " (pgd-transfer's surrogate: trained, not probed or compared)" if model is exp.surrogate else ""
         lines.append(f"  {model.variant} x seed {seed}: {model.epochs} epoch{'s' * (model.epochs != 1)}, batch "
-                     f"{batch[model.variant]}{options}")
+                     f"{batch[model.variant]}{options}{role}")
     probed = plan.limit if plan.limit is not None else _known_counts(exp.dataset)[2]
     if task.suite:
         lines.append(f"probe: {plan.conditions} conditions per run ({len(plan.transforms)} transformations x their "
@@ -342,7 +350,7 @@ def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure
                      "(the transformations are not used)")
         passes = 1
     if measure:
-        lines.append(_estimate(exp, jobs, batch, spec, side, device, probed * passes))
+        lines.append(_estimate(exp, jobs, batch, spec, side, device, probed * passes, surrogate))
     report = Path(out) if out is not None else Path("reports") / (exp.report or exp.name)
     try:
         check_report_target(report, force=False)
@@ -358,8 +366,9 @@ def dry_run(path: str | Path, size: str = "quick", device: str = "auto", measure
 
 
 def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[str, int], spec: DatasetSpec, side: int,
-              device: str, probe_images: int) -> str:
-    """The wall-time line of :func:`dry_run`: each variant's training and inference rate measured now."""
+              device: str, probe_images: int, surrogate: tuple[ModelSpec, int] | None = None) -> str:
+    """The wall-time line of :func:`dry_run`: each variant's training and inference rate measured now (the
+    ``surrogate`` run's training counted, its forward passes not: they are part of the attack it computes)."""
     from .bench import bench_model  # lazy: the measurement loads the models
 
     known, pool, _ = _known_counts(exp.dataset)
@@ -367,7 +376,7 @@ def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[st
     per_epoch = exp.limit if exp.limit is not None else round(pool * (1 - val_fraction))
     rates: dict[str, tuple[float, float]] = {}
     train_s = probe_s = 0.0
-    for model, _ in jobs:
+    for model, _ in jobs + ([surrogate] if surrogate is not None else []):
         if model.variant not in rates:
             r = bench_model(model.model, batch_size=batch[model.variant], steps=1, warmup=1, device=device,
                             in_chans=spec.in_chans, img_size=side, num_classes=spec.num_classes,
@@ -376,7 +385,8 @@ def _estimate(exp: Experiment, jobs: list[tuple[ModelSpec, int]], batch: dict[st
             dev = r.device
         train_rate, eval_rate = rates[model.variant]
         train_s += model.epochs * per_epoch / train_rate
-        probe_s += probe_images / eval_rate
+        if surrogate is None or model is not surrogate[0]:
+            probe_s += probe_images / eval_rate
     measured = ", ".join(f"{train:,.0f} train / {infer:,.0f} eval img/s for {name}"
                          for name, (train, infer) in rates.items())
     source = ("the size's limit" if exp.limit is not None else

@@ -30,7 +30,13 @@ Satterthwaite df is liberal (it grows exactly when the seed variance is underest
 0.1% in the simulation), the seed df is valid for any split between seed and image variance; for Welch rows both are
 Welch's. Both tests were checked by simulation at 2-10 seeds
 (:mod:`capsprobe.metrics.calibration`) and by an A/A experiment (``experiments/null.toml``). A difference is ``established``
-only when both models have at least 2 seeds, its adjusted p-value is below 0.05 and its adjusted interval excludes 0.
+exactly when both models have at least 2 seeds and its Holm p-value is below 0.05 (the Bonferroni-level interval is
+the more conservative of the two and may touch 0 where Holm rejects). A family holds no duplicate and no difference
+that is 0 by definition: every transformation's identity shows the same clean digits, so the clean accuracy (and
+true-class score) joins once, and the changes from the clean condition (consistency, confidence drop, the fitted
+metrics of (phi(x), phi(Tx))) join no family at the identity; such rows keep their own test and no adjusted p.
+These families are exploratory: the claims an experiment declares (:mod:`capsprobe.metrics.claims`) are its
+primary endpoints and form their own family.
 Runs trained to a target accuracy that they did not reach are left out of both tables and listed in
 ``excluded``.
 
@@ -254,7 +260,7 @@ def comparison_tables(
                                df_adjusted=df_adjusted, test=test)
                     diffs.append(row)
     ablation = _ablation(diffs, reference, identity) if reference is not None else None
-    differences = _adjust(pd.DataFrame(diffs))
+    differences = _adjust(pd.DataFrame(diffs), members=_family_members(diffs, identity))
     comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
     excluded_df = pd.DataFrame([{"run": e.get("name"), "model": e.get("model"), "seed": e.get("seed"),
                                  "target_accuracy": e.get("target_accuracy"), "val_accuracy": e.get("val_accuracy"),
@@ -289,35 +295,59 @@ def _ablation(diffs: list[dict[str, Any]], reference: str, identity: dict[str, s
     return frame[ABLATION_COLUMNS]
 
 
-def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "metric")) -> pd.DataFrame:
+def _family_members(diffs: list[dict[str, Any]], identity: dict[str, str]) -> list[bool]:
+    """Which differences join their family: not the duplicates and not the differences that are 0 by definition.
+
+    Every transformation's identity magnitude shows the same clean digits, so the clean condition joins once (the
+    first transformation's, for the metrics of the clean images themselves: accuracy, true-class score); a change
+    from the clean condition (consistency, confidence drop, every fitted metric of (phi(x), phi(Tx))) is 0 there by
+    definition and joins no family."""
+    first: dict[tuple[str, str, str], str] = {}
+    out = []
+    for r in diffs:
+        if r["magnitude"] != identity.get(r["transform"]):
+            out.append(True)
+            continue
+        if r["metric"] not in ("accuracy", "true_class_score"):
+            out.append(False)
+            continue
+        key = (r["model_a"], r["model_b"], r["metric"])
+        out.append(first.setdefault(key, r["transform"]) == r["transform"])
+    return out
+
+
+def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "metric"),
+            members: Sequence[bool] | None = None) -> pd.DataFrame:
     """Holm over the conditions of each (pair, metric) family (or the families ``by`` names), and the
-    Bonferroni-level interval beside it."""
+    Bonferroni-level interval beside it; ``members`` (default: every row) says which rows join their family (the
+    others keep their own test, and no adjusted p, interval or "established")."""
     if frame.empty:
         return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
     frame = frame.copy()
     frame["p_holm"] = np.nan
+    member = pd.Series(True if members is None else list(members), index=frame.index, dtype=bool)
     # the family's p-values on the degrees of freedom of the corrected levels (the seed level's own, for paired
     # per-image rows: the Satterthwaite df that is calibrated at 5% is liberal at the levels Holm asks for)
     tail_p = frame.apply(lambda r: _t_test(float(r["difference"]), float(r["se"]), float(r["df_adjusted"]))[1]
                          if np.isfinite(r["se"]) else np.nan, axis=1)
+    tail_p[~member] = np.nan
     frame["ci_low_adjusted"], frame["ci_high_adjusted"] = np.nan, np.nan
     frame["family_size"] = 0
     family = frame[list(by)].astype(str).agg("\x1f".join, axis=1)  # one key per family, whatever len(by)
     for idx in family.groupby(family, sort=False).groups.values():
-        sub = frame.loc[idx]
-        m = int(sub["p_value"].notna().sum())
+        m = int(tail_p.loc[idx].notna().sum())
         frame.loc[idx, "p_holm"] = holm(tail_p.loc[idx].to_numpy())
         frame.loc[idx, "family_size"] = m
         level = 1 - (1 - LEVEL) / max(m, 1)
         for i in idx:
             r = frame.loc[i]
             lo = hi = np.nan
-            if np.isfinite(r["se"]):
+            if np.isfinite(r["se"]) and member[i]:
                 (lo, hi), _ = _t_test(float(r["difference"]), float(r["se"]), float(r["df_adjusted"]), level)
             frame.loc[i, "ci_low_adjusted"], frame.loc[i, "ci_high_adjusted"] = lo, hi
-    excl = (frame["ci_low_adjusted"] > 0) | (frame["ci_high_adjusted"] < 0)
     # one training seed cannot separate the architectures from the luck of one training run, however small the
-    # paired interval over images: never established
+    # paired interval over images: never established. Otherwise "established" is exactly the printed Holm p < 0.05
+    # (the Bonferroni-level interval beside it is the more conservative of the two and may touch 0)
     enough = (frame["seeds_a"] >= 2) & (frame["seeds_b"] >= 2)
-    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & excl & enough
+    frame["established"] = (frame["p_holm"] < 1 - LEVEL) & enough
     return frame[DIFFERENCE_COLUMNS]

@@ -43,7 +43,7 @@ from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, i
 from ..runtime import MARKER, atomic_dir, folder_lock
 from .folder import ReportData, ReportError, read_probe_outputs, write_csv
 from .section import Section, _markdown_table, figure_formats
-from .verdicts import verdict_table
+from .verdicts import CLAIMS_NOTE, claims_shown, verdict_table
 
 __all__ = [
     "COMPARISON_TABLES",
@@ -84,11 +84,15 @@ def _figure_html(name: str, data: bytes, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-VERDICT_NOTE = ("Each cell: the model that does better, then the column's difference a - b (accuracy and consistency "
-                "in percentage points) with its 95% interval over training seeds and images, widened for every "
-                "condition of the metric (Holm), at the key condition of the question, and whether it is "
-                "established at the seeds both models have; then how many of the question's conditions are "
-                "established each way. Intervals at 1 seed cover the test images only: nothing is established.")
+VERDICTS_TITLE = "Exploratory verdicts (not declared claims)"
+VERDICT_NOTE = ("Exploratory: no claim rests on these cells (the declared claims, where the experiment has them, are "
+                "above). Each cell: the model that does better, then the column's difference a - b (accuracy and "
+                "consistency in percentage points) with its 95% interval over training seeds and images, widened for "
+                "every condition of the metric (Bonferroni level), at the question's key condition (fixed in the "
+                "transformation registry, never picked from the data), and whether it is established (Holm p < 0.05 "
+                "over the conditions of the pair's metric) at the seeds both models have; then how many of the "
+                "question's conditions are established each way. Intervals at 1 seed cover the test images only: "
+                "nothing is established.")
 
 
 def report_title(folder: Path, manifest: dict[str, Any]) -> str:
@@ -108,8 +112,12 @@ def _html(title: str, section: Section, manifest: dict[str, Any]) -> str:
     if isinstance(exp, dict) and exp.get("description"):
         parts.append(f"<p>{html.escape(str(exp['description']))}</p>")
     parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
+    if section.claims is not None and len(section.claims):
+        parts.append("<h2>Declared claims</h2>" + _table_html(section.claims, "verdicts")
+                     + f"<details class='meta'><summary>How to read a claim</summary>{html.escape(CLAIMS_NOTE)}"
+                     "</details>")
     if section.verdicts is not None and len(section.verdicts):
-        parts.append("<h2>Verdicts</h2>" + _table_html(section.verdicts, "verdicts")
+        parts.append(f"<h2>{VERDICTS_TITLE}</h2>" + _table_html(section.verdicts, "verdicts")
                      + f"<details class='meta'><summary>How to read a cell</summary>{html.escape(VERDICT_NOTE)}"
                      "</details>")
     figures = dict(section.figures)
@@ -271,14 +279,18 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
         section = section_for(data)
     if section.verdicts is None:
         section.verdicts = verdict_table(data.tables)
+    if section.claims is None:
+        section.claims = claims_shown(data.tables)
     report = report_title(folder, data.manifest)
     exp = data.manifest.get("experiment") or {}
     md = [f"# {report}", ""]
     if isinstance(exp, dict) and exp.get("description"):
         md += [str(exp["description"]), ""]
     md += [_meta_line(data.manifest), ""]
+    if section.claims is not None and len(section.claims):
+        md += ["## Declared claims", "", _markdown_table(section.claims), "", f"*{CLAIMS_NOTE}*", ""]
     if section.verdicts is not None and len(section.verdicts):
-        md += ["## Verdicts", "", _markdown_table(section.verdicts), "", f"*{VERDICT_NOTE}*", ""]
+        md += [f"## {VERDICTS_TITLE}", "", _markdown_table(section.verdicts), "", f"*{VERDICT_NOTE}*", ""]
     if section.key_figure in section.figures:
         caption = section.captions.get(section.key_figure, section.key_figure)
         md += [f"![{caption}]({FIGURES}/{section.key_figure})", "", f"*{caption}*", ""]
@@ -300,8 +312,10 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
         md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
     page = _html(report, section, data.manifest)
     tables: dict[str, tuple[str, pd.DataFrame]] = {}
+    if section.claims is not None and len(section.claims):
+        tables["claims"] = ("Declared claims. " + CLAIMS_NOTE, section.claims)
     if section.verdicts is not None and len(section.verdicts):
-        tables["verdicts"] = ("Verdicts. " + VERDICT_NOTE, section.verdicts)
+        tables["verdicts"] = (f"{VERDICTS_TITLE}. " + VERDICT_NOTE, section.verdicts)
     for table_title, table in shown:
         name = _slug(table_title)
         while name in tables:

@@ -41,6 +41,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # further (title, table), after the first
     verdicts: pd.DataFrame | None = None  # one row per question, a column per model pair: the report opens with it
+    claims: pd.DataFrame | None = None  # the declared claims' verdicts (primary endpoints): first on the page
     key_figure: str | None = None  # the figure shown right below the verdicts (a key of ``figures``)
     details: list[str] = field(default_factory=list)  # every read-out sentence, folded below the claims
 

@@ -20,7 +20,8 @@ from ..metrics.compare import WELCH_TEST, welch_t_test
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 
-__all__ = ["QUESTIONS", "Question", "Verdict", "verdict_cells", "verdict_claims", "verdict_table"]
+__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "claim_sentences", "claims_shown", "verdict_cells",
+           "verdict_claims", "verdict_table"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,15 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
     key = [(t, m) for t, m in headline_conditions()]
     at_key = rows[[(t, str(m)) in key for t, m in zip(rows["transform"], rows["magnitude"].astype(str))]]
     testable = rows.dropna(subset=["ci_low_adjusted"])
-    pick = at_key if len(at_key) else (testable if len(testable) else rows)
-    r = pick.loc[pick["difference"].abs().idxmax()]
+    if at_key.empty:
+        # no key condition fixed for this question: counts only (a condition picked from the data, the largest
+        # difference, would be a verdict chosen after seeing it)
+        est = testable[testable["established"].astype(bool)]
+        up = int(((est["difference"] > 0) == q.higher_is_better).sum())
+        way = "" if q.judged else " higher"
+        return Verdict(f"no key condition declared; established{way} for {a} in {up}, for {b} in {len(est) - up} of "
+                       f"{len(rows)} conditions (exploratory)", seeds=int(rows[["seeds_a", "seeds_b"]].min().min()))
+    r = at_key.loc[at_key["difference"].abs().idxmax()]
     seeds = int(min(r["seeds_a"], r["seeds_b"]))
     condition = f"{r['transform']} {r['magnitude']}"
     d = float(r["difference"])
@@ -244,3 +252,57 @@ def verdict_claims(tables: dict[str, pd.DataFrame]) -> list[str]:
         claims.append(f"None of the {len(asked)} comparisons in the verdict table is established at {at} seeds (which "
                       "is not evidence that the models are alike).")
     return claims
+
+
+CLAIMS_NOTE = ("The experiment's declared primary endpoints ([[claims]] in its file, hashed into the manifest): each "
+               "claim's difference a - b with its 95% interval, the interval widened for the family of claims "
+               "(Bonferroni level; 1 - 2 alpha / m for 'alike', the one two one-sided tests read), the claim's p "
+               "adjusted by Holm over the claims, and the verdict: supported, contradicted, equivalent within the "
+               "margin, different, or inconclusive (not established, which is not 'alike'). A claim is not "
+               "testable with fewer than 2 seeds or a model at chance. Everything else in this report is "
+               "exploratory.")
+
+
+def _fmt_value(value: Any, metric: str) -> str:
+    if pd.isna(value):
+        return "-"
+    points = metric in ("accuracy", "consistency")
+    return f"{100 * float(value):+.1f}" if points else f"{float(value):+.3f}"
+
+
+def claims_shown(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """The declared claims as the report shows them (None: the report declares none)."""
+    claims = tables.get("claims")
+    if claims is None or claims.empty:
+        return None
+    rows = []
+    for r in claims.itertuples(index=False):
+        metric = str(r.metric)
+        unit = " pts" if metric in ("accuracy", "consistency") else ""
+        declared = (f"alike within {_fmt_value(r.margin, metric).lstrip('+')}{unit}" if r.direction == "alike" else
+                    f"{r.a} {'>' if r.direction == 'greater' else '<'} {r.b}")
+        if pd.isna(r.difference):
+            estimate = "-"
+        else:
+            estimate = f"{_fmt_value(r.difference, metric)}{unit}"
+            if not pd.isna(r.ci_low_adjusted):
+                estimate += f" [{_fmt_value(r.ci_low_adjusted, metric)}, {_fmt_value(r.ci_high_adjusted, metric)}]"
+        rows.append({"claim": r.claim, "measure": f"{metric} at {r.transform} {r.magnitude}", "declared": declared,
+                     "a - b": estimate, "p (Holm)": "-" if pd.isna(r.p_holm) else f"{float(r.p_holm):.2g}",
+                     "verdict": r.verdict, "seeds reaching target": f"{r.a} {r.reached_a}, {r.b} {r.reached_b}",
+                     "fixed": r.declared})
+    return pd.DataFrame(rows)
+
+
+def claim_sentences(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """One sentence per declared claim, with its verdict (the report's first headlines)."""
+    claims = tables.get("claims")
+    if claims is None or claims.empty:
+        return []
+    out = []
+    for r in claims.itertuples(index=False):
+        words = f" ({r.statement})" if isinstance(r.statement, str) and r.statement else ""
+        est = "" if pd.isna(r.difference) else f": {r.a} - {r.b} = {_fmt_value(r.difference, str(r.metric))}"
+        out.append(f"Claim {r.claim}{words}, {r.metric} at {r.transform} {r.magnitude}{est}; {r.verdict} "
+                   f"(declared {r.declared}).")
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capsprobe.metrics.compare import PAIRED_TEST, comparison_tables, holm
+from capsprobe.metrics.compare import PAIRED_TEST, _family_members, comparison_tables, holm
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS
 
 IDENTITY = {"rotate": "0"}
@@ -85,6 +85,40 @@ def test_differences_are_paired_over_images_and_corrected():
     assert same["test"] == "Welch t over seeds" and same["p_value"] == pytest.approx(1.0) and not same["established"]
     clean = _row(d, magnitude="0", metric="accuracy")
     assert clean["difference"] == 0 and not clean["established"]
+
+
+def test_families_hold_no_duplicates_and_no_differences_null_by_definition():
+    """The clean digits are every transformation's identity: the clean accuracy joins once; a change from the clean
+    condition (consistency, a fitted metric of (phi(x), phi(Tx))) is 0 there by definition and joins none."""
+    rows = [{"model_a": "a", "model_b": "b", "transform": t, "magnitude": mag, "metric": metric}
+            for t, ident in (("rotate", "0"), ("flip", "none")) for mag in (ident, "x")
+            for metric in ("accuracy", "consistency", "equivariance_gain")]
+    members = _family_members(rows, {"rotate": "0", "flip": "none"})
+    joined = {(r["transform"], r["magnitude"], r["metric"]) for r, m in zip(rows, members) if m}
+    assert joined == {("rotate", "0", "accuracy"), *((t, "x", m) for t in ("rotate", "flip")
+                                                    for m in ("accuracy", "consistency", "equivariance_gain"))}
+    m, im, entries = _tables({"a": [0.85, 0.85, 0.85], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.1, 0.2, 0.3]})
+    d = comparison_tables(m, im, entries, IDENTITY)["differences"]
+    ident = _row(d, magnitude="0", metric="equivariance_gain")
+    assert np.isnan(ident["p_holm"]) and not ident["established"] and np.isfinite(ident["p_value"])
+    moved = _row(d, magnitude="45", metric="equivariance_gain")
+    assert moved["family_size"] == 1 and moved["p_holm"] == pytest.approx(moved["p_value"])
+
+
+def test_established_is_exactly_the_printed_holm_p():
+    """Holm rejects the smallest p at 0.05/m like Bonferroni, the next at 0.05/(m-1): a row with Holm p < 0.05
+    whose Bonferroni-level interval touches 0 is established (as its printed p says)."""
+    from capsprobe.metrics.compare import _adjust
+    base = {"model_a": "a", "model_b": "b", "transform": "rotate", "kind": "nuisance", "magnitude_value": 0.0,
+            "metric": "accuracy", "ci_low": 0.0, "ci_high": 0.0, "se_seeds": 0.01, "df": 100.0, "df_adjusted": 100.0,
+            "test": PAIRED_TEST, "seeds_a": 3, "seeds_b": 3}
+    from scipy import stats
+    z1, z2 = stats.t.isf(0.001 / 2, 100), stats.t.isf(0.04 / 2, 100)  # raw p 0.001 and 0.04 in a family of 2
+    frame = _adjust(pd.DataFrame([{**base, "magnitude": "1", "difference": z1 * 0.01, "se": 0.01, "p_value": 0.001},
+                                  {**base, "magnitude": "2", "difference": z2 * 0.01, "se": 0.01, "p_value": 0.04}]))
+    second = frame.iloc[1]
+    assert second["p_holm"] == pytest.approx(0.04) and second["ci_low_adjusted"] < 0  # Bonferroni: 0.025 level
+    assert bool(second["established"])
 
 
 def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():

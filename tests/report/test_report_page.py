@@ -74,9 +74,29 @@ def test_title_and_h1_are_the_reports_name_not_its_last_section(folder):
     assert md.startswith("# capsprobe report: mine (quick)\n") and md.count("\n# ") == 0
 
 
+def test_declared_claims_come_first_and_the_questions_are_exploratory(folder):
+    from capsprobe.metrics.claims import claims_table, parse_claims
+    from capsprobe.report.folder import write_csv
+
+    data = read_probe_outputs(folder)
+    d = data.tables["differences"]
+    r = d[(d["metric"] == "accuracy") & (d["magnitude"] != "0")].iloc[0]
+    claims = parse_claims([{"name": "first", "a": r["model_a"], "b": r["model_b"], "metric": "accuracy",
+                            "condition": f"{r['transform']}={r['magnitude']}", "direction": "greater",
+                            "statement": "a keeps more"}])
+    write_csv(claims_table(claims, data.tables, data.manifest["runs"]), folder / "claims.csv")
+    page = _page(write_report(folder))
+    assert page.text["h2"][:2] == ["Declared claims", "Exploratory verdicts (not declared claims)"]
+    html = (folder / "report.html").read_text()
+    first = html.split("<h2>Declared claims</h2>")[1].split("</table>")[0]
+    assert "first" in first and f"accuracy at {r['transform']} {r['magnitude']}" in first
+    md = (folder / "report.md").read_text()
+    assert md.index("## Declared claims") < md.index("## Exploratory verdicts")
+
+
 def test_answer_first_verdicts_then_key_figure_then_folded_details(folder):
     page = _page(write_report(folder))
-    assert page.text["h2"][0] == "Verdicts"
+    assert page.text["h2"][0] == "Exploratory verdicts (not declared claims)"
     tags = [t for t, _ in page.order]
     assert page.order[0] == ("table", "verdicts")
     assert tags[1:3] == ["details", "figure"]  # how to read a cell (folded), then the key figure
