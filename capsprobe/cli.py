@@ -404,6 +404,31 @@ def report(
 
 @app.command()
 @_clean_errors
+def claims(
+    reports: Optional[List[Path]] = typer.Argument(None, help="Report folders [every folder under reports/ with a "
+                                                   "manifest.json]."),
+    study: Path = typer.Option(Path("reports/claims.csv"), help="Where the study-wide family is written."),
+    exclude: List[str] = typer.Option(["null", "demo"], "--exclude", help="Report folders left out when none are "
+                                      "given: the A/A calibration (null) and the one-seed example (demo) are not "
+                                      "claims about models."),
+) -> None:
+    """Test each report's declared claims (its experiment's [[claims]]) and the study-wide family over all of them:
+    claims.csv in each folder, the study table at --study."""
+    from .pipeline import rederive_claims  # lazy: the command's own layer loads on use
+
+    folders = list(reports) if reports else sorted(p.parent for p in Path("reports").glob("*/manifest.json")
+                                                   if p.parent.name not in set(exclude))
+    if not folders:
+        raise typer.BadParameter("no report folders given and none under reports/")
+    table = rederive_claims(folders, study)
+    for r in table.itertuples(index=False):
+        p = f"{float(r.p_study):.2g}" if float(r.p_study) == float(r.p_study) else "-"  # NaN: not testable
+        typer.echo(f"{r.report}: {r.claim}: {r.verdict_study} (study p {p})")
+    typer.echo(f"study: {study} ({len(table)} claims in {table['report'].nunique()} reports)")
+
+
+@app.command()
+@_clean_errors
 def demo(
     size: str = typer.Option("small", help=(
         "A size of experiments/demo.toml: tiny (seconds), small (about 5 min on 2 CPU cores), paper (GPU).")),

@@ -62,7 +62,7 @@ ALPHA = 1 - LEVEL
 _NEAR_DUPLICATE = {"accuracy": "decision", "consistency": "decision"}
 # scores on each model's own scale (capsule lengths against softmax probabilities)
 _OTHER_SCALES = {"true_class_score", "confidence_drop"}
-_KEYS = {"name", "a", "b", "metric", "condition", "direction", "margin", "statement"}
+_KEYS = {"name", "a", "b", "metric", "condition", "direction", "margin", "statement", "sizes"}
 CLAIM_COLUMNS = [
     "claim", "statement", "a", "b", "metric", "transform", "magnitude", "direction", "margin", "declared",
     "difference", "ci_low", "ci_high", "se", "df", "test", "p_value", "p_holm", "family_size", "ci_low_adjusted",
@@ -102,10 +102,11 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def parse_claims(raw: Any, models: Sequence[str] | None = None) -> list[Claim]:
+def parse_claims(raw: Any, models: Sequence[str] | None = None, size: str | None = None) -> list[Claim]:
     """Read ``[[claims]]`` entries (a list of tables, or of :meth:`Claim.as_dict` dicts from a manifest).
 
-    ``models``: the names the pair must come from (None: not checked).
+    ``models``: the names the pair must come from (None: not checked). ``size``: keep only the claims whose
+    ``sizes`` list (optional; default every size) holds it (a protocol probed at one size of a file: its claims).
 
     Raises:
         ClaimError: a missing or unknown key, a wrong type, an unknown direction, "alike" without a positive margin
@@ -129,6 +130,11 @@ def parse_claims(raw: Any, models: Sequence[str] | None = None) -> list[Claim]:
         unknown = sorted(set(entry) - _KEYS)
         if unknown:
             raise ClaimError(f"{where}: unknown key {unknown[0]!r} (a claim has: {', '.join(sorted(_KEYS))})")
+        sizes = entry.get("sizes")
+        if sizes is not None and (not isinstance(sizes, list) or not all(isinstance(x, str) for x in sizes)):
+            raise ClaimError(f"{where}: 'sizes' must be a list of size names")
+        if size is not None and sizes is not None and size not in sizes:
+            continue
         for key in ("name", "a", "b", "metric", "condition", "direction"):
             if key not in entry:
                 raise ClaimError(f"{where}: missing key {key!r}")
