@@ -65,7 +65,8 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     exp = load_experiment(path, "tiny")
     assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
     runs = {f"{m.variant}-seed{s}" for m, s in exp.jobs()}
-    assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs  # runs are named one way
+    surrogate = {f"{m.variant}-seed{s}" for m, s in [exp.surrogate_job()] if m is not None}  # trained, not compared
+    assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs | surrogate  # named one way
     if exp.train.get("task") == "multimnist":
         summary = pd.read_csv(report / "summary.csv")
         assert set(summary["metric"]) == {"accuracy", "recon_error"}
@@ -301,14 +302,86 @@ def test_attacks_tiny_writes_the_masking_checks_detection_and_the_attack_figure(
     folder, _ = tiny_experiment("attacks")
     report = folder / "reports" / "attacks"
     masking = pd.read_csv(report / "masking.csv")
-    runs = {"capsnet_small-seed0", "baseline_cnn_pool-seed0", "baseline_cnn_pool-seed1"}
+    runs = {"capsnet_small-seed0", "baseline_cnn_pool-seed0"}
     assert set(masking["run"]) == runs
     assert {"falls to 0", "pgd >= fgsm", "more steps", "transfer <= white-box"} <= set(masking["check"])
     manifest = json.loads((report / "manifest.json").read_text())
-    assert manifest["surrogate"] == "baseline_cnn_pool-seed1"  # the surrogate model's last seed
+    # the transfer attack's surrogate is a third model's run: trained beside the others, never probed or compared
+    assert manifest["surrogate"] == "surrogate-resnet18-seed0"
+    assert (folder / "runs" / "attacks-tiny" / "surrogate-resnet18-seed0" / "model.safetensors").is_file()
+    assert {r["name"] for r in manifest["runs"]} == runs
     summary = pd.read_csv(report / "summary.csv", dtype={"magnitude": str})
+    assert set(summary["model"]) == {"capsnet_small", "baseline_cnn_pool"}
+    assert not pd.read_csv(report / "comparison.csv")["model"].str.startswith("surrogate").any()
     det = summary[summary["metric"] == "detection_auroc"]
     assert set(det["model"]) == {"capsnet_small"} and det["value"].between(0, 1).all()
     text = (report / "report.md").read_text()
     assert "Gradient-masking checks" in text and "attack_accuracy.png" in text
     assert (report / "figures" / "attack_accuracy.png").is_file()
+
+
+_SURROGATE_FILE = ('name = "s"\n[data]\ndataset = "mnist-sample"\n[probe]\ntransforms = ["pgd-transfer"]\n'
+                   '[sizes.tiny]\nseeds = [2, 3]\n{surrogate}\n'
+                   'models = [{{ model = "capsnet_small", epochs = 2 }}, '
+                   '{{ model = "baseline_cnn_pool", label = "cnn", epochs = 3 }}]\n'
+                   '[sizes.tiny.train]\nbatch_size = 8\n')
+
+
+def test_the_surrogate_is_a_third_model_trained_with_the_sizes_options_and_never_compared(tmp_path):
+    """pgd-transfer's surrogate: a table (or a model name alone) that becomes its own run, surrogate-<model>-seed<N>,
+    with the size's training options; it is none of the compared jobs, and the dry run names it as such."""
+    from capsprobe.pipeline import dry_run
+
+    path = tmp_path / "s.toml"
+    path.write_text(_SURROGATE_FILE.format(
+        surrogate='surrogate = { model = "resnet18", epochs = 1, seed = 7, options = { stem = "imagenet" }, '
+                  'train = { lr = 0.01 } }'))
+    exp = load_experiment(path, "tiny")
+    spec, seed = exp.surrogate_job()
+    assert (spec.model, spec.epochs, spec.options, spec.variant, seed) == (
+        "resnet18", 1, {"stem": "imagenet"}, "surrogate-resnet18", 7)
+    config = exp.run_config(spec, seed)
+    assert config.batch_size == 8 and config.lr == 0.01 and config.variant == "surrogate-resnet18"
+    assert [(m.variant, s) for m, s in exp.jobs()] == [("capsnet_small", 2), ("capsnet_small", 3), ("cnn", 2),
+                                                       ("cnn", 3)]
+    lines = dry_run(path, "tiny", device="cpu", measure=False)
+    assert any(line.startswith("  surrogate-resnet18 x seed 7: 1 epoch") and "not probed" in line for line in lines)
+    assert lines[0].startswith("s --size tiny: 4 runs")
+    # a model name alone: the size's first seed and its models' most epochs
+    path.write_text(_SURROGATE_FILE.format(surrogate='surrogate = "resnet18"'))
+    spec, seed = load_experiment(path, "tiny").surrogate_job()
+    assert (spec.model, spec.epochs, spec.options, seed) == ("resnet18", 3, {}, 2)
+    # a size that does not probe pgd-transfer trains no surrogate
+    path.write_text(_SURROGATE_FILE.format(surrogate='surrogate = "resnet18"\ntransforms = ["flip"]'))
+    assert load_experiment(path, "tiny").surrogate_job() is None
+
+
+@pytest.mark.parametrize("surrogate, named", [
+    ('surrogate = "cnn"', "cnn"),  # the old form: a compared model's label
+    ('surrogate = "baseline_cnn_pool"', "baseline_cnn_pool"),  # ... or its model
+    ('surrogate = { model = "capsnet_small", epochs = 1 }', "capsnet_small"),
+])
+def test_a_surrogate_that_is_a_compared_model_is_refused(tmp_path, surrogate, named):
+    """pgd-transfer computed on one of the compared runs is white-box for that run, not a transfer: one line, at
+    the file's line of the surrogate."""
+    path = tmp_path / "s.toml"
+    path.write_text(_SURROGATE_FILE.format(surrogate=surrogate))
+    with pytest.raises(ExperimentError, match=rf"s.toml:8: surrogate '{named}' is one of the compared models "
+                                              r"\(baseline_cnn_pool, capsnet_small, cnn\): .*white-box"):
+        load_experiment(path, "tiny")
+    result = runner.invoke(app, ["run", str(path), "--size", "tiny"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("surrogate, fragment", [
+    ("", ":5: pgd-transfer needs a surrogate model"),  # refused before any training, not after it
+    ('surrogate = { epochs = 1 }', ":8: the surrogate needs 'model'"),
+    ('surrogate = { model = "resnet18", label = "r" }', "unknown key 'label' in [sizes.tiny.surrogate]"),
+    ('surrogate = 3', ":8: 'surrogate' must be str or dict"),
+])
+def test_a_malformed_or_missing_surrogate_is_named(tmp_path, surrogate, fragment):
+    path = tmp_path / "s.toml"
+    path.write_text(_SURROGATE_FILE.format(surrogate=surrogate))
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path, "tiny")
+    assert fragment in str(err.value)
