@@ -278,7 +278,7 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
     with figure_formats(formats):
         section = section_for(data)
     if section.verdicts is None:
-        section.verdicts = verdict_table(data.tables)
+        section.verdicts = verdict_table(data.tables, data.manifest)
     if section.claims is None:
         section.claims = claims_shown(data.tables)
     report = report_title(folder, data.manifest)

@@ -24,7 +24,7 @@ from .section import (
     pct,
     report_colours,
 )
-from .verdicts import verdict_claims, verdict_table
+from .verdicts import at_chance, claim_sentences, verdict_claims, verdict_table
 
 __all__ = [
     "KEY_CONDITIONS",
@@ -590,8 +590,13 @@ def suite_section(data: ReportData) -> Section:
             extra.append(("Published CIFAR-10 numbers beside these models (the source's protocol; set beside, not "
                           "reproduced)", published))
     details = headlines(data.metrics, overview, data.tables, data.manifest)
-    claims = [line for line in details if line.startswith("Clean accuracy")][:1] + verdict_claims(data.tables)
+    chance = at_chance(data.manifest)
+    claims = claim_sentences(data.tables) + [line for line in details if line.startswith("Clean accuracy")][:1]
+    if chance:
+        claims.append(f"{', '.join(chance)} at chance (clean accuracy within 5 points of 1/K): this report establishes "
+                      "nothing about them.")
+    claims += verdict_claims(data.tables, data.manifest)
     claims += _masking_lines(data.tables)
     return Section(headlines=claims, table_title="Overview", table=_fmt(overview), figures=figs, captions=captions,
-                   notes=notes, tables=extra, verdicts=verdict_table(data.tables),
+                   notes=notes, tables=extra, verdicts=verdict_table(data.tables, data.manifest),
                    key_figure=KEY_FIGURE if KEY_FIGURE in figs else None, details=details)

@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..data import get_spec
+from ..metrics.claims import CHANCE_MARGIN
 from ..metrics.compare import WELCH_TEST, welch_t_test
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 
-__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "claim_sentences", "claims_shown", "verdict_cells",
+__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "at_chance", "claim_sentences", "claims_shown", "verdict_cells",
            "verdict_claims", "verdict_table"]
 
 
@@ -174,12 +176,30 @@ def _lie_cell(lie: pd.DataFrame, a: str, b: str) -> Verdict:
                    established=established, winner=winner, seeds=seeds)
 
 
-def verdict_cells(tables: dict[str, pd.DataFrame]
+def at_chance(manifest: dict[str, Any] | None) -> list[str]:
+    """The models whose mean clean test accuracy is within 5 points of chance (1/K of the manifest's data set): a
+    comparison with one of them establishes nothing."""
+    if not manifest:
+        return []
+    try:
+        k = get_spec(str(manifest.get("dataset", ""))).num_classes
+    except Exception:  # noqa: BLE001 - an unregistered data set: no check
+        return []
+    accs: dict[str, list[float]] = {}
+    for r in manifest.get("runs", []) or []:
+        if isinstance(r, dict) and isinstance(r.get("test_accuracy"), (int, float)):
+            accs.setdefault(str(r.get("model")), []).append(float(r["test_accuracy"]))
+    return [m for m, v in accs.items() if sum(v) / len(v) - 1.0 / k < CHANCE_MARGIN]
+
+
+def verdict_cells(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None = None
                   ) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Verdict]]:
-    """The questions asked, the model pairs compared, and the cell text of each (question, a, b)."""
+    """The questions asked, the model pairs compared, and the cell text of each (question, a, b); with the
+    ``manifest``, a pair with a model at chance (:func:`at_chance`) establishes nothing and says so."""
     diffs = _pairs_table(tables)
     if diffs is None or diffs.empty:
         return [], [], {}
+    chance = set(at_chance(manifest))
     pairs = list(dict.fromkeys(zip(diffs["model_a"], diffs["model_b"])))
     masking = tables.get("masking")
     flagged: set[str] = set()
@@ -195,13 +215,21 @@ def verdict_cells(tables: dict[str, pd.DataFrame]
             continue
         questions.append(q.label)
         for a, b in pairs:
-            cells[(q.label, a, b)] = _cell(rows[(rows["model_a"] == a) & (rows["model_b"] == b)], a, b, q, flagged)
+            cell = _cell(rows[(rows["model_a"] == a) & (rows["model_b"] == b)], a, b, q, flagged)
+            down = sorted(chance & {a, b})
+            if down and cell.text != "-":
+                cell = Verdict(f"{cell.text.split(';')[0]}; not testable: {', '.join(down)} at chance (clean "
+                               f"accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/K)", seeds=cell.seeds)
+            cells[(q.label, a, b)] = cell
     lie = tables.get("lie")
     if lie is not None and not lie.empty and ((lie["generator"] == "rotate")
                                              & (lie["metric"] == "elee_representation_pca16")).any():
         questions.insert(min(len(questions), _after(questions)), LIE_QUESTION)
         for a, b in pairs:
-            cells[(LIE_QUESTION, a, b)] = _lie_cell(lie, a, b)
+            cell = _lie_cell(lie, a, b)
+            if chance & {a, b} and cell.text != "-":
+                cell = Verdict(f"{cell.text.split(';')[0]}; not testable: a model at chance", seeds=cell.seeds)
+            cells[(LIE_QUESTION, a, b)] = cell
     return questions, pairs, cells
 
 
@@ -213,13 +241,13 @@ def _after(questions: list[str]) -> int:
     return len(questions)
 
 
-def verdict_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+def verdict_table(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None = None) -> pd.DataFrame | None:
     """One row per question, one column per model pair ``a - b``; None when the report compares no models.
 
     A cell: the better model, then ``a - b`` (accuracy in points) with its 95% interval widened for the metric's
     family, the condition, whether it is established and at how many seeds, and how many of the question's
     conditions are established each way."""
-    questions, pairs, cells = verdict_cells(tables)
+    questions, pairs, cells = verdict_cells(tables, manifest)
     if not questions:
         return None
     rows = []
@@ -231,9 +259,9 @@ def verdict_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def verdict_claims(tables: dict[str, pd.DataFrame]) -> list[str]:
+def verdict_claims(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None = None) -> list[str]:
     """The few sentences that carry a claim: each established verdict, and how many comparisons are not."""
-    questions, pairs, cells = verdict_cells(tables)
+    questions, pairs, cells = verdict_cells(tables, manifest)
     if not questions:
         return []
     asked = [v for v in cells.values() if v.text != "-"]

@@ -134,7 +134,7 @@ def test_models_at_chance_establish_nothing():
     diffs = pd.DataFrame([_diff_row(d=0.05, se=0.001)])
     t = claims_table(claims, {"differences": diffs}, _entries(acc_caps=0.14), n_classes=10)
     assert "at chance" in t.loc[0, "verdict"] and np.isnan(t.loc[0, "p_value"])
-    # 15.1 points above chance is not at chance
+    # 5.1 points above chance is not at chance
     t = claims_table(claims, {"differences": diffs}, _entries(acc_caps=0.151), n_classes=10)
     assert t.loc[0, "verdict"] == "supported"
 
