@@ -48,6 +48,15 @@ them as independent over-states it, unless the two models' errors on the images 
 correlation below 0: only Cauchy-Schwarz, ``correlation = -1``, bounds every case). ``correlation`` takes a known
 value. With no image se it is exactly Welch's test over seeds.
 
+Better, where the runs' bootstrap *replicates* are kept (:func:`fitted_mean_replicates`,
+:func:`fitted_difference_replicates`): the probe draws the same image resamples for every run (one probe seed), so
+replicate ``k`` of every run, of every model, is on the same images, and the covariance over replicates of two runs'
+estimates is their shared image variance: ``sigma_b^2`` between two seeds of a model, ``Cov(b_A, b_B)`` between two
+models. That measures what the summaries can only bound: no ``sigma_e^2`` bias, and the two models' shared image
+errors cancel from a difference as they do in the paired per-image test. In the simulation it holds 5% where the
+summaries' test, with the models' image errors correlated 0.5, rejects 0.05-0.5% with a se 1.4-1.8x too large. It
+needs the probe to store ``n_boot`` floats per run x condition x metric (not done yet).
+
 Two references, as :mod:`capsprobe.metrics.stats` has them for the per-image metrics:
 
 - 95% intervals and raw p-values: t on the Satterthwaite df (``df``), the interval never narrower than the one over
@@ -94,7 +103,8 @@ from .functional import LEVEL
 from .stats import t_interval, t_p_value
 
 __all__ = ["FITTED_METHODS", "FITTED_REGIMES", "FittedEstimate", "FittedRegime", "bootstrap_se_df",
-           "fitted_calibration_table", "fitted_difference", "fitted_mean", "image_se_from_interval"]
+           "fitted_calibration_table", "fitted_difference", "fitted_difference_replicates", "fitted_mean",
+           "fitted_mean_replicates", "image_se_from_interval"]
 
 
 @dataclass(frozen=True)
@@ -302,6 +312,94 @@ def fitted_difference(values_a, image_se_a, values_b, image_se_b, level: float =
     return FittedEstimate(mean_a - mean_b, np.sqrt(seed + image), df, seed, image, seed_df, tail_df, level)
 
 
+# --- from the runs' bootstrap replicates: the shared image variance measured, not bounded ---------------------------
+
+
+def _replicate_cov(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Covariances over the replicate axis of every row of ``x (..., S, K)`` with every row of ``y (..., T, K)``:
+    ``(..., S, T)``."""
+    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    return np.einsum("...sk,...tk->...st", xc, yc) / (x.shape[-1] - 1)
+
+
+def _off_diagonal_mean(c: np.ndarray) -> np.ndarray:
+    s = c.shape[-1]
+    return (c.sum((-2, -1)) - np.trace(c, axis1=-2, axis2=-1)) / (s * (s - 1))
+
+
+def _check_replicates(values, replicates, name: str) -> tuple[np.ndarray, np.ndarray]:
+    v, r = np.asarray(values, dtype=float), np.asarray(replicates, dtype=float)
+    if r.shape[:-1] != v.shape or r.shape[-1] < 2:
+        raise ValueError(f"{name}: replicates must be (..., S, K) for values (..., S) = {v.shape} and K >= 2 "
+                         f"resamples, got {r.shape}")
+    if v.shape[-1] < 2:
+        raise ValueError(f"{name}: needs at least 2 seeds (the shared image variance is a covariance between runs)")
+    return v, r
+
+
+def _replicate_df(k: int, n_images: int | None) -> float:
+    return float(1 / (1 / (k - 1) + (0.0 if n_images is None else 1 / max(n_images - 1, 1))))
+
+
+def fitted_mean_replicates(values, replicates, level: float = LEVEL, n_images: int | None = None) -> FittedEstimate:
+    """:func:`fitted_mean` with the image term measured: the mean covariance, over the bootstrap replicates, of two
+    different runs' estimates (``sigma_b^2``, module docstring) instead of a run's own image variance (which also
+    holds ``sigma_e^2``).
+
+    The runs' replicates must come from the *same* image resamples (replicate ``k`` of every run on the same drawn
+    images, as the probe's one seed gives): then ``Cov_k(Y*_s, Y*_t) = sigma_b^2`` for ``s != t`` and ``sigma_b^2 +
+    sigma_e^2`` for ``s = t`` (Efron & Tibshirani 1993, ch. 6 and 21: the bootstrap covariance of two statistics on
+    the same resamples). The seeds x images decomposition of Searle et al. (1992) with bootstrap replicates in the
+    place of images.
+
+    Args:
+        values: ``(..., S)`` per-seed estimates (at least 2 seeds).
+        replicates: ``(..., S, K)`` each run's bootstrap replicates of its estimate, on common resamples.
+        level: the interval's level.
+        n_images: the images resampled (for the image term's df, with the ``K - 1`` of the replicates).
+    """
+    v, r = _check_replicates(values, replicates, "fitted_mean_replicates")
+    n = v.shape[-1]
+    seed = v.var(-1, ddof=1) / n
+    image = np.maximum(_off_diagonal_mean(_replicate_cov(r, r)), 0.0)
+    image_df = _replicate_df(r.shape[-1], n_images)
+    df = _satterthwaite([(seed, n - 1), (image, image_df)])
+    tail_df = _satterthwaite([(_upper(seed, n - 1), n - 1), (image, image_df)])
+    tail_df = np.where(np.isfinite(tail_df), tail_df, float(n - 1))
+    return FittedEstimate(v.mean(-1), np.sqrt(seed + image), df, seed, image, np.full(seed.shape, float(n - 1)),
+                          tail_df, level)
+
+
+def fitted_difference_replicates(values_a, replicates_a, values_b, replicates_b, level: float = LEVEL,
+                                 n_images: int | None = None) -> FittedEstimate:
+    """:func:`fitted_difference` with the image term measured from the runs' bootstrap replicates on common resamples
+    (:func:`fitted_mean_replicates`), the two models' shared image errors and their covariance included::
+
+        image = off(A, A) + off(B, B) - 2 mean Cov_k(Y*_A,s, Y*_B,t)  =  Var(b_A - b_B)
+
+    (``off``: the mean covariance of two different runs of one model), truncated at 0. No assumption about the
+    cross-model correlation: where both models get the same images wrong the difference's image term shrinks, as
+    the paired per-image test's does (:func:`capsprobe.metrics.stats.seed_image_difference`).
+    """
+    va, ra = _check_replicates(values_a, replicates_a, "fitted_difference_replicates (a)")
+    vb, rb = _check_replicates(values_b, replicates_b, "fitted_difference_replicates (b)")
+    if ra.shape[-1] != rb.shape[-1]:
+        raise ValueError(f"both models need the same resamples, got {ra.shape[-1]} and {rb.shape[-1]} replicates")
+    na, nb = va.shape[-1], vb.shape[-1]
+    seed_a, seed_b = va.var(-1, ddof=1) / na, vb.var(-1, ddof=1) / nb
+    seed = seed_a + seed_b
+    cross = _replicate_cov(ra, rb).mean((-2, -1))
+    image = np.maximum(_off_diagonal_mean(_replicate_cov(ra, ra)) + _off_diagonal_mean(_replicate_cov(rb, rb))
+                       - 2 * cross, 0.0)
+    image_df = _replicate_df(ra.shape[-1], n_images)
+    df = _satterthwaite([(seed_a, na - 1), (seed_b, nb - 1), (image, image_df)])
+    seed_df = _satterthwaite([(seed_a, na - 1), (seed_b, nb - 1)])
+    seed_df = np.where(np.isfinite(seed_df), seed_df, float(na + nb - 2))
+    tail_df = _satterthwaite([(_upper(seed, seed_df), seed_df), (image, image_df)])
+    tail_df = np.where(np.isfinite(tail_df), tail_df, seed_df)
+    return FittedEstimate(va.mean(-1) - vb.mean(-1), np.sqrt(seed + image), df, seed, image, seed_df, tail_df, level)
+
+
 # --- calibration by simulation ------------------------------------------------------------------------------------
 
 
@@ -340,7 +438,7 @@ FITTED_REGIMES = {r.name: r for r in (
     FittedRegime("seed_dominant_interaction", 0.3, interaction=1.0, correlation=0.0),
 )}
 
-FITTED_METHODS = ("welch", "fitted", "fitted_boot200", "fitted_boot1000")
+FITTED_METHODS = ("welch", "fitted", "fitted_boot200", "fitted_boot1000", "fitted_replicates200")
 
 
 def _percentile_width(rng: np.random.Generator, shape: tuple[int, ...], n_boot: int,
@@ -383,8 +481,52 @@ def _simulate(regime: FittedRegime, seeds: int, reps: int, rng: np.random.Genera
     return y[0], se[0], y[1], se[1]
 
 
+def _simulate_replicates(regime: FittedRegime, seeds: int, reps: int, rng: np.random.Generator, n_boot: int,
+                         images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two models' per-seed estimates under the null and every run's ``n_boot`` bootstrap replicates on common
+    resamples, ``(reps, seeds)`` and ``(reps, seeds, n_boot)``: replicate ``k`` moves every run by the same shared
+    draw (correlated between the models as ``b`` is) plus its own, at the image variances realised on ``images``."""
+    va, vb, ve = regime.components()
+    r, dof = regime.correlation, images - 1
+    z = rng.standard_normal((2, reps, 1))
+    b = np.sqrt(vb) * np.stack([z[0], r * z[0] + np.sqrt(1 - r**2) * z[1]])
+    y = b + np.sqrt(va) * rng.standard_normal((2, reps, seeds)) + np.sqrt(ve) * rng.standard_normal((2, reps, seeds))
+    shared = np.sqrt(vb * rng.chisquare(dof, (2, reps, 1, 1)) / dof)
+    own = np.sqrt(ve * rng.chisquare(dof, (2, reps, seeds, 1)) / dof)
+    zk = rng.standard_normal((2, reps, 1, n_boot))
+    zk = np.stack([zk[0], r * zk[0] + np.sqrt(1 - r**2) * zk[1]])
+    out = y[..., None] + shared * zk + own * rng.standard_normal((2, reps, seeds, n_boot))
+    return y[0], out[0], y[1], out[1]
+
+
 def _welch_over_seeds(ya, sa, yb, sb) -> FittedEstimate:
     return fitted_difference(ya, np.zeros_like(sa), yb, np.zeros_like(sb))
+
+
+def _joined(parts: list[FittedEstimate]) -> FittedEstimate:
+    """One estimate of the concatenated batches of ``parts``."""
+    fields = ("value", "se", "df", "seed_var", "image_var", "seed_df", "tail_df")
+    joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+    return FittedEstimate(**joined, level=parts[0].level)
+
+
+def _estimates(method: str, regime: FittedRegime, s: int, reps: int, rng: np.random.Generator, images: int,
+               alpha: float) -> tuple[FittedEstimate, FittedEstimate]:
+    """The difference and model A's mean, ``reps`` simulated replicates, by ``method``."""
+    if method == "fitted_replicates200":
+        diffs, means = [], []
+        for start in range(0, reps, 1000):  # (2, 1000, S, 200) replicates at a time
+            ya, ra, yb, rb = _simulate_replicates(regime, s, min(1000, reps - start), rng, 200, images)
+            diffs.append(fitted_difference_replicates(ya, ra, yb, rb, n_images=images))
+            means.append(fitted_mean_replicates(ya, ra, 1 - alpha, n_images=images))
+        return _joined(diffs), _joined(means)
+    n_boot = {"fitted_boot200": 200, "fitted_boot1000": 1000}.get(method)
+    ya, sa, yb, sb = _simulate(regime, s, reps, rng, n_boot, images)
+    if method == "welch":
+        return _welch_over_seeds(ya, sa, yb, sb), fitted_mean(ya, np.zeros_like(sa), 1 - alpha)
+    df_img = np.inf if n_boot is None else bootstrap_se_df(images, n_boot)
+    return (fitted_difference(ya, sa, yb, sb, image_df=df_img),
+            fitted_mean(ya, sa, 1 - alpha, image_df=df_img))
 
 
 def fitted_calibration_table(seeds: Sequence[int] = (2, 3, 5, 10), regimes: Sequence[str] = tuple(FITTED_REGIMES),
@@ -392,8 +534,9 @@ def fitted_calibration_table(seeds: Sequence[int] = (2, 3, 5, 10), regimes: Sequ
                              images: int = 500, alpha: float = 0.05, tail: float = 0.001) -> pd.DataFrame:
     """False positives, coverage and the far tail of the current test (``welch``: t interval / Welch over seeds) and
     the seeds x images one (``fitted``: image se known; ``fitted_boot200`` / ``fitted_boot1000``: estimated from a
-    percentile interval of 200 / 1,000 resamples of ``images`` images, ``image_df`` from :func:`bootstrap_se_df`),
-    two models with equal means.
+    percentile interval of 200 / 1,000 resamples of ``images`` images, ``image_df`` from :func:`bootstrap_se_df`;
+    ``fitted_replicates200``: :func:`fitted_difference_replicates` on 200 replicates per run), two models with equal
+    means.
 
     One row per method x regime x seed count: ``fpr`` (the difference, p < ``alpha``), ``coverage`` (model A's
     ``1 - alpha`` interval covers its mean), ``tail_fpr`` (:attr:`FittedEstimate.tail_p` < ``tail``: Holm's
@@ -410,15 +553,8 @@ def fitted_calibration_table(seeds: Sequence[int] = (2, 3, 5, 10), regimes: Sequ
         for s in seeds:
             true_sd = np.sqrt(2 * (va / s + vb + ve / s) - 2 * regime.correlation * vb)
             for method in methods:
-                n_boot = {"fitted_boot200": 200, "fitted_boot1000": 1000}.get(method)
                 rng = np.random.default_rng([seed, s, list(FITTED_REGIMES).index(name)])
-                ya, sa, yb, sb = _simulate(regime, s, reps, rng, n_boot, images)
-                if method == "welch":
-                    diff, mean = _welch_over_seeds(ya, sa, yb, sb), fitted_mean(ya, np.zeros_like(sa), 1 - alpha)
-                else:
-                    df_img = np.inf if n_boot is None else bootstrap_se_df(images, n_boot)
-                    diff = fitted_difference(ya, sa, yb, sb, image_df=df_img)
-                    mean = fitted_mean(ya, sa, 1 - alpha, image_df=df_img)
+                diff, mean = _estimates(method, regime, s, reps, rng, images, alpha)
                 lo, hi = mean.interval
                 rows.append({"method": method, "regime": name, "seeds": s, "image_ratio": regime.image_ratio,
                              "reps": reps, "fpr": float(np.mean(diff.p < alpha)),

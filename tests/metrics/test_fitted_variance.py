@@ -17,7 +17,9 @@ from capsprobe.metrics.fitted import (
     bootstrap_se_df,
     fitted_calibration_table,
     fitted_difference,
+    fitted_difference_replicates,
     fitted_mean,
+    fitted_mean_replicates,
     image_se_from_interval,
 )
 
@@ -144,6 +146,44 @@ def test_one_seed_covers_the_images_only():
     assert float(est.se) == pytest.approx(0.04) and float(est.df) == 300 and np.isnan(est.seed_var)
 
 
+def test_replicates_measure_the_shared_image_variance():
+    """Replicates on common resamples: a shift every run takes on resample k is the shared image term (its variance
+    counts in full, not divided by the seeds); noise of each run's own is seed x image and already in the seeds'
+    spread (it is left out); the run's own image se would count both."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 0.05, 400)
+    own = rng.normal(0, 0.05, (4, 400))
+    shared = fitted_mean_replicates(A, A[:, None] + z)
+    assert float(shared.image_var) == pytest.approx(np.var(z, ddof=1))
+    assert float(shared.se) ** 2 == pytest.approx(A.var(ddof=1) / 4 + np.var(z, ddof=1))
+    alone = fitted_mean_replicates(A, A[:, None] + own)
+    assert float(alone.image_var) < 0.1 * 0.05**2
+    both = fitted_mean_replicates(A, A[:, None] + z + own)
+    assert float(both.image_var) == pytest.approx(0.05**2, rel=0.2)
+    assert float(fitted_mean(A, (A[:, None] + z + own).std(-1, ddof=1)).image_var) == pytest.approx(2 * 0.05**2,
+                                                                                                      rel=0.2)
+
+
+def test_replicates_cancel_the_image_errors_two_models_share():
+    """Two models moved alike by every resample: their difference has no image term (the per-run se, taken as
+    independent, would add both); moved oppositely, it doubles. The difference is a - b either way."""
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 0.05, 400)
+    same = fitted_difference_replicates(A, A[:, None] + z, B, B[:, None] + z)
+    assert float(same.value) == pytest.approx(A.mean() - B.mean()) and float(same.image_var) < 1e-12
+    welch = welch_t_test(A, B)
+    assert np.allclose(same.interval, welch[1]) and float(same.p) == pytest.approx(welch[2])
+    opposite = fitted_difference_replicates(A, A[:, None] + z, B, B[:, None] - z)
+    assert float(opposite.image_var) == pytest.approx(4 * np.var(z, ddof=1))
+    flipped = fitted_difference_replicates(B, B[:, None] - z, A, A[:, None] + z)
+    assert float(flipped.value) == pytest.approx(-float(opposite.value)) and float(flipped.se) == pytest.approx(
+        float(opposite.se))
+    with pytest.raises(ValueError, match="same resamples"):
+        fitted_difference_replicates(A, A[:, None] + z, B, B[:, None] + z[:300])
+    with pytest.raises(ValueError, match="replicates must be"):
+        fitted_mean_replicates(A, A[:3, None] + z)
+
+
 def test_welch_over_seeds_overrejects_where_images_dominate_and_the_new_test_does_not():
     """3 seeds, image se 3x the seed se: Welch over seeds sees a third of the variance of the difference; the seeds x
     images test, with the image se known or estimated by a 200-resample bootstrap, stays near 5% and covers."""
@@ -152,5 +192,16 @@ def test_welch_over_seeds_overrejects_where_images_dominate_and_the_new_test_doe
     row = table.set_index("method")
     assert row.loc["welch", "fpr"] > 0.25 and row.loc["welch", "coverage"] < 0.75
     for method in ("fitted", "fitted_boot200"):
-        assert row.loc[method, "fpr"] < 0.075 and row.loc[method, "coverage"] > 0.93
+        assert 0.025 < row.loc[method, "fpr"] < 0.075 and row.loc[method, "coverage"] > 0.93
+
+
+def test_correlated_models_cost_the_summaries_power_and_not_the_replicates():
+    """Where the two models' image errors are correlated (0.5) the per-run se, taken as independent, over-states the
+    difference's se (by design, about 1.4x here); the replicates measure the covariance and stay near 5%."""
+    table = fitted_calibration_table(seeds=(3,), regimes=("image_dominant_correlated",), reps=1000, seed=8,
+                                     methods=("fitted", "fitted_replicates200"))
+    row = table.set_index("method")
+    assert row.loc["fitted", "se_ratio"] > 1.3 and row.loc["fitted", "fpr"] < 0.02
+    assert 0.9 < row.loc["fitted_replicates200", "se_ratio"] < 1.1
+    assert 0.025 < row.loc["fitted_replicates200", "fpr"] < 0.08
     assert set(FITTED_REGIMES) >= {"image_dominant", "comparable", "seed_dominant"}
