@@ -53,9 +53,10 @@ Better, where the runs' bootstrap *replicates* are kept (:func:`fitted_mean_repl
 replicate ``k`` of every run, of every model, is on the same images, and the covariance over replicates of two runs'
 estimates is their shared image variance: ``sigma_b^2`` between two seeds of a model, ``Cov(b_A, b_B)`` between two
 models. That measures what the summaries can only bound: no ``sigma_e^2`` bias, and the two models' shared image
-errors cancel from a difference as they do in the paired per-image test. In the simulation it holds 5% where the
-summaries' test, with the models' image errors correlated 0.5, rejects 0.05-0.5% with a se 1.4-1.8x too large. It
-needs the probe to store ``n_boot`` floats per run x condition x metric (not done yet).
+errors cancel from a difference as they do in the paired per-image test. In the simulation it holds 4.4-5.5% from 3
+seeds on (200 replicates; the image term's df is taken as ``K - 1``, a little optimistic) where the summaries' test,
+with the models' image errors correlated 0.5, rejects 0.05-0.5% with a se 1.4-1.8x too large. It needs the probe to
+store ``n_boot`` floats per run x condition x metric (not done yet).
 
 Two references, as :mod:`capsprobe.metrics.stats` has them for the per-image metrics:
 
@@ -68,14 +69,14 @@ Two references, as :mod:`capsprobe.metrics.stats` has them for the per-image met
   small, and does not bind where the image term dominates;
 - the far tail (Holm, Bonferroni-level intervals): t on ``tail_df``, Satterthwaite's df with the seed term taken at
   its upper 95% confidence limit (``seed_var seed_df / chi2_{seed_df}(0.05)``), floored by the seeds alone as above
-  (with no image se: Welch's test again). The
-  Satterthwaite df grows when the seed variance comes out small, exactly when the statistic is large; with the seed
-  term at the largest value the seeds allow, the df stays near the seed level's where the seeds could dominate and
-  near the images' where they cannot. The seed level's own df (``seed_df``), what the per-image test uses, bounds
-  every mixture too, but at 3 seeds where the images dominate it leaves the 0.1% level at about 0% (t on 2-4 df
-  against a statistic that is nearly normal): nothing would be established. This rule is a choice calibrated by the
-  simulation (0.00-0.10% at 0.1% over every regime and 2-10 seeds, the image se known or read from a 200 or
-  1,000-resample interval), not a theorem.
+  (with no image se: Welch's test again). The Satterthwaite df grows when the seed variance comes out small, exactly
+  when the statistic is large; with the seed term at the largest value the seeds allow, the df stays near the seed
+  level's where the seeds could dominate and near the images' where they cannot. The seed level's own df
+  (``seed_df``), what the per-image test uses, bounds every mixture too, but at 3 seeds where the images dominate it
+  leaves the 0.1% level at about 0% (t on 2-4 df against a statistic that is nearly normal): nothing would be
+  established. This rule is a choice calibrated by the
+  simulation (0.00-0.12% at 0.1%, Monte-Carlo se 0.014%, over every regime and 2-10 seeds, the image se known or
+  read from a 200 or 1,000-resample interval), not a theorem.
 
 The calibration (:func:`fitted_calibration_table`) simulates the model above for two models under the null, with
 the per-run image se known or estimated the way the probe estimates it (a percentile interval from 200 or 1,000
