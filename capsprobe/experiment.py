@@ -292,7 +292,7 @@ def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
     )
     _validate(exp, text, section)
     try:
-        claims = parse_claims(data.get("claims", []), models=[m.variant for m in models])
+        claims = parse_claims(data.get("claims", []), models=[m.variant for m in models], size=size)
     except ClaimError as exc:
         raise _fail(path, text, "claims", None, str(exc)) from None
     return replace(exp, claims=tuple(claims), sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())

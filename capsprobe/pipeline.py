@@ -12,14 +12,17 @@ section it is handed, and a task knows nothing of the folder it is written to.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
+
 from .data import DatasetSpec, get_spec, load_dataset
 from .errors import InvalidInputError, option
 from .experiment import Experiment, ModelSpec, demo_file, load_experiment
-from .metrics.claims import claims_table
+from .metrics.claims import Claim, ClaimError, claims_table, parse_claims, study_table
 from .probe import ProbePlan, ProbeResult
 from .probe.schema import MANIFEST
 from .report import (
@@ -28,16 +31,19 @@ from .report import (
     ReportExistsError,
     Section,
     check_report_target,
+    read_probe_outputs,
     write_probe_outputs,
 )
 from .report import render as _render
+from .report.folder import write_csv
 from .runtime import folder_lock, resolve_device
 from .tasks import UnknownTaskError, get_task
 from .training import RunConfig
 from .training.launch import SlurmOptions, check_launcher, train_many
 from .training.runs import RunError, library_versions, load_run, run_name
 
-__all__ = ["dry_run", "perturb", "perturb_to", "plan_of", "recompare", "run_demo", "run_experiment", "section_of", "write_report"]
+__all__ = ["claims_of", "dry_run", "perturb", "perturb_to", "plan_of", "recompare", "rederive_claims", "run_demo",
+           "run_experiment", "section_of", "write_report"]
 
 _log = logging.getLogger(__name__)
 
@@ -186,6 +192,64 @@ def perturb_to(
         raise
 
 
+def claims_of(data: ReportData) -> tuple[list[Claim], str]:
+    """A report's declared claims and when they were fixed.
+
+    The manifest's own (written by ``capsprobe run`` with the file's SHA-256, before the runs): "before the runs".
+    Else the ``[[claims]]`` of the experiment file the manifest names, at its size, read now: "after the runs"
+    (a re-derivation of an older report: the claims were not fixed before its data were seen). No experiment file:
+    no claims."""
+    manifest = data.manifest
+    exp: dict[str, Any] = manifest["experiment"] if isinstance(manifest.get("experiment"), dict) else {}
+    models = list(dict.fromkeys(str(r.get("model")) for r in manifest.get("runs", []) if isinstance(r, dict)))
+    if manifest.get("claims"):
+        try:
+            return parse_claims(manifest["claims"], models=models), "before the runs"
+        except ClaimError as exc:
+            raise ReportError(f"{data.folder / MANIFEST}: {exc}") from None
+    path = exp.get("file")
+    if not path or not Path(path).is_file():
+        return [], ""
+    exp_file = load_experiment(path, str(exp.get("size", "quick")))
+    return [c for c in exp_file.claims if c.a in models and c.b in models], "after the runs"
+
+
+def rederive_claims(folders: Sequence[str | Path], study: str | Path | None = None, locked: bool = False
+                    ) -> pd.DataFrame:
+    """Each report's claims table (``claims.csv`` in its folder) from its committed tables, and the study-wide
+    family over all of them (:func:`capsprobe.metrics.claims.study_table`), written to ``study`` when given.
+
+    Reads only the folders' CSV files and manifests (no per-image rows, no runs); every file is written to a
+    temporary name and renamed. ``locked``: the caller holds the folders' locks."""
+    tables = {}
+    for folder in folders:
+        folder = Path(folder)
+        with nullcontext() if locked else folder_lock(folder):
+            data = read_probe_outputs(folder)
+            claims, declared = claims_of(data)
+            if not claims:
+                continue
+            dataset = str(data.manifest.get("dataset", ""))
+            try:
+                n_classes: int | None = get_spec(dataset).num_classes
+            except Exception:  # noqa: BLE001 - an unregistered data set: no at-chance check
+                n_classes = None
+            table = claims_table(claims, data.tables, data.manifest.get("runs", []), n_classes=n_classes,
+                                 declared=declared)
+            _write_table(table, folder / "claims.csv")
+            tables[folder.name] = table
+    out = study_table(tables)
+    if study is not None:
+        _write_table(out, Path(study))
+    return out
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write_csv(frame, tmp)
+    tmp.replace(path)
+
+
 def section_of(data: ReportData) -> Section:
     """The report section of the folder's task (``manifest.json``'s ``task``, ``classify`` when absent)."""
     try:
@@ -207,9 +271,10 @@ def write_report(folder: str | Path, formats: str | Sequence[str] | None = None)
 
 
 def recompare(folder: str | Path, formats: str | Sequence[str] | None = None) -> Path:
-    """Recompute a report folder's comparison tables with the current method, then render it
-    (:func:`capsprobe.report.recompare_report`)."""
-    return _render.recompare_report(folder, section_of, formats)
+    """Recompute a report folder's comparison tables with the current method and its declared claims
+    (:func:`rederive_claims`), then render it (:func:`capsprobe.report.recompare_report`)."""
+    return _render.recompare_report(folder, section_of, formats,
+                                    after=lambda path: rederive_claims([path], locked=True))
 
 
 def run_experiment(

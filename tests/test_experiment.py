@@ -257,6 +257,22 @@ def test_recompare_rebuilds_the_comparison_tables_from_the_folder(tiny_experimen
     pd.testing.assert_frame_equal(after, before)  # summary.csv keeps every digit: the same tables, exactly
     assert (report / "comparison.csv").is_file() and (report / "results.parquet").is_file()
     assert "Satterthwaite" in (report / "report.md").read_text()
+    # the declared claims (null.toml's [[claims]], hashed into the manifest before the runs) come back with them
+    claims = pd.read_csv(report / "claims.csv")
+    assert set(claims["declared"]) == {"before the runs"} and len(claims) == 4
+    manifest = json.loads((report / "manifest.json").read_text())
+    assert len(manifest["experiment"]["sha256"]) == 64 and len(manifest["claims"]) == 4
+    assert "## Declared claims" in (report / "report.md").read_text()
+    # a committed example report keeps no per-image rows: the paired tests as written, everything else anew, the
+    # same numbers
+    comparison = pd.read_csv(report / "comparison.csv", dtype={"magnitude": str})
+    (report / "results.parquet").unlink()
+    result = runner.invoke(app, ["report", "--recompare", str(report)])
+    assert result.exit_code == 0, result.output
+    again = pd.read_csv(report / "differences.csv", dtype={"magnitude": str})
+    pd.testing.assert_frame_equal(again, before, rtol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_csv(report / "comparison.csv", dtype={"magnitude": str}), comparison,
+                                  rtol=1e-5)
 
 
 def test_recompare_refuses_a_folder_without_comparisons(tiny_experiment):

@@ -50,7 +50,9 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import InvalidInputError
+from .compare import holm
 from .functional import LEVEL
+from .seeds import reached
 
 __all__ = ["CLAIM_COLUMNS", "CHANCE_MARGIN", "Claim", "ClaimError", "DIRECTIONS", "STUDY_COLUMNS", "claims_table",
            "file_sha256", "parse_claims", "study_table", "tost_p"]
@@ -197,18 +199,13 @@ def _two_sided(difference: float, se: float, df: float) -> float:
     return float(2 * stats.t.sf(abs(difference) / se, df))
 
 
-def _holm(p: np.ndarray) -> np.ndarray:
-    from .compare import holm  # a function of compare's, kept there (the exploratory families use it too)
-    return holm(p)
-
-
 def _seed_outcomes(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int, float]]:
     """Per model: seeds that reached the target (or had none), seeds trained, mean clean test accuracy of the
     survivors."""
     out: dict[str, list] = {}
     for e in entries:
         model = str(e.get("model_label") or e.get("label") or e.get("model"))
-        kept = not (e.get("target_accuracy") is not None and e.get("reached_target") is False)
+        kept = reached(dict(e))
         rec = out.setdefault(model, [0, 0, []])
         rec[0] += int(kept)
         rec[1] += 1
@@ -284,7 +281,7 @@ def claims_table(claims: Sequence[Claim], tables: Mapping[str, pd.DataFrame],
                 untestable = (f"not testable: {', '.join(at_chance)} at chance (clean accuracy within "
                               f"{100 * CHANCE_MARGIN:.0f} points of 1/{n_classes})")
             else:
-                row["p_value"] = tost_p(diff, se, df, float(c.margin)) if c.direction == "alike" else \
+                row["p_value"] = tost_p(diff, se, df, c.margin) if c.margin is not None else \
                     _two_sided(diff, se, df)
                 row["test"] = ("TOST (Schuirmann 1987) on " if c.direction == "alike" else "") + row["test"]
         if untestable:
@@ -296,7 +293,7 @@ def claims_table(claims: Sequence[Claim], tables: Mapping[str, pd.DataFrame],
         return frame
     p = pd.to_numeric(frame["p_value"], errors="coerce").to_numpy(float)
     frame["p_value"] = p
-    frame["p_holm"] = _holm(p)
+    frame["p_holm"] = holm(p)
     m = int(np.isfinite(p).sum())
     frame["family_size"] = m
     lows, highs, verdicts = [], [], []
@@ -345,7 +342,7 @@ def study_table(reports: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame(columns=STUDY_COLUMNS)
     study = pd.concat(frames, ignore_index=True)
     p = pd.to_numeric(study["p_value"], errors="coerce").to_numpy(float)
-    study["p_study"] = _holm(p)
+    study["p_study"] = holm(p)
     m = int(np.isfinite(p).sum())
     study["study_family_size"] = m
     study["verdict_study"] = [_verdict(r, float(study.loc[i, "p_study"]), m) if np.isfinite(p[i]) else str(r["verdict"])

@@ -9,8 +9,11 @@ training variation:
   seeds x images variance decomposition of :func:`capsprobe.metrics.stats.seed_image_mean` (the seed term and the
   image-sampling term, Searle, Casella & McCulloch 1992), with a Student t reference on Satterthwaite's (1946)
   degrees of freedom;
-- every other metric (fitted, ratio and AUROC metrics): the mean of the per-seed estimates with a Student t
-  interval over seeds (at least 2 seeds; with one seed, the run's own interval over images, flagged).
+- every other metric (fitted, ratio and AUROC metrics): the mean of the per-seed estimates with an interval over
+  seeds *and* images (:func:`capsprobe.metrics.fitted.fitted_mean`: every seed is scored on the same test images, so
+  the image sampling each run's own bootstrap interval measures is added once to the seed spread; Satterthwaite df;
+  never narrower than the t interval over seeds); at least 2 seeds; with one seed, the run's own interval over
+  images, flagged.
 
 Columns also list every seed's clean test accuracy, stopping epoch and whether it reached its target accuracy.
 
@@ -19,7 +22,10 @@ Columns also list every seed's clean test accuracy, stopping epoch and whether i
 - per-image metrics: *paired* over images (both models see the same digits and the same transformation draws),
   seeds independent between the models (seed k of two architectures shares nothing) and sharing one seed variance,
   by :func:`capsprobe.metrics.stats.seed_image_difference`: t on Satterthwaite degrees of freedom;
-- other metrics: Welch's t over the per-seed estimates (at least 2 seeds per model).
+- other metrics: the seeds x images t of :func:`capsprobe.metrics.fitted.fitted_difference` (Welch's seed terms
+  plus both models' image terms, treated as independent: conservative when the models err on the same images), on
+  Satterthwaite df, the far tail on its ``tail_df``; Welch's t over the per-seed estimates where a run has no image
+  interval (at least 2 seeds per model).
 
 Each difference has a standard error (``se``; ``se_seeds``: the part of it that the seeds bring), a 95% t interval
 and a two-sided p-value on ``df`` degrees of freedom, the Holm (1979) adjusted p-value over the conditions of its
@@ -56,19 +62,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .bounded import bounded_interval, per_seed_text
+from .fitted import bootstrap_se_df, fitted_difference, fitted_mean, image_se_from_interval
 from .functional import LEVEL
+from .seeds import seed_outcomes
 from .stats import seed_image_difference, seed_image_mean, t_interval
 
-__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "PAIRED_TEST",
+__all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "FITTED_TEST", "PAIRED_TEST",
            "PER_IMAGE", "WELCH_TEST", "comparison_tables", "holm", "welch_t_test"]
 
 PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
 WELCH_TEST = "Welch t over seeds"
+FITTED_TEST = "seeds x images t (per-run image se, Satterthwaite)"
 PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
 COMPARISON_COLUMNS = [
     "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "df",
-    "interval", "seeds", "clean_accuracies", "stop_epochs", "reached_target",
+    "interval", "seeds", "per_seed", "clean_accuracies", "stop_epochs", "reached_target",
 ]
+SHARES = ("accuracy", "consistency")  # per-image shares: their intervals stay inside [0, 1]
 DIFFERENCE_COLUMNS = [
     "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
     "ci_high", "se", "se_seeds", "df", "p_value", "df_adjusted", "p_holm", "ci_low_adjusted", "ci_high_adjusted",
@@ -167,6 +178,8 @@ def comparison_tables(
     entries: Sequence[dict[str, Any]],
     identity: dict[str, str],
     reference: str | None = None,
+    n_boot: int | None = None,
+    all_seeds: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """``comparison``, ``differences`` and ``excluded`` tables, and ``ablation`` with a ``reference`` (see the module
     docstring).
@@ -177,9 +190,16 @@ def comparison_tables(
         entries: the manifest's run entries (name, model, seed, test accuracy, epochs, target reached).
         identity: per transformation, the label of its identity magnitude.
         reference: the model every other is set against in the ablation table (None: no ablation table).
+        n_boot: the resamples of each run's percentile interval over images (the probe's ``bootstrap``), for the
+            image se of the fitted metrics (:func:`capsprobe.metrics.fitted.image_se_from_interval`; None: 1,000).
+        all_seeds: keep the runs that missed their target (the all-seeds analysis); by default they are left out
+            (the matched analysis), and where any is, ``differences_all_seeds`` gives the all-seeds analysis beside
+            it. ``seeds`` is :func:`capsprobe.metrics.seeds.seed_outcomes` (k of n seeds reaching the target).
     """
-    excluded = [e for e in entries if e.get("target_accuracy") is not None and e.get("reached_target") is False]
+    excluded = [] if all_seeds else [e for e in entries
+                                     if e.get("target_accuracy") is not None and e.get("reached_target") is False]
     out_runs = {e["name"] for e in excluded}
+    metrics_all, images_all = metrics, images
     metrics = metrics[~metrics["run"].isin(out_runs)]
     images = images[~images["run"].isin(out_runs)]
     models = list(dict.fromkeys(metrics["model"]))
@@ -207,6 +227,8 @@ def comparison_tables(
                 "magnitude_value": cond.magnitude_value}
         for name in dict.fromkeys(rows["metric"]):
             mats, seeds_of, point = {}, {}, {}
+            image_se_of: dict[str, np.ndarray] = {}
+            image_df_of: dict[str, float] = {}
             for model in models:
                 sel = rows[(rows["metric"] == name) & (rows["model"] == model)].set_index("run").reindex(runs_of[model])
                 sel = sel.dropna(subset=["value"])
@@ -220,11 +242,26 @@ def comparison_tables(
                     est = seed_image_mean(mat)
                     value, df = float(est.value), float(est.df)
                     ci = tuple(float(v) for v in est.interval(LEVEL))
+                    if name in SHARES:  # a share: the logit interval, inside [0, 1]
+                        ci = tuple(float(v) for v in bounded_interval(mat.mean(axis=1), float(est.se), df, LEVEL,
+                                                                      images=mat.shape[1]))
                     how = (f"seeds+images (t, {len(values)} seeds, Satterthwaite df)" if len(values) >= 2 else
                            "images only (1 seed)")
+                    if name in SHARES:
+                        how = how.replace("(t,", "(logit t,") if len(values) >= 2 else "images only (1 seed; logit t)"
                 elif len(values) >= 2:
-                    value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
-                    df = float(len(values) - 1)
+                    ise = image_se_from_interval(sel["ci_low"].to_numpy(float), sel["ci_high"].to_numpy(float),
+                                                 n_boot=n_boot)
+                    if np.isfinite(ise).all():  # every seed shares the test images: their sampling counts once
+                        image_df_of[model] = float(bootstrap_se_df(float(sel["n_images"].iloc[0]), n_boot or 1000))
+                        image_se_of[model] = ise
+                        fit = fitted_mean(values, ise, image_df=image_df_of[model])
+                        value, df = float(fit.value), float(fit.df)
+                        ci = tuple(float(v) for v in fit.interval)
+                        how = f"seeds+images (t, {len(values)} seeds, per-run image se, Satterthwaite df)"
+                    else:
+                        value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
+                        df = float(len(values) - 1)
                 else:
                     value, ci, how = float(values[0]), (float(sel["ci_low"].iloc[0]), float(sel["ci_high"].iloc[0])), \
                         "images only (1 seed)"
@@ -232,6 +269,7 @@ def comparison_tables(
                 point[model] = value
                 comp.append({"model": model, **base, "metric": name, "value": value, "ci_low": min(ci[0], value),
                              "ci_high": max(ci[1], value), "df": df, "interval": how, "seeds": len(values),
+                             "per_seed": per_seed_text(list(values), ".4g"),
                              **_seed_info(entries, list(sel.index))})
             for i, a in enumerate(models):
                 for b in models[i + 1:]:
@@ -239,12 +277,18 @@ def comparison_tables(
                         continue
                     row = {"model_a": a, "model_b": b, **base, "metric": name, "seeds_a": len(seeds_of[a]),
                            "seeds_b": len(seeds_of[b])}
+                    fitted_est = None
                     if a in mats and b in mats:  # paired over the same images
                         est = seed_image_difference(mats[a], mats[b])
                         diff, se, df = float(est.value), float(est.se), float(est.df)
                         se_seeds, df_adjusted = float(np.sqrt(est.seed_var)), float(est.seed_df)
                         test = PAIRED_TEST if min(len(seeds_of[a]), len(seeds_of[b])) >= 2 else \
                             "paired t (a model with 1 seed: seed variance borrowed or none)"
+                    elif min(len(seeds_of[a]), len(seeds_of[b])) >= 2 and a in image_se_of and b in image_se_of:
+                        fitted_est = fitted_difference(seeds_of[a], image_se_of[a], seeds_of[b], image_se_of[b],
+                                                       image_df=min(image_df_of[a], image_df_of[b]))
+                        diff, se, df = float(fitted_est.value), float(fitted_est.se), float(fitted_est.df)
+                        se_seeds, df_adjusted, test = float(fitted_est.se_seeds), float(fitted_est.tail_df), FITTED_TEST
                     elif len(seeds_of[a]) >= 2 and len(seeds_of[b]) >= 2:
                         (diff, se, df), test = _welch(seeds_of[a], seeds_of[b]), WELCH_TEST
                         se_seeds, df_adjusted = se, df
@@ -252,7 +296,9 @@ def comparison_tables(
                         diff, se, df, test = float(seeds_of[a].mean() - seeds_of[b].mean()), np.nan, np.nan, \
                             "not testable with 1 seed"
                         se_seeds = df_adjusted = np.nan
-                    if np.isfinite(se):
+                    if fitted_est is not None:  # its interval never narrower than the seeds' alone (the floor)
+                        (lo, hi), p = tuple(float(v) for v in fitted_est.interval), float(fitted_est.p)
+                    elif np.isfinite(se):
                         (lo, hi), p = _t_test(diff, se, df)
                     else:
                         lo = hi = p = np.nan
@@ -267,6 +313,11 @@ def comparison_tables(
                                  "epochs": e.get("epochs")} for e in excluded],
                                columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
     out = {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+    if not all_seeds:
+        out["seeds"] = seed_outcomes(list(entries))
+        if excluded:  # the all-seeds analysis beside the matched one: survivors are a selected sample
+            every = comparison_tables(metrics_all, images_all, entries, identity, n_boot=n_boot, all_seeds=True)
+            out["differences_all_seeds"] = every["differences"]
     return out if ablation is None else {**out, "ablation": ablation}
 
 
@@ -351,3 +402,81 @@ def _adjust(frame: pd.DataFrame, by: Sequence[str] = ("model_a", "model_b", "met
     enough = (frame["seeds_a"] >= 2) & (frame["seeds_b"] >= 2)
     frame["established"] = (frame["p_holm"] < 1 - LEVEL) & enough
     return frame[DIFFERENCE_COLUMNS]
+
+
+def readjust_tables(
+    metrics: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    entries: Sequence[dict[str, Any]],
+    identity: dict[str, str],
+    reference: str | None = None,
+    n_boot: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The comparison tables of a folder that no longer holds its per-image rows (the committed example reports),
+    brought to the current rules from what it does hold.
+
+    The per-image rows of ``differences`` keep their paired test as written (it needs the images); the fitted rows
+    are recomputed from ``summary.csv``'s per-run values and image intervals (:func:`capsprobe.metrics.fitted.
+    fitted_difference`); the families are formed again (no duplicates, no differences null by definition); in
+    ``comparison`` the shares get their interval inside [0, 1] (the written seeds x images standard error, read back
+    from the symmetric interval on its df, carried to the logit scale) and the fitted rows their interval over seeds
+    and images; every row lists its per-seed values. ``seeds`` (k of n seeds reaching the target) is added."""
+    excluded = {e.get("name") for e in entries if e.get("target_accuracy") is not None
+                and e.get("reached_target") is False}
+    kept = metrics[~metrics["run"].isin(excluded)]
+    cells = {key: frame for key, frame in kept.groupby(["model", "transform", "magnitude", "metric"], sort=False)}
+    order = {str(e.get("name")): i for i, e in enumerate(entries)}
+
+    def per_run(model: str, r: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        sel = cells.get((model, r["transform"], str(r["magnitude"]), r["metric"]))
+        if sel is None or sel.empty:
+            return np.array([]), np.array([]), np.nan
+        sel = sel.dropna(subset=["value"]).sort_values("run", key=lambda s: s.map(order))
+        ise = image_se_from_interval(sel["ci_low"].to_numpy(float), sel["ci_high"].to_numpy(float), n_boot=n_boot)
+        return sel["value"].to_numpy(float), ise, float(sel["n_images"].iloc[0])
+
+    out = dict(tables)
+    diffs = tables.get("differences")
+    if diffs is not None and not diffs.empty:
+        rows = []
+        for _, r in diffs.iterrows():
+            row = r.to_dict()
+            if r["metric"] not in PER_IMAGE:
+                va, sa, n = per_run(r["model_a"], r)
+                vb, sb, _ = per_run(r["model_b"], r)
+                if min(len(va), len(vb)) >= 2 and np.isfinite(sa).all() and np.isfinite(sb).all():
+                    est = fitted_difference(va, sa, vb, sb, image_df=float(bootstrap_se_df(n, n_boot or 1000)))
+                    lo, hi = (float(v) for v in est.interval)
+                    row.update(difference=float(est.value), ci_low=lo, ci_high=hi, se=float(est.se),
+                               se_seeds=float(est.se_seeds), df=float(est.df), p_value=float(est.p),
+                               df_adjusted=float(est.tail_df), test=FITTED_TEST)
+            rows.append(row)
+        members = _family_members(rows, identity)
+        out["differences"] = _adjust(pd.DataFrame(rows), members=members)
+        if reference is not None:
+            out["ablation"] = _ablation(rows, reference, identity)
+    comp = tables.get("comparison")
+    if comp is not None and not comp.empty:
+        comp = comp.copy()
+        lows, highs, seeds_text, hows = [], [], [], []
+        for _, r in comp.iterrows():
+            values, ise, n = per_run(r["model"], r)
+            lo, hi, how = float(r["ci_low"]), float(r["ci_high"]), str(r["interval"])
+            if r["metric"] in SHARES and "logit" not in how and len(values) and np.isfinite(r["df"]) \
+                    and (values >= 0).all() and (values <= 1).all():
+                half = (hi - lo) / 2
+                se = half / float(stats.t.ppf(0.5 + LEVEL / 2, float(r["df"]))) if half > 0 else 0.0
+                lo, hi = (float(v) for v in bounded_interval(values, se, float(r["df"]), LEVEL, images=int(n)))
+                how = how.replace("(t,", "(logit t,") if len(values) >= 2 else "images only (1 seed; logit t)"
+            elif r["metric"] not in PER_IMAGE and len(values) >= 2 and np.isfinite(ise).all():
+                fit = fitted_mean(values, ise, image_df=float(bootstrap_se_df(n, n_boot or 1000)))
+                lo, hi = (float(v) for v in fit.interval)
+                how = f"seeds+images (t, {len(values)} seeds, per-run image se, Satterthwaite df)"
+            lows.append(min(lo, float(r["value"])))
+            highs.append(max(hi, float(r["value"])))
+            seeds_text.append(per_seed_text(list(values), ".4g") if len(values) else "-")
+            hows.append(how)
+        comp["ci_low"], comp["ci_high"], comp["per_seed"], comp["interval"] = lows, highs, seeds_text, hows
+        out["comparison"] = comp[[c for c in COMPARISON_COLUMNS if c in comp.columns]]
+    out["seeds"] = seed_outcomes(list(entries))
+    return out

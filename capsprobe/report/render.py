@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from ..errors import InvalidInputError
-from ..metrics.compare import comparison_tables
+from ..metrics.compare import comparison_tables, readjust_tables
 from ..probe import decodability_rows
 from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, identity_labels
 from ..runtime import MARKER, atomic_dir, folder_lock
@@ -343,16 +343,20 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
     return folder / REPORT_HTML
 
 
-COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation")
+COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation", "seeds", "differences_all_seeds")
 
 
-def recompare_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None) -> Path:
-    """Recompute a report folder's comparison tables (``comparison``, ``differences``, ``excluded``, ``ablation``)
-    from its own files with the current method (:mod:`capsprobe.metrics.compare`), then render the report.
+def recompare_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None,
+                     after: Callable[[Path], Any] | None = None) -> Path:
+    """Recompute a report folder's comparison tables (``comparison``, ``differences``, ``excluded``, ``ablation``,
+    ``seeds``, ``differences_all_seeds``) from its own files with the current method (:mod:`capsprobe.metrics.compare`),
+    then render the report (``after(folder)`` first, under the folder's lock: the declared claims).
 
     Reads ``summary.csv``, ``results.parquet``, ``overview.csv`` (decodability per run) and ``manifest.json`` (the
-    runs, the ablation's reference); nothing is retrained or re-probed. The folder is rebuilt beside itself and
-    swapped in, so an interruption leaves the old tables whole.
+    runs, the ablation's reference); nothing is retrained or re-probed. Without ``results.parquet`` (the committed
+    example reports leave it out) the per-image rows keep their paired tests as written and everything else is
+    recomputed (:func:`capsprobe.metrics.compare.readjust_tables`). The folder is rebuilt beside itself and swapped
+    in, so an interruption leaves the old tables whole.
 
     Raises:
         ReportError: a file is missing or malformed, or the folder's task has no comparison tables.
@@ -363,11 +367,9 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
     chosen = parse_formats(formats)
     _check_owned(folder)
     with folder_lock(folder):
-        if not (folder / RESULTS).is_file():
-            raise ReportError(f"{folder / RESULTS} is missing: the comparisons are recomputed from the per-image table, "
-                              "which this folder does not keep")
         data = read_probe_outputs(folder)
-        if str(data.manifest.get("task", "classify")) != "classify":
+        per_image = (folder / RESULTS).is_file()
+        if per_image and str(data.manifest.get("task", "classify")) != "classify":
             raise ReportError(f"{folder}: task {data.manifest.get('task')!r} has no comparison tables to recompute")
         runs = data.manifest.get("runs")
         if not isinstance(runs, list):
@@ -380,7 +382,15 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
                                      int(data.manifest.get("images", 0)))
         reference = data.manifest.get("reference") or (data.manifest.get("experiment") or {}).get("reference")
         metrics = pd.concat([data.metrics, grid], ignore_index=True) if len(grid) else data.metrics
-        tables = comparison_tables(metrics, data.images, runs, identity_labels(), reference=reference)
+        boot = data.manifest.get("bootstrap")
+        n_boot = int(boot) if isinstance(boot, (int, float)) else None
+        if per_image:
+            tables = comparison_tables(metrics, data.images, runs, identity_labels(), reference=reference,
+                                       n_boot=n_boot)
+        else:  # a committed example report keeps no per-image rows: its paired tests as written, the rest anew
+            tables = readjust_tables(metrics, data.tables, runs, identity_labels(), reference=reference,
+                                     n_boot=n_boot)
+        tables = {name: frame for name, frame in tables.items() if name in COMPARISON_TABLES}
         with atomic_dir(folder) as tmp:
             for path in folder.iterdir():
                 if path.name.endswith(".tmp") or path.name in {f"{t}.csv" for t in COMPARISON_TABLES}:
@@ -389,6 +399,8 @@ def recompare_report(folder: str | Path, section_for: SectionFor, formats: str |
             for name, frame in tables.items():
                 if not frame.empty:
                     write_csv(frame, tmp / f"{name}.csv")
+        if after is not None:
+            after(folder)
         _write_report(folder, section_for, chosen)
     return given / REPORT_HTML  # the path as the caller named it
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from ..data import get_spec
 from ..metrics.claims import CHANCE_MARGIN
-from ..metrics.compare import WELCH_TEST, welch_t_test
+from ..metrics.compare import FITTED_TEST, WELCH_TEST, welch_t_test
+from ..metrics.fitted import bootstrap_se_df, fitted_difference, image_se_from_interval
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 
@@ -157,22 +159,35 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
     return Verdict(text, established=bool(r["established"]), winner=winner, seeds=seeds)
 
 
-def _lie_cell(lie: pd.DataFrame, a: str, b: str) -> Verdict:
-    """Equivariant LEE of the rotation: Welch's t over the per-seed values (a fitted metric)."""
+def _lie_cell(lie: pd.DataFrame, a: str, b: str, n_boot: int | None = None) -> Verdict:
+    """Equivariant LEE of the rotation: a fitted metric, so the seeds x images test of
+    :func:`capsprobe.metrics.fitted.fitted_difference` from each run's interval over images (Welch over seeds where a
+    run has none); one test per pair, exploratory."""
     rows = lie[(lie["generator"] == "rotate") & (lie["metric"] == "elee_representation_pca16")]
-    va = rows.loc[rows["model"] == a, "value"].to_numpy(dtype=float)
-    vb = rows.loc[rows["model"] == b, "value"].to_numpy(dtype=float)
+    ra, rb = rows[rows["model"] == a], rows[rows["model"] == b]
+    va, vb = ra["value"].to_numpy(dtype=float), rb["value"].to_numpy(dtype=float)
     if not len(va) or not len(vb):
         return Verdict("-")
     d = float(va.mean() - vb.mean())
     winner = a if d < 0 else b
     if min(len(va), len(vb)) < 2:
         return Verdict(f"{winner}: {d:+.3f}; not testable (1 seed)", seeds=1)
-    d, (lo, hi), p = welch_t_test(va, vb)
     seeds = min(len(va), len(vb))
+    ok = {"ci_low", "ci_high", "n_images"} <= set(rows.columns)
+    sa = image_se_from_interval(ra["ci_low"].to_numpy(float), ra["ci_high"].to_numpy(float), n_boot=n_boot) \
+        if ok else np.array([np.nan])
+    sb = image_se_from_interval(rb["ci_low"].to_numpy(float), rb["ci_high"].to_numpy(float), n_boot=n_boot) \
+        if ok else np.array([np.nan])
+    if np.isfinite(sa).all() and np.isfinite(sb).all():
+        est = fitted_difference(va, sa, vb, sb, image_df=float(bootstrap_se_df(float(ra["n_images"].iloc[0]),
+                                                                                n_boot or 1000)))
+        d, (lo, hi), p, test = float(est.value), tuple(float(v) for v in est.interval), float(est.p), FITTED_TEST
+    else:
+        d, (lo, hi), p = welch_t_test(va, vb)
+        test = WELCH_TEST
     established = p < 0.05 and (lo > 0 or hi < 0)
     verdict = f"established ({seeds} seeds)" if established else f"not established ({seeds} seeds)"
-    return Verdict(f"{winner}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({WELCH_TEST}, p = {p:.2g}); {verdict}",
+    return Verdict(f"{winner}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({test}, p = {p:.2g}); {verdict}",
                    established=established, winner=winner, seeds=seeds)
 
 
@@ -226,7 +241,8 @@ def verdict_cells(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | No
                                              & (lie["metric"] == "elee_representation_pca16")).any():
         questions.insert(min(len(questions), _after(questions)), LIE_QUESTION)
         for a, b in pairs:
-            cell = _lie_cell(lie, a, b)
+            boot = (manifest or {}).get("bootstrap")
+            cell = _lie_cell(lie, a, b, int(boot) if isinstance(boot, (int, float)) else None)
             if chance & {a, b} and cell.text != "-":
                 cell = Verdict(f"{cell.text.split(';')[0]}; not testable: a model at chance", seeds=cell.seeds)
             cells[(LIE_QUESTION, a, b)] = cell

@@ -97,7 +97,8 @@ def viewpoint_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: ProbePl
                                           M.bootstrap_mean_ci(part, plan.bootstrap, plan.seed), len(part)))
     metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
     images = pd.concat(frames, ignore_index=True)
-    tables = {name: frame for name, frame in comparison_tables(metrics, images, entries, {TRANSFORM: "familiar"}).items()
+    tables = {name: frame for name, frame in comparison_tables(metrics, images, entries, {TRANSFORM: "familiar"},
+                                                                  n_boot=plan.bootstrap).items()
               if not frame.empty}
     tables["viewpoint"] = _per_seed(metrics, entries)
     if split.poses is not None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capsprobe.metrics.compare import PAIRED_TEST, _family_members, comparison_tables, holm
+from capsprobe.metrics.compare import FITTED_TEST, PAIRED_TEST, _family_members, comparison_tables, holm
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS
 
 IDENTITY = {"rotate": "0"}
@@ -68,8 +68,23 @@ def test_intervals_include_training_variation():
     assert b["ci_high"] - b["ci_low"] < 0.12  # identical seeds: only the images vary
     assert a["stop_epochs"] == "3/4/5" and a["clean_accuracies"] == "0.9900/0.9900/0.9900"
     gain = _row(comp, model="a", magnitude="45", metric="equivariance_gain")
-    assert gain["interval"].startswith("seeds (t") and gain["value"] == pytest.approx(0.6)
-    assert gain["ci_low"] == pytest.approx(0.6 - 4.303 * 0.1 / np.sqrt(3), abs=1e-3)  # t(2) quantile 4.303
+    assert gain["interval"].startswith("seeds+images") and gain["value"] == pytest.approx(0.6)
+    # never narrower than the t interval over seeds (t(2) quantile 4.303)
+    assert gain["ci_low"] <= 0.6 - 4.30265 * 0.1 / np.sqrt(3) + 1e-6
+
+
+def test_fitted_metrics_count_the_image_sampling_every_seed_shares():
+    """Three seeds with the same gain: the spread over seeds is 0, but every seed was scored on the same 400 images
+    (each run's interval over images is +-0.01): the interval is that image se, not a point."""
+    m, im, entries = _tables({"a": [0.8, 0.8, 0.8], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.5, 0.5], "b": [0.5, 0.6, 0.7]})
+    comp = comparison_tables(m, im, entries, IDENTITY, n_boot=1000)["comparison"]
+    gain = _row(comp, model="a", magnitude="45", metric="equivariance_gain")
+    image_se = 0.02 / (2 * 1.945)  # a 1,000-resample percentile interval's half-width over its quantile
+    assert gain["ci_high"] - gain["ci_low"] == pytest.approx(2 * 1.96 * image_se, rel=0.02)
+    d = comparison_tables(m, im, entries, IDENTITY, n_boot=1000)["differences"]
+    row = _row(d, magnitude="45", metric="equivariance_gain")
+    assert row["test"] == FITTED_TEST and row["se"] > row["se_seeds"]  # b's seeds, and both models' images
+    assert row["se"] ** 2 == pytest.approx(row["se_seeds"] ** 2 + 2 * image_se**2, rel=0.02)
 
 
 def test_differences_are_paired_over_images_and_corrected():
@@ -82,7 +97,7 @@ def test_differences_are_paired_over_images_and_corrected():
     assert acc["ci_low_adjusted"] > 0 and acc["established"] and acc["family_size"] == 2
     assert acc["ci_high"] - acc["ci_low"] < 0.05  # unpaired, two accuracies near 0.5 on 400 images: about 0.14
     same = _row(d, magnitude="45", metric="equivariance_gain")
-    assert same["test"] == "Welch t over seeds" and same["p_value"] == pytest.approx(1.0) and not same["established"]
+    assert same["test"] == FITTED_TEST and same["p_value"] == pytest.approx(1.0) and not same["established"]
     clean = _row(d, magnitude="0", metric="accuracy")
     assert clean["difference"] == 0 and not clean["established"]
 
@@ -102,7 +117,7 @@ def test_families_hold_no_duplicates_and_no_differences_null_by_definition():
     ident = _row(d, magnitude="0", metric="equivariance_gain")
     assert np.isnan(ident["p_holm"]) and not ident["established"] and np.isfinite(ident["p_value"])
     moved = _row(d, magnitude="45", metric="equivariance_gain")
-    assert moved["family_size"] == 1 and moved["p_holm"] == pytest.approx(moved["p_value"])
+    assert moved["family_size"] == 1 and 0 < moved["p_holm"] < 1
 
 
 def test_established_is_exactly_the_printed_holm_p():
@@ -119,6 +134,37 @@ def test_established_is_exactly_the_printed_holm_p():
     second = frame.iloc[1]
     assert second["p_holm"] == pytest.approx(0.04) and second["ci_low_adjusted"] < 0  # Bonferroni: 0.025 level
     assert bool(second["established"])
+
+
+def test_share_intervals_stay_inside_zero_one_with_every_seed_shown():
+    """Two seeds right on every digit at 45 degrees and one at 60%: the symmetric t interval over seeds would run past
+    100%; the logit interval stays inside, longer towards 0.5. The untransformed digits (every run right): [lo, 1]."""
+    m, im, entries = _tables({"a": [1.3, 1.3, 0.9], "b": [0.9, 0.9, 0.9]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
+    comp = comparison_tables(m, im, entries, IDENTITY)["comparison"]
+    a = _row(comp, model="a", magnitude="45", metric="accuracy")
+    assert a["per_seed"].startswith("1/1/0.5")  # the third seed's share of the 400 digits (about 0.6)
+    third = float(a["per_seed"].split("/")[2])
+    mean, half_t = a["value"], 4.303 * np.std([1, 1, third], ddof=1) / np.sqrt(3)
+    assert mean + half_t > 1 and 0 <= a["ci_low"] < mean < a["ci_high"] <= 1
+    assert mean - a["ci_low"] > a["ci_high"] - mean  # the arm towards 0.5 is the longer
+    clean = _row(comp, model="a", magnitude="0", metric="accuracy")
+    assert clean["value"] == 1 and clean["ci_high"] == 1 and 0.99 < clean["ci_low"] < 1
+
+
+def test_failed_seeds_are_an_outcome_with_an_all_seeds_analysis_beside():
+    m, im, entries = _tables({"a": [0.85, 0.85, 0.5], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
+    for e in entries:
+        e["target_accuracy"], e["reached_target"] = 0.99, e["name"] != "a-seed2"
+    tables = comparison_tables(m, im, entries, IDENTITY)
+    seeds = tables["seeds"].set_index("model")
+    assert (seeds.loc["a", "reached"], seeds.loc["a", "seeds"], bool(seeds.loc["a", "flag"])) == (2, 3, True)
+    assert seeds.loc["a", "failed_runs"] == "a-seed2" and not seeds.loc["b", "flag"]
+    matched = _row(tables["differences"], magnitude="45", metric="accuracy")
+    every = _row(tables["differences_all_seeds"], magnitude="45", metric="accuracy")
+    assert (matched["seeds_a"], every["seeds_a"]) == (2, 3)
+    assert every["difference"] < matched["difference"]  # the survivors overstate a
+    assert "differences_all_seeds" not in comparison_tables(m, im, [dict(e, reached_target=True) for e in entries],
+                                                            IDENTITY)
 
 
 def test_one_seed_says_so_and_a_run_that_missed_its_target_is_left_out():
@@ -154,7 +200,7 @@ def test_ablation_sets_every_variant_against_the_reference_in_one_family_per_met
     gain = ab[ab["metric"] == "equivariance_gain"]
     assert set(gain["magnitude"]) == {"45"} and set(gain["family_size"]) == {2}  # no identity row to explain
     g = _row(gain, variant="better")
-    assert g["test"] == "Welch t over seeds" and g["difference"] == pytest.approx(0.3)
+    assert g["test"] == FITTED_TEST and g["difference"] == pytest.approx(0.3)
     # wider than the pair's own Holm family in differences.csv, which corrects over fewer conditions
     pair = _row(d, model_a="ref", model_b="better", magnitude="45", metric="accuracy")
     assert better["ci_high_adjusted"] - better["ci_low_adjusted"] > pair["ci_high_adjusted"] - pair["ci_low_adjusted"]
