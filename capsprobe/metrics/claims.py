@@ -297,9 +297,10 @@ def claims_table(claims: Sequence[Claim], tables: Mapping[str, pd.DataFrame],
     m = int(np.isfinite(p).sum())
     frame["family_size"] = m
     lows, highs, verdicts = [], [], []
+    steps = _holm_steps(p)
     for i, r in frame.iterrows():
         if np.isfinite(p[i]):
-            lo, hi = _adjusted_interval(r, m)
+            lo, hi = _adjusted_interval(r, steps[i] if frame.loc[i, "p_holm"] < ALPHA else m)
             verdict = _verdict(r, float(frame.loc[i, "p_holm"]), m)
         else:
             lo = hi = float("nan")
@@ -311,8 +312,20 @@ def claims_table(claims: Sequence[Claim], tables: Mapping[str, pd.DataFrame],
     return frame
 
 
+def _holm_steps(p: np.ndarray) -> np.ndarray:
+    """Per hypothesis, the number ``m - rank`` Holm divides alpha by at its step (rank 0: the smallest p)."""
+    ok = np.flatnonzero(np.isfinite(p))
+    steps = np.full(len(p), len(ok), dtype=int)
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        steps[i] = len(ok) - rank
+    return steps
+
+
 def _adjusted_interval(r: pd.Series, m: int) -> tuple[float, float]:
-    """The family's Bonferroni-level interval (``1 - 2 alpha / m`` for "alike": the interval TOST reads)."""
+    """The interval at the level the family's test used: Holm's step for a rejected claim (``alpha / (m - rank)``),
+    Bonferroni's ``alpha / m`` otherwise (which then covers 0, as a claim Holm keeps has ``m p >= alpha``); for
+    "alike" the ``1 - 2 alpha / m`` interval TOST reads. So the interval excludes 0 (or lies within the margin)
+    exactly when the verdict is established."""
     alpha = ALPHA / max(m, 1)
     level = 1 - 2 * alpha if r["direction"] == "alike" else 1 - alpha
     half = float(stats.t.ppf(0.5 + level / 2, float(r["df"]))) * float(r["se"])

@@ -130,7 +130,9 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
         way = "" if q.judged else " higher"
         return Verdict(f"no key condition declared; established{way} for {a} in {up}, for {b} in {len(est) - up} of "
                        f"{len(rows)} conditions (exploratory)", seeds=int(rows[["seeds_a", "seeds_b"]].min().min()))
-    r = at_key.loc[at_key["difference"].abs().idxmax()]
+    # the first key condition in the registry's order (never the one with the largest difference)
+    rank = {k: i for i, k in enumerate(key)}
+    r = at_key.loc[min(at_key.index, key=lambda i: rank[(at_key.at[i, "transform"], str(at_key.at[i, "magnitude"]))])]
     seeds = int(min(r["seeds_a"], r["seeds_b"]))
     condition = f"{r['transform']} {r['magnitude']}"
     d = float(r["difference"])

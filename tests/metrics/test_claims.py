@@ -162,3 +162,18 @@ def test_the_study_family_is_holm_over_every_report():
 def test_claim_is_frozen_and_hashable():
     c = Claim("c", "a", "b", "accuracy", "rotate", "45", "greater")
     assert len({c, c}) == 1
+
+
+def test_the_shown_interval_excludes_zero_exactly_when_the_claim_is_established():
+    """Holm rejects the k-th smallest p at alpha / (m - k): the interval at Bonferroni's alpha / m would cover 0 for a
+    claim Holm establishes at a later step. Each claim's interval is at its own step's level."""
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        m = int(rng.integers(2, 6))
+        z = rng.normal(0, 2.5, m)
+        claims = parse_claims([_claim(name=f"c{i}", condition=f"rotate={i}") for i in range(m)])
+        diffs = pd.DataFrame([_diff_row(magnitude=str(i), d=float(z[i]) * 0.01, se=0.01) for i in range(m)])
+        t = claims_table(claims, {"differences": diffs}, _entries())
+        decided = t["verdict"].isin(["supported", "contradicted"]).to_numpy()
+        excludes = ((t["ci_low_adjusted"] > 0) | (t["ci_high_adjusted"] < 0)).to_numpy()
+        assert (decided == excludes).all(), t[["p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "verdict"]]
