@@ -15,7 +15,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from .errors import CapsprobeError, render
-from .runtime import tune_cpu_allocator
+from .runtime import atomic_write_text, tune_cpu_allocator
 
 try:
     import tomllib
@@ -415,16 +415,19 @@ def claims(
     """Test each report's declared claims (its experiment's [[claims]]) and the study-wide family over all of them:
     claims.csv in each folder, the study table at --study."""
     from .pipeline import rederive_claims  # lazy: the command's own layer loads on use
+    from .report.verdicts import study_markdown  # lazy: the command's own layer loads on use
 
     folders = list(reports) if reports else sorted(p.parent for p in Path("reports").glob("*/manifest.json")
                                                    if p.parent.name not in set(exclude))
     if not folders:
         raise typer.BadParameter("no report folders given and none under reports/")
     table = rederive_claims(folders, study)
+    atomic_write_text(study.with_suffix(".md"), study_markdown(table))
     for r in table.itertuples(index=False):
         p = f"{float(r.p_study):.2g}" if float(r.p_study) == float(r.p_study) else "-"  # NaN: not testable
         typer.echo(f"{r.report}: {r.claim}: {r.verdict_study} (study p {p})")
-    typer.echo(f"study: {study} ({len(table)} claims in {table['report'].nunique()} reports)")
+    typer.echo(f"study: {study} and {study.with_suffix('.md')} ({len(table)} claims in {table['report'].nunique()} "
+               "reports)")
 
 
 @app.command()

@@ -33,6 +33,18 @@ and ``seed`` (default: the size's first), or a model name alone (``surrogate = "
 one of the compared models is refused: the "transfer" attack would be white-box for its run. It is trained only
 when the size probes ``pgd-transfer``, which needs one.
 
+    [[claims]]                   # optional, any number: the declared primary endpoints (capsprobe.metrics.claims)
+    name = "affnist-accuracy"
+    a = "capsnet_small"          # the pair, a - b
+    b = "baseline_cnn_pool"
+    metric = "accuracy"
+    condition = "affnist=warp"   # transform=magnitude
+    direction = "greater"        # "greater", "less", or "alike" with an equivalence margin (margin = 0.02)
+    sizes = ["quick"]            # optional: the sizes it applies to (default: every size)
+
+The claims are fixed with the file: its SHA-256 and the claims go into the report's manifest, ``claims.csv`` tests
+them as one Holm family, and the report opens with them; everything else in the report is exploratory.
+
 A model entry may carry a ``label`` (its name in run folders and tables, so one model can appear with different
 options: ``{ model = "capsnet_small", label = "no-routing", options = { routing = "none" } }``) and its own ``train``
 table (e.g. ``train = { target_accuracy = 0.98 }``) over the size's.

@@ -24,7 +24,8 @@ from ..metrics.fitted import bootstrap_se_df, fitted_difference, image_se_from_i
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 
-__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "at_chance", "claim_sentences", "claims_shown", "verdict_cells",
+__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "at_chance", "claim_sentences", "claims_shown", "study_markdown",
+           "verdict_cells",
            "verdict_claims", "verdict_table"]
 
 
@@ -120,6 +121,9 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
     if rows.empty:
         return Verdict("-")
     key = [(t, m) for t, m in headline_conditions()]
+    # a fitted-over-the-grid metric (decodability: one value per transformation, magnitude "grid") reads the grid of
+    # the key transformations, in the same order
+    key += [(t, "grid") for t in dict.fromkeys(t for t, _ in key)]
     at_key = rows[[(t, str(m)) in key for t, m in zip(rows["transform"], rows["magnitude"].astype(str))]]
     testable = rows.dropna(subset=["ci_low_adjusted"])
     if at_key.empty:
@@ -352,3 +356,29 @@ def claim_sentences(tables: dict[str, pd.DataFrame]) -> list[str]:
         out.append(f"Claim {r.claim}{words}, {r.metric} at {r.transform} {r.magnitude}{est}; {r.verdict} "
                    f"(declared {r.declared}).")
     return out
+
+
+def study_markdown(study: pd.DataFrame) -> str:
+    """The study-wide family (``reports/claims.csv``) as a Markdown table: per claim its report, words, measure,
+    estimate with the family's interval, and its verdict in its experiment's family and in the study's."""
+    if study is None or study.empty:
+        return "No claims declared.\n"
+    m = int(study["study_family_size"].iloc[0])
+    fixed = sorted(set(study["declared"].astype(str)))
+    lines = [f"{len(study)} declared claims in {study['report'].nunique()} reports, one study-wide Holm family of {m} "
+             f"testable claims (declared {' / '.join(fixed)}).", "",
+             "| report | claim | measure (a - b) | a - b [family interval] | experiment | study |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in study.itertuples(index=False):
+        metric = str(r.metric)
+        unit = " pts" if metric in ("accuracy", "consistency") else ""
+        if pd.isna(r.difference):
+            est = "-"
+        else:
+            est = f"{_fmt_value(r.difference, metric)}{unit}"
+            if not pd.isna(r.ci_low_adjusted):
+                est += f" [{_fmt_value(r.ci_low_adjusted, metric)}, {_fmt_value(r.ci_high_adjusted, metric)}]"
+        words = f"{r.claim}: {r.statement}" if isinstance(r.statement, str) and r.statement else str(r.claim)
+        lines.append(f"| {r.report} | {words} | {metric} at {r.transform} {r.magnitude} ({r.a} - {r.b}) | {est} | "
+                     f"{r.verdict} | {r.verdict_study} |")
+    return "\n".join(lines) + "\n"

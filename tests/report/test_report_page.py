@@ -151,9 +151,14 @@ def test_a_verdict_names_the_better_model_with_its_interval_and_the_seeds():
 def test_models_at_chance_establish_nothing_and_no_key_condition_means_counts_only():
     diffs = _diffs([dict(model_a="caps", model_b="cnn", metric="accuracy", transform="rotate", magnitude="45",
                          difference=0.12, ci_low_adjusted=0.05, ci_high_adjusted=0.19, established=True),
-                    # the scale question has no key condition: the larger difference is never the verdict
+                    # scale has no key condition: the larger difference is never the verdict; rotate's grid is
                     dict(model_a="caps", model_b="cnn", metric="decodability", transform="scale", magnitude="grid",
-                         difference=0.4, ci_low_adjusted=0.1, ci_high_adjusted=0.7, established=True)])
+                         difference=0.4, ci_low_adjusted=0.1, ci_high_adjusted=0.7, established=True),
+                    dict(model_a="caps", model_b="cnn", metric="decodability", transform="rotate", magnitude="grid",
+                         difference=0.1, ci_low_adjusted=0.01, ci_high_adjusted=0.2, established=True),
+                    dict(model_a="caps", model_b="cnn", metric="equivariance_gain", transform="shear",
+                         magnitude="0.5", difference=0.4, ci_low_adjusted=0.1, ci_high_adjusted=0.7,
+                         established=True)])
     runs = [{"model": m, "test_accuracy": acc} for m, acc in (("caps", 0.99), ("cnn", 0.13), ("cnn", 0.15))]
     manifest = {"dataset": "mnist", "runs": runs}
     questions, _, cells = verdict_cells({"differences": diffs}, manifest)
@@ -161,7 +166,9 @@ def test_models_at_chance_establish_nothing_and_no_key_condition_means_counts_on
     assert "not testable: cnn at chance" in nuisance.text and not nuisance.established
     assert all(not c.established for c in cells.values())
     pose = next(v for (q, _, _), v in cells.items() if q.startswith("Pose decodable"))
-    assert pose.text.startswith("no key condition declared") and "+0.400" not in pose.text
+    assert "+0.100" in pose.text and "rotate grid" in pose.text and "+0.400" not in pose.text
+    linear = next(v for (q, _, _), v in cells.items() if q.startswith("Pose moves linearly"))
+    assert linear.text.startswith("no key condition declared") and "+0.400" not in linear.text
     # 5.1 points above chance is not at chance
     runs[1]["test_accuracy"] = runs[2]["test_accuracy"] = 0.151
     _, _, cells = verdict_cells({"differences": diffs}, manifest)
