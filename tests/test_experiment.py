@@ -323,8 +323,8 @@ def test_attacks_tiny_writes_the_masking_checks_detection_and_the_attack_figure(
     assert {"falls to 0", "pgd >= fgsm", "more steps", "transfer <= white-box"} <= set(masking["check"])
     manifest = json.loads((report / "manifest.json").read_text())
     # the transfer attack's surrogate is a third model's run: trained beside the others, never probed or compared
-    assert manifest["surrogate"] == "surrogate-resnet18-seed0"
-    assert (folder / "runs" / "attacks-tiny" / "surrogate-resnet18-seed0" / "model.safetensors").is_file()
+    assert manifest["surrogate"] == "surrogate-test_resnet-seed0"
+    assert (folder / "runs" / "attacks-tiny" / "surrogate-test_resnet-seed0" / "model.safetensors").is_file()
     assert {r["name"] for r in manifest["runs"]} == runs
     summary = pd.read_csv(report / "summary.csv", dtype={"magnitude": str})
     assert set(summary["model"]) == {"capsnet_small", "baseline_cnn_pool"}

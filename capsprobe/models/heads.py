@@ -43,6 +43,16 @@ Every head trains with one loss, SR-CapsNet's: the negative log of the true clas
 softmax). The capsule heads expose their class-capsule poses ``(B, K, D_out)`` to the probe; :func:`head_costs`
 gives every head's parameters and forward FLOPs, the two budgets a comparison can be matched on.
 
+The ``self`` head's poses are untrained (``BackboneHeadNet.poses_trained`` is False): its scores are the routed
+activations, which never read the votes, and no head has a decoder, so the vote matrices ``W_ij`` get no gradient and
+its class poses stay projections by their random initial matrices. SR-CapsNet's class layer computes activations
+alone (its poses exist only in the hidden capsule layers, where the next layer's routing network reads them); the
+pose output is capsprobe's, so that the head has poses at all. A decoder on the true-class pose would reach them,
+but it would add a reconstruction term to this head's loss alone, where every head trains with SR-CapsNet's one
+loss and a reconstruction term also shapes the backbone (it regularises: Sabour et al. 2017, section 4.1 and
+Table 1), and so confound the comparison of routings. The probe leaves out the pose and representation metrics of a model whose poses are
+untrained and its manifest says which (:mod:`capsprobe.probe.engine`).
+
 Each head is one :class:`Head` (its layers, its forward or its primaries and routing, its routing iterations, its
 pose size) in a registry beside the routing one; :class:`BackboneHeadNet` dispatches through it, so a new head is one
 :func:`register_head` call and no edit here.
@@ -183,6 +193,9 @@ class Head:
             ``pose_layer`` of a capsule head that has no module of that name).
         pose_layer: a capsule head's module of primary poses, read by
             :meth:`BackboneHeadNet.primary_capsules` (``build`` adds it).
+        poses_trained: a capsule head's class poses are reached by its training loss (through its scores, which
+            ``route`` computes from the votes); False where the scores never read the votes (``self``): the vote
+            matrices then keep their initial values, and the probe leaves the poses out.
     """
 
     name: str
@@ -195,6 +208,7 @@ class Head:
     pose_dim: int | None = None
     classifier: str = "classifier"
     pose_layer: str = "conv_pose"
+    poses_trained: bool = True
 
     @property
     def capsule(self) -> bool:
@@ -376,7 +390,7 @@ register_head(Head("dynamic", _build_dynamic, primary=lambda m, raw, maps: (squa
 register_head(Head("em", _build_em, primary=lambda m, raw, maps: (raw, _activations(m, maps)), route=_route_em,
                    votes=_matrix_votes, num_iters=3, pose_dim=16, classifier="conv_pose"))
 register_head(Head("self", _build_self, primary=lambda m, raw, maps: (raw, _activations(m, maps)), route=_route_self,
-                   classifier="conv_pose"))
+                   classifier="conv_pose", poses_trained=False))  # scores from activations, no decoder
 register_head(Head("attention", _build_attention, primary=lambda m, raw, maps: (efficient_squash(raw), None),
                    route=_route_attention, classifier="conv_pose"))
 register_head(Head("inverted", _build_inverted, primary=lambda m, raw, maps: (m.primary_norm(raw), None),
@@ -437,6 +451,8 @@ class BackboneHeadNet(nn.Module):
         self.img_size = _pair(img_size)
         self.caps_types, self.pose_dim, self.out_dim, self.hidden = caps_types, pose_dim, out_dim, hidden
         self.has_poses = spec.capsule
+        # False: no training loss reaches the class poses (nor the representation, their flattening): see the module
+        self.poses_trained = spec.poses_trained
         self.backbone = ResNetBackbone(in_chans, planes, blocks)
         h, w = (-(-s // 4) for s in self.img_size)
         self.map_size = (h, w)

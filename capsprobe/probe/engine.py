@@ -18,13 +18,20 @@ rows) and whether it sat at an end of the grid (``at_edge``).
 
 Models: anything :func:`capsprobe.models.adapt` accepts (a run's model, a timm model, a
 :class:`~capsprobe.models.ModelAdapter` around your own module), given as a run, a :class:`Subject` or a module.
+
+A model whose ``poses_trained`` is False (``backbone_head_self``: no training loss reaches its class poses, see
+:mod:`capsprobe.models.heads`) has its pose metrics left out, and those of its representation (the flattened
+poses): every metric that needs the representation or the poses, decodability, the Lie derivatives of the
+representation and pose, and the composition grid. Its scores' metrics stay, and so does the Lie profile of its
+backbone. Its manifest entry says ``poses_trained: false`` and the manifest's ``untrained_poses`` names it and what
+was left out.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,7 +45,7 @@ from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..models import Adapter, adapt
-from ..models.adapter import check_outputs
+from ..models.adapter import check_outputs, unwrap
 from ..runtime import autocast_context, autocast_dtype, device_record, image_seeds, resolve_device, tf32_off
 from ..transforms import (
     Transform,
@@ -48,7 +55,7 @@ from ..transforms import (
 )
 from ..transforms.gradient import PGD_STEPS
 from .against import against
-from .lie import lie_manifest, lie_tables
+from .lie import COMPOSITION_ANGLES, LieResult, lie_manifest, lie_tables
 from .pictures import SWEEP_DELTAS, pose_sweep, reconstruction_examples
 from .plan import ProbePlan
 from .schema import (
@@ -65,7 +72,9 @@ from .schema import (
 from .subject import Subject, as_subject
 
 __all__ = [
+    "UNTRAINED_POSES_LEFT_OUT",
     "decodability_rows",
+    "poses_trained",
     "run_probe",
     "transform_like",
 ]
@@ -85,6 +94,21 @@ class _Timer:
         now = time.perf_counter()
         self.seconds[key] = self.seconds.get(key, 0.0) + now - start
         return now
+
+
+_UNTRAINED_NEEDS = frozenset({"representation", "poses"})
+#: what the probe leaves out for a model whose poses no training loss reaches (the manifest's ``untrained_poses``)
+UNTRAINED_POSES_LEFT_OUT = (
+    [name for name, m in M.METRICS.items() if m.needs & _UNTRAINED_NEEDS] + ["decodability", "decodability_pose"]
+    + ["kept_variance_pca16", "lie: lee/elee of the representation and pose", "lie_layers: the representation",
+       "composition"])
+
+
+def poses_trained(model: Any) -> bool:
+    """Whether the training loss reaches ``model``'s class poses and so its representation (a model's own
+    ``poses_trained``; True when it says nothing, and for a model without poses)."""
+    inner = unwrap(model)
+    return not bool(getattr(inner, "has_poses", False)) or bool(getattr(inner, "poses_trained", True))
 
 
 @dataclass(frozen=True)
@@ -235,10 +259,12 @@ def _decodable(t: Transform, magnitudes: Sequence[Any]) -> list[Any]:
 
 
 def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clean: _Pass, clean_recon: Any,
-                     t: Transform, ctx: _Context, bar: Any,
+                     t: Transform, ctx: _Context, bar: Any, trained: bool = True,
                      ) -> tuple[list[dict[str, Any]], list[pd.DataFrame], dict[str, Any] | None]:
     """One transformation of one subject over the plan's magnitudes: the metric rows of every condition, the
-    per-image rows, and the decodability row (None when fewer than two magnitudes can be decoded)."""
+    per-image rows, and the decodability row (None when fewer than two magnitudes can be decoded). Not
+    ``trained`` (:func:`poses_trained`): the metrics of the representation and poses, decodability included, are
+    left out."""
     seed, n_boot, timer = ctx.plan.seed, ctx.plan.bootstrap, ctx.timer
     magnitudes = ctx.plan.magnitudes[t.name]
     ident = subject.ident()
@@ -246,7 +272,7 @@ def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clea
     metric_rows: list[dict[str, Any]] = []
     image_frames: list[pd.DataFrame] = []
     decoded: dict[str, Any] | None = None
-    decodable = _decodable(t, magnitudes)
+    decodable = _decodable(t, magnitudes) if trained else []
     reps, poses = [], []
     for m in magnitudes:
         bar.set_postfix_str(f"{subject.name} {t.name} {magnitude_label(m)}")
@@ -257,12 +283,14 @@ def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clea
         t0 = time.perf_counter()
         condition = M.Condition(
             labels=labels, clean_scores=clean.scores, scores=moved.scores, clean_rep=clean.rep, rep=moved.rep,
-            clean_pose=clean.pose_true, pose=moved.pose_true, recon_terms=moved.recon_terms,
+            clean_pose=clean.pose_true if trained else None, pose=moved.pose_true if trained else None,
+            recon_terms=moved.recon_terms,
             fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
             semantic=t.kind_at(m) == "semantic" and m != t.identity, clean_distance=clean.distance,
             distance=moved.distance, worst_case=t.worst_case)
         for name, est in M.condition_metrics(condition, seed, n_boot).items():
-            metric_rows.append(estimate_row(base, name, est))
+            if trained or not M.METRICS[name].needs & _UNTRAINED_NEEDS:
+                metric_rows.append(estimate_row(base, name, est))
         timer.add("metrics", t0)
         if m in decodable:
             reps.append(moved.rep)
@@ -382,19 +410,27 @@ def run_probe(
     entries = []
     decode_rows: list[dict[str, Any]] = []
     lie_parts = []
+    untrained: list[str] = []
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
+        trained = poses_trained(adapter)
+        if adapter.has_poses:
+            entry["poses_trained"] = trained
+        if not trained:
+            untrained.append(subject.name)
         clean, clean_recon = _run_pass(adapter, split, None, None, ctx, None, "clean")
         _check_pass(subject.name, "clean images", clean)
-        entry["kept_variance_pca16"] = M.kept_variance(clean.rep, 16, seed)
+        if trained:
+            entry["kept_variance_pca16"] = M.kept_variance(clean.rep, 16, seed)
         entry["representation_dim"] = int(clean.rep.shape[1])
         if clean.fidelity_terms is not None:
             entry["clean_reconstruction_error"] = float(M.ratio(*clean.fidelity_terms))
         entries.append(entry)
         bar.update(1)
         for t in chosen:
-            rows, frames, decoded = _probe_transform(adapter, subject, split, clean, clean_recon, t, ctx, bar)
+            rows, frames, decoded = _probe_transform(adapter, subject, split, clean, clean_recon, t, ctx, bar,
+                                                     trained)
             metric_rows += rows
             image_frames += frames
             if decoded is not None:
@@ -406,9 +442,10 @@ def run_probe(
             timer.add("pictures", t0)
         if plan.lie:
             t0 = time.perf_counter()
-            lie_parts.append(lie_tables([(subject.ident(), adapter)], split, batch_size=min(plan.batch_size, 128),
-                                        device=dev,
-                                        seed=seed, n_boot=n_boot, progress=bar.set_postfix_str))
+            part = lie_tables([(subject.ident(), adapter)], split, batch_size=min(plan.batch_size, 128), device=dev,
+                              seed=seed, n_boot=n_boot, progress=bar.set_postfix_str,
+                              angles=COMPOSITION_ANGLES if trained else ())  # untrained poses: no composition grid
+            lie_parts.append(part if trained else _scores_and_layers(part))
             timer.add("lie", t0)
     bar.close()
     metrics_df = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
@@ -431,7 +468,7 @@ def run_probe(
             tables[name] = pd.concat([part.tables()[name] for part in lie_parts], ignore_index=True)
     t0 = time.perf_counter()
     compared = comparison_tables(pd.concat([metrics_df, decodability_rows(decode_df, metrics_df, len(split))], ignore_index=True),
-                                 images_df, entries, identity, reference=reference)
+                                 images_df, entries, identity, reference=reference, n_boot=n_boot)
     tables.update({name: frame for name, frame in compared.items() if not frame.empty})
     timer.add("comparison", t0)
     timing = dict(timer.seconds)
@@ -453,8 +490,22 @@ def run_probe(
         manifest["attack_steps"] = plan.attack_steps  # pgd-long: 5x
     if plan.lie:
         manifest["lie"] = lie_manifest(len(split))
+    if untrained:
+        manifest["untrained_poses"] = {
+            "runs": untrained, "left_out": UNTRAINED_POSES_LEFT_OUT,
+            "why": "no training loss reaches these models' class poses (their scores never read the votes and they "
+                   "have no decoder): the poses, and the representation that flattens them, are projections by "
+                   "untrained matrices"}
     return ProbeResult(metrics=metrics_df, images=images_df, timing=timing, tables=tables, arrays=arrays,
                        manifest=manifest)
+
+
+def _scores_and_layers(part: LieResult) -> LieResult:
+    """A Lie result without what reads untrained poses: the scores' LEE and the per-layer profile up to (not
+    including) the representation."""
+    lie, layers = part.lie, part.layers
+    return replace(part, lie=lie[lie["metric"] == "lee_scores"].reset_index(drop=True),
+                   layers=layers[layers["layer"] != "representation"].reset_index(drop=True))
 
 
 def _image_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

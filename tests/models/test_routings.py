@@ -465,3 +465,17 @@ def test_a_head_registered_outside_heads_py_is_built_and_probed():
         unregister_head("toy")
     with pytest.raises(InvalidInputError, match="unknown head 'toy'"):
         BackboneHeadNet(head="toy")
+
+
+@pytest.mark.parametrize("head", CAPSULE_HEADS)
+def test_a_head_says_whether_its_training_loss_reaches_its_poses(head):
+    """The vote matrices make the class poses: after one step of the training objective they have a gradient exactly
+    where the head says its poses are trained. ``self`` scores by the routed activations, which never read the votes,
+    and has no decoder: its poses stay untrained projections, and the probe leaves them out."""
+    from capsprobe.training.loop import Objective
+
+    model = _head(head).train()
+    loss, _ = Objective(model)(torch.rand(4, 1, 28, 28), torch.arange(4))
+    loss.backward()
+    reached = model.weight.grad is not None and bool(model.weight.grad.abs().sum() > 0)
+    assert model.poses_trained is reached is (head != "self")

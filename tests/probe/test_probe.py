@@ -73,7 +73,7 @@ def test_probe_gives_every_metric_for_every_condition(runs, split):
     dec = comp[(comp["metric"] == "decodability") & (comp["transform"] == "rotate")]
     assert len(dec) == 2 and set(dec["interval"]) == {"images only (1 seed)"} and set(dec["magnitude"]) == {"grid"}
     acc = comp[comp["metric"] == "accuracy"]
-    assert set(acc["interval"]) == {"images only (1 seed)"} and set(acc["seeds"]) == {1}
+    assert set(acc["interval"]) == {"images only (1 seed; logit t)"} and set(acc["seeds"]) == {1}
     diffs = result.tables["differences"]
     assert len(diffs) and not diffs["established"].any()  # one seed each: nothing is established
     sel = result.tables["selectivity"]
@@ -262,3 +262,53 @@ def test_a_run_subject_records_its_architecture_parameters_and_flops(tmp_path):
     assert info["flops"] == model_costs(model, (1, 28, 32))["flops"] > 0  # at the run's own (H, W): a CapsNet refuses (W, H)
     run.input = {}
     assert as_subject(run).info["flops"] is None  # no recorded input: no FLOP count, and the probe goes on
+
+
+
+def test_the_probe_leaves_out_the_pose_metrics_of_poses_no_loss_reaches(split, monkeypatch):
+    """backbone_head_self's poses (and its representation, their flattening) are untrained projections: the probe
+    keeps its scores' metrics and the Lie profile of its backbone, leaves out every representation and pose metric,
+    decodability, the representation's Lie derivatives and the composition grid, and its manifest says so; the
+    dynamic head beside it, whose scores read the votes, keeps them all. (The Lie probe is a stand-in that returns a
+    row of each kind: what is left out is the probe's choice; tests/probe/test_lie.py measures.)"""
+    from capsprobe.data import ImageSplit
+    from capsprobe.models import create_model
+    from capsprobe.probe import Subject, engine
+    from capsprobe.probe.lie import COMPOSITION_COLUMNS, LAYER_COLUMNS, LIE_COLUMNS, LieResult
+
+    def rows(columns, ident, **values):
+        return {**dict.fromkeys(columns, 0.5), **ident, **values}
+
+    def lie_tables(subjects, images, angles=(15.0,), **options):
+        ((ident, _),) = subjects
+        return LieResult(
+            lie=pd.DataFrame([rows(LIE_COLUMNS, ident, generator="rotate", metric=m)
+                              for m in ("lee_scores", "lee_representation", "elee_pose")], columns=LIE_COLUMNS),
+            layers=pd.DataFrame([rows(LAYER_COLUMNS, ident, generator="rotate", layer=name)
+                                 for name in ("backbone", "representation")], columns=LAYER_COLUMNS),
+            composition=pd.DataFrame([rows(COMPOSITION_COLUMNS, ident, which="representation", a=a, b=a)
+                                      for a in angles], columns=COMPOSITION_COLUMNS))
+
+    monkeypatch.setattr(engine, "lie_tables", lie_tables)
+    tiny = dict(planes=4, blocks=(1, 1, 1), caps_types=2, pose_dim=4, out_dim=4)
+    subjects = [Subject(name, create_model(f"backbone_head_{name}", **tiny).eval(), model_name=name)
+                for name in ("self", "dynamic")]
+    result = run_probe(subjects, ImageSplit(split.images[:16], split.labels[:16]), ["rotate"],
+                       magnitudes={"rotate": [0, 30]}, n_boot=10, progress=False, lie=True)
+    metrics = result.metrics.groupby("run")["metric"].agg(set)
+    assert metrics["self"] == {"accuracy", "consistency", "confidence_drop", "true_class_score", "ece", "ece_scaled"}
+    assert {"equivariance_gain", "equivariance_error", "invariance_error", "equivariance_gain_pose"} <= metrics["dynamic"]
+    over = result.tables["overview"].set_index("run")
+    assert pd.isna(over.loc["self", "decodability"]) and pd.notna(over.loc["dynamic", "decodability_pose"])
+    assert result.tables["lie"].groupby("run")["metric"].agg(set).to_dict() == {
+        "self": {"lee_scores"}, "dynamic": {"lee_scores", "lee_representation", "elee_pose"}}
+    assert result.tables["lie_layers"].groupby("run")["layer"].agg(set).to_dict() == {
+        "self": {"backbone"}, "dynamic": {"backbone", "representation"}}
+    assert set(result.tables["composition"]["run"]) == {"dynamic"}
+    entries = {e["name"]: e for e in result.manifest["runs"]}
+    assert entries["self"]["poses_trained"] is False and entries["dynamic"]["poses_trained"] is True
+    assert "kept_variance_pca16" not in entries["self"] and "kept_variance_pca16" in entries["dynamic"]
+    left = result.manifest["untrained_poses"]
+    assert left["runs"] == ["self"] and {"decodability", "equivariance_gain", "composition"} <= set(left["left_out"])
+    compared = result.tables["comparison"]
+    assert set(compared[compared["model"] == "self"]["metric"]) <= metrics["self"]
