@@ -320,6 +320,18 @@ def _fmt_value(value: Any, metric: str) -> str:
     return f"{100 * float(value):+.1f}" if points else f"{float(value):+.3f}"
 
 
+def _estimate(r: Any) -> str:
+    """A claim's ``a - b`` with its family's interval (accuracy and consistency in points)."""
+    metric = str(r.metric)
+    if pd.isna(r.difference):
+        return "-"
+    unit = " pts" if metric in ("accuracy", "consistency") else ""
+    est = f"{_fmt_value(r.difference, metric)}{unit}"
+    if not pd.isna(r.ci_low_adjusted):
+        est += f" [{_fmt_value(r.ci_low_adjusted, metric)}, {_fmt_value(r.ci_high_adjusted, metric)}]"
+    return est
+
+
 def claims_shown(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
     """The declared claims as the report shows them (None: the report declares none)."""
     claims = tables.get("claims")
@@ -331,12 +343,7 @@ def claims_shown(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
         unit = " pts" if metric in ("accuracy", "consistency") else ""
         declared = (f"alike within {_fmt_value(r.margin, metric).lstrip('+')}{unit}" if r.direction == "alike" else
                     f"{r.a} {'>' if r.direction == 'greater' else '<'} {r.b}")
-        if pd.isna(r.difference):
-            estimate = "-"
-        else:
-            estimate = f"{_fmt_value(r.difference, metric)}{unit}"
-            if not pd.isna(r.ci_low_adjusted):
-                estimate += f" [{_fmt_value(r.ci_low_adjusted, metric)}, {_fmt_value(r.ci_high_adjusted, metric)}]"
+        estimate = _estimate(r)
         rows.append({"claim": r.claim, "measure": f"{metric} at {r.transform} {r.magnitude}", "declared": declared,
                      "a - b": estimate, "p (Holm)": "-" if pd.isna(r.p_holm) else f"{float(r.p_holm):.2g}",
                      "verdict": r.verdict, "seeds reaching target": f"{r.a} {r.reached_a}, {r.b} {r.reached_b}",
@@ -371,13 +378,7 @@ def study_markdown(study: pd.DataFrame) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for r in study.itertuples(index=False):
         metric = str(r.metric)
-        unit = " pts" if metric in ("accuracy", "consistency") else ""
-        if pd.isna(r.difference):
-            est = "-"
-        else:
-            est = f"{_fmt_value(r.difference, metric)}{unit}"
-            if not pd.isna(r.ci_low_adjusted):
-                est += f" [{_fmt_value(r.ci_low_adjusted, metric)}, {_fmt_value(r.ci_high_adjusted, metric)}]"
+        est = _estimate(r)
         words = f"{r.claim}: {r.statement}" if isinstance(r.statement, str) and r.statement else str(r.claim)
         lines.append(f"| {r.report} | {words} | {metric} at {r.transform} {r.magnitude} ({r.a} - {r.b}) | {est} | "
                      f"{r.verdict} | {r.verdict_study} |")
