@@ -19,6 +19,8 @@ Columns also list every seed's clean test accuracy, stopping epoch and whether i
 
 ``differences.csv`` — for every pair of models and every condition x metric, the difference A - B:
 
+- the true-class score and the confidence drop are each model's own score scale (capsule lengths, softmax
+  probabilities): a capsule model and a convnet are not compared on them;
 - per-image metrics: *paired* over images (both models see the same digits and the same transformation draws),
   seeds independent between the models (seed k of two architectures shares nothing) and sharing one seed variance,
   by :func:`capsprobe.metrics.stats.seed_image_difference`: t on Satterthwaite degrees of freedom;
@@ -80,6 +82,15 @@ COMPARISON_COLUMNS = [
     "interval", "seeds", "per_seed", "clean_accuracies", "stop_epochs", "reached_target",
 ]
 SHARES = ("accuracy", "consistency")  # per-image shares: their intervals stay inside [0, 1]
+# a model's own score scale: capsule lengths (or activations) against softmax probabilities are not compared
+OWN_SCALE = ("true_class_score", "confidence_drop")
+
+
+def _one_scale(entries: Sequence[dict[str, Any]]) -> Any:
+    """``same(a, b)``: whether two models' class scores share a scale (both capsule models, with poses, or both
+    convnets, with softmax scores), from the manifest's entries (unknown: assumed the same)."""
+    kind = {str(e.get("model")): e.get("poses") for e in entries}
+    return lambda a, b: kind.get(a) is None or kind.get(b) is None or bool(kind[a]) == bool(kind[b])
 DIFFERENCE_COLUMNS = [
     "model_a", "model_b", "transform", "kind", "magnitude", "magnitude_value", "metric", "difference", "ci_low",
     "ci_high", "se", "se_seeds", "df", "p_value", "df_adjusted", "p_holm", "ci_low_adjusted", "ci_high_adjusted",
@@ -221,6 +232,7 @@ def comparison_tables(
         return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
 
     comp, diffs = [], []
+    same_scale = _one_scale(entries)
     for cond in conditions.itertuples(index=False):
         rows = by_condition[(cond.transform, cond.magnitude)]
         base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
@@ -273,7 +285,7 @@ def comparison_tables(
                              **_seed_info(entries, list(sel.index))})
             for i, a in enumerate(models):
                 for b in models[i + 1:]:
-                    if a not in seeds_of or b not in seeds_of:
+                    if a not in seeds_of or b not in seeds_of or (name in OWN_SCALE and not same_scale(a, b)):
                         continue
                     row = {"model_a": a, "model_b": b, **base, "metric": name, "seeds_a": len(seeds_of[a]),
                            "seeds_b": len(seeds_of[b])}
@@ -437,9 +449,12 @@ def readjust_tables(
 
     out = dict(tables)
     diffs = tables.get("differences")
+    same_scale = _one_scale(entries)
     if diffs is not None and not diffs.empty:
         rows = []
         for _, r in diffs.iterrows():
+            if r["metric"] in OWN_SCALE and not same_scale(r["model_a"], r["model_b"]):
+                continue  # capsule lengths against softmax probabilities: not one scale
             row = r.to_dict()
             if r["metric"] not in PER_IMAGE:
                 va, sa, n = per_run(r["model_a"], r)

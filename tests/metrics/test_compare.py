@@ -151,6 +151,18 @@ def test_share_intervals_stay_inside_zero_one_with_every_seed_shown():
     assert clean["value"] == 1 and clean["ci_high"] == 1 and 0.99 < clean["ci_low"] < 1
 
 
+def test_capsule_lengths_and_softmax_probabilities_are_not_compared():
+    m, im, entries = _tables({"a": [0.85, 0.85, 0.85], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
+    tcs = m[m["metric"] == "accuracy"].assign(metric="true_class_score")
+    m = pd.concat([m, tcs], ignore_index=True)
+    d = comparison_tables(m, im, entries, IDENTITY)["differences"]
+    assert "true_class_score" in set(d["metric"])  # one kind of model: one scale
+    for e in entries:
+        e["poses"] = e["model"] == "a"  # a capsule model against a convnet
+    d = comparison_tables(m, im, entries, IDENTITY)["differences"]
+    assert "true_class_score" not in set(d["metric"]) and "accuracy" in set(d["metric"])
+
+
 def test_failed_seeds_are_an_outcome_with_an_all_seeds_analysis_beside():
     m, im, entries = _tables({"a": [0.85, 0.85, 0.5], "b": [0.8, 0.8, 0.8]}, {"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
     for e in entries:
