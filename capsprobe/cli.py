@@ -128,6 +128,9 @@ def train(
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC weights and inputs [off]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training objective [off]."),
     max_shift: Optional[int] = typer.Option(None, min=0, max=MAX_SHIFT, help="Random shift augmentation in px, 0 = off [2]."),
+    augment: Optional[str] = typer.Option(None, help="Training images only, after the shift: rotate (uniform angle "
+                                          "in [-180, 180), the full circle), affine (the suite's affine warp) or "
+                                          "none [none]."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many images per split (quick runs)."),
     num_iters: Optional[int] = typer.Option(None, min=1, max=100, help="CapsNet routing iterations [3]."),
     option: Optional[List[str]] = typer.Option(
@@ -173,7 +176,7 @@ def train(
     kwargs.update(_model_options(option or []))
     config = with_overrides(
         base, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-        seed=seed, device=device, amp=amp, max_shift=max_shift, limit=limit,
+        seed=seed, device=device, amp=amp, max_shift=max_shift, augment=augment, limit=limit,
         data_root=str(data_root) if data_root is not None else None, download=download,
         target_accuracy=target_accuracy, val_every=val_every, channels_last=channels_last, compile=compile, recon_weight=recon_weight,
         label=label, task=task,

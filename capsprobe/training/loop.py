@@ -8,9 +8,10 @@ masked by the true label); convnets, cross entropy. Optimiser: Adam with an expo
 (``lr * lr_decay ** epoch``), as in the paper's official code.
 
 Determinism: the initial weights come from ``seed``; every epoch reseeds the data order, the shift
-augmentation and dropout from ``(seed, epoch, rank)``. Resuming from the checkpoint of epoch ``e`` therefore
-replays epochs ``e+1, ...`` exactly as an uninterrupted run would (on CPU; CUDA kernels may not be
-bitwise reproducible).
+augmentation and dropout from ``(seed, epoch, rank)``, and the ``augment`` option's rotation or affine warp of each
+training batch (after the shift; :func:`augment_batch`) from ``(seed, epoch, rank, batch)`` (:func:`augment_seed`).
+Resuming from the checkpoint of epoch ``e`` therefore replays epochs ``e+1, ...`` exactly as an uninterrupted run
+would (on CPU; CUDA kernels may not be bitwise reproducible). Validation and test images are never augmented.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel (gloo
 on CPU, nccl on CUDA; :func:`data_parallel`), every rank trains on its shard of each epoch, statistics are
@@ -35,13 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import numpy
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSplit, Splits, get_spec, load_dataset
-from ..errors import CapsprobeError, option
+from ..errors import CapsprobeError, InvalidInputError, option
 from ..models import adapt, unwrap
 from ..runtime import (
     autocast_context,
@@ -52,8 +54,10 @@ from ..runtime import (
     replace_dir,
     resolve_device,
 )
-from .objectives import TrainingTask, get_training_task
+from ..transforms import Transformed, affine, apply_matrix, rotation_matrix
+from .objectives import Batches, TrainingTask, get_training_task
 from .runs import (
+    AUGMENTS,
     CHECKPOINT,
     HISTORY,
     WEIGHTS,
@@ -79,6 +83,8 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "RunExistsError",
+    "augment_batch",
+    "augment_seed",
     "compile_objective",
     "data_parallel",
     "evaluate",
@@ -197,6 +203,8 @@ def _fit(
         start = time.perf_counter()
         batches = task.batches(splits.train, config.batch_size, device, train=True, seed=config.seed, epoch=epoch,
                                max_shift=config.max_shift, rank=ctx.rank, world_size=ctx.world_size)
+        if config.augment != "none":  # training batches only: validation and test images are never augmented
+            batches = _augmented(batches, config.augment, config.seed, epoch, ctx.rank)
         val: dict[str, float] | None = None
         steps = num_batches
         for i, (images, labels, parts) in enumerate(batches):
@@ -370,6 +378,58 @@ def _sample_batch(task: TrainingTask, split: ImageSplit, device: torch.device) -
     others = (split.labels != split.labels[0]).nonzero().flatten()
     index = torch.tensor([0, int(others[0]) if len(others) else min(1, len(split) - 1)])
     return next(iter(task.batches(split.subset(index).centre_cropped(), 2, device, train=False)))
+
+
+# --- the augmentation of training batches ---------------------------------------------------------------------
+
+_AUGMENT_STREAM = 0xA06  # keeps the augmentation's seeds apart from any other stream mixed from the same numbers
+
+
+def augment_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """The seed of one training batch's augmentation: the run's ``seed``, the epoch, the rank and the batch's index,
+    mixed by numpy's :class:`~numpy.random.SeedSequence` (O'Neill 2015's seed_seq hashing), so neighbouring numbers
+    give unrelated streams and a resumed epoch draws what an uninterrupted one did. Below ``2**63``."""
+    state = numpy.random.SeedSequence((_AUGMENT_STREAM, int(seed), int(epoch), int(rank), int(batch)))
+    return int(state.generate_state(1, numpy.uint64)[0]) >> 1
+
+
+def augment_batch(images: Tensor, augment: str, seed: int) -> Transformed:
+    """``images (B, C, H, W)`` augmented as ``augment`` (:data:`~.runs.AUGMENTS`) on their device, deterministic
+    given ``seed``: the same seed gives the same batch.
+
+    ``rotate``: each image turned about its centre by its own angle, uniform in [-180, 180) degrees, the full circle
+    (an upside-down image is a training image), in the suite's convention (:func:`~capsprobe.transforms.rotation_matrix`,
+    counter-clockwise on screen; bilinear, zero fill); ``params["angle"]`` holds the angles. ``affine``: the suite's
+    affine transform at strength 1 (:func:`~capsprobe.transforms.affine`, its own sampler: rotation in [-20, 20]
+    degrees, shear in [-0.2, 0.2], scale in [0.8, 1.2] per axis, shift in [-4, 4] px per axis). ``none``: the images.
+    """
+    if augment == "none":
+        return Transformed(images)
+    if augment == "affine":
+        return affine(images, 1.0, seed=seed)
+    if augment != "rotate":
+        raise InvalidInputError(f"unknown augmentation {augment!r}; choose one of: {', '.join(AUGMENTS)}")
+    n, (h, w) = images.shape[0], images.shape[-2:]
+    angles = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 360 - 180
+    linear = rotation_matrix(angles, snap=True)
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    matrix = torch.zeros(n, 3, 3, dtype=torch.float64)
+    matrix[:, :2, :2] = linear
+    matrix[:, :2, 2] = centre - linear @ centre  # about the centre, as the suite's rotate
+    matrix[:, 2, 2] = 1
+    matrix = matrix.float().to(images.device)
+    return Transformed(apply_matrix(images, matrix), matrix, {"angle": angles})
+
+
+def _augmented(batches: Batches, augment: str, seed: int, epoch: int, rank: int) -> Batches:
+    """The training ``batches`` (already shifted) augmented by :func:`augment_batch`, batch ``i`` from
+    :func:`augment_seed` ``(seed, epoch, rank, i)``; a task's ``parts`` (MultiMNIST's single digits, the
+    reconstruction targets) get their image's warp."""
+    for i, (images, labels, parts) in enumerate(batches):
+        out = augment_batch(images, augment, augment_seed(seed, epoch, rank, i))
+        if parts is not None and out.matrix is not None:
+            parts = apply_matrix(parts.flatten(1, 2), out.matrix).view_as(parts)
+        yield out.images, labels, parts
 
 
 # --- the objective and one step ---------------------------------------------------------------------------------

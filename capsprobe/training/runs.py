@@ -52,6 +52,7 @@ from ..runtime import (
 )
 
 __all__ = [
+    "AUGMENTS",
     "COMPLETE",
     "MARKER",
     "Checkpoint",
@@ -135,6 +136,10 @@ def _check_number(name: str, value: Any, kind: type, low: float | None = None, *
 MAX_EPOCHS = 100_000  # upper bounds of a run's sizes: far past any real run, far below a typo's hang
 MAX_BATCH = 65_536
 MAX_SHIFT = 256
+# training-only augmentations after the shift (:func:`capsprobe.training.loop.augment_batch`): none; rotate, a uniform
+# angle in [-180, 180) per image (the full circle: the upside-down test turns by 180); affine, the suite's affine warp
+# at strength 1. The augmentation control of issue 48: learned invariance beside built-in equivariance.
+AUGMENTS = ("none", "rotate", "affine")
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class RunConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:1, ...
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 + loss scaling); off on CPU
     max_shift: int = 2  # the paper's augmentation: random integer shift up to this many px (0 = off)
+    augment: str = "none"  # after the shift, training images only: none, rotate (full circle) or affine (AUGMENTS)
     recon_weight: float = 0.0005  # CapsNet: weight of the reconstruction loss (sum of squared errors)
     val_fraction: float = 0.1  # held out from the training data for validation
     limit: int | None = None  # keep at most this many images per split (quick runs, tests)
@@ -192,6 +198,8 @@ class RunConfig:
         _check_number("batch_size", self.batch_size, int, 1, below=MAX_BATCH + 1)
         _check_number("seed", self.seed, int, 0, below=2**31)  # torch's generators, epoch_seed's arithmetic
         _check_number("max_shift", self.max_shift, int, 0, below=MAX_SHIFT + 1)
+        if not isinstance(self.augment, str) or self.augment not in AUGMENTS:
+            raise ConfigError("augment", f"must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         _check_number("limit", self.limit, int, 1, optional=True)
         _check_number("lr", self.lr, float, 0, above=True)
         _check_number("lr_decay", self.lr_decay, float, 0, above=True)
