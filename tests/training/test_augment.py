@@ -112,3 +112,13 @@ def test_the_cli_option_reaches_the_config(tmp_path, monkeypatch):
     assert RunConfig().augment == "none"
     refused = CliRunner().invoke(app, ["train", "--augment", "flip", "--out", str(tmp_path / "s")])
     assert refused.exit_code != 0 and "augment" in refused.output
+
+
+def test_a_tasks_parts_get_their_images_warp():
+    parts = torch.rand(3, 2, 1, 36, 36)  # MultiMNIST: the two digits, the reconstruction targets
+    images = parts.sum(1).clamp(max=1)
+    (out, _, warped), = loop._augmented(iter([(images, torch.zeros(3, 2), parts)]), "rotate", 2, 1, 0)
+    seed = augment_seed(2, 1, 0, 0)
+    assert torch.equal(out, augment_batch(images, "rotate", seed).images)
+    for k in range(2):
+        assert torch.equal(warped[:, k], augment_batch(parts[:, k], "rotate", seed).images)
