@@ -474,8 +474,8 @@ def test_a_head_says_whether_its_training_loss_reaches_its_poses(head):
     and has no decoder: its poses stay untrained projections, and the probe leaves them out."""
     from capsprobe.training.loop import Objective
 
-    model = _head(head).train()
-    loss, _ = Objective(model)(torch.rand(4, 1, 28, 28), torch.arange(4))
+    model = _head(head, img_size=8).train()
+    loss, _ = Objective(model)(torch.rand(2, 1, 8, 8), torch.arange(2))
     loss.backward()
     reached = model.weight.grad is not None and bool(model.weight.grad.abs().sum() > 0)
     assert model.poses_trained is reached is (head != "self")
