@@ -86,6 +86,71 @@ SHARES = ("accuracy", "consistency")  # per-image shares: their intervals stay i
 OWN_SCALE = ("true_class_score", "confidence_drop")
 
 
+MNISTC_MEAN = ("mnist-c", "mean")  # the mean over the 15 MNIST-C corruptions, one condition (Mu & Gilmer 2019)
+MNISTC_COUNT = 15
+CORRUPTION_COLUMNS = ["model", "reference", "seeds", "error", "ci_low", "ci_high", "ratio", "ratio_low", "ratio_high",
+                      "df"]
+
+
+def _with_corruption_mean(metrics: pd.DataFrame, acc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The condition ``mnist-c / mean``: per run and image the accuracy averaged over the 15 MNIST-C corruptions (a
+    per-image value in [0, 1], so its seeds x images interval and paired differences are those of any per-image
+    share), added where a run was probed on all 15 (``mnistc-<name>`` at ``mnist-c``): one mean corruption error
+    per model (Mu & Gilmer 2019 report the mean over corruptions of the test error)."""
+    sel = acc[acc["transform"].astype(str).str.startswith("mnistc-") & (acc["magnitude"].astype(str) == "mnist-c")]
+    if sel.empty:
+        return metrics, acc
+    counts = sel.groupby("run")["transform"].nunique()
+    full = counts[counts == MNISTC_COUNT].index
+    sel = sel[sel["run"].isin(full)]
+    if sel.empty:
+        return metrics, acc
+    mean = sel.groupby(["model", "run", "image_id"], sort=False)["_v"].mean().reset_index()
+    mean = mean.assign(transform=MNISTC_MEAN[0], magnitude=MNISTC_MEAN[1])
+    first = metrics[metrics["run"].isin(full)].drop_duplicates("run").set_index("run")
+    per_run = mean.groupby(["model", "run"], sort=False)["_v"].agg(["mean", "size"]).reset_index()
+    rows = pd.DataFrame({"model": per_run["model"], "run": per_run["run"],
+                         "seed": per_run["run"].map(first["seed"]) if "seed" in first else np.nan,
+                         "transform": MNISTC_MEAN[0], "kind": "nuisance", "magnitude": MNISTC_MEAN[1],
+                         "magnitude_value": np.nan, "metric": "accuracy", "value": per_run["mean"],
+                         "ci_low": np.nan, "ci_high": np.nan, "n_images": per_run["size"]})
+    metrics = pd.concat([metrics, rows.reindex(columns=metrics.columns)], ignore_index=True)
+    return metrics, pd.concat([acc, mean], ignore_index=True)
+
+
+def _corruption_table(mats: dict[str, np.ndarray], reference: str | None,
+                      entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Per model the mean corruption error (1 - the MNIST-C mean accuracy) with its seeds x images interval, and its
+    ratio to the reference model's (the experiment's reference, else the first model without poses: the suite's
+    CNN, as Mu & Gilmer set models against a CNN) on the log scale by the delta method, the covariance of the two
+    errors read from the paired difference's variance (they share the images)."""
+    if reference not in mats:
+        poses = {str(e.get("model")): e.get("poses") for e in entries}
+        reference = next((m for m in mats if poses.get(m) is False), None)
+    rows = []
+    for model, mat in mats.items():
+        est = seed_image_mean(1 - mat)
+        err, se, df = float(est.value), float(est.se), float(est.df)
+        lo, hi = (float(v) for v in bounded_interval((1 - mat).mean(axis=1), se, df, LEVEL, images=mat.shape[1]))
+        ratio = r_lo = r_hi = r_df = np.nan
+        if reference is not None and model != reference and mat.shape[0] >= 2 and mats[reference].shape[0] >= 2:
+            ref = seed_image_mean(1 - mats[reference])
+            e_ref, se_ref = float(ref.value), float(ref.se)
+            diff = seed_image_difference(1 - mat, 1 - mats[reference])
+            cov = (se**2 + se_ref**2 - float(diff.se) ** 2) / 2
+            if err > 0 and e_ref > 0:
+                ratio = err / e_ref
+                var = se**2 / err**2 + se_ref**2 / e_ref**2 - 2 * cov / (err * e_ref)
+                r_df = float(diff.df)
+                half = float(stats.t.ppf(0.5 + LEVEL / 2, r_df)) * float(np.sqrt(max(var, 0.0)))
+                r_lo, r_hi = ratio * float(np.exp(-half)), ratio * float(np.exp(half))
+        elif model == reference:
+            ratio = r_lo = r_hi = 1.0
+        rows.append({"model": model, "reference": reference, "seeds": mat.shape[0], "error": err, "ci_low": lo,
+                     "ci_high": hi, "ratio": ratio, "ratio_low": r_lo, "ratio_high": r_hi, "df": df})
+    return pd.DataFrame(rows, columns=CORRUPTION_COLUMNS)
+
+
 def _one_scale(entries: Sequence[dict[str, Any]]) -> Any:
     """``same(a, b)``: whether two models' class scores share a scale (both capsule models, with poses, or both
     convnets, with softmax scores), from the manifest's entries (unknown: assumed the same)."""
@@ -216,8 +281,10 @@ def comparison_tables(
     models = list(dict.fromkeys(metrics["model"]))
     runs_of = {m: list(dict.fromkeys(metrics.loc[metrics["model"] == m, "run"])) for m in models}
     keys = ["transform", "magnitude"]
-    conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
     per_image = {name: _per_image(images, name, identity) for name in PER_IMAGE if name in set(metrics["metric"])}
+    if "accuracy" in per_image:
+        metrics, per_image["accuracy"] = _with_corruption_mean(metrics, per_image["accuracy"])
+    conditions = metrics.drop_duplicates(keys)[keys + ["kind", "magnitude_value"]]
     # grouped once: each condition's rows are looked up, not masked out of the whole table (same rows, same order)
     cells = {name: {key: frame for key, frame in table.groupby(["model", "transform", "magnitude"], sort=False,
                                                                dropna=False)}
@@ -232,6 +299,7 @@ def comparison_tables(
         return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
 
     comp, diffs = [], []
+    mats_of_mean: dict[str, np.ndarray] = {}  # per model, the seeds x images matrix of the MNIST-C mean accuracy
     same_scale = _one_scale(entries)
     for cond in conditions.itertuples(index=False):
         rows = by_condition[(cond.transform, cond.magnitude)]
@@ -251,6 +319,8 @@ def comparison_tables(
                 mat = matrix(name, model, cond.transform, cond.magnitude) if name in per_image else None
                 if mat is not None:
                     mats[model] = mat
+                    if (cond.transform, cond.magnitude) == MNISTC_MEAN and name == "accuracy":
+                        mats_of_mean[model] = mat
                     est = seed_image_mean(mat)
                     value, df = float(est.value), float(est.df)
                     ci = tuple(float(v) for v in est.interval(LEVEL))
@@ -317,6 +387,7 @@ def comparison_tables(
                     row.update(difference=diff, ci_low=lo, ci_high=hi, se=se, se_seeds=se_seeds, df=df, p_value=p,
                                df_adjusted=df_adjusted, test=test)
                     diffs.append(row)
+    corruption = _corruption_table(mats_of_mean, reference, entries) if mats_of_mean else None
     ablation = _ablation(diffs, reference, identity) if reference is not None else None
     differences = _adjust(pd.DataFrame(diffs), members=_family_members(diffs, identity))
     comparison = pd.DataFrame(comp, columns=COMPARISON_COLUMNS)
@@ -325,6 +396,8 @@ def comparison_tables(
                                  "epochs": e.get("epochs")} for e in excluded],
                                columns=["run", "model", "seed", "target_accuracy", "val_accuracy", "epochs"])
     out = {"comparison": comparison, "differences": differences, "excluded": excluded_df}
+    if corruption is not None:
+        out["corruption"] = corruption
     if not all_seeds:
         out["seeds"] = seed_outcomes(list(entries))
         if excluded:  # the all-seeds analysis beside the matched one: survivors are a selected sample

@@ -343,7 +343,8 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
     return folder / REPORT_HTML
 
 
-COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation", "seeds", "differences_all_seeds")
+COMPARISON_TABLES = ("comparison", "differences", "excluded", "ablation", "seeds", "differences_all_seeds",
+                     "corruption")
 
 
 def recompare_report(folder: str | Path, section_for: SectionFor, formats: str | Sequence[str] | None = None,

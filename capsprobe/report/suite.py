@@ -535,6 +535,17 @@ SUITE_FIGURES: list[FigureSpec] = [
 ]
 
 
+def _corruption_shown(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in table.itertuples(index=False):
+        ratio = "-" if pd.isna(r.ratio) else (f"{r.ratio:.2f}" if pd.isna(r.ratio_low) or r.ratio_low == r.ratio_high
+                                             else f"{r.ratio:.2f} [{r.ratio_low:.2f}, {r.ratio_high:.2f}]")
+        rows.append({"model": r.model, "seeds": r.seeds,
+                     "mean corruption error": f"{100 * r.error:.2f}% [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]",
+                     f"ratio to {r.reference}": ratio})
+    return pd.DataFrame(rows)
+
+
 def suite_section(data: ReportData) -> Section:
     """The ``classify`` task's report: headlines, the overview table, the suite's figures and the image grids."""
     if "overview" not in data.tables:
@@ -580,6 +591,12 @@ def suite_section(data: ReportData) -> Section:
     if masking is not None:
         extra.append(("Gradient-masking checks (Athalye, Carlini & Wagner 2018): accuracy under each attack against "
                       "the one it must not beat (tolerance 0.5 points)", masking))
+    corruption = data.tables.get("corruption")
+    if corruption is not None and not corruption.empty:
+        extra.append(("Mean corruption error over the 15 MNIST-C corruptions (Mu & Gilmer 2019: the mean over "
+                      "corruptions of the test error), each model's with its 95% interval over seeds and images, and "
+                      "its ratio to the reference convnet's (log scale, delta method, paired images)",
+                      _corruption_shown(corruption)))
     ablation = ablation_table(data.tables)
     if ablation is not None:
         extra.append(("Ablation (each model minus the reference; accuracy in points, gain and decodability in their "

@@ -217,3 +217,42 @@ def test_ablation_sets_every_variant_against_the_reference_in_one_family_per_met
     pair = _row(d, model_a="ref", model_b="better", magnitude="45", metric="accuracy")
     assert better["ci_high_adjusted"] - better["ci_low_adjusted"] > pair["ci_high_adjusted"] - pair["ci_low_adjusted"]
     assert "ablation" not in comparison_tables(m, im, entries, IDENTITY)  # no reference, no table
+
+
+def test_the_mean_corruption_error_is_one_condition_with_its_ratio_to_the_cnn():
+    """15 MNIST-C corruptions: per image the accuracy averaged over them is one per-image condition (mnist-c mean),
+    tested like any share; the corruption table gives each model's mean error and its ratio to the CNN's."""
+    n, rng = 300, np.random.default_rng(1)
+    hard = rng.uniform(size=(15, n))  # per corruption and image, how hard
+    images, metrics, entries = [], [], []
+    for model, cut, poses in (("caps", 0.8, True), ("cnn", 0.9, False)):
+        for s in range(3):
+            run = f"{model}-seed{s}"
+            entries.append({"name": run, "model": model, "seed": s, "poses": poses, "target_accuracy": None})
+            for c in range(15):
+                right = hard[c] < cut + 0.01 * s
+                images.append(pd.DataFrame({"model": model, "run": run, "seed": s, "transform": f"mnistc-c{c}",
+                                            "kind": "nuisance", "magnitude": "mnist-c", "image_id": np.arange(n),
+                                            "label": 0, "prediction": np.where(right, 0, 1), "true_score": 0.9,
+                                            "confidence": 0.9, "pixel_change": 1.0}))
+                metrics.append(dict(model=model, run=run, seed=s, transform=f"mnistc-c{c}", kind="nuisance",
+                                    magnitude="mnist-c", magnitude_value=np.nan, n_images=n, penalty=np.nan,
+                                    at_edge=False, metric="accuracy", value=float(right.mean()), ci_low=0.0,
+                                    ci_high=1.0))
+    m = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+    im = pd.concat(images, ignore_index=True)[IMAGE_COLUMNS]
+    tables = comparison_tables(m, im, entries, {})
+    comp = _row(tables["comparison"], model="caps", transform="mnist-c", magnitude="mean", metric="accuracy")
+    expected = np.mean([(hard < 0.8 + 0.01 * s).mean() for s in range(3)])
+    assert comp["value"] == pytest.approx(expected) and comp["seeds"] == 3
+    d = _row(tables["differences"], transform="mnist-c", magnitude="mean", metric="accuracy")
+    assert d["test"] == PAIRED_TEST and d["difference"] == pytest.approx(-0.1, abs=0.02)
+    table = tables["corruption"].set_index("model")
+    assert table.loc["caps", "error"] == pytest.approx(1 - expected)
+    assert table.loc["cnn", "ratio"] == 1.0 and table.loc["caps", "reference"] == "cnn"
+    ratio = table.loc["caps", "error"] / table.loc["cnn", "error"]
+    assert table.loc["caps", "ratio"] == pytest.approx(ratio)
+    assert table.loc["caps", "ratio_low"] < ratio < table.loc["caps", "ratio_high"] and table.loc["caps", "ratio_low"] > 1
+    # 14 of 15 corruptions make no mean
+    fewer = comparison_tables(m[m["transform"] != "mnistc-c0"], im[im["transform"] != "mnistc-c0"], entries, {})
+    assert "corruption" not in fewer and "mnist-c" not in set(fewer["comparison"]["transform"])
