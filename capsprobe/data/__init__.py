@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import viewpoints  # noqa: F401  # registers smallnorb* and *-viewpoint
+from . import subsets, viewpoints  # noqa: F401  # register *-no69; smallnorb* and *-viewpoint
 from .batches import (  # noqa: F401
     iterate_batches,
 )
