@@ -32,6 +32,7 @@ from .components import (
 from .costs import model_costs
 from .efficient_capsnet import EfficientCapsNet
 from .emcaps import EMCapsNet
+from .gcnn import GCNN, ExportedGCNN
 from .heads import BackboneHeadNet, Head, get_head, head_costs, list_heads, register_head, unregister_head
 from .layers import (
     capsule_lengths,
@@ -50,6 +51,8 @@ __all__ = [
     "CapsNet",
     "EMCapsNet",
     "EfficientCapsNet",
+    "ExportedGCNN",
+    "GCNN",
     "Head",
     "ModelAdapter",
     "ModelOutputs",

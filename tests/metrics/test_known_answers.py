@@ -32,7 +32,7 @@ from torch import nn
 
 from capsprobe import metrics as M
 from capsprobe.data import ImageSplit, load_dataset
-from capsprobe.models import ModelAdapter
+from capsprobe.models import ModelAdapter, adapt
 from capsprobe.probe import Subject, run_probe
 from capsprobe.probe.lie import lie_pass, lie_tables
 from capsprobe.transforms import apply_matrix, get_transform
@@ -381,3 +381,42 @@ def test_the_reference_states_the_measured_values(c4_probe, c4_composition, ink_
         else:
             decimals = len(shown.split(".")[1]) if "." in shown else 0
             assert abs(value - float(shown)) <= 0.6 * 10 ** -decimals, (key, value, shown)
+
+
+# --- an e2cnn G-CNN (capsprobe.models.gcnn): the registered model, untrained ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcnn_c4():
+    """An untrained, tiny ``gcnn_c4`` (regular fields 4-8-8: a 32-D representation, as ``c4-fields``)."""
+    from capsprobe.models import create_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_model("gcnn_c4", fields=(4, 8, 8), hidden=16).eval()
+
+
+@pytest.fixture(scope="module")
+def gcnn_probe(digits, gcnn_c4):
+    result = run_probe([Subject("gcnn-c4", gcnn_c4, model_name="gcnn_c4")], digits.test, ["rotate"],
+                       {"rotate": [0, *QUARTER_TURNS]}, n_boot=N_BOOT, progress=False, device="cpu")
+    lie = lie_tables([({"model": "gcnn_c4", "run": "gcnn-c4", "seed": 0}, adapt(gcnn_c4))], digits.test, generators=(),
+                     angles=(-90, 90), layers=False, n_boot=N_BOOT)
+    return _table(result), lie.composition.set_index(["which", "a", "b"])["composition_error"]
+
+
+def test_the_probe_reads_the_known_answer_on_an_e2cnn_gcnn(gcnn_probe):
+    """Through the probe's own ``rotate`` (``torch.rot90`` exactly at quarter turns): the decision never moves, the
+    representation (fields pooled over space, not over the group) moves by a permutation the fitted map recovers,
+    and the fitted maps compose like the group."""
+    table, composition = gcnn_probe
+    clean = _value(table, "gcnn-c4", "accuracy", 0)
+    for angle in QUARTER_TURNS:
+        assert abs(_value(table, "gcnn-c4", "accuracy", angle) - clean) <= 0.001, angle
+        assert _value(table, "gcnn-c4", "consistency", angle) == 1.0, angle
+        assert _value(table, "gcnn-c4", "equivariance_gain", angle) >= 0.98, angle
+        assert _value(table, "gcnn-c4", "equivariance_error", angle) <= 0.02, angle
+        assert _value(table, "gcnn-c4", "invariance_error", angle) > 1, angle  # the fields do move
+    for a in (-90, 90):
+        for b in (-90, 90):
+            assert composition[("representation", a, b)] <= 0.02, (a, b)
