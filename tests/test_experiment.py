@@ -273,6 +273,13 @@ def test_recompare_rebuilds_the_comparison_tables_from_the_folder(tiny_experimen
     pd.testing.assert_frame_equal(again, before, rtol=1e-5)
     pd.testing.assert_frame_equal(pd.read_csv(report / "comparison.csv", dtype={"magnitude": str}), comparison,
                                   rtol=1e-5)
+    # `capsprobe claims`: the study-wide family over the reports given, as CSV and Markdown
+    study = tmp_path / "study.csv"
+    result = runner.invoke(app, ["claims", str(report), "--study", str(study)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(study, keep_default_na=False, na_values=[""])
+    assert list(table["claim"]) == list(claims["claim"]) and set(table["report"]) == {"null"}
+    assert "4 declared claims in 1 reports" in study.with_suffix(".md").read_text()
 
 
 def test_recompare_refuses_a_folder_without_comparisons(tiny_experiment):
