@@ -95,6 +95,7 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
     labels = split.labels.cpu().numpy()
     key = [ANGLES.index(a) for a in KEY_ANGLES]
     frames, metric_rows, angle_rows, class_rows, entries = [], [], [], [], []
+    untrained: list[str] = []  # runs whose class poses no loss trains: accuracy only (as the suite's probe)
     start = time.perf_counter()
     forward = fitting = 0.0
     for item in subjects:
@@ -102,6 +103,8 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
         trained = poses_trained(adapter)
+        if adapter.has_poses:
+            entry["poses_trained"] = trained
         t0 = time.perf_counter()
         scores, reps, changes = _passes(adapter, split, plan, dev, dtype, rotate)  # (N, A, K), (N, A, F), (N, A)
         forward += time.perf_counter() - t0
@@ -116,7 +119,7 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
             entry.update(pose_penalties=list(rec.penalties), pose_at_edge=rec.at_edge)
         else:
             recovered, error, rec = None, np.full(recognised.shape, np.nan), None
-            entry["poses_trained"] = False
+            untrained.append(subject.name)
         fitting += time.perf_counter() - t0
         entries.append(entry)
         joint = recognised & recovered if recovered is not None else None
@@ -152,7 +155,6 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
     tables["upside_classes"] = pd.DataFrame(class_rows)
     manifest = {"runs": entries, "images": n, "transforms": {TRANSFORM: list(CONDITIONS)},
                 "angles": list(ANGLES), "tolerance_degrees": TOLERANCE, "device_record": device_record(dev, dtype)}
-    untrained = [e["name"] for e in entries if e.get("poses_trained") is False]
     if untrained:
         manifest["untrained_poses"] = {"runs": untrained, "left_out": ["pose_recovered", "joint"],
                                        "why": "no training loss reaches these models' class poses"}

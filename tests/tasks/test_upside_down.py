@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import capsprobe  # noqa: F401
-from capsprobe.data import load_dataset
+from capsprobe import ModelAdapter
+from capsprobe.data import ImageSplit, load_dataset
 from capsprobe.data.subsets import NO69_DIGITS
 from capsprobe.metrics.upside import ANGLES, angle_error, outcome_shares, outcomes, recover_angles
+from capsprobe.probe import ProbePlan, Subject
+from capsprobe.tasks import get_task
 
 
 def test_angle_error_wraps_around_the_circle():
@@ -83,6 +86,41 @@ def test_the_four_outcomes_partition_image_x_angle():
     assert shares == {"equivariant": 0.25, "invariant": 0.5, "pose_only": 0.0, "failing": 0.25}
     with pytest.raises(ValueError, match="one shape"):
         outcomes(recognised, recovered[:, :2])
+
+
+class _Toy(torch.nn.Module):
+    """Scores that always name class 0; ``has_poses`` / ``poses_trained`` as a capsule model would say them."""
+
+    def __init__(self, poses_trained: bool = True):
+        super().__init__()
+        self.has_poses, self.poses_trained = True, poses_trained
+
+    @staticmethod
+    def outputs(model, x):
+        side = torch.arange(x.shape[-1], dtype=x.dtype) - (x.shape[-1] - 1) / 2
+        ink = x.sum((1, 2, 3))
+        centroid = torch.stack([(x.sum((1, 2)) * side).sum(1), (x.sum((1, 3)) * side).sum(1)], 1) / ink[:, None]
+        return {"scores": torch.tensor([[0.9, 0.1]]).expand(len(x), 2), "representation": centroid}
+
+
+def test_evaluate_reads_the_known_answer_of_a_model_that_is_its_pose():
+    # a blob above the centre: its ink centroid turns with the image, so it *is* the pose; every digit is class 0
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(12, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 4:8, 12:16] = torch.randint(180, 256, (12, 1, 4, 4), generator=g, dtype=torch.uint8)
+    split = ImageSplit(images, torch.zeros(12, dtype=torch.long))
+    subjects = [Subject("pose", ModelAdapter(_Toy(), outputs=_Toy.outputs), "pose"),
+                Subject("untrained", ModelAdapter(_Toy(poses_trained=False), outputs=_Toy.outputs), "untrained")]
+    result = get_task("upside-down").evaluate(subjects, split, ProbePlan.from_options(n_boot=20, device="cpu"))
+    m = result.metrics.set_index(["run", "metric", "magnitude"])["value"].sort_index()
+    assert m.loc["pose", "joint"].to_dict() == {c: 1.0 for c in ("0", "90", "180", "270", "circle")}
+    assert m.loc["pose", "accuracy"].eq(1.0).all() and m.loc["pose", "pose_recovered"].eq(1.0).all()
+    # untrained poses: accuracy only, no pose read from them (as the suite's probe), and the manifest says so
+    assert set(m.loc["untrained"].index.get_level_values("metric")) == {"accuracy"}
+    assert result.manifest["untrained_poses"]["runs"] == ["untrained"]
+    rows = result.images.set_index("run")
+    assert rows.loc["pose", "joint"].eq(1.0).all() and rows.loc["untrained", "joint"].isna().all()
+    assert rows.loc["pose", "pose_error"].max() < 15
 
 
 def test_mnist_without_6_and_9_remaps_the_other_digits_to_0_7():
