@@ -203,13 +203,14 @@ class E2CNN:
         n_out, n_in = len(conv.out_type.representations), len(conv.in_type.representations)
         dim = one.weights.numel()
         k = filt.shape[-1]
+        filt = filt.detach().cpu()  # the projection runs on the CPU, whichever device the model is on
         with torch.no_grad():
             basis = torch.stack([self.expand(one, torch.eye(dim, dtype=filt.dtype)[d]).double().flatten()
                                  for d in range(dim)])  # (D, go * gi * k * k): the pair's basis filters
             blocks = filt.double().reshape(n_out, go, n_in, gi, k, k).permute(0, 2, 1, 3, 4, 5)
             coef = torch.linalg.lstsq(basis.T, blocks.reshape(n_out * n_in, -1).T).solution.T  # (n_out * n_in, D)
             weights = coef.reshape(-1).to(filt.dtype)
-            back = self.expand(conv, weights).double()
+            back = self.expand(conv, weights.to(conv.weights.device)).double().cpu()
         residual = float((back - filt.double()).norm() / filt.double().norm().clamp_min(1e-30))
         return weights, residual
 
@@ -448,11 +449,12 @@ def _from_plain(module: nn.Module, state: dict, prefix: str, *args) -> None:
             continue  # not a plain state: leave it for the usual checks
         filt = state.pop(f"{key}weight")
         plain_bias = state.pop(f"{key}bias", None)
+        plain_bias = plain_bias.detach().cpu() if plain_bias is not None else None
         weights, residual = lib.coefficients(conv, filt)
         if residual > PROJECTION_TOLERANCE:
             raise InvalidInputError(f"{key}weight is not an equivariant filter of group {module.group} (relative "
                                     f"distance {residual:.2g} from the basis's span)")
-        own = conv.state_dict()
+        own = {k: v.detach().cpu() for k, v in conv.state_dict().items()}  # load_state_dict copies to the device
         new = {k: v.clone() for k, v in own.items()}
         new["weights"] = weights
         if "bias" in own and plain_bias is not None:
@@ -463,7 +465,7 @@ def _from_plain(module: nn.Module, state: dict, prefix: str, *args) -> None:
                 raise InvalidInputError(f"{key}bias differs within a field: not an equivariant bias")
             new["bias"] = bias.to(plain_bias.dtype)
         with torch.no_grad():
-            expanded = lib.expand(conv, weights)
+            expanded = lib.expand(conv, weights.to(conv.weights.device)).cpu()
         if "filter" in own:
             new["filter"] = expanded
         if "expanded_bias" in own and "bias" in new:
