@@ -19,6 +19,7 @@ from capsprobe.models import (
     CapsNet,
     EfficientCapsNet,
     EMCapsNet,
+    GCNN,
     create_model,
     family_classes,
     native_models,
@@ -32,6 +33,7 @@ TINY: dict[type, dict] = {
     EfficientCapsNet: dict(channels=(4, 4, 4, 8), primary_caps=2, decoder_hidden=(16,)),
     BaselineCNN: dict(channels=(4, 4, 4), hidden=(8, 8)),
     BackboneHeadNet: dict(planes=4, blocks=(1, 1, 1), caps_types=2),
+    GCNN: dict(fields=(2, 2), hidden=8),
 }
 
 
@@ -59,7 +61,7 @@ def test_every_native_model_trains_under_ddp_without_reconstruction(one_rank, na
     wrapped = data_parallel(objective, (images, labels, None), torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}  # a G-CNN's state_dict is its export
     for _ in range(2):
         loss, _ = train_step(wrapped, optimizer, scaler, images, labels, torch.device("cpu"), None)
         assert torch.isfinite(loss)

@@ -121,6 +121,7 @@ _TINY = {
     "CapsNet": dict(conv_channels=8, primary_types=2, decoder_hidden=(8, 8)),
     "EMCapsNet": dict(conv_channels=4, primary_types=2, caps1_types=2, caps2_types=2),
     "EfficientCapsNet": dict(channels=(4, 4, 4, 8), primary_caps=4, decoder_hidden=(8, 8)),
+    "GCNN": dict(fields=(2, 2), hidden=8),
 }
 
 
