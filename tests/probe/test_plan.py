@@ -39,9 +39,11 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a data set was loaded")
 
+    # the pipeline first: patching it by name imports it, and an import after capsprobe.data's patch would bind the
+    # refusal as the pipeline's own load_dataset, which the teardown would then "restore" for every later test
+    monkeypatch.setattr("capsprobe.pipeline.load_dataset", refuse)  # bound when the pipeline was imported
     monkeypatch.setattr(datasets, "load_dataset", refuse)
     monkeypatch.setattr("capsprobe.data.load_dataset", refuse)
-    monkeypatch.setattr("capsprobe.pipeline.load_dataset", refuse)  # bound when the pipeline was imported
 
 
 @pytest.mark.parametrize("path, size", [(p, s) for p in EXPERIMENTS for s in _sizes(p)],
