@@ -72,11 +72,11 @@ from .schema import (
 from .subject import Subject, as_subject
 
 __all__ = [
-    "UNTRAINED_POSES_LEFT_OUT",
     "decodability_rows",
     "poses_trained",
     "run_probe",
     "transform_like",
+    "untrained_poses_left_out",
 ]
 
 _log = logging.getLogger(__name__)
@@ -97,11 +97,14 @@ class _Timer:
 
 
 _UNTRAINED_NEEDS = frozenset({"representation", "poses"})
-#: what the probe leaves out for a model whose poses no training loss reaches (the manifest's ``untrained_poses``)
-UNTRAINED_POSES_LEFT_OUT = (
-    [name for name, m in M.METRICS.items() if m.needs & _UNTRAINED_NEEDS] + ["decodability", "decodability_pose"]
-    + ["kept_variance_pca16", "lie: lee/elee of the representation and pose", "lie_layers: the representation",
-       "composition"])
+
+
+def untrained_poses_left_out() -> list[str]:
+    """What the probe leaves out for a model whose poses no training loss reaches (the manifest's
+    ``untrained_poses``): the registered metrics that read the representation or the poses, and the rest by name."""
+    return ([name for name, m in M.METRICS.items() if m.needs & _UNTRAINED_NEEDS] + ["decodability",
+            "decodability_pose", "kept_variance_pca16", "lie: lee/elee of the representation and pose",
+            "lie_layers: the representation", "composition"])
 
 
 def poses_trained(model: Any) -> bool:
@@ -492,7 +495,7 @@ def run_probe(
         manifest["lie"] = lie_manifest(len(split))
     if untrained:
         manifest["untrained_poses"] = {
-            "runs": untrained, "left_out": UNTRAINED_POSES_LEFT_OUT,
+            "runs": untrained, "left_out": untrained_poses_left_out(),
             "why": "no training loss reaches these models' class poses (their scores never read the votes and they "
                    "have no decoder): the poses, and the representation that flattens them, are projections by "
                    "untrained matrices"}
