@@ -570,6 +570,11 @@ def suite_section(data: ReportData) -> Section:
     no_decoder = [r.get("name", "?") for r in data.manifest.get("runs", []) if r.get("poses") and not r.get("decoder")]
     if no_decoder:
         notes.append(f"no reconstruction pictures for {', '.join(no_decoder)}: the model has poses but no decoder")
+    untrained = (data.manifest.get("untrained_poses") or {}).get("runs", [])
+    if untrained:
+        notes.append(f"no pose or representation metrics for {', '.join(untrained)}: no training loss reaches its "
+                     "class poses (scores from the routed activations, no decoder), so equivariance, decodability, the "
+                     "representation's Lie derivatives and the composition grid are left out; its scores' metrics stay")
     if "at_edge" in data.metrics:
 
         m = data.metrics
