@@ -99,7 +99,8 @@ def test_perturb_cli_writes_the_three_files(runs, tmp_path):
     assert result.exit_code == 0, result.output
     # caps is a CapsNet with a decoder: its reconstruction and pose-sweep grids are computed by the probe
     assert {p.name for p in out.iterdir()} == {"results.parquet", "summary.csv", "manifest.json", "overview.csv",
-                                                "roc.csv", "comparison.csv", "differences.csv", "seeds.csv", "arrays", ".capsprobe"}
+                                                "roc.csv", "comparison.csv", "differences.csv", "seeds.csv", "arrays",
+                                                ".capsprobe"}
     assert {p.name for p in (out / "arrays").iterdir()} == {"reconstructions-caps.npz", "pose_sweep-caps.npz"}
     data = read_probe_outputs(out)
     metrics, images, manifest = data.metrics, data.images, data.manifest

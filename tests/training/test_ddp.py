@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 
 from capsprobe.models import (
+    GCNN,
     BackboneHeadNet,
     BaselineCNN,
     CapsNet,
     EfficientCapsNet,
     EMCapsNet,
-    GCNN,
     create_model,
     family_classes,
     native_models,
