@@ -6,8 +6,9 @@ activations say how it was turned. This task measures both at once. Models are t
 training: :mod:`capsprobe.training.objectives`); every test image is then shown at every 15 degrees of the full circle
 (:data:`~capsprobe.metrics.upside.ANGLES`, through the suite's own ``rotate``: the same geometry as everywhere else;
 the quarter turns are exact pixel permutations) and scored per image and angle: recognised (the prediction is the
-label), pose recovered (the angle decoded from the model's representation within 15 degrees; a ridge on the 16-D PCA,
-cross-fitted over two halves of the images: :func:`capsprobe.metrics.upside.recover_angles`), and joint (both). The
+label), pose recovered (the angle decoded from the model's representation within 15 degrees; per class, a ridge on the
+16-D PCA cross-fitted over two halves of the class's images: :func:`capsprobe.metrics.upside.recover_angles`), and
+joint (both). The
 four outcomes (equivariant, invariant and blind to pose, pose without the class, failing) are their shares.
 
 Data: classes that keep their identity under rotation. A 6 upside down is a 9, so ``mnist-no69`` (and
@@ -82,13 +83,15 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
     decoder) and bootstrap are.
 
     Raises:
-        InvalidInputError: fewer than 4 images (the decoder fits on one half and scores the other), or non-finite
-            scores or representations.
+        InvalidInputError: a class with fewer than 4 images (its angle decoder is fitted on one half and scores the
+            other), or non-finite scores or representations.
     """
     n = len(split)
-    if n < 4:
-        raise InvalidInputError(f"the upside-down test needs at least 4 images (the angle decoder is fitted on one "
-                                f"half and scores the other), got {n}")
+    classes, counts = np.unique(split.labels.cpu().numpy(), return_counts=True)
+    if n == 0 or counts.min() < 4:
+        few = ", ".join(f"{int(c)} ({int(k)})" for c, k in zip(classes, counts) if k < 4) or "none"
+        raise InvalidInputError(f"the upside-down test needs at least 4 images of each class (each class's angle "
+                                f"decoder is fitted on one half and scores the other); classes with fewer: {few}")
     dev = resolve_device(plan.device)
     dtype = autocast_dtype(dev, plan.amp)  # None by default: float32, TF32 off
     rotate = get_transform("rotate")
@@ -114,7 +117,7 @@ def upside_down_evaluate(subjects: Sequence[Any], split: ImageSplit, plan: Probe
         recognised = pred == labels[:, None]
         t0 = time.perf_counter()
         if trained:
-            rec = recover_angles(reps, ANGLES, seed=plan.seed, groups=labels)
+            rec = recover_angles(reps, ANGLES, seed=plan.seed, groups=labels, by_group=True)  # a decoder per class
             recovered, error = rec.recovered(TOLERANCE), rec.error
             entry.update(pose_penalties=list(rec.penalties), pose_at_edge=rec.at_edge)
         else:
@@ -297,9 +300,9 @@ def upside_down_section(data) -> Section:
     notes = [f"Protocol (issue 48; the motivating article's upside-down kitten): trained upright; every test image "
              f"rotated by the suite's rotate through the full circle every 15 degrees (24 angles; the quarter turns "
              f"exact). Per image and angle: recognised (prediction = label); pose recovered (the angle decoded from "
-             f"the representation of the rotated image alone, a ridge on its 16-D PCA predicting cos and sin, fitted "
-             f"on one half of the images at every angle and scored on the other, both ways, within {TOLERANCE:g} "
-             f"degrees; chance 1/12); joint: both. 'circle' is each image's mean over the 24 angles. Intervals: "
+             f"the representation of the rotated image alone, per class a ridge on its 16-D PCA predicting cos and "
+             f"sin, fitted on one half of the class's images at every angle and scored on the other, both ways, "
+             f"within {TOLERANCE:g} degrees; chance 1/12); joint: both. 'circle' is each image's mean over the 24 angles. Intervals: "
              f"accuracy at the quarter turns over seeds x images (Satterthwaite t, logit); the joint score, the pose "
              f"and every circle row over seeds and each run's bootstrap interval over images "
              f"(capsprobe.metrics.compare); differences Holm-adjusted over the conditions of each pair and metric.",

@@ -67,6 +67,17 @@ def test_each_half_is_scored_by_the_ridge_of_the_other():
     assert not rec.recovered().any()
 
 
+def test_a_decoder_per_class_reads_a_pose_each_class_carries_its_own_way():
+    # class 0 carries (cos a, sin a), class 1 the mirror (cos a, -sin a): one shared linear read-out cannot be right
+    # for both, one per class is exact
+    reps = np.concatenate([_circle(8), _circle(8) * np.array([1.0, -1.0])])
+    groups = np.repeat([0, 1], 8)
+    assert recover_angles(reps, ANGLES, seed=0, groups=groups, by_group=True).error.max() < 1e-6
+    assert recover_angles(reps, ANGLES, seed=0, groups=groups).recovered().mean() < 0.5
+    with pytest.raises(ValueError, match="at least 4 images and 2 angles in group 1, got 3"):
+        recover_angles(reps[:11], ANGLES, groups=groups[:11], by_group=True)
+
+
 def test_recover_angles_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="24 angles"):
         recover_angles(np.zeros((10, 23, 2)), ANGLES)
@@ -138,7 +149,7 @@ def test_the_tiny_experiment_scores_every_model_upside_down(tiny_experiment):
     folder, _ = tiny_experiment("upside-down")
     report = folder / "reports" / "upside-down"
     summary = pd.read_csv(report / "summary.csv", dtype={"magnitude": str})
-    models = ["capsnet_small", "baseline_cnn_pool", "cnn-rotaug"]
+    models = ["capsnet_small", "baseline_cnn_pool", "cnn-rotaug", "gcnn_c4"]
     assert list(dict.fromkeys(summary["model"])) == models
     assert set(summary["transform"]) == {"upside-down"} and set(summary["metric"]) == {"accuracy", "pose_recovered",
                                                                                          "joint"}
@@ -147,11 +158,14 @@ def test_the_tiny_experiment_scores_every_model_upside_down(tiny_experiment):
     assert (wide["joint"] <= wide["accuracy"] + 1e-12).all() and (wide["joint"] <= wide["pose_recovered"] + 1e-12).all()
     # per image: the four quarter turns of the 48 probed digits, joint exactly "recognised and within 15 degrees"
     images = pd.read_parquet(report / "results.parquet")
-    assert len(images) == 3 * 4 * 48 and set(images["magnitude"]) == {"0", "90", "180", "270"}
+    assert len(images) == 4 * 4 * 48 and set(images["magnitude"]) == {"0", "90", "180", "270"}
     assert set(images["label"]) <= set(range(8))
     hit = (images["prediction"] == images["label"]) & (images["pose_error"] <= 15)
     assert (images["joint"] == hit.astype(float)).all() and images["pose_error"].between(0, 180).all()
     upright = images["magnitude"] == "0"
+    # the quarter turns are the suite's exact ones: the C4 G-CNN's scores do not move (its known answer)
+    g = images[images["model"] == "gcnn_c4"].pivot(index="image_id", columns="magnitude", values="true_score")
+    assert np.abs(g[["90", "180", "270"]].to_numpy() - g[["0"]].to_numpy()).max() < 1e-4
     assert (images.loc[upright, "pixel_change"] == 0).all() and (images.loc[~upright, "pixel_change"] > 0).all()
     # the summary's quarter turns are the per-image rows' means
     mean = images.assign(acc=images["prediction"] == images["label"]).groupby(["run", "magnitude"])["acc"].mean()
@@ -166,9 +180,9 @@ def test_the_tiny_experiment_scores_every_model_upside_down(tiny_experiment):
     assert joint.to_numpy() == pytest.approx(equi.reindex(joint.index).to_numpy())
     # the comparisons give every model's interval and every pair's difference; the claims are declared
     comparison = pd.read_csv(report / "comparison.csv", dtype={"magnitude": str})
-    assert set(comparison["metric"]) == {"accuracy", "pose_recovered", "joint"} and len(comparison) == 3 * 3 * 5
+    assert set(comparison["metric"]) == {"accuracy", "pose_recovered", "joint"} and len(comparison) == 4 * 3 * 5
     differences = pd.read_csv(report / "differences.csv", dtype={"magnitude": str})
-    assert len(differences[differences["metric"] == "accuracy"]) == 3 * 5
+    assert len(differences[differences["metric"] == "accuracy"]) == 6 * 5  # every pair of the 4
     assert set(pd.read_csv(report / "claims.csv")["claim"]) == {"upside-down-joint", "upside-down-accuracy",
                                                                  "circle-joint-augmented"}
     text = (report / "report.md").read_text()
