@@ -65,7 +65,7 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     exp = load_experiment(path, "tiny")
     assert (report / "report.html").is_file() and (report / "summary.csv").is_file()
     runs = {f"{m.variant}-seed{s}" for m, s in exp.jobs()}
-    surrogate = {f"{m.variant}-seed{s}" for m, s in [exp.surrogate_job()] if m is not None}  # trained, not compared
+    surrogate = {f"{job[0].variant}-seed{job[1]}" for job in [exp.surrogate_job()] if job is not None}  # not compared
     assert {p.name for p in (folder / "runs" / f"{path.stem}-tiny").iterdir()} == runs | surrogate  # named one way
     if exp.train.get("task") == "multimnist":
         summary = pd.read_csv(report / "summary.csv")
@@ -81,6 +81,10 @@ def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
         if any(m.model.startswith("capsnet_em") for m in exp.models):  # Hinton et al.'s numbers beside the EM model
             assert "Published novel-viewpoint errors" in (report / "report.md").read_text()
         assert (report / "figures" / "viewpoint_error.png").is_file()
+    elif exp.train.get("task") == "upside-down":
+        summary = pd.read_csv(report / "summary.csv", dtype={"magnitude": str})
+        assert set(summary["run"]) == runs and set(summary["magnitude"]) == {"0", "90", "180", "270", "circle"}
+        assert (report / "upside_angles.csv").is_file() and (report / "figures" / "upside_down.png").is_file()
     else:
         assert set(pd.read_csv(report / "overview.csv")["run"]) == runs
 

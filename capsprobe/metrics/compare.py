@@ -76,12 +76,12 @@ __all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFER
 PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
 WELCH_TEST = "Welch t over seeds"
 FITTED_TEST = "seeds x images t (per-run image se, Satterthwaite)"
-PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score")
+PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score", "joint")
 COMPARISON_COLUMNS = [
     "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "df",
     "interval", "seeds", "per_seed", "clean_accuracies", "stop_epochs", "reached_target",
 ]
-SHARES = ("accuracy", "consistency")  # per-image shares: their intervals stay inside [0, 1]
+SHARES = ("accuracy", "consistency", "joint")  # per-image shares: their intervals stay inside [0, 1]
 # a model's own score scale: capsule lengths (or activations) against softmax probabilities are not compared
 OWN_SCALE = ("true_class_score", "confidence_drop")
 
@@ -192,6 +192,8 @@ def _per_image(images: pd.DataFrame, metric: str, identity: dict[str, str]) -> p
         value = (rows["prediction"] == rows["label"]).astype(float)
     elif metric == "true_class_score":
         value = rows["true_score"].astype(float)
+    elif metric == "joint":  # the upside-down task's: recognised and its rotation recovered within 15 degrees
+        value = rows["joint"].astype(float)
     else:
         ident = rows[rows["magnitude"] == rows["transform"].map(identity)]
         key = ["run", "transform", "image_id"]

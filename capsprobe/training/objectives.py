@@ -197,3 +197,12 @@ register_training_task(TrainingTask(
     loss=classify_loss,
     hits=top1_hits,
 ))
+
+register_training_task(TrainingTask(
+    name="upside-down",
+    description="the upside-down test (capsprobe.tasks.upside_down): classify's training, probed at every quarter turn",
+    input_size=lambda size: size,
+    batches=classify_batches,
+    loss=classify_loss,
+    hits=top1_hits,
+))
