@@ -297,8 +297,20 @@ def comparison_tables(
         sel = cells[name].get((model, transform, magnitude))
         if sel is None or sel.empty:
             return None
-        wide = sel.pivot_table(index="run", columns="image_id", values="_v").reindex(runs_of[model])
-        return None if wide.isna().any().any() else wide.to_numpy(float)  # (S, N): seeds x the same images
+        # (S, N): seeds x the same images, image ids in ascending order, a repeated (run, image) averaged; None
+        # where a run lacks an image (or a value)
+        position = {r: i for i, r in enumerate(runs_of[model])}
+        row = sel["run"].map(position).to_numpy(float)
+        if np.isnan(row).any():
+            return None
+        ids, col = np.unique(sel["image_id"].to_numpy(), return_inverse=True)
+        total = np.zeros((len(position), len(ids)))
+        count = np.zeros((len(position), len(ids)))
+        np.add.at(total, (row.astype(int), col), sel["_v"].to_numpy(float))
+        np.add.at(count, (row.astype(int), col), 1.0)
+        with np.errstate(invalid="ignore"):
+            wide = total / count
+        return None if np.isnan(wide).any() else wide
 
     comp, diffs = [], []
     mats_of_mean: dict[str, np.ndarray] = {}  # per model, the seeds x images matrix of the MNIST-C mean accuracy
@@ -307,13 +319,16 @@ def comparison_tables(
         rows = by_condition[(cond.transform, cond.magnitude)]
         base = {"transform": cond.transform, "kind": cond.kind, "magnitude": cond.magnitude,
                 "magnitude_value": cond.magnitude_value}
+        parts = {key: frame for key, frame in rows.groupby(["metric", "model"], sort=False)}
         for name in dict.fromkeys(rows["metric"]):
             mats, seeds_of, point = {}, {}, {}
             image_se_of: dict[str, np.ndarray] = {}
             image_df_of: dict[str, float] = {}
             for model in models:
-                sel = rows[(rows["metric"] == name) & (rows["model"] == model)].set_index("run").reindex(runs_of[model])
-                sel = sel.dropna(subset=["value"])
+                part = parts.get((name, model))
+                if part is None:
+                    continue
+                sel = part.set_index("run").reindex(runs_of[model]).dropna(subset=["value"])
                 if sel.empty:
                     continue
                 values = sel["value"].to_numpy(float)
