@@ -124,6 +124,7 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
     # a fitted-over-the-grid metric (decodability: one value per transformation, magnitude "grid") reads the grid of
     # the key transformations, in the same order
     key += [(t, "grid") for t in dict.fromkeys(t for t, _ in key)]
+    key.append(("viewpoint", "novel"))  # the viewpoint task's question is its novel viewpoints (familiar: the match)
     at_key = rows[[(t, str(m)) in key for t, m in zip(rows["transform"], rows["magnitude"].astype(str))]]
     testable = rows.dropna(subset=["ci_low_adjusted"])
     if at_key.empty:

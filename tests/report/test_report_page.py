@@ -283,3 +283,15 @@ def test_the_page_draws_one_seed_of_image_grids_per_model():
     single, one_seed = first_seed_grids({"pose_sweep-caps-seed0": grid}, runs[:1])
     assert list(single) == ["pose_sweep-caps-seed0"] and not one_seed
     assert first_seed_grids({}, runs) == ({}, False)
+
+
+def test_the_viewpoint_question_reads_the_novel_viewpoints():
+    diffs = _diffs([dict(model_a="caps", model_b="cnn", metric="accuracy", transform="viewpoint", kind="viewpoint",
+                         magnitude="familiar", difference=-0.2, ci_low_adjusted=-0.3, ci_high_adjusted=-0.1,
+                         established=True),
+                    dict(model_a="caps", model_b="cnn", metric="accuracy", transform="viewpoint", kind="viewpoint",
+                         magnitude="novel", difference=0.05, ci_low_adjusted=0.01, ci_high_adjusted=0.09,
+                         established=True)])
+    _, _, cells = verdict_cells({"differences": diffs})
+    cell = next(v for (q, _, _), v in cells.items() if q.startswith("Accuracy at novel viewpoints"))
+    assert cell.text.startswith("caps: +5.0 pts") and "at viewpoint novel" in cell.text
