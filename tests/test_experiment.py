@@ -57,7 +57,16 @@ def test_demo_sizes_set_bootstrap_magnitudes_and_training():
     assert small.bootstrap == 1000 and small.magnitudes == [] and "batch_size" not in small.train
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+# files whose tiny size would run a code path another file's already runs end to end (the suite's budget: one
+# end-to-end run per kind of experiment): corruptions.toml is robustness.toml's classify suite on other transforms,
+# robustness.toml's tiny size a subset of demo.toml's (tests/report/test_report.py runs the demo end to end),
+# routing.toml's the same suite on the backbone heads (each head trained and probed in tests/models/test_routings.py);
+# its own parts (the MNIST-C transforms, the mean corruption condition and table) have their unit tests, and every
+# size of every file is loaded and checked by test_every_experiment_file_parses
+SAME_PATH = {"corruptions": "robustness", "robustness": "demo", "routing": "demo"}
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem not in SAME_PATH], ids=lambda p: p.stem)
 def test_tiny_variant_runs_end_to_end(path, tiny_experiment, monkeypatch):
     folder, _ = tiny_experiment(path.stem)
     monkeypatch.chdir(folder)
