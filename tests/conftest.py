@@ -171,3 +171,13 @@ def fake_art(tmp_path, monkeypatch):
     for k in _art_modules():
         del sys.modules[k]
     sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: a second thread only waits for the first (5 to 20 times slower
+    on a shared core). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

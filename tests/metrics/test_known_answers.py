@@ -85,13 +85,7 @@ def _image(model: nn.Module, x: torch.Tensor) -> dict:
     return {"scores": torch.full((x.shape[0], 10), 0.1), "representation": F.avg_pool2d(x, 4).flatten(1)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: a second thread only waits for the first (5 to 20 times slower on a shared core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

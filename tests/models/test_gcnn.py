@@ -22,12 +22,7 @@ TINY = dict(fields=(2, 3, 3), hidden=8)  # 28 -> 14 -> 7: both pooling rules
 REL = 1e-4  # the brief's exactness: logits within 1e-4 of their scale
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
