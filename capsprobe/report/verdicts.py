@@ -306,8 +306,9 @@ def verdict_claims(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | N
 
 
 CLAIMS_NOTE = ("The experiment's declared primary endpoints ([[claims]] in its file, hashed into the manifest): each "
-               "claim's difference a - b with its 95% interval, the interval widened for the family of claims "
-               "(Bonferroni level; 1 - 2 alpha / m for 'alike', the one two one-sided tests read), the claim's p "
+               "claim's difference a - b with its interval at the level the family's test used (Holm's step for a "
+               "decided claim, Bonferroni's 1 - 0.05 / m otherwise, 1 - 2 alpha / m for 'alike', the one two "
+               "one-sided tests read: it excludes 0 exactly when the claim is decided), the claim's p "
                "adjusted by Holm over the claims, and the verdict: supported, contradicted, equivalent within the "
                "margin, different, or inconclusive (not established, which is not 'alike'). A claim is not "
                "testable with fewer than 2 seeds or a model at chance. Everything else in this report is "
