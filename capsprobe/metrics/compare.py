@@ -75,7 +75,7 @@ __all__ = ["ABLATION_COLUMNS", "ABLATION_METRICS", "COMPARISON_COLUMNS", "DIFFER
 
 PAIRED_TEST = "paired seeds x images t (Satterthwaite)"
 WELCH_TEST = "Welch t over seeds"
-FITTED_TEST = "seeds x images t (per-run image se, Satterthwaite)"
+FITTED_TEST = "fitted seeds x images t"  # per-run image se, Satterthwaite df (capsprobe.metrics.fitted)
 PER_IMAGE = ("accuracy", "consistency", "confidence_drop", "true_class_score", "joint")
 COMPARISON_COLUMNS = [
     "model", "transform", "kind", "magnitude", "magnitude_value", "metric", "value", "ci_low", "ci_high", "df",
@@ -357,7 +357,7 @@ def comparison_tables(
                         fit = fitted_mean(values, ise, image_df=image_df_of[model])
                         value, df = float(fit.value), float(fit.df)
                         ci = tuple(float(v) for v in fit.interval)
-                        how = f"seeds+images (t, {len(values)} seeds, per-run image se, Satterthwaite df)"
+                        how = f"seeds+images (fitted t, {len(values)} seeds)"
                     else:
                         value, ci, how = float(values.mean()), _t_interval(values), f"seeds (t, {len(values)} seeds)"
                         df = float(len(values) - 1)
@@ -576,7 +576,7 @@ def readjust_tables(
             elif r["metric"] not in PER_IMAGE and len(values) >= 2 and np.isfinite(ise).all():
                 fit = fitted_mean(values, ise, image_df=float(bootstrap_se_df(n, n_boot or 1000)))
                 lo, hi = (float(v) for v in fit.interval)
-                how = f"seeds+images (t, {len(values)} seeds, per-run image se, Satterthwaite df)"
+                how = f"seeds+images (fitted t, {len(values)} seeds)"
             lows.append(min(lo, float(r["value"])))
             highs.append(max(hi, float(r["value"])))
             seeds_text.append(per_seed_text(list(values), ".4g") if len(values) else "-")
