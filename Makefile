@@ -1,11 +1,12 @@
 # capsprobe: `make demo` runs the main job on the embedded MNIST sample, `make test` runs the tests.
 # `make lint`: ruff, mypy and the import-linter layer contracts; `make test-fast`: the tests that train nothing.
+# `make docs`: the documentation site, offline, into site/ (mkdocs build --strict).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capsprobe-installed
 
-.PHONY: install test test-fast lint demo train bench gpu-pack clean
+.PHONY: install test test-fast lint docs demo train bench gpu-pack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check capsprobe tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# the documentation site (mkdocs.yml, docs/): the `docs` extra is installed into the venv when it is missing (pip, the
+# one step that needs the package registry); the build itself is offline and --strict (a broken link, a missing page,
+# a docstring mkdocstrings cannot read fail it). docs/gen_pages.py fills the generated parts of the pages.
+DOCS_STAMP := $(VENV)/.capsprobe-docs-installed
+
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(BIN)/pip install -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # train a CapsNet and resnet18, perturb with the whole suite, write reports/demo (the committed example)
 demo: $(STAMP)

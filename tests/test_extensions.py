@@ -1,4 +1,4 @@
-"""The extension table (docs/reference.md), row by row: each extension written here, registered with its one call, then trained
+"""The extension table (docs/extending.md), row by row: each extension written here, registered with its one call, then trained
 and probed end to end at tiny size (one run on 48 images, a 16-image probe), and every registration undone after."""
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _rows(result, **where) -> pd.DataFrame:
     return m
 
 
-# --- one test per row of docs/reference.md's extension table -----------------------------------------------------
+# --- one test per row of docs/extending.md's extension table -----------------------------------------------------
 
 
 def test_a_transform_is_probed(probed):

@@ -14,7 +14,7 @@ An instrument is trusted when it reads a known standard. The standards are built
 
 Everything is read through the real code path (``run_probe``, ``lie_tables``) on 256 digits of the embedded sample,
 plus direct calls of the metric functions where the probe has no knob (composition of translations, the unrelated
-baselines). The table in docs/reference.md ("Known answers") states the values measured here; the last test checks
+baselines). The table in docs/known-answers.md states the values measured here; the last test checks
 that it still does.
 """
 
@@ -40,7 +40,7 @@ from capsprobe.transforms import apply_matrix, get_transform
 QUARTER_TURNS = (90, 180, -90)  # the suite's rotate takes -180..180: -90 is the third quarter turn
 OFF_GROUP = (30, 45)
 N_BOOT = 20
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "known-answers.md"
 
 
 class C4Orbit(nn.Module):
@@ -311,7 +311,7 @@ def unrelated(digits, c4):
 def test_rotations_off_the_group_read_in_between(c4_probe, c4_composition, unrelated):
     """At 30 and 45 degrees the C4 model is neither exact nor unrelated: every metric reads strictly between its
     value at a quarter turn and its value on unrelated pairs. The whitened invariance error of the pooled output is
-    the exception (docs/reference.md, "Known answers"): it reads above the unrelated draw, as the rotation shifts
+    the exception (docs/known-answers.md): it reads above the unrelated draw, as the rotation shifts
     every digit alike along low-variance directions."""
     for angle in OFF_GROUP:
         for run, metric in (("c4-fields", "equivariance_error"), ("c4-pooled", "equivariance_error")):
@@ -329,7 +329,7 @@ def test_rotations_off_the_group_read_in_between(c4_probe, c4_composition, unrel
 
 def _doc_rows() -> list[list[str]]:
     text = REFERENCE.read_text()
-    section = text.split("### Known answers", 1)[1].split("\n#", 1)[0]
+    section = text.split("# Known answers", 1)[1].split("\n#", 1)[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| `")]
     return rows
