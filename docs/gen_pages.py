@@ -51,8 +51,15 @@ __all__ = ["GENERATORS", "expand", "links", "protocol_names", "render_all"]
 
 
 def _cell(text: Any) -> str:
-    """A table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """A table cell: one line, pipes escaped, ``<`` and ``>`` outside code spans written as entities (``runs/<name>``
+    is text, not an HTML tag)."""
+    return _entities(" ".join(str(text).split()).replace("|", "\\|"))
+
+
+def _entities(text: str) -> str:
+    """``<`` and ``>`` outside code spans as entities."""
+    parts = text.split("`")
+    return "`".join(part if i % 2 else part.replace("<", "&lt;").replace(">", "&gt;") for i, part in enumerate(parts))
 
 
 def _first_paragraph(doc: str | None) -> str:
@@ -73,7 +80,7 @@ def _help_text(text: str | None) -> str:
             out.append("\n".join(line + "  " for line in para[2:].splitlines()))
         else:
             out.append(" ".join(para.split()))
-    return "\n\n".join(out)
+    return _entities("\n\n".join(out))
 
 
 def _command(cmd: Any, path: list[str], ctx_parent: Any, level: int) -> list[str]:
