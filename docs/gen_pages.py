@@ -615,6 +615,17 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return rewrite(_PAGES.get(repo_path, expand(markdown)), repo_path)
 
 
+# a Sphinx role in a docstring (":func:`load_run`") reaches the page as ":func:<code>load_run</code>"
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj):(?=<code>)")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """The docstrings' Sphinx roles dropped from the rendered API reference (the name stays, as code; ``~a.b.C``
+    shows ``C``, as Sphinx does)."""
+    html = re.sub(SPHINX_ROLE.pattern + r"<code>~(?:[\w.]*\.)?(\w+)</code>", r"<code>\1</code>", html)
+    return SPHINX_ROLE.sub("", html)
+
+
 def main(argv: list[str]) -> int:
     """``python docs/gen_pages.py OUT``: write every page with its markers filled into ``OUT``."""
     if len(argv) != 1:

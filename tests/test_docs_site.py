@@ -136,3 +136,9 @@ def test_every_number_on_the_results_page_comes_from_the_csv(rendered):
     d = float(first["difference"])
     shown = f"{100 * d:+.1f} pts" if first["metric"] in ("accuracy", "consistency") else f"{d:+.3f}"
     assert shown in results
+
+
+def test_sphinx_roles_of_the_docstrings_are_dropped_from_the_rendered_page():
+    html = "see :func:<code>load_run</code> and :class:<code>~capsprobe.probe.Subject</code>; a:b:<code>x</code>"
+    assert GEN.on_page_content(html, None, None, None) == (
+        "see <code>load_run</code> and <code>Subject</code>; a:b:<code>x</code>")
