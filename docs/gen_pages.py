@@ -120,7 +120,7 @@ def cli_reference(_: str | None = None) -> str:
     from capsprobe.cli import app
 
     group = typer.main.get_command(app)
-    return "\n".join(_command(group, ["capsprobe"], None, 2)).rstrip() + "\n"
+    return "\n".join(_command(group, ["capsprobe"], None, 3)).rstrip() + "\n"
 
 
 def command_names() -> list[str]:

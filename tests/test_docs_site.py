@@ -107,7 +107,7 @@ def test_the_generated_pages_name_every_command_transform_metric_and_report(rend
     commands = GEN.command_names()
     assert {"train", "perturb", "report", "run", "demo", "list"} <= set(commands)
     for name in commands:
-        assert f"### `capsprobe {name}`" in cli, name
+        assert re.search(rf"^#+ `capsprobe {name}`$", cli, flags=re.M), name
     concepts = rendered["docs/concepts.md"]
     for name in TRANSFORMS:
         assert f"| `{name}` |" in concepts, name
