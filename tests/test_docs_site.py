@@ -142,3 +142,15 @@ def test_sphinx_roles_of_the_docstrings_are_dropped_from_the_rendered_page():
     html = "see :func:<code>load_run</code> and :class:<code>~capsprobe.probe.Subject</code>; a:b:<code>x</code>"
     assert GEN.on_page_content(html, None, None, None) == (
         "see <code>load_run</code> and <code>Subject</code>; a:b:<code>x</code>")
+
+
+def test_every_registered_metric_has_a_written_definition():
+    """The registry holds a metric's label and source; its definition is the concepts page's table (one row may
+    define several metrics: the first cell names them)."""
+    from capsprobe.metrics.registry import METRICS
+
+    page = (DOCS / "concepts.md").read_text()
+    section = page.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    named = {name for line in section.splitlines() if line.startswith("| `")
+             for name in re.findall(r"`(\w+)`", line.split(" | ", 1)[0])}
+    assert set(METRICS) <= named, sorted(set(METRICS) - named)
