@@ -490,6 +490,56 @@ def calibration(_: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+# the demo's headline rows: (label, metric, transform, magnitude as summary.csv writes it, shown as a share)
+DEMO_ROWS = (
+    ("clean accuracy", "accuracy", "rotate", "0", True),
+    ("accuracy, rotated 45 degrees", "accuracy", "rotate", "45", True),
+    ("decision kept under a horizontal flip", "consistency", "flip", "horizontal", True),
+    ("accuracy, left-right halves swapped", "accuracy", "swap", "left-right", True),
+    ("gain of the fitted map over the identity (full-D), rotate 45", "equivariance_gain", "rotate", "45", False),
+    ("gain of the fitted map over the identity (full-D), translate 4", "equivariance_gain", "translate", "4", False),
+    ("scramble selectivity (AUROC minus matched nuisance), jigsaw 4", "scramble_selectivity", "jigsaw", "4", False),
+    ("clean reconstruction error of the true-class capsule", "recon_fidelity_error", "rotate", "0", False),
+)
+
+
+def demo_table(name: str | None = None) -> str:
+    """A committed report's headline numbers per model, read from its ``summary.csv`` (and the decodability from
+    ``overview.csv``), with their 95% intervals over test images; ``-`` where a model has no such row."""
+    folder = REPORTS / (name or "demo")
+    summary = _read_csv(folder / "summary.csv")
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    index = {(r["model"], r["metric"], r["transform"], r["magnitude"]): r for r in summary}
+
+    def show(value: str, low: str, high: str, share: bool) -> str:
+        v, lo, hi = _number(value), _number(low), _number(high)
+        if v is None:
+            return "-"
+        if share:
+            text = f"{100 * v:.1f}%" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else "")
+        else:
+            text = f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+        return text
+
+    out = [f"*Read from [`reports/{folder.name}/summary.csv`](../reports/{folder.name}/summary.csv) and `overview.csv` "
+           "when the site is built; 95% intervals over test images.*", "",
+           "| | " + " | ".join(f"`{m}`" for m in models) + " |", "| --- |" + " ---: |" * len(models)]
+    for label, metric, transform, magnitude, share in DEMO_ROWS:
+        cells = []
+        for m in models:
+            r = index.get((m, metric, transform, magnitude))
+            cells.append(show(r["value"], r["ci_low"], r["ci_high"], share) if r else "-")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    overview = _read_csv(folder / "overview.csv")
+    for transform in ("rotate", "translate", "scale", "shear"):
+        cells = []
+        for m in models:
+            r = next((o for o in overview if o["model"] == m and o["transform"] == transform), None)
+            cells.append(show(r["decodability"], r["decodability_low"], r["decodability_high"], False) if r else "-")
+        out.append(f"| decodability of the magnitude (16-D), {transform} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def changelog(_: str | None = None) -> str:
     """``CHANGELOG.md`` without its title (the page has its own)."""
     text = (ROOT / "CHANGELOG.md").read_text()
@@ -505,6 +555,7 @@ GENERATORS: dict[str, Callable[[str | None], str]] = {
     "results": results_page,
     "changelog": changelog,
     "calibration": calibration,
+    "demo": demo_table,
 }
 
 
