@@ -62,7 +62,9 @@ def test_one_protocol_page_per_experiment_file():
     assert names and "robustness" in names
     for name in names:
         page = DOCS / "protocols" / f"{name}.md"
-        assert page.is_file(), f"experiments/{name}.toml has no page docs/protocols/{name}.md"
+        assert page.is_file(), (f"experiments/{name}.toml has no page: write docs/protocols/{name}.md (a title, what "
+                                f"the file does not say, the line <!-- generated: protocol {name} -->) and list it in "
+                                "mkdocs.yml's nav")
         assert f"<!-- generated: protocol {name} -->" in page.read_text(), page
 
 
