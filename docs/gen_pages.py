@@ -203,7 +203,7 @@ def _paragraphs(block: list[str]) -> str:
             current = []
     if current:
         paras.append(" ".join(current))
-    return "\n\n".join(paras)
+    return _entities("\n\n".join(paras))
 
 
 def _leading_comment(lines: list[str]) -> str:

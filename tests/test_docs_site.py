@@ -123,6 +123,7 @@ def test_the_generated_pages_name_every_command_transform_metric_and_report(rend
         assert f"[`{name}.toml`]({name}.md)" in index, name
         assert "## Declared claims" in rendered[f"docs/protocols/{name}.md"], name
     assert not any(GEN.MARKER.search(text) for text in rendered.values()), "a marker left unfilled"
+    assert "<data root>" not in rendered["docs/protocols/routing.md"]  # a file's comment is text, not HTML
     assert _broken(rendered) == [], "a generated link does not resolve"
 
 
