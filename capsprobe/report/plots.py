@@ -36,6 +36,7 @@ __all__ = [
     "plot_reliability",
     "plot_roc_curves",
     "plot_scramble_auroc",
+    "plot_two_axes",
     "plot_viewpoint_error",
 ]
 
@@ -487,3 +488,57 @@ def plot_viewpoint_error(poses: pd.DataFrame) -> Figure:
 def _step(part: pd.DataFrame) -> float:
     values = np.sort(part["value"].unique())
     return float(np.min(np.diff(values))) if len(values) > 1 else 1.0
+
+
+TWO_AXIS_COLUMNS = ("model", "condition", "x", "x_low", "x_high", "y", "y_low", "y_high")
+QUADRANTS = {(True, False): "invariant, blind to pose", (True, True): "equivariant",
+             (False, True): "pose kept, decision lost", (False, False): "neither"}
+
+
+def plot_two_axes(points: pd.DataFrame, x_label: str, y_label: str, chance: dict[str, float] | None = None) -> Figure:
+    """Each model placed on two axes, one panel per condition: how well its *decision* survives the transformation
+    (x) against how well its *representation* follows it (y), each the mean over training seeds with its 95% interval
+    (a cross of error bars). The corners name the four outcomes of the motivating article (:data:`QUADRANTS`):
+    right and low, invariant and blind to pose; right and high, equivariant; left and high, the pose kept and the
+    decision lost; left and low, neither. ``chance`` (``{"x": ..., "y": ...}``) draws each axis's chance level.
+
+    Args:
+        points: rows ``model condition x x_low x_high y y_low y_high`` (:data:`TWO_AXIS_COLUMNS`).
+    """
+    _require(points, TWO_AXIS_COLUMNS, "plot_two_axes")
+    conditions = list(dict.fromkeys(points["condition"]))
+    models = list(dict.fromkeys(points["model"]))
+    colours = _palette(models)
+    cols = min(4, len(conditions))
+    rows_n = -(-len(conditions) // cols)
+    lo_x = min(0.0, float(np.nanmin(points["x_low"].fillna(points["x"]))))
+    lo_y = min(0.0, float(np.nanmin(points["y_low"].fillna(points["y"]))))
+    hi_y = max(1.0, float(np.nanmax(points["y_high"].fillna(points["y"]))))
+    with sns.axes_style(_THEME["style"]), sns.plotting_context(_THEME["context"], font_scale=_THEME["font_scale"]):
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols, 3.0 * rows_n + 0.5), squeeze=False,
+                                 sharex=True, sharey=True)
+        for ax, condition in zip(axes.flat, conditions):
+            part = points[points["condition"] == condition]
+            for r in part.itertuples(index=False):
+                xerr = [[max(r.x - r.x_low, 0.0)], [max(r.x_high - r.x, 0.0)]] if np.isfinite(r.x_low) else None
+                yerr = [[max(r.y - r.y_low, 0.0)], [max(r.y_high - r.y, 0.0)]] if np.isfinite(r.y_low) else None
+                ax.errorbar([r.x], [r.y], xerr=xerr, yerr=yerr, fmt="o", ms=5, color=colours[r.model], lw=1.1,
+                            capsize=2, label=r.model)
+            for axis, value in (chance or {}).items():
+                (ax.axvline if axis == "x" else ax.axhline)(value, color="0.5", ls=":", lw=0.8)
+            ax.set_xlim(lo_x - 0.03, 1.03)
+            ax.set_ylim(lo_y - 0.03, hi_y + 0.03)
+            ax.set_title(str(condition), fontsize=9)
+            for (right, top), text in QUADRANTS.items():
+                ax.text(0.98 if right else 0.02, 0.98 if top else 0.02, text, transform=ax.transAxes, fontsize=6,
+                        color="0.45", ha="right" if right else "left", va="top" if top else "bottom")
+        fig.supxlabel(x_label, fontsize=9)
+        fig.supylabel(y_label, fontsize=9)
+        for ax in list(axes.flat)[len(conditions):]:
+            ax.set_visible(False)
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colours[m]) for m in models]
+        ncol = min(len(models), 5)
+        fig.legend(handles, models, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False,
+                   fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 * -(-len(models) // ncol) / (3.0 * rows_n + 0.5)))
+    return fig

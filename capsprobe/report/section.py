@@ -24,6 +24,7 @@ __all__ = [
     "grid_figures",
     "pct",
     "report_colours",
+    "two_axis_points",
 ]
 
 # --- sections: what a task's report shows ---------------------------------------------------------------------
@@ -160,6 +161,35 @@ def _plot(name: str, table: str | None = None) -> Callable[[ReportData], Any]:
 
         return getattr(plots, name)(data.metrics if table is None else data.tables[table])
     return draw
+
+
+def two_axis_points(comparison: pd.DataFrame | None, x_metric: str, y_metric: str,
+                    conditions: Sequence[tuple[str, str]], label: Callable[[str, str], str] | None = None
+                    ) -> pd.DataFrame:
+    """The rows of :func:`capsprobe.report.plots.plot_two_axes` from a comparison table (one row per model x
+    condition x metric: the mean over seeds and its 95% interval, :func:`capsprobe.metrics.compare.comparison_tables`):
+    per model and each of ``conditions`` (``(transform, magnitude label)``, in that order) where the model has both
+    metrics, ``x`` = ``x_metric`` and ``y`` = ``y_metric`` with their intervals; ``condition`` = ``label(transform,
+    magnitude)`` (default ``"transform magnitude"``). Empty when no condition has both."""
+    from .plots import TWO_AXIS_COLUMNS
+
+    if comparison is None or not len(comparison):
+        return pd.DataFrame(columns=list(TWO_AXIS_COLUMNS))
+    name = label or (lambda t, m: f"{t} {m}")
+    comp = comparison.assign(magnitude=comparison["magnitude"].astype(str))
+    comp = comp[comp["metric"].isin([x_metric, y_metric])]
+    rows = []
+    for transform, magnitude in conditions:
+        part = comp[(comp["transform"] == transform) & (comp["magnitude"] == str(magnitude))]
+        for model, cell in part.groupby("model", sort=False):
+            by = cell.drop_duplicates("metric").set_index("metric")
+            if x_metric not in by.index or y_metric not in by.index:
+                continue
+            x, y = by.loc[x_metric], by.loc[y_metric]
+            rows.append({"model": model, "condition": name(transform, str(magnitude)),
+                         "x": float(x["value"]), "x_low": float(x["ci_low"]), "x_high": float(x["ci_high"]),
+                         "y": float(y["value"]), "y_low": float(y["ci_low"]), "y_high": float(y["ci_high"])})
+    return pd.DataFrame(rows, columns=list(TWO_AXIS_COLUMNS))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from ..models import adapt
 from ..probe import IMAGE_COLUMNS, METRIC_COLUMNS, ProbePlan, ProbeResult, as_subject, metric_row
 from ..probe.engine import poses_trained
 from ..report import Section, figure_png
-from ..report.section import report_colours
+from ..report.section import report_colours, two_axis_points
 from ..runtime import autocast_context, autocast_dtype, device_record, resolve_device, tf32_off
 from ..training.objectives import TrainingTask, UnknownTaskError, get_training_task
 from ..transforms import get_transform
@@ -328,6 +328,22 @@ def upside_down_section(data) -> Section:
         captions["upside_down.png"] = ("Accuracy and joint score (recognised and rotation recovered within "
                                        f"{TOLERANCE:g} degrees) against the rotation, per model (degrees, "
                                        "counter-clockwise).")
+    points = two_axis_points(comp, "accuracy", "pose_recovered", [(TRANSFORM, c) for c in CONDITIONS if c != "0"],
+                             label=lambda _, m: m if m == "circle" else f"{m} deg")
+    if len(points):
+        from ..report import plots  # lazy: matplotlib and seaborn load when a figure is drawn
+
+        classes_n = len(NO69_DIGITS) if str(data.manifest.get("dataset", "")).endswith("-no69") else 10
+        with report_colours(data):
+            figures["recognised_vs_pose.png"] = figure_png(plots.plot_two_axes(
+                points, "recognised (accuracy)", f"rotation recovered within {TOLERANCE:g} deg",
+                chance={"x": 1 / classes_n, "y": 2 * TOLERANCE / 360}))
+        captions["recognised_vs_pose.png"] = (
+            "Each model on two axes at the quarter turns and over the circle: the decision (recognised, x) against "
+            "the representation (its rotation recovered within "
+            f"{TOLERANCE:g} degrees, y), the mean over training seeds with its 95% interval over seeds and images "
+            "on each axis; dotted: chance (1/classes; 1/12 for the angle). Right and high: equivariant; right and "
+            "low: recognising without the pose (invariant); left and high: the pose without the class.")
     return Section(headlines=lines, table_title="Accuracy, pose recovered and joint score, % [95% CI]",
                    table=pd.DataFrame(rows), figures=figures, captions=captions, notes=notes, tables=tables)
 

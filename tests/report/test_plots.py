@@ -39,7 +39,15 @@ def roc():
                          "fpr": [0, 0.5, 1] * 2, "tpr": [0, 0.8, 1, 0, 0.5, 1]})
 
 
+@pytest.fixture(scope="module")
+def points():
+    return pd.DataFrame({"model": ["caps", "conv", "caps"], "condition": ["rotate 45", "rotate 45", "affine 1"],
+                         "x": [0.5, 0.9, 0.7], "x_low": [0.4, 0.85, 0.6], "x_high": [0.6, 0.95, 0.8],
+                         "y": [0.9, 0.2, 0.5], "y_low": [0.85, 0.1, np.nan], "y_high": [0.95, 0.3, np.nan]})
+
+
 CASES = [
+    ("plot_two_axes", "points", "y_high"),
     ("plot_accuracy_curves", "metrics", "ci_low"),
     ("plot_invariance_vs_equivariance", "metrics", "metric"),
     ("plot_scramble_auroc", "metrics", "ci_high"),
@@ -50,7 +58,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, frame, column", CASES)
 def test_plot_returns_a_figure(name, frame, column, request):
-    fig = getattr(plots, name)(request.getfixturevalue(frame))
+    fig = getattr(plots, name)(request.getfixturevalue(frame), *(("x", "y") if name == "plot_two_axes" else ()))
     assert isinstance(fig, Figure) and fig.axes
     for ax in fig.axes:
         assert ax.has_data() or not ax.get_visible() or ax.name == "polar"
@@ -60,7 +68,7 @@ def test_plot_returns_a_figure(name, frame, column, request):
 def test_plot_names_the_missing_column(name, frame, column, request):
     data = request.getfixturevalue(frame).drop(columns=[column])
     with pytest.raises(ValueError, match=f"missing: {column}"):
-        getattr(plots, name)(data)
+        getattr(plots, name)(data, *(("x", "y") if name == "plot_two_axes" else ()))
 
 
 def test_accuracy_curves_layout(metrics):
@@ -93,3 +101,42 @@ def test_accuracy_curves_show_every_seed_and_the_mean(metrics):
     assert labels == ["caps (3 seeds, mean bold)", "conv (3 seeds, mean bold)"]
     single = plot_accuracy_curves(metrics)
     assert len(single.axes[0].lines) == 2 and len(single.axes[0].collections) == 2  # one run: line and band
+
+
+def test_two_axes_puts_the_decision_on_x_and_the_representation_on_y(points):
+    """A point sits at (x, y) with its error bars spanning exactly [low, high] on each axis; a missing interval
+    draws no bar; a panel per condition in order; chance lines where asked."""
+    fig = plots.plot_two_axes(points, "decision", "representation", chance={"x": 0.1, "y": 1 / 12})
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["rotate 45", "affine 1"]
+    first = shown[0]
+    marks = [line.get_xydata()[0].tolist() for line in first.lines if line.get_marker() == "o"]
+    assert marks == [[0.5, 0.9], [0.9, 0.2]]
+    segments = [seg for coll in first.collections for seg in coll.get_segments()]
+    horizontal = sorted(tuple(np.round(seg[:, 0], 6)) for seg in segments if seg[0, 1] == seg[1, 1])
+    vertical = sorted(tuple(np.round(seg[:, 1], 6)) for seg in segments if seg[0, 0] == seg[1, 0])
+    assert horizontal == [(0.4, 0.6), (0.85, 0.95)] and vertical == [(0.1, 0.3), (0.85, 0.95)]
+    lone = shown[1]
+    assert not [seg for coll in lone.collections for seg in coll.get_segments() if seg[0, 0] == seg[1, 0]]
+    dotted = [line for line in first.lines if line.get_linestyle() == ":"]
+    assert sorted(tuple(np.round(line.get_xdata(), 6))[0] for line in dotted if line.get_xdata()[0] == line.get_xdata()[1]) == [0.1]
+    assert fig._supxlabel.get_text() == "decision" and fig._supylabel.get_text() == "representation"
+
+
+def test_two_axis_points_read_each_metric_on_its_axis():
+    from capsprobe.report.section import two_axis_points
+
+    rows = []
+    for model, (c, g) in {"caps": (0.6, 0.9), "conv": (0.8, 0.3)}.items():
+        for metric, v in (("consistency", c), ("equivariance_gain", g), ("accuracy", 0.5)):
+            rows.append({"model": model, "transform": "rotate", "magnitude": 45, "metric": metric, "value": v,
+                         "ci_low": v - 0.1, "ci_high": v + 0.05})
+    rows.append({"model": "lone", "transform": "rotate", "magnitude": 45, "metric": "consistency", "value": 0.1,
+                 "ci_low": 0.0, "ci_high": 0.2})  # no gain: left out
+    comparison = pd.DataFrame(rows)
+    got = two_axis_points(comparison, "consistency", "equivariance_gain", [("affine", "1"), ("rotate", "45")])
+    assert got["model"].tolist() == ["caps", "conv"] and set(got["condition"]) == {"rotate 45"}
+    caps = got.iloc[0]
+    assert (caps.x, caps.x_low, caps.x_high, caps.y, caps.y_low, caps.y_high) == pytest.approx(
+        (0.6, 0.5, 0.65, 0.9, 0.8, 0.95))
+    assert two_axis_points(None, "consistency", "equivariance_gain", [("rotate", "45")]).empty

@@ -187,4 +187,4 @@ def test_the_tiny_experiment_scores_every_model_upside_down(tiny_experiment):
                                                                  "circle-joint-augmented"}
     text = (report / "report.md").read_text()
     assert "Accuracy, pose recovered and joint score" in text and "The four outcomes" in text
-    assert (report / "figures" / "upside_down.png").is_file()
+    assert (report / "figures" / "upside_down.png").is_file() and (report / "figures" / "recognised_vs_pose.png").is_file()
