@@ -13,6 +13,7 @@ instance is a (class, instance) pair. The representations are built from the fac
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from capsprobe.metrics.posetruth import (
@@ -293,3 +294,34 @@ def test_composition_normaliser_is_the_double_step_map():
     src = np.arange(len(rep))
     res = step_map(rep, _pairs(g, 20), (src, src), instance=g["instance"], n_boot=10)
     assert res.composition == pytest.approx(2 * np.sin(np.deg2rad(20)), abs=0.01)
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------------
+
+
+def test_wide_representation_is_read_through_the_pca_of_the_fitting_half():
+    g = _grid()
+    wide = np.c_[_embed(_signal(g), g), np.random.default_rng(1).normal(size=(len(g["azimuth"]), 16)) * 0.02]
+    frame = pd.DataFrame(_factors(g))  # named columns
+    res = pose_r2(wide, frame, groups=g["category"], instance=g["instance"], n_boot=10)
+    assert res.dim == 16 and res.real["azimuth"].r2 >= 0.95 and res.real["elevation"].r2 >= 0.95
+    assert pose_r2(wide, frame, groups=g["category"], instance=g["instance"], pca=None, n_boot=10).dim == 2 * D
+    arr = pose_r2(wide, np.c_[g["elevation"], g["azimuth"]], names=("elevation", "azimuth"), groups=g["category"],
+                  instance=g["instance"], n_boot=10)
+    assert arr.real["azimuth"].r2 == pytest.approx(res.real["azimuth"].r2)  # columns found by name, not order
+
+
+def test_inputs_are_checked():
+    g = _grid()
+    rep = _embed(_signal(g), g)
+    with pytest.raises(ValueError, match="names"):
+        pose_r2(rep, np.c_[g["azimuth"], g["elevation"]])  # an array needs names: no order is assumed
+    with pytest.raises(ValueError, match="probe"):
+        pose_r2(rep, _factors(g), probe="forest")
+    with pytest.raises(ValueError, match="familiar"):
+        pose_r2_novel(rep, _factors(g), np.ones(len(rep), dtype=bool))
+    src, dst = _pairs(g, 20)
+    with pytest.raises(ValueError, match="instance"):
+        step_map(rep, (src, dst[::-1]), _pairs(g, 40), groups=g["category"], instance=g["instance"])
+    with pytest.raises(ValueError, match="no fitting or no held-out"):
+        pose_split(len(rep), instance=np.zeros(len(rep)))  # one instance cannot be split
