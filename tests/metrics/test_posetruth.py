@@ -102,7 +102,7 @@ def test_pose_r2_parts_name_the_right_column():
     assert res.real["azimuth"].r2 == pytest.approx((r2_cos + r2_sin) / 2)
 
 
-def test_pose_r2_mirrored_angle_decodes_the_mirror():
+def test_pose_r2_of_a_mirrored_code_reads_the_true_angle():
     """A representation of -az: the linear probe reads cos and sin (R^2 high, a sign is linear), and the decoded angle
     is the truth's, not its mirror, only because the probe was fitted on the truth (angle error small)."""
     g = _grid()
