@@ -48,7 +48,8 @@ def generator_terms(phi_clean, dphi, seed: int = 0, fit_fraction: float = 0.5, g
 
 
 def composition_terms(phi_clean, moved: dict, a: float, b: float, seed: int = 0, fit_fraction: float = 0.5,
-                      groups=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      groups=None, split: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Do the fitted maps compose like the group? ``M_a``, ``M_b`` and ``M_{a+b}`` are affine ridge fits
     ``phi(T_a x) ~ M_a phi(x) + c_a`` (:data:`PENALTIES`, chosen by leave-one-out on the fitting half), all in one
     frame: every representation is centred and divided by the root mean variance of the *clean* fitting half (per
@@ -59,6 +60,7 @@ def composition_terms(phi_clean, moved: dict, a: float, b: float, seed: int = 0,
     Args:
         phi_clean: ``(N, D)`` clean representations.
         moved: ``{magnitude: (N, D)}`` representations of the transformed images; must hold ``a``, ``b``, ``a+b``.
+        split: ``(fit, held)`` indices to use instead of :func:`split_halves` (e.g. split by object instance).
 
     Returns:
         Per held-out image: ``|M_{a+b} z - M_b M_a z|^2``, ``|M_{a+b} z|^2`` (the issue's normaliser: the ratio
@@ -73,7 +75,7 @@ def composition_terms(phi_clean, moved: dict, a: float, b: float, seed: int = 0,
     n = len(x)
     if n < 4:
         raise ValueError(f"composition needs at least 4 images, got {n}")
-    g, fit, held = _grouped_split(n, seed, fit_fraction, groups)
+    g, fit, held = _grouped_split(n, seed, fit_fraction, groups, split)
     diff, norm, move = np.empty(len(held)), np.empty(len(held)), np.empty(len(held))
     pos = {i: k for k, i in enumerate(held)}
     for group in np.unique(g):
