@@ -17,7 +17,10 @@ data set here, so the transformation suite reads them the same way.
 - ``smallnorb-azimuth``: trains on azimuths 300 to 40 degrees (``info`` azimuth in {30, 32, 34, 0, 2, 4}); tests on
   every test image, those azimuths being familiar and the other 12 novel;
 - ``smallnorb-elevation``: trains on elevations 30 to 40 degrees (``info`` elevation 0 to 2), tests on all, 3 to 8
-  being novel.
+  being novel;
+- ``synthnorb``, ``synthnorb-azimuth``, ``synthnorb-elevation``: the same three on synthNORB, rendered here in
+  smallNORB's design and file format (:mod:`capsprobe.data.synthnorb`), generated under ``<data root>/synthnorb`` on
+  first use.
 
 The validation split is carved, as for every data set, from the training images, i.e. from the training instances
 at familiar viewpoints: matched stopping never sees the novel test images (nor any test instance).
@@ -42,6 +45,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -199,12 +203,14 @@ def _norb_split(files: dict[str, Path]) -> ImageSplit:
                       poses=torch.from_numpy(info.astype(np.float32)), crop=round(small.shape[-1] * 2 / 3))
 
 
-def _smallnorb(familiar_on: str | None) -> Loader:
+def _smallnorb(familiar_on: str | None, find: Callable[[Path, bool], dict[str, dict[str, Path]]] | None = None
+               ) -> Loader:
+    """smallNORB's loader (or, with ``find``, that of files in its format found elsewhere: synthNORB's)."""
     column, values = {"azimuth": (2, AZIMUTH_FAMILIAR), "elevation": (1, ELEVATION_FAMILIAR)}.get(
         familiar_on or "", (None, ()))
 
     def load(root: Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
-        files = smallnorb_files(root, download)
+        files = (find or smallnorb_files)(root, download)
         train, test = _norb_split(files["train"]), _norb_split(files["test"])
         if column is None:
             return train, test
@@ -212,7 +218,7 @@ def _smallnorb(familiar_on: str | None) -> Loader:
                 for name, s in (("train", train), ("test", test))}
         familiar_train = train.subset(torch.nonzero(flag["train"]).squeeze(1))
         if len(train) and not len(familiar_train):
-            raise DatasetUnavailableError(f"smallNORB: no training image at a familiar {familiar_on} "
+            raise DatasetUnavailableError(f"{'synthNORB' if find else 'smallNORB'}: no training image at a familiar {familiar_on} "
                                           f"({', '.join(map(str, values))} in the info file's column {column})")
         return (ImageSplit(familiar_train.images, familiar_train.labels, familiar_train.poses,
                            torch.ones(len(familiar_train), dtype=torch.bool), familiar_train.crop),
@@ -279,6 +285,20 @@ register_dataset(DatasetSpec("smallnorb-azimuth", 1, 32, 5, "smallNORB novel azi
                              "tested on all (Hinton et al. 2018)"), _smallnorb("azimuth"))
 register_dataset(DatasetSpec("smallnorb-elevation", 1, 32, 5, "smallNORB novel elevations: trained on 30-40 "
                              "degrees, tested on all"), _smallnorb("elevation"))
+
+
+def _synthnorb_files(root: Path, download: bool) -> dict[str, dict[str, Path]]:
+    from .synthnorb import synthnorb_files  # rendered here, on first use (download plays no part)
+
+    return synthnorb_files(root)
+
+
+register_dataset(DatasetSpec("synthnorb", 1, 32, 5, "synthNORB (rendered here, smallNORB's design and files), every "
+                             "viewpoint; generated under <data root>/synthnorb on first use"), _smallnorb(None, _synthnorb_files))
+register_dataset(DatasetSpec("synthnorb-azimuth", 1, 32, 5, "synthNORB novel azimuths: trained on 300-40 degrees, "
+                             "tested on all"), _smallnorb("azimuth", _synthnorb_files))
+register_dataset(DatasetSpec("synthnorb-elevation", 1, 32, 5, "synthNORB novel elevations: trained on 30-40 degrees, "
+                             "tested on all"), _smallnorb("elevation", _synthnorb_files))
 for _base, _what in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST"), ("mnist-sample", "the embedded sample")):
     register_dataset(DatasetSpec(f"{_base}-viewpoint", 1, 28, 10, f"{_what}, in-plane novel viewpoints: trained "
                                  "rotated within +-30 degrees, tested within and beyond"), _inplane(_base))
