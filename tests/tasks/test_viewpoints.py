@@ -262,3 +262,130 @@ def test_published_numbers_stand_beside_the_models_built_from_their_architecture
     assert by[("sr", "smallNORB novel azimuths, error %")] == "19.86 +- 1.03"  # SR-CapsNet's self-routing
     assert "capsnet_small" not in set(table["model"])  # no published novel-viewpoint number for it
     assert published_beside({"x": "resnet18"}, NOVEL_VIEWPOINT).empty
+
+
+# --- pose against the object's true pose (issue 49, item 2) --------------------------------------------------------
+
+
+def _posed_split(classes: int = 2, instances: int = 4, elevations=(0, 4, 8), seed: int = 0) -> ImageSplit:
+    """A smallNORB-format test split (every azimuth, 3 elevations, one lamp) whose images carry their own labels:
+    pixel row 0 holds (class, instance, elevation, azimuth) as smallNORB's ``info`` numbers them; rows 1-4 are 16
+    pixels of noise."""
+    c, i, e, a = (v.ravel() for v in np.meshgrid(np.arange(classes), np.arange(instances), np.array(elevations),
+                                                  np.arange(0, 36, 2), indexing="ij"))
+    n = len(c)
+    images = torch.zeros(n, 1, 5, 4, dtype=torch.uint8)
+    images[:, 0, 0] = torch.tensor(np.stack([c, i, e, a], 1), dtype=torch.uint8)
+    images[:, 0, 1:] = torch.randint(0, 256, (n, 4, 4), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    poses = torch.tensor(np.stack([i, e, a, np.zeros(n)], 1), dtype=torch.float32)
+    familiar = torch.isin(poses[:, 2].long(), torch.tensor(AZIMUTH_FAMILIAR))
+    return ImageSplit(images, torch.tensor(c), poses=poses, familiar=familiar)
+
+
+class _PoseStub(torch.nn.Module):
+    """Reads its image's labels from the pixels: right class scores, and per class a 16-D pose that is
+    ``(cos az, sin az, elevation)`` and the class, rotated into 16 dimensions, plus a little of the image's noise.
+    ``blind``: the class and the noise only. ``capsule=False``: no poses, the 16-D vector is the representation (a
+    convnet's face). ``trained=False``: a capsule model whose poses no loss trains."""
+
+    def __init__(self, blind: bool = False, capsule: bool = True, trained: bool = True, classes: int = 2):
+        super().__init__()
+        self.blind, self.has_poses, self.poses_trained, self.k = blind, capsule, trained, classes
+        q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))
+        self.register_buffer("q", torch.tensor(q, dtype=torch.float32))
+
+    def probe_outputs(self, x):
+        from capsprobe.models import ModelOutputs
+
+        codes = (x[:, 0, 0] * 255).round()
+        label, elevation, azimuth = codes[:, 0].long(), codes[:, 2], torch.deg2rad(10 * codes[:, 3])
+        noise = x[:, 0, 1:].flatten(1) - 0.5
+        z = torch.zeros(len(x), 16)
+        if not self.blind:
+            z[:, :3] = torch.stack([azimuth.cos(), azimuth.sin(), (elevation - 4) / 3.3], 1)
+        z[:, 3] = label.float()
+        z = z @ self.q.T + (1.0 if self.blind else 0.05) * noise
+        scores = torch.nn.functional.one_hot(label, self.k).float() * 0.8 + 0.1
+        if not self.has_poses:
+            return ModelOutputs(scores=scores, representation=z)
+        poses = torch.zeros(len(x), self.k, 16)
+        poses[torch.arange(len(x)), label] = z
+        return ModelOutputs(scores=scores, representation=poses.flatten(1), poses=poses)
+
+
+def _probe_plan():
+    return ProbePlan((), {}, bootstrap=50, progress=False, device="cpu")
+
+
+def test_pose_truth_table_has_its_rows_for_smallnorb_poses_and_none_in_plane(monkeypatch):
+    import capsprobe.tasks.viewpoint as vt
+    from capsprobe.metrics import posetruth
+
+    monkeypatch.setitem(posetruth.MLP_SETTINGS, "max_iter", 5)  # its rows only here (its known answers: test_posetruth)
+    split = _posed_split(elevations=(0, 8))
+    subjects = [Subject("caps-seed0", _PoseStub(), "caps", seed=0),
+                Subject("cnn-seed0", _PoseStub(capsule=False), "cnn", seed=0),
+                Subject("self-seed0", _PoseStub(trained=False), "self", seed=0)]
+    result = get_task("viewpoint").evaluate(subjects, split, _probe_plan())
+    table = result.tables["viewpoint_posetruth"]
+    probe = table[table["measure"] == "probe"]
+    keys = set(zip(probe["run"], probe["representation"], probe["probe"], probe["factor"], probe["part"]))
+    expect = {(run, rep, probe, f, p) for run, reps in (("caps-seed0", ("pose", "full")), ("cnn-seed0", ("full",)))
+              for rep in reps for probe in ("linear", "mlp") for f in ("azimuth", "elevation")
+              for p in ("familiar", "novel")}
+    assert keys == expect and len(probe) == len(expect)  # the untrained poses: no rows
+    assert probe["angle_error"].notna().tolist() == (probe["factor"] == "azimuth").tolist()
+    novel = probe[probe["part"] == "novel"]
+    assert (novel["n"] == int((~split.familiar).sum()) // 2).all()  # held-out instances (2 of 4 per class), novel rows
+    dci = table[table["measure"] == "dci"]
+    assert set(zip(dci["run"], dci["representation"], dci["factor"])) == {
+        (run, rep, f) for run, rep in (("caps-seed0", "pose"), ("caps-seed0", "full"), ("cnn-seed0", "full"))
+        for f in ("all", "azimuth", "elevation")}
+    steps = table[table["measure"] == "step_map"]
+    assert len(steps) == 3 and (steps["factor"] == "azimuth").all() and steps["composition"].notna().all()
+    assert result.manifest["untrained_poses"]["runs"] == ["self-seed0"]
+    inplane = ImageSplit(split.images, split.labels, poses=torch.zeros(len(split), 2), familiar=split.familiar)
+    assert "viewpoint_posetruth" not in get_task("viewpoint").evaluate(subjects[:1], inplane, _probe_plan()).tables
+    monkeypatch.setattr(vt, "POSETRUTH_MLP", False)
+    linear = get_task("viewpoint").evaluate(subjects[1:2], split, _probe_plan()).tables["viewpoint_posetruth"]
+    assert set(linear["probe"]) == {"linear"}
+
+
+def test_pose_truth_reads_a_posed_model_and_not_a_blind_one_and_reports_it(tmp_path, monkeypatch):
+    import capsprobe.tasks.viewpoint as vt
+    from capsprobe.report.folder import read_probe_outputs, write_probe_outputs
+    from capsprobe.tasks.viewpoint import viewpoint_section
+
+    monkeypatch.setattr(vt, "POSETRUTH_MLP", False)  # the MLP's rows: the test above
+    subjects = [Subject(f"posed-seed{s}", _PoseStub(capsule=False), "posed", seed=s) for s in (0, 1)]
+    subjects.append(Subject("blind-seed0", _PoseStub(blind=True, capsule=False), "blind", seed=0))
+    result = get_task("viewpoint").evaluate(subjects, _posed_split(), _probe_plan())
+    table = result.tables["viewpoint_posetruth"]
+    probe = table[table["measure"] == "probe"].set_index(["run", "probe", "factor", "part"])
+    for f in ("azimuth", "elevation"):
+        posed, blind = probe.loc[("posed-seed0", "linear", f, "familiar")], probe.loc[("blind-seed0", "linear", f,
+                                                                                       "familiar")]
+        assert posed["r2"] > 0.9 and posed["selectivity"] > 0.8, f
+        assert abs(blind["r2"]) < 0.2 and abs(blind["selectivity"]) < 0.2, f
+    assert probe.loc[("posed-seed0", "linear", "azimuth", "novel"), "r2"] > 0.9  # a linear code extrapolates
+    assert probe.loc[("posed-seed0", "linear", "azimuth", "familiar"), "angle_error"] < 10
+    steps = table[table["measure"] == "step_map"].set_index("run")
+    assert steps.loc["posed-seed0", "gain"] > 0.9 and steps.loc["posed-seed0", "composition"] < 0.1
+    # blind: the map predicts nothing of the next view (held-out 1 - R^2 near 1); its gain over the identity is about
+    # 1/2, the mean's: the identity's residual is two independent noises, the mean's one
+    assert steps.loc["blind-seed0", "map_error"] > 0.8 and steps.loc["posed-seed0", "map_error"] < 0.1
+    assert 0.3 < steps.loc["blind-seed0", "gain"] < 0.7
+    # the report: per model, the mean over its seeds with a t interval; one seed: its run's own interval
+    data = read_probe_outputs(write_probe_outputs(result, tmp_path / "report"))  # through viewpoint_posetruth.csv
+    del data.tables["viewpoint_poses"]  # its figure (matplotlib) is another test's
+    section = viewpoint_section(data)
+    shown = dict(section.tables)["Pose against the object's true pose"]
+    row = shown[(shown["model"] == "posed") & (shown["probe"] == "linear")].iloc[0]
+    assert row["seeds"] == 2
+    runs = probe.xs(("linear", "azimuth", "familiar"), level=(1, 2, 3)).loc[["posed-seed0", "posed-seed1"], "r2"]
+    mean, half = runs.mean(), 12.706 * runs.std(ddof=1) / np.sqrt(2)  # t_{1, 0.975}
+    assert row["azimuth R^2 familiar"] == f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
+    one = shown[(shown["model"] == "blind") & (shown["probe"] == "linear")].iloc[0]
+    own = probe.loc[("blind-seed0", "linear", "elevation", "novel")]
+    assert one["elevation R^2 novel"] == f"{own['r2']:.2f} [{own['r2_low']:.2f}, {own['r2_high']:.2f}]"
+    assert any("Hewitt & Liang" in n and "Eastwood & Williams" in n and "instance" in n for n in section.notes)
