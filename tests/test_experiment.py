@@ -61,9 +61,11 @@ def test_demo_sizes_set_bootstrap_magnitudes_and_training():
 # end-to-end run per kind of experiment): corruptions.toml is robustness.toml's classify suite on other transforms,
 # robustness.toml's tiny size a subset of demo.toml's (tests/report/test_report.py runs the demo end to end),
 # routing.toml's the same suite on the backbone heads (each head trained and probed in tests/models/test_routings.py);
+# viewpoint3d.toml's the viewpoint task on synthNORB (whose loading through the smallNORB reader is
+# tests/data/test_synthnorb.py's);
 # its own parts (the MNIST-C transforms, the mean corruption condition and table) have their unit tests, and every
 # size of every file is loaded and checked by test_every_experiment_file_parses
-SAME_PATH = {"corruptions": "robustness", "robustness": "demo", "routing": "demo"}
+SAME_PATH = {"corruptions": "robustness", "robustness": "demo", "routing": "demo", "viewpoint3d": "viewpoint"}
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem not in SAME_PATH], ids=lambda p: p.stem)

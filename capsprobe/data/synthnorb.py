@@ -524,6 +524,7 @@ def generate(root: str | Path, size: int = SIZE, progress: Callable[[str], None]
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp's files are private
     os.replace(tmp, folder / "manifest.json")
     return folder
 
@@ -540,5 +541,6 @@ def contact_sheet(path: str | Path, instance: int = 4, elevation: int = 40, ligh
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
     os.close(fd)
     Image.fromarray((sheet * 255).round().to(torch.uint8).numpy()).save(tmp, optimize=True)
+    os.chmod(tmp, 0o644)  # mkstemp's files are private
     os.replace(tmp, path)
     return path

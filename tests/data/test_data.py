@@ -331,3 +331,21 @@ def test_each_torchvision_entry_builds_its_own_class(name, tmp_path, monkeypatch
         assert calls == [{"root": tmp_path, "train": True, "download": False},
                          {"root": tmp_path, "train": False, "download": False}]
     assert splits.test.images.shape == (20, spec.in_chans, spec.img_size, spec.img_size)
+
+
+def test_the_fair_inplane_analogue_leaves_out_6_and_9():
+    """issue 49 item 4: the in-plane novel viewpoints without the label-changing digits: eight classes, every test
+    digit once familiar and once novel (rotated 30-180 degrees), the training digits within +-30 degrees."""
+    from capsprobe.data import get_spec
+    from capsprobe.data.subsets import NO69_DIGITS
+
+    splits = load_dataset("mnist-sample-no69-viewpoint")
+    full = load_dataset("mnist-sample-viewpoint")
+    assert get_spec("mnist-sample-no69-viewpoint").num_classes == len(NO69_DIGITS) == 8
+    assert set(splits.test.labels.tolist()) == set(range(8))
+    half = len(splits.test) // 2
+    assert splits.test.familiar[:half].all() and not splits.test.familiar[half:].any()
+    assert (splits.test.poses[half:, 0].abs() >= 30).all() and (splits.train.poses[:, 0].abs() <= 30).all()
+    digits = torch.as_tensor(NO69_DIGITS)
+    assert 0.7 < len(splits.test) / len(full.test) < 0.9  # 8 of 10 digits
+    assert torch.equal(torch.bincount(digits[splits.test.labels[:half]], minlength=10)[[6, 9]], torch.zeros(2, dtype=torch.long))
