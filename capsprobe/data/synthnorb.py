@@ -14,9 +14,11 @@ follows its design, so its splits, the novel-viewpoint task and the preprocessin
   familiar-viewpoint splits are the smallNORB ones (:mod:`capsprobe.data.viewpoints`). The second image of each
   stereo pair repeats the first (synthNORB is not stereo; the reader uses the first only).
 
-Rendering (measured before choosing, 2026-12-07: no maintained headless renderer installs here without a GPU or
-a display; pyrender needs EGL or OSMesa, pytorch3d has no wheel for torch 2.14, moderngl needs an OpenGL context):
-a compact renderer in torch, sphere tracing (Hart 1996) of signed distance functions of primitives (ellipsoids,
+Rendering (measured before choosing, 2026-12-07, 2 busy cores): pytorch3d has no wheel on the package index here;
+pyrender 0.1.45 installs and renders headless through Mesa's EGL (llvmpipe), 38 ms per 96x96 image, but only where
+the system has libEGL and Mesa (here a dependency of the Chromium the browser test installs; nothing promises it on
+a user's machine or CI's), and a GL rasteriser's bytes depend on the driver. Chosen instead, with no system
+dependency: a compact renderer in torch, sphere tracing (Hart 1996) of signed distance functions of primitives (ellipsoids,
 capsules, rounded boxes, cylinders: the distance bounds of Quilez, iquilezles.org/articles/distfunctions), with a
 perspective camera (36 degree field of view, 3.5 units from the object's centre) and Lambertian shading under one
 directional lamp plus ambient light; each primitive has its own grey albedo. The object turns on a turntable by its
