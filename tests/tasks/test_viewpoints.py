@@ -389,3 +389,7 @@ def test_pose_truth_reads_a_posed_model_and_not_a_blind_one_and_reports_it(tmp_p
     own = probe.loc[("blind-seed0", "linear", "elevation", "novel")]
     assert one["elevation R^2 novel"] == f"{own['r2']:.2f} [{own['r2_low']:.2f}, {own['r2_high']:.2f}]"
     assert any("Hewitt & Liang" in n and "Eastwood & Williams" in n and "instance" in n for n in section.notes)
+    kept = vt._pose_truth_table(data.tables["viewpoint_posetruth"], {"posed-seed1"})  # missed the target: left out
+    posed = kept[(kept["model"] == "posed") & (kept["probe"] == "linear")].iloc[0]
+    own = probe.loc[("posed-seed0", "linear", "azimuth", "familiar")]
+    assert posed["seeds"] == 1 and posed["azimuth R^2 familiar"] == f"{own['r2']:.2f} [{own['r2_low']:.2f}, {own['r2_high']:.2f}]"
