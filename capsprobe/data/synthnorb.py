@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from .norb import NORB_FILES, write_norb
 
 __all__ = [
     "AZIMUTHS",
@@ -455,8 +456,6 @@ def _sha256(path: Path) -> str:
 
 
 def _write_gz(path: Path, array: np.ndarray) -> None:
-    from .viewpoints import write_norb  # the smallNORB format
-
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     os.close(fd)
     raw = Path(tmp)
@@ -476,7 +475,6 @@ def synthnorb_files(root: str | Path, generate_missing: bool = True) -> dict[str
     """``{"train"|"test": {"dat"|"cat"|"info": path}}`` under ``root/synthnorb``: the cache, generated (about 5
     minutes on 2 cores) when missing or of another :data:`VERSION`, and checked against its manifest."""
     from .datasets import DatasetUnavailableError
-    from .viewpoints import NORB_FILES
 
     folder = Path(root) / "synthnorb"
     names = {split: {part: folder / f"{stem.replace('smallnorb', 'synthnorb')}-{part}.mat.gz"
@@ -505,8 +503,6 @@ def generate(root: str | Path, size: int = SIZE, progress: Callable[[str], None]
 
     ``instances`` (``{"train": ..., "test": ...}``), ``elevations`` and ``azimuths`` (indices) and a smaller ``size``
     make a partial set, for tests; the manifest says so (``complete: false``)."""
-    from .viewpoints import NORB_FILES
-
     folder = Path(root) / "synthnorb"
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
