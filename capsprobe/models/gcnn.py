@@ -41,7 +41,7 @@ one class of the same methods. ``e2cnn`` 0.2.3 hashes kernel bases with ``ndarra
 D4 bases fail to build without the fix (``tobytes``, the same bytes); its kernel utilities call
 ``np.array(x, copy=False)``, which numpy 2 refuses where numpy 1 copied (given ``np.asarray``, numpy 1's meaning).
 
-Parameters and cost at 1x28x28, 10 classes (``capsprobe.models.model_costs``; see docs/reference.md, "Models"):
+Parameters and cost at 1x28x28, 10 classes (``capsprobe.models.model_costs``; see docs/models.md):
 matched to ``capsnet_small``'s encoder (705,728) and ``baseline_cnn_pool`` with channels 64-64-32 (736,906).
 """
 
