@@ -325,3 +325,16 @@ def test_inputs_are_checked():
         step_map(rep, (src, dst[::-1]), _pairs(g, 40), groups=g["category"], instance=g["instance"])
     with pytest.raises(ValueError, match="no fitting or no held-out"):
         pose_split(len(rep), instance=np.zeros(len(rep)))  # one instance cannot be split
+
+
+def test_composition_terms_score_exactly_the_held_out_images_it_is_given():
+    """The step map's composition splits by instance through ``composition_terms(split=)``: the terms come back for
+    the given held-out rows only (ignoring the split would score a seeded half of every image instead)."""
+    from capsprobe.metrics.lie import composition_terms
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    moved = {a: x + 0.01 * a for a in (20.0, 40.0)}
+    fit, held = np.arange(0, 30), np.arange(30, 40)
+    diff, norm, move = composition_terms(x, moved, 20.0, 20.0, split=(fit, held))
+    assert len(diff) == len(norm) == len(move) == len(held)
