@@ -59,6 +59,9 @@ file, the line and the key.
 Each size's probe is one :class:`~capsprobe.probe.ProbePlan` (:meth:`Experiment.probe_plan`), checked on loading
 against the data set's channels and image side (from the registry, nothing loaded) when the task probes
 transformations.
+
+The files of the repository's ``experiments/`` folder ship with the package (``capsprobe/experiments/*.toml`` in a
+wheel), so a name alone finds them from any folder: ``capsprobe run affnist`` (:func:`experiment_file`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +88,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Experiment", "ExperimentError", "ModelSpec", "demo_file", "load_experiment"]
+__all__ = ["PACKAGED", "Experiment", "ExperimentError", "ModelSpec", "demo_file", "experiment_file", "load_experiment",
+           "packaged_experiments"]
 
 
 _log = logging.getLogger(__name__)
@@ -212,16 +217,17 @@ def _typed(path, text, value, kind, key: str, section: str | None):
 
 
 def load_experiment(path: str | Path, size: str = "quick") -> Experiment:
-    """Parse and check an experiment file at ``size``.
+    """Parse and check an experiment file at ``size``: ``path`` is a file, or the name of one capsprobe ships
+    (``demo``, ``experiments/affnist.toml`` where no such file is: :func:`experiment_file`).
 
     Raises:
         ExperimentError: syntax error, unknown key, wrong type, missing key or size (file, line and key named).
     """
-    path = Path(path)
+    path = experiment_file(path)
     if path.is_dir():
         raise ExperimentError(f"experiment file {path} is a folder")
     if not path.is_file():
-        raise ExperimentError(f"experiment file {path} does not exist")
+        raise ExperimentError(f"experiment file {path} is not a file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -420,14 +426,72 @@ def _validate(exp: Experiment, text: str, section: str) -> None:
             raise _fail(path, text, probed, where, f"size '{exp.size}': {exc}") from None
 
 
-def demo_file() -> Path:
-    """``experiments/demo.toml`` of the checkout capsprobe runs from (``pip install -e .``).
+#: the package that holds the experiment files in an installed wheel: pyproject.toml maps it onto the checkout's
+#: ``experiments/`` folder (``[tool.setuptools.package-dir]``) and ships its ``*.toml`` as package data
+PACKAGED = "capsprobe.experiments"
+
+
+def _experiment_folders() -> list[Path]:
+    """Where the experiment files capsprobe ships are, in order: the package data of an installed wheel
+    (``importlib.resources.files("capsprobe.experiments")``), then the ``experiments/`` folder beside the
+    ``capsprobe/`` of a checkout (an editable install: setuptools' editable finder maps no package without an
+    ``__init__.py``, so the mapping of pyproject.toml does not reach it there). Folders that do not exist are left
+    out."""
+    folders: list[Path] = []
+    try:
+        root = resources.files(PACKAGED)
+    except ModuleNotFoundError:
+        root = None
+    if root is not None:  # a namespace package (no __init__.py): a MultiplexedPath; on a file system a child is a Path
+        child = root.joinpath("demo.toml")
+        if isinstance(child, Path):
+            folders.append(child.parent)
+    folders.append(Path(__file__).resolve().parent.parent / "experiments")
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def packaged_experiments() -> dict[str, Path]:
+    """The experiment files capsprobe ships (``demo``, ``affnist``...), by name: the first folder of
+    :func:`_experiment_folders` that holds a file of that name gives it."""
+    found: dict[str, Path] = {}
+    for folder in _experiment_folders():
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def experiment_file(path: str | Path) -> Path:
+    """The experiment file ``path`` names: the path itself when it exists; else, for a bare name (``demo``,
+    ``demo.toml``) or the repository's relative form (``experiments/demo.toml``), the packaged file of that name
+    (:func:`packaged_experiments`), so ``capsprobe run demo`` works from any folder and from an installed wheel.
 
     Raises:
-        ExperimentError: the file is not there (an installed wheel has no experiments folder).
+        ExperimentError: nothing of that name (the packaged experiments listed).
     """
-    path = Path(__file__).resolve().parent.parent / "experiments" / "demo.toml"
-    if not path.is_file():
-        raise ExperimentError(f"{path} not found: the demo runs from a capsprobe checkout; give an experiment file to "
-                              "run_experiment instead")
+    path = Path(path)
+    if path.exists():
+        return path
+    if not path.is_absolute() and path.parent in (Path("."), Path("experiments")) and path.suffix in ("", ".toml"):
+        packaged = packaged_experiments()
+        stem = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+        if stem in packaged:
+            return packaged[stem]
+        shipped = ", ".join(packaged) or "none found"
+        raise ExperimentError(f"experiment file {path} does not exist, and capsprobe ships no experiment of that name "
+                              f"(it ships: {shipped})")
+    raise ExperimentError(f"experiment file {path} does not exist")
+
+
+def demo_file() -> Path:
+    """``demo.toml``, the main job's experiment file: the installed package's copy (a wheel ships it as package
+    data) or the checkout's ``experiments/demo.toml`` (:func:`packaged_experiments`; never a ``demo`` of the current
+    folder).
+
+    Raises:
+        ExperimentError: neither is there (a broken install).
+    """
+    path = packaged_experiments().get("demo")
+    if path is None:
+        raise ExperimentError("demo.toml not found: neither the installed package (capsprobe/experiments) nor a "
+                              "checkout's experiments/ folder holds it; reinstall capsprobe")
     return path

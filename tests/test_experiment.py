@@ -423,3 +423,60 @@ def test_a_malformed_or_missing_surrogate_is_named(tmp_path, surrogate, fragment
     with pytest.raises(ExperimentError) as err:
         load_experiment(path, "tiny")
     assert fragment in str(err.value)
+
+
+# --- the experiment files capsprobe ships (package data in a wheel, the checkout's experiments/ in an editable install)
+
+
+def test_a_bare_name_is_the_packaged_experiment_from_any_folder(tmp_path, monkeypatch):
+    from capsprobe.experiment import experiment_file, packaged_experiments
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: no experiments/ here
+    shipped = packaged_experiments()
+    assert {p.stem for p in EXPERIMENTS} <= set(shipped)
+    for name in ("demo", "demo.toml", "experiments/demo.toml"):
+        assert experiment_file(name).read_bytes() == (EXPERIMENTS[0].parent / "demo.toml").read_bytes(), name
+    assert load_experiment("affnist", "quick").name == "affnist"
+
+
+def test_a_file_that_exists_comes_before_the_packaged_one(tmp_path, monkeypatch):
+    from capsprobe.experiment import demo_file, experiment_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.toml").write_text("name = 'mine'\n")
+    assert experiment_file("demo.toml") == Path("demo.toml")
+    assert experiment_file("demo") != Path("demo.toml")  # a bare name without the suffix is no file here
+    (tmp_path / "demo").mkdir()
+    assert demo_file() == EXPERIMENTS[0].parent / "demo.toml"  # the demo's file is never one of the current folder
+
+
+def test_an_unknown_name_lists_what_capsprobe_ships(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExperimentError, match=r"does not exist.*it ships: .*affnist.*demo"):
+        load_experiment("nope")
+    with pytest.raises(ExperimentError, match=r"^experiment file sub/demo.toml does not exist$"):
+        load_experiment("sub/demo.toml")  # a path elsewhere is never replaced by a packaged file
+
+
+def test_the_installed_package_data_comes_before_the_checkout(tmp_path, monkeypatch):
+    """An installed wheel's ``capsprobe/experiments/demo.toml`` (importlib.resources) is the demo's file."""
+    from capsprobe import experiment
+
+    (tmp_path / "demo.toml").write_text((EXPERIMENTS[0].parent / "demo.toml").read_text())
+    monkeypatch.setattr(experiment.resources, "files",
+                        lambda package: tmp_path if package == experiment.PACKAGED else None)
+    assert experiment.demo_file() == tmp_path / "demo.toml"
+    assert experiment.packaged_experiments()["affnist"] == EXPERIMENTS[0].parent / "affnist.toml"  # the rest: checkout
+
+
+def test_without_package_data_or_checkout_the_demo_says_so(tmp_path, monkeypatch):
+    from capsprobe import experiment
+
+    def missing(package):
+        raise ModuleNotFoundError(package)
+
+    monkeypatch.setattr(experiment.resources, "files", missing)
+    monkeypatch.setattr(experiment, "__file__", str(tmp_path / "capsprobe" / "experiment.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExperimentError, match="demo.toml not found.*reinstall capsprobe"):
+        experiment.demo_file()
