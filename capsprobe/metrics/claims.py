@@ -70,7 +70,8 @@ CLAIM_COLUMNS = [
     "difference", "ci_low", "ci_high", "se", "df", "test", "p_value", "p_holm", "family_size", "ci_low_adjusted",
     "ci_high_adjusted", "seeds_a", "seeds_b", "reached_a", "reached_b", "verdict", "note",
 ]
-STUDY_COLUMNS = ["report", *CLAIM_COLUMNS, "p_study", "study_family_size", "verdict_study"]
+STUDY_COLUMNS = ["report", *CLAIM_COLUMNS, "p_study", "study_family_size", "verdict_study", "ci_low_study",
+                 "ci_high_study"]
 
 
 class ClaimError(InvalidInputError):
@@ -348,8 +349,10 @@ def _verdict(r: pd.Series, p_holm: float, m: int) -> str:
 def study_table(reports: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The study-wide family: every report's claims (``{report name: claims table}``) in one Holm family.
 
-    ``p_study`` is the Holm-adjusted p over every testable claim of every report, and ``verdict_study`` the claim's
-    verdict at that level (a claim established in its experiment's family may not survive the study's)."""
+    ``p_study`` is the Holm-adjusted p over every testable claim of every report, ``verdict_study`` the claim's
+    verdict at that level (a claim established in its experiment's family may not survive the study's), and
+    ``ci_low_study``/``ci_high_study`` its interval at its Holm step in the study's family (Bonferroni's level for a
+    claim the family keeps), which excludes 0 (or lies inside an "alike" margin) exactly when it is decided."""
     frames = [f.assign(report=name) for name, f in reports.items() if f is not None and not f.empty]
     if not frames:
         return pd.DataFrame(columns=STUDY_COLUMNS)
@@ -360,4 +363,9 @@ def study_table(reports: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     study["study_family_size"] = m
     study["verdict_study"] = [_verdict(r, float(study.loc[i, "p_study"]), m) if np.isfinite(p[i]) else str(r["verdict"])
                               for i, r in study.iterrows()]
+    steps = _holm_steps(p)
+    bounds = [_adjusted_interval(r, steps[i] if study.loc[i, "p_study"] < ALPHA else m) if np.isfinite(p[i])
+              else (float("nan"), float("nan")) for i, r in study.iterrows()]
+    study["ci_low_study"] = [lo for lo, _ in bounds]
+    study["ci_high_study"] = [hi for _, hi in bounds]
     return study[STUDY_COLUMNS]

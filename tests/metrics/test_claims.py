@@ -177,3 +177,28 @@ def test_the_shown_interval_excludes_zero_exactly_when_the_claim_is_established(
         decided = t["verdict"].isin(["supported", "contradicted"]).to_numpy()
         excludes = ((t["ci_low_adjusted"] > 0) | (t["ci_high_adjusted"] < 0)).to_numpy()
         assert (decided == excludes).all(), t[["p_value", "p_holm", "ci_low_adjusted", "ci_high_adjusted", "verdict"]]
+
+
+def test_the_study_interval_excludes_zero_exactly_when_the_study_decides():
+    """The study-wide family is larger than each report's: the interval beside ``verdict_study`` is at the claim's
+    Holm step in the study's family, so a claim a report supports but the study does not has a study interval that
+    covers 0 (the report's own interval does not)."""
+    rng = np.random.default_rng(1)
+    seen_split = False
+    for _ in range(30):
+        tables = {}
+        for k in range(int(rng.integers(2, 4))):
+            m = int(rng.integers(1, 4))
+            claims = parse_claims([_claim(name=f"c{i}", condition=f"rotate={i}") for i in range(m)])
+            z = rng.normal(0, 2.8, m)
+            diffs = pd.DataFrame([_diff_row(magnitude=str(i), d=float(z[i]) * 0.01, se=0.01) for i in range(m)])
+            tables[f"r{k}"] = claims_table(claims, {"differences": diffs}, _entries())
+        study = study_table(tables)
+        decided = study["verdict_study"].isin(["supported", "contradicted"]).to_numpy()
+        excludes = ((study["ci_low_study"] > 0) | (study["ci_high_study"] < 0)).to_numpy()
+        assert (decided == excludes).all(), study[["p_value", "p_study", "ci_low_study", "ci_high_study"]]
+        seen_split |= bool((study["verdict"].isin(["supported", "contradicted"]) & ~decided).any())
+        # the study's interval is never narrower than the report's (a larger family)
+        assert ((study["ci_high_study"] - study["ci_low_study"])
+                >= (study["ci_high_adjusted"] - study["ci_low_adjusted"]) - 1e-12).all()
+    assert seen_split  # some claim decided in its report is undecided in the study
