@@ -350,9 +350,9 @@ def _run_experiment(exp: Experiment, plan: ProbePlan, out: Path, size: str, devi
     return _render.render_report(out, section_of, None, lock=False)
 
 
-def run_demo(size: str = "small", out: str | Path = "reports/demo", runs_dir: str | Path | None = None,
+def run_demo(size: str = "quick", out: str | Path = "reports/demo", runs_dir: str | Path | None = None,
              device: str = "auto", force: bool = False, progress: bool = True) -> Path:
-    """The main job: ``experiments/demo.toml`` at ``size`` (tiny, small, paper), report in ``out``."""
+    """The main job: ``experiments/demo.toml`` at ``size`` (tiny, quick, paper), report in ``out``."""
     return run_experiment(demo_file(), size, device=device, out=out, runs_dir=runs_dir, force=force,
                           progress=progress)
 

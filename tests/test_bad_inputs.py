@@ -127,7 +127,6 @@ def _option_cases(tmp: Path, run: Path) -> list[tuple[str, list[str], str]]:
         ("perturb device nonsense", [*PERTURB, str(run), "--device", "gpu!", "--out", rep], "device"),
         ("perturb device cuda:-1", [*PERTURB, str(run), "--device", "cuda:-1", "--out", rep], "cuda"),
         ("perturb device empty", [*PERTURB, str(run), "--device", "", "--out", rep], "device"),
-        ("perturb split train", [*PERTURB, str(run), "--split", "train", "--out", rep], "split"),
         ("perturb unknown dataset", [*PERTURB, str(run), "--dataset", "imagenet", "--out", rep], "imagenet"),
         ("perturb other shapes", [*PERTURB, str(run), "--dataset", "cifar10", "--out", rep], "cifar10"),
         ("perturb magnitude overflow", [*PERTURB, str(run), "-m", "flip=1e400", "--out", rep], "flip"),
@@ -161,13 +160,11 @@ def _option_cases(tmp: Path, run: Path) -> list[tuple[str, list[str], str]]:
         ("train target above 1", [*TRAIN, "--target-accuracy", "2", "--out", str(tmp / "t")], "target_accuracy"),
         ("train no-download elsewhere", [*TRAIN, "--dataset", "mnist", "--data-root", str(tmp / "nodata"),
                                          "--no-download", "--out", str(tmp / "t")], "mnist"),
-        ("train unknown task", [*TRAIN, "--task", "segment", "--out", str(tmp / "t")], "segment"),
         ("train unknown dataset", [*TRAIN, "--dataset", "imagenet", "--out", str(tmp / "t")], "imagenet"),
         ("train out is a run's file", [*TRAIN, "--out", str(run / "config.json")], "not a folder"),
         ("bench device meta", ["bench", "--device", "meta", "--model", "capsnet_small"], "meta"),
         ("bench unknown model", ["bench", "--model", "nosuchnet", "--device", "cpu"], "nosuchnet"),
         ("demo device meta", ["demo", "--size", "tiny", "--device", "meta", "--out", rep], "meta"),
-        ("demo unknown size", ["demo", "--size", "huge", "--out", rep], "huge"),
     ]
 
 
@@ -226,6 +223,12 @@ def _one_line(tmp: Path, args: list[str], fragment: str) -> None:
     ["train", "-o", "novalue"],
     ["run", "x.toml", "--jobs", "0"],
     ["bench", "--kernels", "slow"],
+    # a choice outside its set (listed in --help) is the parser's to refuse
+    ["perturb", "--split", "train", "x"],
+    ["train", "--task", "segment"],
+    ["demo", "--size", "huge"],
+    ["run", "x.toml", "--launcher", "pbs"],
+    ["report", "--formats", "png,docx", "x"],
     ["report"],
     ["perturb"],
 ])
@@ -252,7 +255,6 @@ EXPERIMENT = ('name = "x"\n[data]\ndataset = "mnist-sample"\n{extra}\n[sizes.tin
     ("device meta in train", EXPERIMENT.format(extra='[train]\ndevice = "meta"', options=""), [], "device"),
     ("device meta", EXPERIMENT.format(extra="", options=""), ["--device", "meta"], "meta"),
     ("slurm without sbatch", EXPERIMENT.format(extra="", options=""), ["--launcher", "slurm"], "sbatch"),
-    ("unknown launcher", EXPERIMENT.format(extra="", options=""), ["--launcher", "pbs"], "pbs"),
 ])
 def test_a_bad_experiment_is_refused_in_one_line(tmp_path, monkeypatch, case, text, args, fragment):
     path = tmp_path / "x.toml"
@@ -359,7 +361,6 @@ def test_a_damaged_report_is_refused_in_one_line(report, tmp_path, monkeypatch, 
     (["report", "/"], "was not written"),
     (["report", "nope"], "does not exist"),
     (["report", "a-file"], "not a folder"),
-    (["report", "--formats", "png,docx", "rep"], "docx"),
 ])
 def test_report_paths_are_refused_in_one_line(report, tmp_path, monkeypatch, args, fragment):
     (tmp_path / "a-file").write_text("x")

@@ -46,14 +46,14 @@ def test_a_size_sets_the_attack_steps_and_the_file_the_default():
 
 def test_a_size_can_leave_out_the_lie_probe_the_file_asks_for():
     demo = EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")]
-    assert load_experiment(demo, "small").probe_plan().lie is True
+    assert load_experiment(demo, "quick").probe_plan().lie is True
     assert load_experiment(demo, "tiny").probe_plan().lie is False
 
 
 def test_demo_sizes_set_bootstrap_magnitudes_and_training():
     tiny = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "tiny")
     assert tiny.bootstrap == 50 and "jigsaw=1,4" in tiny.magnitudes and tiny.train["batch_size"] == 16
-    small = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "small")
+    small = load_experiment(EXPERIMENTS[[p.stem for p in EXPERIMENTS].index("demo")], "quick")
     assert small.bootstrap == 1000 and small.magnitudes == [] and "batch_size" not in small.train
 
 

@@ -392,7 +392,7 @@ def test_the_experiment_file_s_lie_switch_is_typed(tmp_path):
         load_experiment(path)
     path.write_text(path.read_text().replace('lie = "yes"', "lie = true"))
     assert load_experiment(path).lie is True
-    assert load_experiment(EXPERIMENTS_DIR / "demo.toml", "small").lie is True
+    assert load_experiment(EXPERIMENTS_DIR / "demo.toml", "quick").lie is True
     # a size's own switch wins over the file's, and is typed too (the demo's tiny size leaves the probe out)
     assert load_experiment(EXPERIMENTS_DIR / "demo.toml", "tiny").lie is False
     path.write_text(path.read_text().replace("[sizes.quick]\n", "[sizes.quick]\nlie = 1\n"))

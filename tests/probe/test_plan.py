@@ -223,7 +223,7 @@ def test_bad_seeds_are_refused_at_the_edge(tmp_path):
 
 
 def test_the_dry_runs_estimate_counts_the_images_a_run_reads(monkeypatch, no_data):
-    """demo --size small trains on mnist-sample's 3,600 training digits (4,000 less 10% validation) and probes its
+    """demo --size quick trains on mnist-sample's 3,600 training digits (4,000 less 10% validation) and probes its
     1,000 test digits under 51 conditions and the clean pass: with every model measured at 3,600 train and 52,000
     eval img/s, training is (30 + 8 epochs) x 1 s and the probe 2 models x 52,000 / 52,000 = 2 s."""
     import types
@@ -234,7 +234,7 @@ def test_the_dry_runs_estimate_counts_the_images_a_run_reads(monkeypatch, no_dat
     monkeypatch.setattr(bench, "bench_model", lambda *a, **kw: types.SimpleNamespace(
         train_images_per_s=3600.0, eval_images_per_s=52_000.0, device="cpu"))
     demo = Path(__file__).resolve().parents[2] / "experiments" / "demo.toml"
-    line = next(x for x in dry_run(demo, "small", device="cpu") if x.startswith("estimated wall time"))
+    line = next(x for x in dry_run(demo, "quick", device="cpu") if x.startswith("estimated wall time"))
     assert line.startswith("estimated wall time: 40 s (38 s training"), line
     assert "3,600 images per epoch from the training split of mnist-sample (less 10% for validation)" in line
     assert "; 2 s of probe forward passes" in line

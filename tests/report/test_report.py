@@ -166,7 +166,7 @@ def test_demo_tiny_end_to_end(tiny_experiment, monkeypatch):
     assert not np.allclose(sweep[0, 0], sweep[0, 10])
     # `capsprobe demo` is the experiment runner on experiments/demo.toml: same runs, refuses to overwrite
     again = runner.invoke(app, ["demo", "--size", "tiny", "--no-progress", "--device", "cpu",
-                                "--runs-dir", "runs/demo-tiny"])
+                                "--runs-dir", "runs/demo-tiny", "--out", "reports/demo"])
     assert again.exit_code == 1 and "--force" in again.output and "epoch" not in again.output
 
 
@@ -207,9 +207,9 @@ def test_report_cli_success_and_rerun(folder):
 
 def test_demo_unknown_size_is_one_line(tmp_path):
     result = runner.invoke(app, ["demo", "--size", "huge", "--out", str(tmp_path / "d")])
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "no size 'huge'; it has: tiny, small, paper" in lines[0]
+    assert result.exit_code == 2  # a choice the parser checks (tests/test_cli_conventions.py)
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "'huge' is not one of 'tiny', 'quick', 'paper'" in lines[0]
     assert not (tmp_path / "d").exists()
 
 
