@@ -51,7 +51,7 @@ def test_bring_your_own_model(split):
     adapter = ModelAdapter(net, representation=lambda m, x: m.encoder(x))
     result = run_probe([Subject("mine", adapter)], split, ["rotate"], {"rotate": [30]}, n_boot=20, progress=False)
     m = result.metrics
-    assert set(m["run"]) == {"mine"} and set(m["model"]) == {"TinyNet"}
+    assert set(m["run"]) == {"mine"} and set(m["model"]) == {"mine"}  # the name it was given, not its class
     assert set(m["metric"]) == {"accuracy", "consistency", "confidence_drop", "true_class_score", "invariance_error",
                                 "equivariance_error", "equivariance_error_pca16", "equivariance_gain", "label_r2", "ece",
                                 "ece_scaled"}  # ece: softmax scores are in [0, 1]

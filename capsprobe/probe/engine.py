@@ -30,17 +30,21 @@ was left out.
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
+import kornia
 import numpy as np
 import pandas as pd
+import timm
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import metrics as M
+from .._version import __version__
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
@@ -73,6 +77,7 @@ from .subject import Subject, as_subject
 
 __all__ = [
     "decodability_rows",
+    "library_versions",
     "poses_trained",
     "run_probe",
     "transform_like",
@@ -337,6 +342,14 @@ def _selectivity_rows(metrics_df: pd.DataFrame, selectivity: pd.DataFrame) -> pd
     return pd.DataFrame(extra, columns=METRIC_COLUMNS)
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of Python, capsprobe and the libraries that shape a probe's numbers, for its manifest (the report's
+    first lines print torch, kornia and timm). The same keys as a run's record
+    (:func:`capsprobe.training.runs.library_versions`), which the layers keep the probe from importing."""
+    return {"capsprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "kornia": kornia.__version__, "numpy": np.__version__}
+
+
 @tf32_off()
 def run_probe(
     subjects: Sequence[Any],
@@ -346,6 +359,7 @@ def run_probe(
     *,
     plan: ProbePlan | None = None,
     surrogate: Any = None,
+    dataset: str | None = None,
     **options: Any,
 ) -> ProbeResult:
     """Evaluate every model on every transformed version of ``split``.
@@ -363,6 +377,8 @@ def run_probe(
             caller that loads the data and runs: this function probes ``split`` and the ``surrogate`` model it is given.
         surrogate: the model ``pgd-transfer`` computes its attack on (a run, :class:`Subject` or module; usually a
             convnet trained like the others), or None.
+        dataset: the name of the data set ``split`` comes from, for the manifest and the report's first lines
+            (e.g. ``"mnist-sample"``; :func:`capsprobe.pipeline.perturb` gives the runs' own).
         options: without ``plan``, its other fields, e.g. ``seed`` (base seed of the random transformations, per
             image ``seed * 1000003 + image id``, the equivariance split and the bootstrap), ``n_boot`` (or
             ``bootstrap``: resamples of the 95% intervals), ``batch_size``, ``device``, ``amp`` (autocast; off by
@@ -372,7 +388,9 @@ def run_probe(
 
     Returns:
         :class:`ProbeResult`: tidy metrics, per-image rows, the ``overview`` and ``roc`` tables, and for models
-        with a decoder the reconstruction and pose-sweep grids.
+        with a decoder the reconstruction and pose-sweep grids. Its manifest records the runs (names, models, seeds),
+        the images, the transformations, the seed and resamples, the device and the library versions
+        (:func:`library_versions`), so that a report made from Python states what one made by the CLI does.
 
     Raises:
         InvalidInputError: a bad plan, names that repeat, a reference that is not probed, a plan that does not fit the
@@ -486,7 +504,10 @@ def run_probe(
         "reference": reference,
         "device": str(dev),
         "device_record": device_record(dev, dtype),  # TF32 off here: the probe's own precision
+        "versions": library_versions(),
     }
+    if dataset is not None:
+        manifest["dataset"] = str(dataset)
     if other is not None:
         manifest["surrogate"] = as_subject(surrogate).name
     if any(t.name.startswith("pgd") for t in chosen):

@@ -22,20 +22,32 @@ class Subject:
     Attributes:
         name: the ``run`` column (unique per probe).
         model: any model :func:`capsprobe.models.adapt` accepts.
-        model_name: the ``model`` column (default: the class name).
-        seed: the training seed, for the ``seed`` column (None when unknown).
+        model_name: the ``model`` column, the name comparisons and verdicts use (default: ``name``; give the same
+            ``model_name`` to the seeds of one model so that they are compared as one).
+        seed: the training seed, for the ``seed`` column and the report's list of runs (default 0, one replicate, as
+            ``capsprobe train`` numbers a first run).
         info: extra manifest entries (path, data set, test accuracy).
+
+    Raises:
+        InvalidInputError: an empty name or a seed that is not a whole number (the report reads it as one).
     """
 
     name: str
     model: nn.Module
     model_name: str = ""
-    seed: int | None = None
+    seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidInputError(f"a Subject needs a name (its run column), got {self.name!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InvalidInputError(f"Subject {self.name}: seed must be a whole number (the training seed), got "
+                                    f"{self.seed!r}")
+
     def ident(self) -> dict[str, Any]:
-        """The identifying columns of every row about this subject."""
-        return {"model": self.model_name or type(unwrap(self.model)).__name__, "run": self.name, "seed": self.seed}
+        """The identifying columns of every row about this subject: the model by the name it was given."""
+        return {"model": self.model_name or self.name, "run": self.name, "seed": self.seed}
 
     def manifest_entry(self, adapter: Adapter) -> dict[str, Any]:
         """What the manifest records of this subject: names, what the model can do, where it came from."""

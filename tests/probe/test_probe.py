@@ -6,12 +6,14 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from capsprobe.cli import app
 from capsprobe.data import load_dataset
 from capsprobe.probe import IMAGE_COLUMNS, METRIC_COLUMNS, run_probe
 from capsprobe.report import read_probe_outputs
+from capsprobe.report.render import _meta_line
 from capsprobe.training.runs import load_run
 from capsprobe.transforms import SUITE, TRANSFORMS, magnitude_label
 
@@ -313,3 +315,53 @@ def test_the_probe_leaves_out_the_pose_metrics_of_poses_no_loss_reaches(split, m
     assert left["runs"] == ["self"] and {"decodability", "equivariance_gain", "composition"} <= set(left["left_out"])
     compared = result.tables["comparison"]
     assert set(compared[compared["model"] == "self"]["metric"]) <= metrics["self"]
+
+
+class _ClassNameNobodyGave(torch.nn.Module):
+    """A model whose class name must not stand in for the name it was given."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 8))
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+def test_a_report_made_through_the_python_api_records_versions_seeds_and_the_names_given(tmp_path):
+    """The API's report says what the CLI's says: library versions, each run's seed, the data set, and the models by
+    the names they were given (not their class)."""
+    import capsprobe
+    from capsprobe import ModelAdapter, Subject
+
+    digits = load_dataset("mnist-sample", limit=8).test
+    subjects = [Subject(name, ModelAdapter(_ClassNameNobodyGave(i), representation=lambda m, x: m.enc(x)))
+                for i, name in enumerate(["mine", "theirs"])]
+    result = capsprobe.run_probe(subjects, digits, ["flip"], n_boot=10, progress=False, dataset="mnist-sample")
+    versions = result.manifest["versions"]
+    assert {"torch", "kornia", "timm", "capsprobe"} <= set(versions) and versions["capsprobe"] == capsprobe.__version__
+    assert [(r["name"], r["model"], r["seed"]) for r in result.manifest["runs"]] == [("mine", "mine", 0),
+                                                                                      ("theirs", "theirs", 0)]
+    assert set(result.metrics["model"]) == {"mine", "theirs"}
+    folder = capsprobe.write_probe_outputs(result, tmp_path / "api")
+    manifest = read_probe_outputs(folder).manifest  # what the report renders from: a seed None was refused here
+    line = _meta_line(manifest)  # the report's provenance line (rendering the figures takes seconds: not here)
+    assert "?" not in line and "None" not in line, line
+    assert f"torch {versions['torch']}, kornia {versions['kornia']}, timm {versions['timm']}" in line
+    assert "mnist-sample" in line and "mine (mine, seed 0)" in line and "theirs (theirs, seed 0)" in line
+    written = [p for p in folder.rglob("*") if p.suffix in (".csv", ".json", ".md")]
+    assert written and not [p.name for p in written if "_ClassNameNobodyGave" in p.read_text(encoding="utf-8")]
+    assert {"mine", "theirs"} <= set(pd.read_csv(folder / "summary.csv")["model"])
+
+
+def test_a_subject_seed_must_be_a_whole_number():
+    from capsprobe import Subject
+    from capsprobe.errors import InvalidInputError
+
+    for seed in (None, 1.5, True, "0"):
+        with pytest.raises(InvalidInputError, match="seed"):
+            Subject("mine", torch.nn.Identity(), seed=seed)
+    with pytest.raises(InvalidInputError, match="name"):
+        Subject("", torch.nn.Identity())
