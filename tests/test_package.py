@@ -73,6 +73,7 @@ def test_the_wheel_runs_the_tiny_demo_from_a_fresh_venv(tmp_path):
     # the wheel, from a copy of what the build reads (setuptools writes build/ and *.egg-info beside its sources: not
     # in the checkout), with this venv's setuptools: nothing is downloaded
     source, built = tmp_path / "source", tmp_path / "dist"
+    source.mkdir()
     for name in BUILD_READS:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
