@@ -43,7 +43,7 @@ from ..probe.schema import FIGURES, MANIFEST, REPORT_HTML, REPORT_MD, RESULTS, i
 from ..runtime import MARKER, atomic_dir, folder_lock
 from .folder import ReportData, ReportError, read_probe_outputs, write_csv
 from .section import Section, _markdown_table, figure_formats
-from .verdicts import CLAIMS_NOTE, claims_shown, verdict_table
+from .verdicts import CLAIMS_NOTE, COMPACT_NOTE, claims_shown, compact_verdict_table, verdict_table
 
 __all__ = [
     "COMPARISON_TABLES",
@@ -55,6 +55,7 @@ __all__ = [
     "report_title",
     "recompare_report",
     "render_report",
+    "runs_summary",
 ]
 
 _CSS = """
@@ -65,6 +66,7 @@ h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
 .scroll{max-width:100%;overflow-x:auto}table{border-collapse:collapse;font-size:.8em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:normal}
 th{background:#f4f4f4}table.verdicts td{min-width:14em}table.verdicts td:first-child{min-width:11em;font-weight:600}
+table.compact td{min-width:0}table.compact td:first-child{min-width:0}
 figure{margin:1.2em 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
 .meta{font-size:.85em;color:#555}li{margin:.3em 0}details{margin:.5em 0}summary{cursor:pointer;color:#036}
 """
@@ -104,22 +106,40 @@ def report_title(folder: Path, manifest: dict[str, Any]) -> str:
     return f"capsprobe report: {folder.name}"
 
 
-def _html(title: str, section: Section, manifest: dict[str, Any]) -> str:
+def _full_summary(verdicts: pd.DataFrame) -> str:
+    pairs = len(verdicts.columns) - 1
+    return f"Every pair in full ({pairs} pair{'s' if pairs != 1 else ''} x {len(verdicts)} questions)"
+
+
+def _html(title: str, section: Section, manifest: dict[str, Any],
+          compact: tuple[str, pd.DataFrame] | None = None) -> str:
     exp = manifest.get("experiment") or {}
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              "<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     if isinstance(exp, dict) and exp.get("description"):
         parts.append(f"<p>{html.escape(str(exp['description']))}</p>")
-    parts.append("<p class='meta'>" + html.escape(_meta_line(manifest)) + "</p>")
+    parts.append("<p class='meta'>" + html.escape(_provenance(manifest)) + "</p>")
+    if manifest.get("runs"):
+        parts.append(f"<details class='meta'><summary>{html.escape(runs_summary(manifest))}</summary>"
+                     f"<p>{html.escape(_runs_listed(manifest))}</p></details>")
     if section.claims is not None and len(section.claims):
         parts.append("<h2>Declared claims</h2>" + _table_html(section.claims, "verdicts")
                      + f"<details class='meta'><summary>How to read a claim</summary>{html.escape(CLAIMS_NOTE)}"
                      "</details>")
     if section.verdicts is not None and len(section.verdicts):
-        parts.append(f"<h2>{VERDICTS_TITLE}</h2>" + _table_html(section.verdicts, "verdicts")
-                     + f"<details class='meta'><summary>How to read a cell</summary>{html.escape(VERDICT_NOTE)}"
-                     "</details>")
+        parts.append(f"<h2>{VERDICTS_TITLE}</h2>")
+        if compact is not None:
+            reference, table = compact
+            parts.append(f"<p>Each model against {html.escape(reference)}:</p>" + _table_html(table, "verdicts compact")
+                         + f"<details><summary>{html.escape(_full_summary(section.verdicts))}</summary>"
+                         + _table_html(section.verdicts, "verdicts") + "</details>"
+                         + f"<details class='meta'><summary>How to read a row</summary>{html.escape(COMPACT_NOTE)} "
+                         f"{html.escape(VERDICT_NOTE)}</details>")
+        else:
+            parts.append(_table_html(section.verdicts, "verdicts")
+                         + f"<details class='meta'><summary>How to read a cell</summary>{html.escape(VERDICT_NOTE)}"
+                         "</details>")
     figures = dict(section.figures)
     if section.key_figure in figures:
         parts.append(_figure_html(section.key_figure, figures.pop(section.key_figure),
@@ -159,13 +179,50 @@ def _computed_on(manifest: dict[str, Any]) -> str:
     return f" Computed on {where} in {precision}, TF32 {tf32}{cuda}."
 
 
-def _meta_line(manifest: dict[str, Any]) -> str:
-    runs = ", ".join(f"{r['name']} ({r['model']}, seed {r['seed']})" for r in manifest.get("runs", []))
+def _runs_listed(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{r['name']} ({r['model']}, seed {r['seed']})" for r in manifest.get("runs", []))
+
+
+def _provenance(manifest: dict[str, Any]) -> str:
+    """The report's provenance without its runs: images, transformation seed, bootstrap, versions, device."""
     v = manifest.get("versions", {})
     return (f"{manifest.get('images', '?')} {manifest.get('dataset', '?')} {manifest.get('split', 'test')} images; "
-            f"runs: {runs}; transformation seed {manifest.get('seed', '?')}, {manifest.get('bootstrap', '?')} bootstrap "
+            f"transformation seed {manifest.get('seed', '?')}, {manifest.get('bootstrap', '?')} bootstrap "
             f"resamples{_steps(manifest)}; torch {v.get('torch', '?')}, kornia {v.get('kornia', '?')}, timm {v.get('timm', '?')}."
             + _computed_on(manifest))
+
+
+def _meta_line(manifest: dict[str, Any]) -> str:
+    """The whole provenance in one line, runs included (the page folds the runs under :func:`runs_summary`)."""
+    return _provenance(manifest).replace(" images; ", f" images; runs: {_runs_listed(manifest)}; ", 1)
+
+
+def runs_summary(manifest: dict[str, Any]) -> str:
+    """The run list in one line: how many runs of how many models and seeds, and how their training ended, e.g.
+    "27 runs: 9 models x 3 seeds (0, 1, 2), all reached their target accuracy"."""
+    runs = [r for r in manifest.get("runs", []) if isinstance(r, dict)]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_model.setdefault(str(r.get("model", r.get("name"))), []).append(r)
+    counts = sorted({len(rs) for rs in by_model.values()})
+    seeds_of = {m: sorted(int(r["seed"]) for r in rs if isinstance(r.get("seed"), int)) for m, rs in by_model.items()}
+    seeds = sorted({s for ss in seeds_of.values() for s in ss})
+    per = (f"{counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1 else
+           f"{counts[0]}-{counts[-1]} seeds")
+    same = len(counts) == 1 and all(ss == seeds for ss in seeds_of.values())
+    text = (f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {len(by_model)} model{'s' if len(by_model) != 1 else ''}"
+            f" x {per}" + (f" ({', '.join(str(s) for s in seeds)})" if same and seeds and counts[0] > 1 else ""))
+    reached = [r.get("reached_target") for r in runs]
+    missed = [str(r.get("name")) for r in runs if r.get("reached_target") is False]
+    if missed:
+        text += f"; {len(missed)} missed the target accuracy (left out of the comparisons)"
+    elif runs and all(v is True for v in reached):
+        text += ", all reached their target accuracy"
+    elif runs and all(v is None for v in reached):
+        epochs = sorted({int(r["epochs"]) for r in runs if isinstance(r.get("epochs"), int)})
+        if epochs:
+            text += f", {'/'.join(str(e) for e in epochs)} epoch{'s' if epochs != [1] else ''} each (no target)"
+    return text
 
 
 SectionFor = Callable[[ReportData], Section]
@@ -286,11 +343,20 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
     md = [f"# {report}", ""]
     if isinstance(exp, dict) and exp.get("description"):
         md += [str(exp["description"]), ""]
-    md += [_meta_line(data.manifest), ""]
+    md += [_provenance(data.manifest), ""]
+    if data.manifest.get("runs"):
+        md += [f"<details><summary>{html.escape(runs_summary(data.manifest))}</summary>", "",
+               _runs_listed(data.manifest), "", "</details>", ""]
     if section.claims is not None and len(section.claims):
         md += ["## Declared claims", "", _markdown_table(section.claims), "", f"*{CLAIMS_NOTE}*", ""]
+    compact = compact_verdict_table(data.tables, data.manifest) if section.verdicts is not None else None
     if section.verdicts is not None and len(section.verdicts):
-        md += [f"## {VERDICTS_TITLE}", "", _markdown_table(section.verdicts), "", f"*{VERDICT_NOTE}*", ""]
+        md += [f"## {VERDICTS_TITLE}", ""]
+        if compact is not None:
+            md += [f"Each model against {compact[0]}:", "", _markdown_table(compact[1]), "", f"*{COMPACT_NOTE}*", "",
+                   f"<details><summary>{_full_summary(section.verdicts)}</summary>", "",
+                   _markdown_table(section.verdicts), "", "</details>", ""]
+        md += [f"*{VERDICT_NOTE}*", ""]
     if section.key_figure in section.figures:
         caption = section.captions.get(section.key_figure, section.key_figure)
         md += [f"![{caption}]({FIGURES}/{section.key_figure})", "", f"*{caption}*", ""]
@@ -310,10 +376,13 @@ def _write_report(folder: Path, section_for: SectionFor, formats: tuple[str, ...
         md += [f"![{caption}]({FIGURES}/{name})", "", f"*{caption}*", ""]
     if section.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in section.notes]
-    page = _html(report, section, data.manifest)
+    page = _html(report, section, data.manifest, compact)
     tables: dict[str, tuple[str, pd.DataFrame]] = {}
     if section.claims is not None and len(section.claims):
         tables["claims"] = ("Declared claims. " + CLAIMS_NOTE, section.claims)
+    if compact is not None:
+        tables["verdicts_compact"] = (f"{VERDICTS_TITLE}, each model against {compact[0]}. " + COMPACT_NOTE,
+                                      compact[1])
     if section.verdicts is not None and len(section.verdicts):
         tables["verdicts"] = (f"{VERDICTS_TITLE}. " + VERDICT_NOTE, section.verdicts)
     for table_title, table in shown:

@@ -24,9 +24,9 @@ from ..metrics.fitted import bootstrap_se_df, fitted_difference, image_se_from_i
 from ..probe.schema import identity_labels
 from ..transforms import TRANSFORMS, headline_conditions
 
-__all__ = ["CLAIMS_NOTE", "QUESTIONS", "Question", "Verdict", "at_chance", "claim_sentences", "claims_shown", "study_markdown",
-           "verdict_cells",
-           "verdict_claims", "verdict_table"]
+__all__ = ["CLAIMS_NOTE", "COMPACT_NOTE", "QUESTIONS", "Question", "Verdict", "at_chance", "claim_sentences",
+           "claims_shown", "compact_verdict_table", "study_markdown", "verdict_cells", "verdict_claims",
+           "verdict_reference", "verdict_table"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ class Verdict:
     established: bool = False
     winner: str = ""
     seeds: int = 0
+    # the numbers behind the text, for the compact form (a - b; nan where the cell has none)
+    difference: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+    condition: str = ""
+    points: bool = False
+    testable: bool = False
+    counts: tuple[int, int, int] | None = None  # established for a, for b, of n conditions (no key condition)
 
 
 def _is(transform_test: Callable[[Any], bool]) -> Callable[[pd.DataFrame], pd.Series]:
@@ -134,7 +142,8 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
         up = int(((est["difference"] > 0) == q.higher_is_better).sum())
         way = "" if q.judged else " higher"
         return Verdict(f"no key condition declared; established{way} for {a} in {up}, for {b} in {len(est) - up} of "
-                       f"{len(rows)} conditions (exploratory)", seeds=int(rows[["seeds_a", "seeds_b"]].min().min()))
+                       f"{len(rows)} conditions (exploratory)", seeds=int(rows[["seeds_a", "seeds_b"]].min().min()),
+                       counts=(up, len(est) - up, len(rows)))
     # the first key condition in the registry's order (never the one with the largest difference)
     rank = {k: i for i, k in enumerate(key)}
     r = at_key.loc[min(at_key.index, key=lambda i: rank[(at_key.at[i, "transform"], str(at_key.at[i, "magnitude"]))])]
@@ -149,7 +158,7 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
         interval = "" if pd.isna(r["ci_low_adjusted"]) else \
             f" [{_number(r['ci_low_adjusted'], q.points)}, {_number(r['ci_high_adjusted'], q.points)}] (images only)"
         return Verdict(f"{winner}: {_number(d, q.points)}{unit}{interval} at {condition}; not testable ({n})",
-                       seeds=seeds)
+                       seeds=seeds, difference=d, condition=condition, points=q.points)
     lo, hi = float(r["ci_low_adjusted"]), float(r["ci_high_adjusted"])
     verdict = "established" if bool(r["established"]) else "not established"
     text = (f"{winner}: {_number(d, q.points)}{unit} [{_number(lo, q.points)}, {_number(hi, q.points)}] at "
@@ -162,8 +171,9 @@ def _cell(rows: pd.DataFrame, a: str, b: str, q: Question, flagged: set[str]) ->
     suspect = sorted(m for m in (a, b) if m in flagged)
     if suspect and q.label.startswith("Worst case"):
         text += f"; gradient masking suspected for {', '.join(suspect)}: not a robustness result"
-        return Verdict(text, seeds=seeds)
-    return Verdict(text, established=bool(r["established"]), winner=winner, seeds=seeds)
+        return Verdict(text, seeds=seeds, difference=d, low=lo, high=hi, condition=condition, points=q.points)
+    return Verdict(text, established=bool(r["established"]), winner=winner, seeds=seeds, difference=d, low=lo,
+                   high=hi, condition=condition, points=q.points, testable=True)
 
 
 def _lie_cell(lie: pd.DataFrame, a: str, b: str, n_boot: int | None = None) -> Verdict:
@@ -178,7 +188,7 @@ def _lie_cell(lie: pd.DataFrame, a: str, b: str, n_boot: int | None = None) -> V
     d = float(va.mean() - vb.mean())
     winner = a if d < 0 else b
     if min(len(va), len(vb)) < 2:
-        return Verdict(f"{winner}: {d:+.3f}; not testable (1 seed)", seeds=1)
+        return Verdict(f"{winner}: {d:+.3f}; not testable (1 seed)", seeds=1, difference=d, condition="rotate")
     seeds = min(len(va), len(vb))
     ok = {"ci_low", "ci_high", "n_images"} <= set(rows.columns)
     sa = image_se_from_interval(ra["ci_low"].to_numpy(float), ra["ci_high"].to_numpy(float), n_boot=n_boot) \
@@ -195,7 +205,8 @@ def _lie_cell(lie: pd.DataFrame, a: str, b: str, n_boot: int | None = None) -> V
     established = p < 0.05 and (lo > 0 or hi < 0)
     verdict = f"established ({seeds} seeds)" if established else f"not established ({seeds} seeds)"
     return Verdict(f"{winner}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({test}, p = {p:.2g}); {verdict}",
-                   established=established, winner=winner, seeds=seeds)
+                   established=established, winner=winner, seeds=seeds, difference=d, low=lo, high=hi,
+                   condition="rotate", testable=True)
 
 
 def at_chance(manifest: dict[str, Any] | None) -> list[str]:
@@ -241,7 +252,8 @@ def verdict_cells(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | No
             down = sorted(chance & {a, b})
             if down and cell.text != "-":
                 cell = Verdict(f"{cell.text.split(';')[0]}; not testable: {', '.join(down)} at chance (clean "
-                               f"accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/K)", seeds=cell.seeds)
+                               f"accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/K)", seeds=cell.seeds,
+                               difference=cell.difference, condition=cell.condition, points=cell.points)
             cells[(q.label, a, b)] = cell
     lie = tables.get("lie")
     if lie is not None and not lie.empty and ((lie["generator"] == "rotate")
@@ -251,7 +263,8 @@ def verdict_cells(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | No
             boot = (manifest or {}).get("bootstrap")
             cell = _lie_cell(lie, a, b, int(boot) if isinstance(boot, (int, float)) else None)
             if chance & {a, b} and cell.text != "-":
-                cell = Verdict(f"{cell.text.split(';')[0]}; not testable: a model at chance", seeds=cell.seeds)
+                cell = Verdict(f"{cell.text.split(';')[0]}; not testable: a model at chance", seeds=cell.seeds,
+                               difference=cell.difference, condition=cell.condition)
             cells[(LIE_QUESTION, a, b)] = cell
     return questions, pairs, cells
 
@@ -280,6 +293,85 @@ def verdict_table(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | No
             row[f"{a} - {b}"] = cells[(q, a, b)].text if (q, a, b) in cells else "-"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+COMPACT_NOTE = ("Each row: the model minus the reference at the question's key condition (in the column's head, "
+                "else in the cell), accuracy and consistency in percentage points, with its 95% interval over training "
+                "seeds and images widened for every condition of the metric, and 'established' where Holm's p < 0.05 "
+                "(the full matrix below says which model does better, and how many conditions are established each "
+                "way).")
+
+
+def verdict_reference(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None, models: list[str]) -> str:
+    """The model every other is set against in the compact verdicts: the ablation's reference, else the experiment's
+    declared ``reference``, else the manifest's first model (of ``models``, the models the verdicts compare)."""
+    ablation = tables.get("ablation")
+    declared = [str(ablation["reference"].iloc[0])] if ablation is not None and not ablation.empty else []
+    exp = (manifest or {}).get("experiment")
+    declared += [str(v) for v in ((manifest or {}).get("reference"),
+                                  exp.get("reference") if isinstance(exp, dict) else None) if v]
+    declared += [str(r.get("model", r.get("name"))) for r in (manifest or {}).get("runs", []) or []
+                 if isinstance(r, dict)]
+    return next((m for m in declared if m in models), models[0])
+
+
+def _short(v: Verdict, flip: bool, reference: str, condition_shown: bool) -> str:
+    """A compact cell: model - reference (``flip``: the pair was reference - model) with its interval."""
+    if v.text == "-":
+        return "-"
+    if v.counts is not None:
+        mine, theirs, n = (v.counts[1], v.counts[0], v.counts[2]) if flip else v.counts
+        return f"no key condition; established for it in {mine}, for {reference} in {theirs} of {n}"
+    sign = -1.0 if flip else 1.0
+    d, lo, hi = sign * v.difference, sign * (v.high if flip else v.low), sign * (v.low if flip else v.high)
+    text = _number(d, v.points)
+    if v.testable and np.isfinite(lo) and np.isfinite(hi):
+        text += f" [{_number(lo, v.points)}, {_number(hi, v.points)}]"
+    if v.condition and not condition_shown:
+        text += f" at {v.condition}"
+    if "gradient masking suspected" in v.text:
+        return text + ", gradient masking suspected"
+    if not v.testable:
+        return text + ", not testable"
+    return text + (", established" if v.established else "")
+
+
+def compact_verdict_table(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None = None
+                          ) -> tuple[str, pd.DataFrame] | None:
+    """The verdicts of many models in one screen: each model against the reference (:func:`verdict_reference`), a
+    row per model and a column per question (its key condition in the head where every row has the same), the cell
+    ``model - reference [interval]`` and whether it is established (:data:`COMPACT_NOTE`). None where the verdicts
+    compare fewer than three models (one pair: the full cell says more)."""
+    questions, pairs, cells = verdict_cells(tables, manifest)
+    models = list(dict.fromkeys(m for pair in pairs for m in pair))
+    if not questions or len(models) < 3:
+        return None
+    order = [str(r.get("model", r.get("name"))) for r in (manifest or {}).get("runs", []) or [] if isinstance(r, dict)]
+    models = sorted(models, key=lambda m: order.index(m) if m in order else len(order))
+    reference = verdict_reference(tables, manifest, models)
+    found: dict[tuple[str, str], tuple[Verdict, bool]] = {}
+    for q in questions:
+        for m in models:
+            if (q, m, reference) in cells:
+                found[(q, m)] = (cells[(q, m, reference)], False)
+            elif (q, reference, m) in cells:
+                found[(q, m)] = (cells[(q, reference, m)], True)
+    heads = {}
+    for q in questions:
+        shown = {found[(q, m)][0].condition for m in models if (q, m) in found and found[(q, m)][0].text != "-"}
+        heads[q] = next(iter(shown)) if len(shown) == 1 and "" not in shown else ""
+    rows = []
+    for m in models:
+        if m == reference:
+            continue
+        row = {f"model (minus {reference})": m}
+        for q in questions:
+            head = (q.split(" (")[0] + (" (lower is better)" if "lower is better" in q else "")
+                    + (f" [{heads[q]}]" if heads[q] else ""))
+            cell, flip = found.get((q, m), (Verdict("-"), False))
+            row[head] = _short(cell, flip, reference, bool(heads[q]))
+        rows.append(row)
+    return reference, pd.DataFrame(rows)
 
 
 def verdict_claims(tables: dict[str, pd.DataFrame], manifest: dict[str, Any] | None = None) -> list[str]:

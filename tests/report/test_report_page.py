@@ -98,8 +98,9 @@ def test_answer_first_verdicts_then_key_figure_then_folded_details(folder):
     page = _page(write_report(folder))
     assert page.text["h2"][0] == "Exploratory verdicts (not declared claims)"
     tags = [t for t, _ in page.order]
-    assert page.order[0] == ("table", "verdicts")
-    assert tags[1:3] == ["details", "figure"]  # how to read a cell (folded), then the key figure
+    assert page.order[0] == ("details", "meta")  # the run list, folded under its one-line summary
+    assert page.order[1] == ("table", "verdicts")
+    assert tags[2:4] == ["details", "figure"]  # how to read a cell (folded), then the key figure
     first_img = re.search(r"<figure><img alt='([^']*)'", (folder / "report.html").read_text()).group(1)
     assert first_img.startswith("Accuracy against magnitude, per model")
     html = (folder / "report.html").read_text()
@@ -225,10 +226,13 @@ def test_formats_write_vector_figures_with_fonts_and_booktabs_tables(folder):
     assert not list(figures.glob("*.pdf")) and (folder / "tables" / "overview.tex").is_file()
 
 
-def test_an_unknown_format_is_a_one_line_error(folder):
+def test_an_unknown_format_is_refused_naming_the_choices(folder):
+    """The CLI's parser refuses it (--formats is a choice since the CLI follows click's conventions: a usage error,
+    exit 2, whose one error line names the value and the choices); the renderer's own check stays for Python."""
     result = runner.invoke(app, ["report", str(folder), "--formats", "png,jpeg"])
-    assert result.exit_code != 0 and "unknown report format(s) jpeg" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and len(errors) == 1
+    assert "'jpeg'" in errors[0] and all(f"'{f}'" in errors[0] for f in ("png", "pdf", "svg", "tex"))
     with pytest.raises(InvalidInputError):
         parse_formats("gif")
     assert parse_formats("svg") == ("png", "svg")  # the page needs the PNGs
@@ -295,3 +299,72 @@ def test_the_viewpoint_question_reads_the_novel_viewpoints():
     _, _, cells = verdict_cells({"differences": diffs})
     cell = next(v for (q, _, _), v in cells.items() if q.startswith("Accuracy at novel viewpoints"))
     assert cell.text.startswith("caps: +5.0 pts") and "at viewpoint novel" in cell.text
+
+
+NINE = [f"m{i}" for i in range(9)]
+
+
+def _all_pairs(models=NINE):
+    """Every pair's accuracy difference at the key condition (rotate 45), a - b = 0.01 x (index a - index b)."""
+    return _diffs([dict(model_a=a, model_b=b, metric="accuracy", transform="rotate", magnitude="45",
+                        difference=0.01 * (i - j), ci_low_adjusted=0.01 * (i - j) - 0.02,
+                        ci_high_adjusted=0.01 * (i - j) + 0.02, established=abs(i - j) > 2)
+                   for i, a in enumerate(models) for j, b in enumerate(models) if i < j])
+
+
+def _bare(data):
+    return Section(headlines=["h"], table_title="Overview", table=pd.DataFrame({"x": [1]}))
+
+
+def test_many_models_get_a_row_each_against_the_reference_and_the_full_matrix_folded(folder):
+    """9 models, 36 pairs: the unfolded verdict table has 8 rows (each model minus the first), and the 36-pair matrix
+    sits inside <details>, on the page and in report.md."""
+    from capsprobe.report.folder import write_csv
+
+    write_csv(_all_pairs(), folder / "differences.csv")
+    html = render_report(folder, _bare).read_text()
+    verdicts = html.split("<h2>Exploratory verdicts (not declared claims)</h2>")[1].split("<h2>")[0]
+    unfolded = verdicts.split("<details>")[0]
+    assert unfolded.count("<table") == 1 and unfolded.split("<tbody>")[1].count("<tr>") == 8  # 8 models
+    assert "Each model against m0" in unfolded and "m0" not in unfolded.split("<tbody>")[1]
+    folded = verdicts.split("<details>")[1].split("</details>")[0]
+    assert "Every pair in full (36 pairs x 1 questions)" in folded and folded.count("m7 - m8") == 1
+    md = (folder / "report.md").read_text()
+    section = md.split("## Exploratory verdicts (not declared claims)")[1].split("\n## ")[0]
+    before, inside = section.split("<details><summary>Every pair in full (36 pairs x 1 questions)</summary>")
+    assert sum(bool(re.match(r"\| m\d \|", line)) for line in before.splitlines()) == 8
+    assert "m7 - m8" in inside.split("</details>")[0] and "m7 - m8" not in before
+
+
+def test_the_compact_form_reads_model_minus_reference_whichever_way_the_pair_was_written():
+    from capsprobe.report.verdicts import compact_verdict_table
+
+    manifest = {"reference": "m4", "runs": [{"name": f"{m}-seed0", "model": m} for m in NINE]}
+    reference, table = compact_verdict_table({"differences": _all_pairs()}, manifest)
+    assert reference == "m4" and list(table.iloc[:, 0]) == [m for m in NINE if m != "m4"]
+    assert list(table.columns) == ["model (minus m4)", "Accuracy under nuisances [rotate 45]"]
+    cells = dict(zip(table.iloc[:, 0], table.iloc[:, 1]))
+    assert cells["m0"] == "-4.0 [-6.0, -2.0], established"  # written m0 - m4 = -0.04
+    assert cells["m5"] == "+1.0 [-1.0, +3.0]"  # written m4 - m5 = -0.01: flipped
+    assert cells["m8"] == "+4.0 [+2.0, +6.0], established"
+    # the experiment's reference where the manifest's top level has none; two models: no compact form
+    assert compact_verdict_table({"differences": _all_pairs()}, {"experiment": {"reference": "m2"}})[0] == "m2"
+    assert compact_verdict_table({"differences": _all_pairs(NINE[:2])}, manifest) is None
+
+
+def test_the_run_list_is_folded_under_a_one_line_summary(folder):
+    from capsprobe.report.render import runs_summary
+
+    runs = [{"name": f"{m}-seed{s}", "model": m, "seed": s, "reached_target": True} for m in NINE for s in range(3)]
+    assert runs_summary({"runs": runs}) == "27 runs: 9 models x 3 seeds (0, 1, 2), all reached their target accuracy"
+    runs[4]["reached_target"] = False
+    assert runs_summary({"runs": runs}).endswith("; 1 missed the target accuracy (left out of the comparisons)")
+    assert runs_summary({"runs": runs[:5]}) == ("5 runs: 2 models x 2-3 seeds; 1 missed the target accuracy (left out "
+                                                "of the comparisons)")
+    html = render_report(folder, _bare).read_text()
+    head = html.split("<h2>")[0]
+    assert "<details class='meta'><summary>2 runs: 2 models x 1 seed</summary><p>caps (capsnet_small, seed 0), conv " \
+           "(resnet18, seed 0)</p></details>" in head
+    assert "runs: caps" not in head  # the provenance line no longer lists them
+    md = (folder / "report.md").read_text()
+    assert "<details><summary>2 runs: 2 models x 1 seed</summary>\n\ncaps (capsnet_small, seed 0)" in md
