@@ -395,6 +395,8 @@ def results_page(_: str | None = None) -> str:
     declared = sorted({row["declared"] for row in study})
     out = ["*Generated from [`reports/claims.csv`](../reports/claims.csv) and each report's `claims.csv` when the site "
            "is built: every number on this page is read from those files.*", "",
+           "Claim by claim beside its source's words and numbers, with the protocol run and the seeds that would "
+           "settle it: [the claims ledger](../reports/ledger.md) (`capsprobe ledger`).", "",
            "## The study-wide family", "",
            f"{len(study)} declared claims in {len(reports)} reports, tested in one study-wide Holm family of {family} "
            f"(declared {', '.join(declared) or '-'}). Study-wide verdicts: "
