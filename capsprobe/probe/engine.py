@@ -378,7 +378,8 @@ def run_probe(
         surrogate: the model ``pgd-transfer`` computes its attack on (a run, :class:`Subject` or module; usually a
             convnet trained like the others), or None.
         dataset: the name of the data set ``split`` comes from, for the manifest and the report's first lines
-            (e.g. ``"mnist-sample"``; :func:`capsprobe.pipeline.perturb` gives the runs' own).
+            (e.g. ``"mnist-sample"``); default: the one data set the loaded runs among ``subjects`` were trained on,
+            else ``"unnamed"``.
         options: without ``plan``, its other fields, e.g. ``seed`` (base seed of the random transformations, per
             image ``seed * 1000003 + image id``, the equivariance split and the bootstrap), ``n_boot`` (or
             ``bootstrap``: resamples of the 95% intervals), ``batch_size``, ``device``, ``amp`` (autocast; off by
@@ -506,8 +507,10 @@ def run_probe(
         "device_record": device_record(dev, dtype),  # TF32 off here: the probe's own precision
         "versions": library_versions(),
     }
-    if dataset is not None:
-        manifest["dataset"] = str(dataset)
+    if dataset is None:
+        trained_on = {str(s.info["dataset"]) for s in items if s.info.get("dataset")}
+        dataset = trained_on.pop() if len(trained_on) == 1 else "unnamed"
+    manifest["dataset"] = str(dataset)
     if other is not None:
         manifest["surrogate"] = as_subject(surrogate).name
     if any(t.name.startswith("pgd") for t in chosen):

@@ -356,6 +356,17 @@ def test_a_report_made_through_the_python_api_records_versions_seeds_and_the_nam
     assert {"mine", "theirs"} <= set(pd.read_csv(folder / "summary.csv")["model"])
 
 
+def test_the_api_manifest_names_the_data_set_the_runs_were_trained_on_else_unnamed():
+    from capsprobe import ModelAdapter, Subject
+
+    digits = load_dataset("mnist-sample", limit=4).test
+    net = ModelAdapter(_ClassNameNobodyGave(0), representation=lambda m, x: m.enc(x))
+    for info, named in (({"dataset": "mnist-sample"}, "mnist-sample"), ({}, "unnamed")):
+        result = run_probe([Subject("mine", net, info=info)], digits, ["flip"], {"flip": []}, n_boot=2,
+                           progress=False)
+        assert result.manifest["dataset"] == named
+
+
 def test_a_subject_seed_must_be_a_whole_number():
     from capsprobe import Subject
     from capsprobe.errors import InvalidInputError
