@@ -425,8 +425,12 @@ def _first_sentence(doc: Optional[str]) -> str:
     """A docstring's first sentence on one line, reST markup removed (a registry entry's short description)."""
     text = " ".join((doc or "").strip().split("\n\n", 1)[0].split()).replace("``", "")
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
-    match = re.match(r"(.+?[.!?])(\s|$)", text)
-    return match.group(1) if match else text
+    for match in re.finditer(r"[.!?](?=\s|$)", text):
+        head = text[:match.end()]
+        # not inside parentheses, not an abbreviation: "(Mazzia et al. 2021)", "e.g."
+        if head.count("(") <= head.count(")") and not re.search(r"\b(al|e\.g|i\.e|vs|cf)\.$", head):
+            return head
+    return text
 
 
 @command("list")

@@ -192,6 +192,9 @@ def test_list_shows_every_registry_in_sections():
 def test_a_first_sentence_drops_the_markup():
     assert cli._first_sentence("Rotate by ``angle`` degrees.  More.\n\nNext") == "Rotate by angle degrees."
     assert cli._first_sentence("The warp (:func:`~capsprobe.x.affnist_warp`): a, b.") == "The warp (capsprobe.x.affnist_warp): a, b."
+    assert cli._first_sentence("Routing (Sabour et al. 2017), e.g. dynamic. Then.") == (
+        "Routing (Sabour et al. 2017), e.g. dynamic.")
+    assert cli._first_sentence("No full stop") == "No full stop"
     assert cli._first_sentence(None) == ""
 
 
