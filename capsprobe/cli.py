@@ -795,6 +795,37 @@ def run(
     typer.echo(f"report: {path}")
 
 
+@app.command()
+@_clean_errors
+def ledger(
+    experiments: Path = typer.Option(Path("experiments"), help="Folder of experiment files (their [[claims]])."),
+    reports: Path = typer.Option(Path("reports"), help="Folder of committed reports (manifests, claims.csv)."),
+    out: Path = typer.Option(Path("reports/ledger.md"), help="The ledger page (its table beside it as .csv)."),
+    readme: Path = typer.Option(Path("README.md"), help="README whose block between the ledger markers is "
+                                "replaced by the summary table."),
+    no_readme: bool = typer.Option(False, "--no-readme", help="Leave the README as it is."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when the page, its table or the "
+                               "README's block differ from what would be written."),
+) -> None:
+    """The claims ledger: claim by claim, the source's words and numbers, the protocol run, our estimate with its
+    study-wide interval and verdict (from reports/claims.csv: run `capsprobe claims` first)."""
+    from .report.ledger import ledger_outputs, ledger_table  # lazy: the command's own layer loads on use
+    from .runtime import atomic_write_text  # lazy
+
+    table = ledger_table(experiments, reports)
+    outputs = ledger_outputs(table, out, None if no_readme else readme)
+    if check:
+        stale = [str(p) for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
+        if stale:
+            typer.echo(f"out of date: {', '.join(stale)} (run `capsprobe ledger`)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"ledger up to date ({len(table)} claims)")
+        return
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+    typer.echo(f"ledger: {', '.join(str(p) for p in outputs)} ({len(table)} claims)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

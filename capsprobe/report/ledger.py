@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import InvalidInputError
 from ..metrics.claims import ALPHA
 
 try:
@@ -41,7 +42,7 @@ EXCLUDED = ("null", "demo")  # calibration and the example: not claims about mod
 MAX_SEEDS = 100
 
 
-class LedgerError(ValueError):
+class LedgerError(InvalidInputError):
     """A claim without a source, a malformed experiment file or study table, or README markers missing."""
 
 

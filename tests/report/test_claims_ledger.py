@@ -154,3 +154,40 @@ def test_the_readme_block_needs_its_markers():
         L.replace_between_markers("no markers here", "x")
     text = f"head\n{L.BEGIN}\nold\n{L.END}\ntail"
     assert L.replace_between_markers(text, "new\n") == f"head\n{L.BEGIN}\nnew\n{L.END}\ntail"
+
+
+def test_the_ledger_command_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    runner = CliRunner()
+    exp, rep = _folders(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{L.BEGIN}\n{L.END}\n")
+    args = ["ledger", "--experiments", str(exp), "--reports", str(rep), "--out", str(rep / "ledger.md"),
+            "--readme", str(readme)]
+    assert runner.invoke(app, [*args, "--check"]).exit_code == 1  # nothing written yet: out of date
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert (rep / "ledger.md").is_file() and (rep / "ledger.csv").is_file() and "not yet run" in readme.read_text()
+    assert not list(rep.glob("*.tmp")) and not list(tmp_path.glob("*.tmp"))
+    assert runner.invoke(app, [*args, "--check"]).exit_code == 0
+    readme.write_text(readme.read_text().replace("supported", "established"))  # a hand edit is caught
+    assert runner.invoke(app, [*args, "--check"]).exit_code == 1
+    readme.write_text("no markers\n")
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 1 and bad.output.strip().startswith("error:") and "markers" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert readme.read_text() == "no markers\n" and (rep / "ledger.md").read_text().startswith("# The claims")
+
+
+def test_the_committed_ledger_passes_its_own_check():
+    from typer.testing import CliRunner
+
+    from capsprobe.cli import app
+
+    result = CliRunner().invoke(app, ["ledger", "--experiments", str(ROOT / "experiments"), "--reports",
+                                      str(ROOT / "reports"), "--out", str(ROOT / "reports" / "ledger.md"),
+                                      "--readme", str(ROOT / "README.md"), "--check"])
+    assert result.exit_code == 0, result.output
