@@ -108,7 +108,8 @@ def report_title(folder: Path, manifest: dict[str, Any]) -> str:
 
 def _full_summary(verdicts: pd.DataFrame) -> str:
     pairs = len(verdicts.columns) - 1
-    return f"Every pair in full ({pairs} pair{'s' if pairs != 1 else ''} x {len(verdicts)} questions)"
+    return (f"Every pair in full ({pairs} pair{'s' if pairs != 1 else ''} x {len(verdicts)} "
+            f"question{'s' if len(verdicts) != 1 else ''})")
 
 
 def _html(title: str, section: Section, manifest: dict[str, Any],

@@ -332,7 +332,8 @@ def _short(v: Verdict, flip: bool, reference: str, condition_shown: bool) -> str
     if "gradient masking suspected" in v.text:
         return text + ", gradient masking suspected"
     if not v.testable:
-        return text + ", not testable"
+        why = "a model at chance" if "at chance" in v.text else f"{v.seeds} seed" if v.seeds < 2 else ""
+        return text + ", not testable" + (f" ({why})" if why else "")
     return text + (", established" if v.established else "")
 
 

@@ -328,10 +328,10 @@ def test_many_models_get_a_row_each_against_the_reference_and_the_full_matrix_fo
     assert unfolded.count("<table") == 1 and unfolded.split("<tbody>")[1].count("<tr>") == 8  # 8 models
     assert "Each model against m0" in unfolded and "m0" not in unfolded.split("<tbody>")[1]
     folded = verdicts.split("<details>")[1].split("</details>")[0]
-    assert "Every pair in full (36 pairs x 1 questions)" in folded and folded.count("m7 - m8") == 1
+    assert "Every pair in full (36 pairs x 1 question)" in folded and folded.count("m7 - m8") == 1
     md = (folder / "report.md").read_text()
     section = md.split("## Exploratory verdicts (not declared claims)")[1].split("\n## ")[0]
-    before, inside = section.split("<details><summary>Every pair in full (36 pairs x 1 questions)</summary>")
+    before, inside = section.split("<details><summary>Every pair in full (36 pairs x 1 question)</summary>")
     assert sum(bool(re.match(r"\| m\d \|", line)) for line in before.splitlines()) == 8
     assert "m7 - m8" in inside.split("</details>")[0] and "m7 - m8" not in before
 
@@ -347,6 +347,9 @@ def test_the_compact_form_reads_model_minus_reference_whichever_way_the_pair_was
     assert cells["m0"] == "-4.0 [-6.0, -2.0], established"  # written m0 - m4 = -0.04
     assert cells["m5"] == "+1.0 [-1.0, +3.0]"  # written m4 - m5 = -0.01: flipped
     assert cells["m8"] == "+4.0 [+2.0, +6.0], established"
+    one_seed = _all_pairs().assign(seeds_b=1)  # every pair's b trained once: nothing testable, and it says why
+    _, table = compact_verdict_table({"differences": one_seed}, manifest)
+    assert dict(zip(table.iloc[:, 0], table.iloc[:, 1]))["m5"] == "+1.0, not testable (1 seed)"
     # the experiment's reference where the manifest's top level has none; two models: no compact form
     assert compact_verdict_table({"differences": _all_pairs()}, {"experiment": {"reference": "m2"}})[0] == "m2"
     assert compact_verdict_table({"differences": _all_pairs(NINE[:2])}, manifest) is None
