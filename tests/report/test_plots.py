@@ -147,7 +147,7 @@ def test_two_axis_points_read_each_metric_on_its_axis():
 MODELS = [f"model{i:02d}" for i in range(11)]  # past the palette's ten colours
 SEEDS = 2
 RUN_MODEL = {f"{m}-seed{s}": m for m in MODELS for s in range(SEEDS)}
-TRANSFORMS = ["rotate", *(f"t{i:02d}" for i in range(1, 6))]  # past four panels a row
+TRANSFORMS = ["rotate", *(f"t{i:02d}" for i in range(1, 5))]  # past four panels a row
 SCRAMBLES = ["t01", "t02"]  # x 2 magnitudes: 4 conditions (8 panels with two groups of models)
 
 
@@ -157,7 +157,7 @@ def many():
 
 
 def many_tables() -> dict[str, pd.DataFrame]:
-    """Synthetic tables of 11 models x 2 seeds (22 runs), 6 transformations, 4 scramble conditions."""
+    """Synthetic tables of 11 models x 2 seeds (22 runs), 5 transformations, 4 scramble conditions."""
     rng = np.random.default_rng(1)
     rows = []
     for run, model in RUN_MODEL.items():
@@ -262,7 +262,7 @@ def _layout_problems(fig, one_mark_a_model: bool = False) -> list[str]:
 
 @pytest.mark.parametrize("name", LAYOUT_CASES)
 def test_figures_stay_readable_with_many_models_and_conditions(name, many):
-    """11 models x 2 seeds over 6 transformations: no strip (wrapped rows), no legend over data, at most ten colours
+    """11 models x 2 seeds over 5 transformations: no strip (wrapped rows), no legend over data, at most ten colours
     a panel (a panel per group of ten models past ten), in the report's colour order."""
     with plots.colour_order(MODELS, RUN_MODEL):
         problems = _layout_problems(LAYOUT_CASES[name](many), name in ONE_MARK_A_MODEL)
@@ -295,3 +295,14 @@ def test_colour_groups_keep_a_models_runs_together_and_ten_colours_a_group():
         colours = plots._palette(groups[0])
         assert len({colours[r] for r in groups[0]}) == 10
     assert plots.colour_groups(["a", "b"]) == [["a", "b"]]
+
+
+def test_many_transformations_wrap_into_rows_instead_of_a_strip():
+    """12 transformations of one metric (the worst cases' figure): rows of four, not a 12-panel strip."""
+    rows = [dict(model=m, run=m, transform=f"t{t:02d}", magnitude=str(v), magnitude_value=float(v),
+                 metric="accuracy", value=0.5, ci_low=0.4, ci_high=0.6) for m in ("a", "b") for t in range(12)
+            for v in (0, 1, 2)]
+    fig = plots.plot_accuracy_curves(pd.DataFrame(rows), ("accuracy",))
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 12 and len({round(ax.get_position().y0, 3) for ax in shown}) == 3  # three rows of four
+    assert _layout_problems(fig) == []
