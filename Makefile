@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# one BLAS/OpenMP thread per process: the suite's models are tiny, and two threads on two busy cores only contend
-# (measured: 395 s with the default threads, 369 s with one, 2026-12-07, `capsprobe bench` capsnet_small 1,107 img/s)
+# one worker process per core (pytest-xdist, a test file to a worker: its session fixtures are built where they are
+# used), each with one BLAS/OpenMP and one torch thread: the suite's models are tiny, and two threads on two busy
+# cores only contend (one process, one thread: 369 s, against 395 s with the default threads, 2026-12-07, `capsprobe
+# bench` capsnet_small 1,107 img/s)
 test: $(STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -m "not package"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not package"
 
 # no training, no end-to-end run: under 90 s on 2 cores
 test-fast: $(STAMP)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one process: two torch threads; under pytest-xdist (`make test` runs one worker per core) each worker takes one, so
+# the workers never wait on each other's threads (tiny models on an oversubscribed core run 5-20 times slower)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
