@@ -23,6 +23,7 @@ from .section import (
     grid_figures,
     pct,
     report_colours,
+    two_axis_points,
 )
 from .verdicts import at_chance, claim_sentences, verdict_claims, verdict_table
 
@@ -503,6 +504,19 @@ def _draw_reliability(data: ReportData) -> Any:
     return plots.plot_reliability(_reliability_rows(data))
 
 
+def _two_axis_rows(data: ReportData) -> pd.DataFrame:
+    """Consistency of the decision against the gain of the fitted map of the whole representation, at the registry's
+    key conditions (never one picked from the data)."""
+    return two_axis_points(data.tables.get("comparison"), "consistency", "equivariance_gain", KEY_CONDITIONS)
+
+
+def _draw_two_axes(data: ReportData) -> Any:
+    from . import plots  # lazy: plots imports matplotlib and seaborn
+
+    return plots.plot_two_axes(_two_axis_rows(data), "decision kept (consistency)",
+                               "representation follows (gain of the fitted map)")
+
+
 KEY_FIGURE = "key_accuracy.png"
 
 SUITE_FIGURES: list[FigureSpec] = [
@@ -516,6 +530,11 @@ SUITE_FIGURES: list[FigureSpec] = [
                "Whitened invariance error (full-D) against the gain of the held-out linear map over the identity "
                "(full-D): how far the representation moves, and how much of the move one linear map explains; one "
                "point per non-identity condition."),
+    FigureSpec("decision_vs_pose.png", _draw_two_axes, lambda d: not _two_axis_rows(d).empty,
+               "Each model on two axes at the key conditions: invariance of the decision (consistency with the clean "
+               "decision, x) against equivariance of the representation (the held-out gain of the fitted linear map "
+               "over the identity, full-D, y); the mean over training seeds with its 95% interval over seeds and "
+               "images on each axis. Right and low: invariant and blind to pose; right and high: equivariant."),
     FigureSpec("scramble_auroc.png", _plot("plot_scramble_auroc"), _has("scramble_auroc"),
                "Scramble-detection AUROC of clean against transformed confidence."),
     FigureSpec("roc_curves.png", _plot("plot_roc_curves", "roc"),

@@ -89,7 +89,8 @@ def test_report_writes_every_file_with_figures_inline(folder):
             "figures"} <= names
     figures = sorted((folder / "figures").glob("*.png"))
     assert {p.name for p in figures} == {"key_accuracy.png", "accuracy_curves.png", "invariance_equivariance.png",
-                                         "scramble_auroc.png", "roc_curves.png", "rotation_polar.png"}
+                                         "scramble_auroc.png", "roc_curves.png", "rotation_polar.png",
+                                         "decision_vs_pose.png"}
     parser = _Images()
     parser.feed(html_path.read_text())
     assert not parser.links  # self-contained: nothing fetched
