@@ -248,7 +248,7 @@ def test_cli_trains_and_perturbs_a_viewpoint_run(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Familiar and novel test error" in (report / "report.md").read_text()
     bad = runner.invoke(app, ["train", "--task", "nonsense", "--limit", "8", "--epochs", "1", "--no-progress"])
-    assert bad.exit_code != 0 and "unknown task 'nonsense'" in bad.output
+    assert bad.exit_code == 2 and "'nonsense' is not one of" in bad.output and "'viewpoint'" in bad.output
 
 
 def test_published_numbers_stand_beside_the_models_built_from_their_architecture():
