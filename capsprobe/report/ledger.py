@@ -234,8 +234,8 @@ CLAIM_SOURCES: dict[str, tuple[str, str]] = {
 
 LEDGER_COLUMNS = ["source", "citation", "source_says", "source_numbers", "source_protocol", "claim", "statement",
                   "experiment", "size", "report", "protocol", "differs", "metric", "condition", "direction", "margin",
-                  "estimate", "ci_low", "ci_high", "p_study", "study_family_size", "verdict", "seeds_a", "seeds_b",
-                  "seeds_to_settle"]
+                  "declared", "estimate", "ci_low", "ci_high", "p_study", "study_family_size", "verdict", "seeds_a",
+                  "seeds_b", "seeds_to_settle"]
 
 
 def declared_claims(experiments: str | Path) -> list[dict[str, Any]]:
@@ -374,6 +374,7 @@ def ledger_table(experiments: str | Path = "experiments", reports: str | Path = 
                                          int(r["study_family_size"]), c["direction"],
                                          float(c["margin"]) if c["margin"] is not None else None)
             rows.append({**base, "report": found[0], "protocol": protocol_of(found[1], c["a"], c["b"]),
+                         "declared": str(r["declared"]) if "declared" in r and pd.notna(r["declared"]) else "",
                          "estimate": float(r["difference"]), "ci_low": float(r["ci_low_study"]),
                          "ci_high": float(r["ci_high_study"]), "p_study": float(r["p_study"]),
                          "study_family_size": int(r["study_family_size"]), "verdict": verdict,
@@ -423,6 +424,15 @@ def _family(table: pd.DataFrame) -> str:
     return f"one study-wide Holm family of {int(m.iloc[0])} tested claims" if len(m) else "no claim tested yet"
 
 
+def _declared(table: pd.DataFrame) -> str:
+    """How many tested claims were declared before their runs (a confirmatory test) and how many after (a re-reading
+    of existing data)."""
+    tested = table[table["verdict"] != "not yet run"]
+    counts = tested["declared"].fillna("").astype(str).value_counts()
+    before, after = int(counts.get("before the runs", 0)), int(counts.get("after the runs", 0))
+    return f"{before} of the tested claims declared before their runs, {after} after (re-readings of existing data)"
+
+
 def summary_table(table: pd.DataFrame, statements: bool = True) -> str:
     """The ledger's table: a row per claim tested (claim, source, measure, our estimate [study interval], verdict);
     with ``statements`` also the claims not yet run (and each claim's words), else those named on one line."""
@@ -445,7 +455,8 @@ def summary_table(table: pd.DataFrame, statements: bool = True) -> str:
 def readme_summary(table: pd.DataFrame) -> str:
     """The README's block: the counts and the compact table (tested claims; the others named)."""
     return (f"{len(table)} declared claims ({_counts(table)}); {_family(table)}, each 95% interval at its claim's Holm "
-            "step. [The ledger](reports/ledger.md) gives each source's words and numbers and each protocol.\n\n"
+            f"step; {_declared(table)}. [The ledger](reports/ledger.md) gives each source's words and numbers and each "
+            "protocol.\n\n"
             + summary_table(table, statements=False))
 
 
@@ -459,7 +470,8 @@ def ledger_markdown(table: pd.DataFrame) -> str:
            "family, so it excludes 0 (or lies inside the margin) exactly when the claim is decided. "
            "\"Inconclusive\" means not established either way; it never means \"alike\".", "",
            "For an \"alike\" claim the interval is TOST's (1 - 2 alpha at the step), which decides equivalence only.", "",
-           "## Summary", "", f"{len(table)} declared claims ({_counts(table)}); {_family(table)}.", "",
+           "## Summary", "", f"{len(table)} declared claims ({_counts(table)}); {_family(table)}; {_declared(table)}.",
+           "",
            summary_table(table), "",
            "## Sources and claims", ""]
     for key, group in table.groupby("source", sort=False):
@@ -480,7 +492,8 @@ def ledger_markdown(table: pd.DataFrame) -> str:
                 out.append(f"- **Not yet run**: `capsprobe run {r['experiment']} --size {r['size']} "
                            "--data-root DATA`.")
             else:
-                out.append(f"- **Protocol run**: {r['protocol']}.")
+                when = f" The claim was declared {r['declared']}." if r.get("declared") else ""
+                out.append(f"- **Protocol run**: {r['protocol']}.{when}")
                 out.append(f"- **Ours**: {_estimate(r)} (a - b), study p {r['p_study']:.2g} in a family of "
                            f"{int(r['study_family_size'])}: **{r['verdict']}**{_settle(r)}; report {link}.")
             out.append("")

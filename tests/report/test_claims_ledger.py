@@ -91,7 +91,8 @@ def _folders(tmp_path: Path, claim: str = "novel-view-dynamic", difference: floa
     row = {c: "" for c in STUDY_COLUMNS}
     row.update({"report": "toy", "claim": claim, "difference": difference, "se": 0.01, "df": 4, "p_value": 0.01,
                 "p_study": 0.02, "study_family_size": 2, "verdict_study": "supported", "ci_low_study": 0.011,
-                "ci_high_study": 0.069, "seeds_a": 3, "seeds_b": 3, "verdict": "supported"})
+                "ci_high_study": 0.069, "seeds_a": 3, "seeds_b": 3, "verdict": "supported",
+                "declared": "before the runs"})
     pd.DataFrame([row]).to_csv(rep / "claims.csv", index=False)
     return exp, rep
 
@@ -111,6 +112,8 @@ def test_a_ledger_row_reads_the_study_table_and_the_manifest(tmp_path):
     assert "+4.0 pts [+1.1, +6.9]" in page and "aa-nothing" not in page
     summary = L.readme_summary(table.reset_index())
     assert "1 supported, 1 not yet run" in summary and "novel-view-dynamic (quick-elevation)" in summary
+    assert "1 of the tested claims declared before their runs, 0 after" in summary
+    assert "The claim was declared before the runs." in page
 
 
 def test_a_claim_without_a_source_is_refused(tmp_path):
