@@ -20,8 +20,8 @@ install: $(STAMP)
 
 # one worker process per core (pytest-xdist, a test file to a worker: its session fixtures are built where they are
 # used), each with one BLAS/OpenMP and one torch thread: the suite's models are tiny, and two threads on two busy
-# cores only contend (one process, one thread: 369 s, against 395 s with the default threads, 2026-12-07, `capsprobe
-# bench` capsnet_small 1,107 img/s)
+# cores only contend. Measured 2026-12-08 from a clean clone (1,381 tests, `capsprobe bench` capsnet_small 1,146
+# img/s): 216 s with two workers, 323 s in one process.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -m "not package"
 
