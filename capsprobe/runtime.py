@@ -40,6 +40,7 @@ from ._version import __version__
 from .errors import CapsprobeError, InvalidInputError, option
 
 __all__ = [
+    "library_versions",
     "BusyError",
     "MARKER",
     "AUTOCAST_CPU_ENV",
@@ -407,3 +408,15 @@ def folder_lock(out: str | Path) -> Iterator[Path]:
     finally:
         lock.unlink(missing_ok=True)  # while still holding it, so nobody else locks the file being removed
         fh.close()
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python, capsprobe and the libraries that shape a result: a run's record and a probe's manifest
+    (the report's first lines print torch, kornia and timm) carry the same keys."""
+    import kornia  # lazy: the runtime layer stays light for the command line
+    import numpy
+    import timm
+
+    return {"capsprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "kornia": kornia.__version__, "numpy": numpy.__version__}
+

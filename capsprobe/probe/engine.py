@@ -30,27 +30,31 @@ was left out.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-import kornia
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import metrics as M
-from .._version import __version__
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
 from ..models import Adapter, adapt
 from ..models.adapter import check_outputs, unwrap
-from ..runtime import autocast_context, autocast_dtype, device_record, image_seeds, resolve_device, tf32_off
+from ..runtime import (
+    autocast_context,
+    autocast_dtype,
+    device_record,
+    image_seeds,
+    library_versions,
+    resolve_device,
+    tf32_off,
+)
 from ..transforms import (
     Transform,
     apply_matrix,
@@ -340,14 +344,6 @@ def _selectivity_rows(metrics_df: pd.DataFrame, selectivity: pd.DataFrame) -> pd
         extra.append(metric_row(base, "scramble_selectivity", r.selectivity, (r.selectivity_low,
                                                                                r.selectivity_high), r.n_images))
     return pd.DataFrame(extra, columns=METRIC_COLUMNS)
-
-
-def library_versions() -> dict[str, str]:
-    """The versions of Python, capsprobe and the libraries that shape a probe's numbers, for its manifest (the report's
-    first lines print torch, kornia and timm). The same keys as a run's record
-    (:func:`capsprobe.training.runs.library_versions`), which the layers keep the probe from importing."""
-    return {"capsprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": timm.__version__, "kornia": kornia.__version__, "numpy": np.__version__}
 
 
 @tf32_off()

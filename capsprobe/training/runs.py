@@ -24,22 +24,17 @@ import hashlib
 import io
 import json
 import math
-import platform
 import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import kornia
-import numpy
-import timm
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .._version import __version__
 from ..errors import CapsprobeError, InvalidInputError, option
 from ..models import check_model_kwargs, create_model, unwrap
 from ..runtime import (
@@ -48,6 +43,7 @@ from ..runtime import (
     atomic_write_text,
     check_device,
     is_capsprobe_folder,
+    library_versions,
     write_marker,
 )
 
@@ -239,20 +235,6 @@ def run_name(model: str, seed: int, dataset: str | None = None) -> str:
     """The one way runs are named: ``<model>[-<dataset>]-seed<N>`` (experiments leave the data set out: their folder
     names it)."""
     return f"{model}-" + (f"{dataset}-" if dataset else "") + f"seed{int(seed)}"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a result."""
-
-
-    return {
-        "capsprobe": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "kornia": kornia.__version__,
-        "numpy": numpy.__version__,
-    }
 
 
 # --- the run folder while fit() writes it, in the order it does -------------------------------------------------
