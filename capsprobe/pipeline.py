@@ -360,8 +360,12 @@ def run_demo(size: str = "quick", out: str | Path = "reports/demo", runs_dir: st
 # (training pool, test split) of the registered data sets, for the dry run's estimate only (the registry knows shapes,
 # not counts; the longest matching prefix counts: mnist-canvas40 is MNIST's). An epoch trains on the pool less the
 # validation fraction (mnist-sample: 4,000 - 10% = 3,600 digits), and the probe reads the test split (1,000 digits).
+# A novel-viewpoint set trains on its familiar views only: a third of (small|synth)NORB's training images (6 of 18
+# azimuths, or 3 of 9 elevations), every test image probed.
 _IMAGES = {"mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "mnist-sample": (4_000, 1_000),
-           "cifar10": (50_000, 10_000), "svhn": (73_257, 26_032), "smallnorb": (24_300, 24_300)}
+           "mnist-no69": (48_133, 8_033), "cifar10": (50_000, 10_000), "svhn": (73_257, 26_032),
+           **{f"{norb}{views}": (24_300 // (3 if views else 1), 24_300)
+              for norb in ("smallnorb", "synthnorb") for views in ("", "-azimuth", "-elevation")}}
 
 
 def _known_counts(dataset: str) -> tuple[str | None, int, int]:

@@ -238,3 +238,23 @@ def test_the_dry_runs_estimate_counts_the_images_a_run_reads(monkeypatch, no_dat
     assert line.startswith("estimated wall time: 40 s (38 s training"), line
     assert "3,600 images per epoch from the training split of mnist-sample (less 10% for validation)" in line
     assert "; 2 s of probe forward passes" in line
+
+
+def test_the_dry_runs_estimate_trains_on_the_familiar_views_only(monkeypatch, no_data):
+    """viewpoint3d --size quick trains on synthNORB's familiar azimuths (6 of 18: 8,100 of the 24,300 training
+    images, less 10% validation = 7,290 an epoch), not on MNIST's 60,000 (the estimate read 27 h before); its
+    probe reads the 24,300 test images once. Every model at 7,290 train and 24,300 eval img/s: training is
+    (4 x 5 x 10 + 5 x 20 epochs) x 1 s = 300 s, the probe 25 runs x 1 s."""
+    import types
+
+    import capsprobe.bench as bench
+    from capsprobe.pipeline import dry_run
+
+    monkeypatch.setattr(bench, "bench_model", lambda *a, **kw: types.SimpleNamespace(
+        train_images_per_s=7290.0, eval_images_per_s=24_300.0, device="cpu"))
+    path = Path(__file__).resolve().parents[2] / "experiments" / "viewpoint3d.toml"
+    for size in ("quick", "quick-elevation"):
+        line = next(x for x in dry_run(path, size, device="cpu") if x.startswith("estimated wall time"))
+        assert line.startswith("estimated wall time: 5 min (5 min training"), line
+        assert "7,290 images per epoch from the training split of synthnorb-" in line
+        assert "; 25 s of probe forward passes" in line
