@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .data import DatasetSpec, get_spec, load_dataset
+from .data import DatasetSpec, ImageSplit, get_spec, load_dataset
 from .errors import InvalidInputError, option
 from .experiment import Experiment, ModelSpec, demo_file, load_experiment
 from .metrics.claims import Claim, ClaimError, claims_table, parse_claims, study_table
-from .probe import ProbePlan, ProbeResult
+from .probe import ProbePlan, ProbeResult, Subject, as_subject, validation_temperature
 from .probe.schema import MANIFEST
 from .report import (
     ReportData,
@@ -149,13 +149,24 @@ def perturb(
         plan.validate_for(spec, size)
     if download is None:
         download = all(r.config.download for r in runs)
-    splits = load_dataset(dataset, data_root, download, limit=plan.limit)
+    fractions = {r.config.val_fraction for r in runs}
+    fraction = next(iter(fractions)) if len(fractions) == 1 else RunConfig().val_fraction
+    splits = load_dataset(dataset, data_root, download, val_fraction=fraction, limit=plan.limit)
     images = splits.test if plan.split == "test" else splits.val
-    result = task.evaluate(runs, images, plan, other)
+    subjects: list[Any] = list(runs)
+    if task.suite and plan.split == "test" and len(fractions) == 1 and all(r.config.dataset == dataset for r in runs):
+        # each run's temperature for ece_scaled, fitted on its own validation images (never trained on, not probed)
+        subjects = [_with_temperature(as_subject(r), splits.val, plan) for r in runs]
+    result = task.evaluate(subjects, images, plan, other)
     result.manifest = {**result.manifest, "task": task.name, "dataset": dataset, "data_root": data_root,
                        "split": plan.split, "images": len(images), "seed": plan.seed, "bootstrap": plan.bootstrap,
                        "device": str(resolve_device(plan.device)), "versions": library_versions()}
     return result
+
+
+def _with_temperature(subject: Subject, val: ImageSplit, plan: ProbePlan) -> Subject:
+    return replace(subject, temperature=validation_temperature(subject, val, plan.batch_size, plan.device),
+                   info={**subject.info, "temperature_images": len(val)})
 
 
 def perturb_to(

@@ -19,11 +19,12 @@ image is its top class score; *correct* is ``argmax = y``.
 
 The probe's two registered metrics (:mod:`.registry`): ``ece``, the raw scores' top score as the confidence (a
 softmax probability for a convnet, a capsule length for a CapsNet: what the report compared), and ``ece_scaled``,
-``p_T``'s, the temperature fitted on *clean* scores of images other than the one scored (two-fold cross-fitting:
+``p_T``'s, with the temperature fitted on the run's validation split where the probe has it
+(:attr:`~capsprobe.metrics.registry.Condition.temperature`: ``capsprobe perturb`` and ``run`` fit it on the images
+the run's training held out), else on *clean* scores of images other than the one scored (two-fold cross-fitting:
 the seeded halves of :func:`~capsprobe.metrics.functional.split_halves`, ``T`` of one half's clean images scales the
-other half under every condition), so clean and corrupted conditions share one temperature per half, as a
-temperature fitted once on a validation split would; both over all N images, with a 95% bootstrap interval over
-images that holds the temperatures fixed.
+other half under every condition); either way clean and corrupted conditions share the temperature; both over all N
+images, with a 95% bootstrap interval over images that holds the temperatures fixed.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from .confidence import (
     bootstrap_ece_ci,
     cross_fitted_probabilities,
     expected_calibration_error,
+    score_logits,
     scores_in_unit_interval,
+    tempered,
 )
 from .functional import (
     FLOOR,
@@ -62,6 +64,8 @@ class Condition:
         clean_distance, distance: ``(N,)`` the L2 distance of ``x`` and ``Tx`` to their reconstruction from the
             predicted class's capsule (models with a decoder; Frosst, Sabour & Hinton 2018), else None.
         worst_case: the condition is chosen against the model (an attack, a spatial worst case).
+        temperature: the model's temperature fitted on its validation split (images it was neither trained on nor
+            probed with), which ``ece_scaled`` applies to every image; None: cross-fitted on the clean halves.
         fits: cache of the fits several metrics share (filled on first use).
     """
 
@@ -79,6 +83,7 @@ class Condition:
     clean_distance: np.ndarray | None = None
     distance: np.ndarray | None = None
     worst_case: bool = False
+    temperature: float | None = None
     fits: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -211,7 +216,11 @@ def _ece(c: Condition, seed: int, n_boot: int) -> Estimate:
 
 def _ece_scaled(c: Condition, seed: int, n_boot: int) -> Estimate:
     key = ("temperature", seed)
-    if key not in c.fits:  # the clean halves' temperatures: cross-fitted, so no image is scored by its own fit
+    if key in c.fits:
+        pass
+    elif c.temperature is not None:  # fitted on the validation split: no probed image is scored by its own fit
+        c.fits[key] = tempered(score_logits(c.scores), c.temperature)
+    else:  # the clean halves' temperatures: cross-fitted, so no image is scored by its own fit
         c.fits[key] = cross_fitted_probabilities(c.clean_scores, c.scores, c.labels, seed)[0]
     probs = c.fits[key]
     conf, correct = probs.max(1), probs.argmax(1) == c.labels

@@ -6,6 +6,7 @@ from .engine import (  # noqa: F401
     decodability_rows,
     run_probe,
     transform_like,
+    validation_temperature,
 )
 from .pictures import (  # noqa: F401
     SWEEP_DELTAS,
@@ -58,4 +59,5 @@ __all__ = [
     "reconstruction_examples",
     "run_probe",
     "transform_like",
+    "validation_temperature",
 ]

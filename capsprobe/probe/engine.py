@@ -44,6 +44,7 @@ from .. import metrics as M
 from ..data import ImageSplit, iterate_batches
 from ..errors import InvalidInputError
 from ..metrics.compare import comparison_tables
+from ..metrics.confidence import fit_temperature, score_logits, scores_in_unit_interval
 from ..models import Adapter, adapt
 from ..models.adapter import check_outputs, unwrap
 from ..runtime import (
@@ -86,6 +87,7 @@ __all__ = [
     "run_probe",
     "transform_like",
     "untrained_poses_left_out",
+    "validation_temperature",
 ]
 
 _log = logging.getLogger(__name__)
@@ -299,7 +301,7 @@ def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clea
             recon_terms=moved.recon_terms,
             fidelity_terms=moved.fidelity_terms, identity=m == t.identity,
             semantic=t.kind_at(m) == "semantic" and m != t.identity, clean_distance=clean.distance,
-            distance=moved.distance, worst_case=t.worst_case)
+            distance=moved.distance, worst_case=t.worst_case, temperature=subject.temperature)
         for name, est in M.condition_metrics(condition, seed, n_boot).items():
             if trained or not M.METRICS[name].needs & _UNTRAINED_NEEDS:
                 metric_rows.append(estimate_row(base, name, est))
@@ -330,6 +332,33 @@ def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clea
         decoded = row
         timer.add("metrics", t0)
     return metric_rows, image_frames, decoded
+
+
+def validation_temperature(model: Any, split: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu"
+                           ) -> float | None:
+    """The temperature of ``model``'s class scores (:func:`capsprobe.metrics.fit_temperature` on their logs, the
+    rule ``ece_scaled`` applies) fitted on ``split``: its validation split, images it was neither trained on nor is
+    probed with (Guo et al. 2017). Float32, no augmentation. None when its scores are not in [0, 1] (then no
+    calibration metric is computed).
+
+    Args:
+        model: a run, :class:`Subject` or module.
+        split: the images to fit on (at least 2).
+    """
+    if len(split) < 2:
+        raise InvalidInputError(f"a temperature needs at least 2 validation images, got {len(split)}")
+    dev = resolve_device(device)
+    adapter = adapt(as_subject(model).model).to(dev).eval()
+    scores = []
+    with torch.inference_mode():
+        for images, labels in iterate_batches(split, batch_size, device=dev):
+            out = adapter.outputs(images)
+            check_outputs(out, images.shape[0], labels)
+            scores.append(out.scores.float().cpu())
+    s = torch.cat(scores).numpy()
+    if not scores_in_unit_interval(s):
+        return None
+    return fit_temperature(score_logits(s), split.labels.numpy())
 
 
 def _selectivity_rows(metrics_df: pd.DataFrame, selectivity: pd.DataFrame) -> pd.DataFrame:
@@ -432,6 +461,9 @@ def run_probe(
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
+        entry["temperature"] = subject.temperature  # of ece_scaled
+        entry["temperature_fit"] = ("validation split" if subject.temperature is not None else
+                                    "cross-fitted on the clean images' halves")
         trained = poses_trained(adapter)
         if adapter.has_poses:
             entry["poses_trained"] = trained

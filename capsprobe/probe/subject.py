@@ -27,6 +27,9 @@ class Subject:
         seed: the training seed, for the ``seed`` column and the report's list of runs (default 0, one replicate, as
             ``capsprobe train`` numbers a first run).
         info: extra manifest entries (path, data set, test accuracy).
+        temperature: the temperature of its class scores fitted on images it was neither trained on nor is probed
+            with (its validation split: :func:`capsprobe.probe.validation_temperature`), which ``ece_scaled``
+            applies; None: the probe cross-fits one on the clean images' halves.
 
     Raises:
         InvalidInputError: an empty name or a seed that is not a whole number (the report reads it as one).
@@ -37,6 +40,7 @@ class Subject:
     model_name: str = ""
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

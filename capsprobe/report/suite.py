@@ -545,8 +545,8 @@ SUITE_FIGURES: list[FigureSpec] = [
     FigureSpec("reliability.png", _draw_reliability, lambda d: not _reliability_rows(d).empty,
                "Reliability diagrams of the raw top score (softmax probability; capsule length), 15 equal-width bins, "
                "a model's seeds pooled: its clean images and its condition of highest ECE; the legend gives the ECE "
-               "(mean over seeds) raw and after temperature scaling fitted on clean scores (summary.csv: ece, "
-               "ece_scaled)."),
+               "(mean over seeds) raw and after temperature scaling fitted on each run's validation images, else "
+               "cross-fitted on clean test halves (the manifest's temperature_fit; summary.csv: ece, ece_scaled)."),
     FigureSpec("attack_accuracy.png", _draw_attacks, lambda d: not _worst_cases(d.metrics).empty,
                "Accuracy under the worst cases chosen against each model (spatial-grid, worst-of-k: the strength or "
                "the number of draws; gradient attacks: the L-inf radius eps); with several seeds one thin line per "

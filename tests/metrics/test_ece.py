@@ -231,3 +231,22 @@ def test_each_half_is_scored_by_the_temperature_of_the_other():
     assert t_first > 2 * t_second  # the sharper half wants the higher temperature
     np.testing.assert_allclose(probs[second], C.tempered(np.log(scores[second]), t_first), rtol=1e-6)
     np.testing.assert_allclose(probs[first], C.tempered(np.log(scores[first]), t_second), rtol=1e-6)
+
+
+def test_a_validation_temperature_replaces_the_cross_fit():
+    """Given the temperature fitted on the run's validation split, ``ece_scaled`` scales every image by it alone:
+    the value is the ECE of ``softmax(log s / T)``, the clean scores play no part (changing them changes nothing),
+    and a wrong temperature gives another value (so the cross-fit is not used in its place)."""
+    c, pred = _capsule_condition()
+    for t in (0.25, 2.0):
+        given = M.Condition(labels=c.labels, clean_scores=c.clean_scores, scores=c.scores, clean_rep=c.clean_rep,
+                            rep=c.rep, temperature=t)
+        probs = C.tempered(C.score_logits(c.scores), t)
+        want = C.expected_calibration_error(probs.max(1), probs.argmax(1) == c.labels)
+        got = M.condition_metrics(given, seed=0, n_boot=20)["ece_scaled"]
+        assert got.value == pytest.approx(want) and got.n == len(c.labels) and got.ci[0] <= got.value <= got.ci[1]
+        other_clean = M.Condition(labels=c.labels, clean_scores=np.full_like(c.scores, 0.1), scores=c.scores,
+                                  clean_rep=c.clean_rep, rep=c.rep, temperature=t)
+        assert M.condition_metrics(other_clean, seed=0, n_boot=20)["ece_scaled"].value == pytest.approx(want)
+    cross = M.condition_metrics(c, seed=0, n_boot=20)["ece_scaled"].value
+    assert cross < 1e-4 and want > 0.05  # T = 2 flattens the 0.9 / 0.3 profile: underconfident, unlike the fit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -376,3 +377,66 @@ def test_a_subject_seed_must_be_a_whole_number():
             Subject("mine", torch.nn.Identity(), seed=seed)
     with pytest.raises(InvalidInputError, match="name"):
         Subject("", torch.nn.Identity())
+
+
+def test_perturb_scales_each_run_by_the_temperature_of_its_own_validation_images(runs, tmp_path):
+    """Issue 50's calibration: ``ece_scaled`` applies each run's temperature fitted on the validation images its
+    training held out (the same stratified split: never trained on, never probed), recorded in the manifest; the
+    value is the ECE of the test scores tempered by it, not the cross-fit on the test halves."""
+    from capsprobe.data import load_dataset
+    from capsprobe.metrics import confidence as C
+    from capsprobe.probe import validation_temperature
+    from capsprobe.training.runs import load_run
+
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["perturb", "--transform", "flip", str(runs["caps"]), str(runs["conv"]),
+                                 "--limit", "40", "--bootstrap", "20", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = read_probe_outputs(out)
+    val = load_dataset("mnist-sample", limit=40).val
+    test_ids = set(map(bytes, load_dataset("mnist-sample", limit=40).test.images.numpy()))
+    assert not test_ids & set(map(bytes, val.images.numpy()))  # the fit never sees a probed image
+    for name in ("caps", "conv"):
+        entry = next(e for e in data.manifest["runs"] if e["name"] == name)
+        t = validation_temperature(load_run(runs[name]), val)
+        assert entry["temperature_fit"] == "validation split" and entry["temperature_images"] == len(val) == 40
+        assert entry["temperature"] == pytest.approx(t, rel=1e-6)
+        im = data.images[(data.images["run"] == name) & (data.images["magnitude"] == "horizontal")]
+        row = data.metrics[(data.metrics["run"] == name) & (data.metrics["magnitude"] == "horizontal")
+                           & (data.metrics["metric"] == "ece_scaled")]
+        scores = _scores(load_run(runs[name]), load_dataset("mnist-sample", limit=40).test, flip=True)
+        probs = C.tempered(C.score_logits(scores), t)
+        labels = im.sort_values("image_id")["label"].to_numpy()
+        assert row["value"].iloc[0] == pytest.approx(
+            C.expected_calibration_error(probs.max(1), probs.argmax(1) == labels), abs=1e-6)
+
+
+def _scores(run, split, flip: bool) -> np.ndarray:
+    from capsprobe.models import adapt
+
+    adapter = adapt(run.model).eval()
+    x = split.images.float() / 255
+    with torch.inference_mode():
+        return adapter.outputs(x.flip(-1) if flip else x).scores.float().numpy()
+
+
+def test_a_subject_without_a_validation_temperature_is_cross_fitted_and_says_so():
+    """A model probed from Python without a validation temperature: ``ece_scaled`` is the cross-fit on the clean
+    halves (the value :func:`cross_fitted_probabilities` gives), and the manifest says which fit it was."""
+    from capsprobe import ModelAdapter, Subject
+    from capsprobe.metrics import confidence as C
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    digits = load_dataset("mnist-sample", limit=40).test
+    subject = Subject("lin", ModelAdapter(net, representation=lambda m, x: x.flatten(1)))
+    result = run_probe([subject], digits, ["flip"], n_boot=10, progress=False)
+    entry = result.manifest["runs"][0]
+    assert entry["temperature"] is None and entry["temperature_fit"] == "cross-fitted on the clean images' halves"
+    with torch.inference_mode():
+        x = digits.images.float() / 255
+        clean, moved = (torch.softmax(net(v), 1).numpy() for v in (x, x.flip(-1)))
+    probs, _ = C.cross_fitted_probabilities(clean, moved, digits.labels.numpy(), seed=0)
+    row = result.metrics[(result.metrics["magnitude"] == "horizontal") & (result.metrics["metric"] == "ece_scaled")]
+    assert row["value"].iloc[0] == pytest.approx(
+        C.expected_calibration_error(probs.max(1), probs.argmax(1) == digits.labels.numpy()), abs=1e-6)
