@@ -51,8 +51,8 @@ METHODS_NOTE = (
     "in the far tail whatever the split between seed and image variance. Fitted metrics: Welch's t over the per-seed "
     "estimates. Calibration: simulated false-positive rates of 3.2-6.8% at nominal 5% (2-10 seeds, three seed-"
     "variance regimes), at most nominal at 0.1% (`capsprobe calibrate`), and an A/A experiment (experiments/null.toml) "
-    "that establishes nothing. 'Established' = Holm p < 0.05 and the adjusted interval excludes 0, at >= 2 seeds per "
-    "model."
+    "that establishes nothing. 'Established' = Holm p < 0.05, at >= 2 seeds per model (the Bonferroni-level interval "
+    "printed beside it is the more conservative of the two and may touch 0 where Holm rejects)."
 )
 
 

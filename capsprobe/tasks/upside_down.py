@@ -284,8 +284,8 @@ def upside_down_section(data) -> Section:
                               "p (Holm)": round(float(r.p_holm), 4) if testable else "-", "verdict": verdict})
             if r.metric == "joint" and str(r.magnitude) in ("180", "circle") and testable:
                 lines.append(f"Joint score, {r.model_a} - {r.model_b}, {_condition_name(str(r.magnitude))}: "
-                             f"{100 * r.difference:+.1f} points {interval}, Holm p = {float(r.p_holm):.3g}: "
-                             f"{verdict}.")
+                             f"{100 * r.difference:+.1f} points {interval} (Bonferroni level), Holm p = "
+                             f"{float(r.p_holm):.3g}: {verdict}.")
     tables = []
     outcome_table = _outcome_table(angles)
     if len(outcome_table):
