@@ -4,6 +4,7 @@ import paths of 0.1 gone, one version, and a repository that does not grow by me
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,20 @@ def test_the_tests_mirror_the_package():
     assert folders and folders <= subpackages, sorted(folders - subpackages)
     assert not list(tests.glob("*/*/test_*.py"))
     assert all((tests / f / "__init__.py").is_file() for f in folders)
+
+
+def test_the_reports_readme_lists_every_report_at_its_size():
+    """reports/README.md's table has a row for every committed report folder (one with a report.md), and each row's
+    size, and the total under it, are the tracked files' (to 0.01 MiB): a new or rebuilt report updates them."""
+    reports = _report_files()
+    if not reports:
+        pytest.skip("no report is tracked here")
+    text = (ROOT / "reports" / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| \[`([\w-]+)`\]\([\w-]+/report\.md\) \|[^|]*\| ([\d.]+) MiB \|", text, re.M))
+    folders = {n for n, files in reports.items() if any(p.name == "report.md" for p in files)}
+    assert set(rows) == folders
+    size = {n: sum(p.stat().st_size for p in files) / 2**20 for n, files in reports.items()}
+    assert {n: float(v) for n, v in rows.items()} == pytest.approx({n: size[n] for n in rows}, abs=0.006)
+    total = sum(p.stat().st_size for p in _tracked() if p.relative_to(ROOT).parts[0] == "reports") / 2**20
+    stated = re.search(r"^Together: ([\d.]+) MiB of tracked files in `reports/`", text, re.M)
+    assert stated is not None and float(stated.group(1)) == pytest.approx(total, abs=0.06)
