@@ -226,6 +226,16 @@ CLAIM_SOURCES: dict[str, tuple[str, str]] = {
                       "CapsNet"),
     "novel-view-equivariant-control": ("hinton2018-viewpoint", "synthNORB, against a C4 group-equivariant CNN "
                                        "instead of a plain CNN"),
+    "novel-viewpoint-equivariant-control": ("hinton2018-viewpoint", "in-plane rotations of MNIST digits without 6 "
+                                            "and 9 as viewpoints, against a C4 group-equivariant CNN instead of a "
+                                            "plain CNN"),
+    "rotation-pose-linear-equivariant-control": ("article-equivariance", "the gain of the linear map fitted between "
+                                                 "clean and rotated (45 degrees) representations, against a C4 "
+                                                 "group-equivariant CNN's regular fields; 10,000 training digits"),
+    "rotation-accuracy-augmented": ("article-upside-down", "MNIST digits rotated by 45 degrees, against the same "
+                                    "CNN trained with random rotations; 10,000 training digits"),
+    "affine-accuracy-augmented": ("sabour2017-affnist", "kornia affine warps of MNIST test digits, against the same "
+                                  "CNN trained with random affine warps; 10,000 training digits"),
     "corruption-robust": ("mu-gilmer2019", "capsnet_small against a matched CNN, the mean accuracy over the 15 "
                           "corruptions"),
     "augmentation-vs-capsules": ("mu-gilmer2019", "a CNN trained with random affine warps against the CapsNet, "
