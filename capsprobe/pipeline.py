@@ -165,8 +165,12 @@ def perturb(
 
 
 def _with_temperature(subject: Subject, val: ImageSplit, plan: ProbePlan) -> Subject:
-    return replace(subject, temperature=validation_temperature(subject, val, plan.batch_size, plan.device),
-                   info={**subject.info, "temperature_images": len(val)})
+    """``subject`` with the temperature of its scores fitted on its run's validation images (``val``), at the probe's
+    precision; unchanged where its scores are not in [0, 1] (no calibration metric is computed for it)."""
+    t = validation_temperature(subject, val, plan.batch_size, plan.device, plan.amp)
+    if t is None:
+        return subject
+    return replace(subject, temperature=t, info={**subject.info, "temperature_images": len(val)})
 
 
 def perturb_to(
@@ -372,9 +376,14 @@ def run_demo(size: str = "quick", out: str | Path = "reports/demo", runs_dir: st
 # not counts; the longest matching prefix counts: mnist-canvas40 is MNIST's). An epoch trains on the pool less the
 # validation fraction (mnist-sample: 4,000 - 10% = 3,600 digits), and the probe reads the test split (1,000 digits).
 # A novel-viewpoint set trains on its familiar views only: a third of (small|synth)NORB's training images (6 of 18
-# azimuths, or 3 of 9 elevations), every test image probed.
+# azimuths, or 3 of 9 elevations), every test image probed; an in-plane one (-viewpoint) tests each digit twice, at a
+# familiar and at a novel pose.
 _IMAGES = {"mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "mnist-sample": (4_000, 1_000),
-           "mnist-no69": (48_133, 8_033), "cifar10": (50_000, 10_000), "svhn": (73_257, 26_032),
+           "mnist-no69": (48_133, 8_033), "mnist-sample-no69": (3_200, 800), "cifar10": (50_000, 10_000),
+           "svhn": (73_257, 26_032),
+           **{f"{base}-viewpoint": (pool, 2 * test) for base, (pool, test) in (
+               ("mnist", (60_000, 10_000)), ("fashion-mnist", (60_000, 10_000)), ("mnist-sample", (4_000, 1_000)),
+               ("mnist-no69", (48_133, 8_033)), ("mnist-sample-no69", (3_200, 800)))},
            **{f"{norb}{views}": (24_300 // (3 if views else 1), 24_300)
               for norb in ("smallnorb", "synthnorb") for views in ("", "-azimuth", "-elevation")}}
 

@@ -299,8 +299,8 @@ for _metric in (
     Metric("ece", _ece, _U, "ECE, raw scores (15 bins)", "lower", "ece",
            source=_ECE + "; confidence = the top raw score (softmax probability, capsule length)"),
     Metric("ece_scaled", _ece_scaled, _U, "ECE, temperature-scaled (15 bins)", "lower", "ece_ts",
-           source=_ECE + "; softmax(log s / T), T fitted by NLL (Guo et al. 2017) on the clean scores of the other "
-           "seeded half (two-fold cross-fitting)"),
+           source=_ECE + "; softmax(log s / T), T fitted by NLL (Guo et al. 2017) on the run's validation images, "
+           "else on the clean scores of the other seeded half (two-fold cross-fitting)"),
     Metric("invariance_error", _invariance(False), _R, "invariance error (whitened, full-D)", "lower", "inv",
            overview=True, source=_MAHA),
     Metric("equivariance_error", _equivariance("full"), _R, "equivariance error (full-D)", "lower", "eq", source=_LV),

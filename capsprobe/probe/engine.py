@@ -334,12 +334,13 @@ def _probe_transform(adapter: Adapter, subject: Subject, split: ImageSplit, clea
     return metric_rows, image_frames, decoded
 
 
-def validation_temperature(model: Any, split: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu"
-                           ) -> float | None:
+@tf32_off()
+def validation_temperature(model: Any, split: ImageSplit, batch_size: int = 256, device: torch.device | str = "cpu",
+                           amp: bool = False) -> float | None:
     """The temperature of ``model``'s class scores (:func:`capsprobe.metrics.fit_temperature` on their logs, the
     rule ``ece_scaled`` applies) fitted on ``split``: its validation split, images it was neither trained on nor is
-    probed with (Guo et al. 2017). Float32, no augmentation. None when its scores are not in [0, 1] (then no
-    calibration metric is computed).
+    probed with (Guo et al. 2017). At the probe's precision (TF32 off; autocast where ``amp``), eval mode, no
+    augmentation. None when its scores are not in [0, 1] (then no calibration metric is computed).
 
     Args:
         model: a run, :class:`Subject` or module.
@@ -348,11 +349,13 @@ def validation_temperature(model: Any, split: ImageSplit, batch_size: int = 256,
     if len(split) < 2:
         raise InvalidInputError(f"a temperature needs at least 2 validation images, got {len(split)}")
     dev = resolve_device(device)
+    dtype = autocast_dtype(dev, amp)
     adapter = adapt(as_subject(model).model).to(dev).eval()
     scores = []
     with torch.inference_mode():
         for images, labels in iterate_batches(split, batch_size, device=dev):
-            out = adapter.outputs(images)
+            with autocast_context(dev, dtype):
+                out = adapter.outputs(images)
             check_outputs(out, images.shape[0], labels)
             scores.append(out.scores.float().cpu())
     s = torch.cat(scores).numpy()
@@ -461,9 +464,6 @@ def run_probe(
     for subject in items:
         adapter = adapt(subject.model).to(dev).eval()
         entry = subject.manifest_entry(adapter)
-        entry["temperature"] = subject.temperature  # of ece_scaled
-        entry["temperature_fit"] = ("validation split" if subject.temperature is not None else
-                                    "cross-fitted on the clean images' halves")
         trained = poses_trained(adapter)
         if adapter.has_poses:
             entry["poses_trained"] = trained
@@ -471,6 +471,10 @@ def run_probe(
             untrained.append(subject.name)
         clean, clean_recon = _run_pass(adapter, split, None, None, ctx, None, "clean")
         _check_pass(subject.name, "clean images", clean)
+        entry["temperature"] = subject.temperature  # of ece_scaled
+        entry["temperature_fit"] = ("none (scores outside [0, 1]: no calibration metric)"
+                                    if not scores_in_unit_interval(clean.scores) else "validation split"
+                                    if subject.temperature is not None else "cross-fitted on the clean images' halves")
         if trained:
             entry["kept_variance_pca16"] = M.kept_variance(clean.rep, 16, seed)
         entry["representation_dim"] = int(clean.rep.shape[1])

@@ -68,7 +68,7 @@ def _seed_lines(metrics: pd.DataFrame, entries: list[dict[str, Any]], tables: di
                      "include training variation (per-image metrics: the seeds x images variance decomposition with a t "
                      "reference on Satterthwaite degrees of freedom, calibrated by simulation at 2-10 seeds and by an A/A "
                      "experiment; fitted metrics: t over seeds); differences are paired over images and Holm-corrected "
-                     "over the conditions of each metric, and 'established' only when the corrected interval excludes 0.")
+                     "over the conditions of each metric, and 'established' when the Holm p < 0.05 at >= 2 seeds per model.")
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_model.setdefault(e.get("model", "?"), []).append(e)
@@ -92,7 +92,7 @@ def _seed_lines(metrics: pd.DataFrame, entries: list[dict[str, Any]], tables: di
 
 
 def _difference_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
-    """Accuracy differences at the key conditions, stated as established only when the corrected interval says so."""
+    """Accuracy differences at the key conditions, stated as established only when Holm's test says so."""
     diffs = tables.get("differences")
     if diffs is None or diffs.empty:
         return []

@@ -258,3 +258,16 @@ def test_the_dry_runs_estimate_trains_on_the_familiar_views_only(monkeypatch, no
         assert line.startswith("estimated wall time: 5 min (5 min training"), line
         assert "7,290 images per epoch from the training split of synthnorb-" in line
         assert "; 25 s of probe forward passes" in line
+
+
+def test_the_dry_runs_probe_counts_each_inplane_viewpoint_digit_twice(monkeypatch, no_data):
+    """An in-plane novel-viewpoint set tests every digit at a familiar and at a novel pose: viewpoint.toml's
+    quick-no69 probes 2 x 8,033 = 16,066 images of MNIST without 6 and 9 (its size's probe_limit, 10,000, caps the
+    count it reads: the estimate takes the limit), and mnist-sample-no69 holds 3,200 training and 800 test digits."""
+    from capsprobe.pipeline import _known_counts
+
+    assert _known_counts("mnist-no69-viewpoint") == ("mnist-no69-viewpoint", 48_133, 16_066)
+    assert _known_counts("mnist-sample-no69") == ("mnist-sample-no69", 3_200, 800)
+    assert _known_counts("mnist-sample-no69-viewpoint")[1:] == (3_200, 1_600)
+    assert _known_counts("synthnorb-elevation")[1:] == (8_100, 24_300)
+    assert _known_counts("mnist-canvas40")[0] == "mnist"

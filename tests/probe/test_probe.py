@@ -382,33 +382,58 @@ def test_a_subject_seed_must_be_a_whole_number():
 def test_perturb_scales_each_run_by_the_temperature_of_its_own_validation_images(runs, tmp_path):
     """Issue 50's calibration: ``ece_scaled`` applies each run's temperature fitted on the validation images its
     training held out (the same stratified split: never trained on, never probed), recorded in the manifest; the
-    value is the ECE of the test scores tempered by it, not the cross-fit on the test halves."""
-    from capsprobe.data import load_dataset
+    value is the ECE of the test scores tempered by it, not the cross-fit on the test halves. The temperature is
+    computed here from the model's own scores on those images (eval mode, the log of the scores)."""
     from capsprobe.metrics import confidence as C
-    from capsprobe.probe import validation_temperature
-    from capsprobe.training.runs import load_run
 
     out = tmp_path / "report"
     result = runner.invoke(app, ["perturb", "--transform", "flip", str(runs["caps"]), str(runs["conv"]),
                                  "--limit", "40", "--bootstrap", "20", "--no-progress", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = read_probe_outputs(out)
-    val = load_dataset("mnist-sample", limit=40).val
-    test_ids = set(map(bytes, load_dataset("mnist-sample", limit=40).test.images.numpy()))
-    assert not test_ids & set(map(bytes, val.images.numpy()))  # the fit never sees a probed image
+    splits = load_dataset("mnist-sample", limit=40)
     for name in ("caps", "conv"):
+        run = load_run(runs[name])
         entry = next(e for e in data.manifest["runs"] if e["name"] == name)
-        t = validation_temperature(load_run(runs[name]), val)
-        assert entry["temperature_fit"] == "validation split" and entry["temperature_images"] == len(val) == 40
-        assert entry["temperature"] == pytest.approx(t, rel=1e-6)
+        t = C.fit_temperature(C.score_logits(_scores(run, splits.val, flip=False)), splits.val.labels.numpy())
+        assert entry["temperature_fit"] == "validation split" and entry["temperature_images"] == len(splits.val) == 40
+        assert entry["temperature"] == pytest.approx(t, rel=1e-5)
         im = data.images[(data.images["run"] == name) & (data.images["magnitude"] == "horizontal")]
         row = data.metrics[(data.metrics["run"] == name) & (data.metrics["magnitude"] == "horizontal")
                            & (data.metrics["metric"] == "ece_scaled")]
-        scores = _scores(load_run(runs[name]), load_dataset("mnist-sample", limit=40).test, flip=True)
-        probs = C.tempered(C.score_logits(scores), t)
+        probs = C.tempered(C.score_logits(_scores(run, splits.test, flip=True)), t)
         labels = im.sort_values("image_id")["label"].to_numpy()
         assert row["value"].iloc[0] == pytest.approx(
-            C.expected_calibration_error(probs.max(1), probs.argmax(1) == labels), abs=1e-6)
+            C.expected_calibration_error(probs.max(1), probs.argmax(1) == labels), abs=1e-5)
+
+
+def test_the_temperature_split_is_the_runs_own_held_out_images_else_cross_fitted(tmp_path):
+    """A run trained holding out 20% (not the default 10%) is fitted on *its* validation images, which share none
+    with its training images or the probed test images (10% would share 320 of 400 with its training); probing the
+    validation split itself (``--split val``) falls back to the cross-fit, and says so."""
+    from capsprobe.metrics import confidence as C
+    from capsprobe.training.loop import fit
+    from capsprobe.training.runs import RunConfig
+
+    run_dir = fit(RunConfig(model="capsnet_small", model_kwargs={"conv_channels": 8, "primary_types": 2}, epochs=1,
+                            batch_size=16, limit=32, val_fraction=0.2), tmp_path / "wide", progress=False)
+    held_out = load_dataset("mnist-sample", val_fraction=0.2, limit=24)
+    trained_on = load_dataset("mnist-sample", val_fraction=0.2).train
+    ids = {bytes(x) for x in held_out.val.images.numpy()}
+    assert not ids & {bytes(x) for x in trained_on.images.numpy()}
+    assert not ids & {bytes(x) for x in held_out.test.images.numpy()}
+    for split, fitted in (("test", "validation split"), ("val", "cross-fitted on the clean images' halves")):
+        out = tmp_path / split
+        result = runner.invoke(app, ["perturb", "-t", "flip", str(run_dir), "--limit", "24", "--split", split,
+                                     "--bootstrap", "10", "--no-progress", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        entry = read_probe_outputs(out).manifest["runs"][0]
+        assert entry["temperature_fit"] == fitted
+    entry = read_probe_outputs(tmp_path / "test").manifest["runs"][0]
+    t = C.fit_temperature(C.score_logits(_scores(load_run(run_dir), held_out.val, flip=False)),
+                          held_out.val.labels.numpy())
+    assert entry["temperature_images"] == len(held_out.val) and entry["temperature"] == pytest.approx(t, rel=1e-5)
+    assert read_probe_outputs(tmp_path / "val").manifest["runs"][0]["temperature"] is None
 
 
 def _scores(run, split, flip: bool) -> np.ndarray:
